@@ -1,0 +1,195 @@
+//! The CPU reference executor: runs any graph in f64 or f32 with ndarray.
+//!
+//! Nodes run in index order (a topological order). Only nodes the requested outputs need are
+//! computed, and a node's buffer goes back to a size-keyed pool right after its last reader,
+//! so later nodes reuse it instead of allocating.
+
+mod conv;
+mod elementwise;
+mod pool;
+mod tensor;
+
+use super::{check_feed, liveness, ExecError, Executor, Feeds, Scalar};
+use crate::graph::{Graph, NodeId, Op};
+use ndarray::{ArrayD, IxDyn};
+use std::collections::HashMap;
+
+/// Size-keyed pool of dead buffers.
+#[derive(Default)]
+pub struct BufferPool<T> {
+    free: HashMap<usize, Vec<Vec<T>>>,
+    /// Allocations served from the pool / fresh, for the executor's statistics.
+    pub reused: usize,
+    pub fresh: usize,
+}
+
+impl<T: Scalar> BufferPool<T> {
+    /// A buffer of the given shape with unspecified contents (the kernel overwrites it all).
+    pub fn alloc(&mut self, shape: &[usize]) -> ArrayD<T> {
+        let n: usize = shape.iter().product();
+        let v = match self.free.get_mut(&n).and_then(|l| l.pop()) {
+            Some(v) => {
+                self.reused += 1;
+                v
+            }
+            None => {
+                self.fresh += 1;
+                vec![T::zero(); n]
+            }
+        };
+        ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape")
+    }
+
+    pub fn zeros(&mut self, shape: &[usize]) -> ArrayD<T> {
+        let mut a = self.alloc(shape);
+        a.fill(T::zero());
+        a
+    }
+
+    /// Return a dead buffer to the pool.
+    pub fn recycle(&mut self, a: ArrayD<T>) {
+        if a.is_standard_layout() {
+            let (v, off) = a.into_raw_vec_and_offset();
+            if off.unwrap_or(0) == 0 && !v.is_empty() {
+                let list = self.free.entry(v.len()).or_default();
+                if list.len() < 8 {
+                    list.push(v);
+                }
+            }
+        }
+    }
+}
+
+/// The CPU reference executor for element type `T` (f64 for verification, f32 for speed).
+#[derive(Default)]
+pub struct CpuExecutor<T> {
+    pool: BufferPool<T>,
+}
+
+impl<T: Scalar> CpuExecutor<T> {
+    pub fn new() -> Self {
+        CpuExecutor {
+            pool: BufferPool {
+                free: HashMap::new(),
+                reused: 0,
+                fresh: 0,
+            },
+        }
+    }
+
+    /// (buffers served from the pool, buffers freshly allocated) since creation.
+    pub fn pool_stats(&self) -> (usize, usize) {
+        (self.pool.reused, self.pool.fresh)
+    }
+}
+
+impl<T: Scalar> Executor<T> for CpuExecutor<T> {
+    fn name(&self) -> String {
+        format!("cpu-{}", T::NAME)
+    }
+
+    fn run(
+        &mut self,
+        graph: &Graph,
+        feeds: &Feeds<T>,
+        outputs: &[NodeId],
+    ) -> Result<Vec<ArrayD<T>>, ExecError> {
+        let (needed, last_use) = liveness(graph, outputs)?;
+        let mut vals = feed_inputs(graph, feeds, &needed)?;
+        for (i, node) in graph.nodes().iter().enumerate() {
+            if !needed[i] || matches!(node.op, Op::Input { .. }) {
+                continue;
+            }
+            let ins: Vec<&ArrayD<T>> = node
+                .inputs
+                .iter()
+                .map(|j| vals[j.0].as_ref().expect("inputs run before their consumers"))
+                .collect();
+            let out = eval(&mut self.pool, node, &ins)?;
+            debug_assert_eq!(out.shape(), node.shape.dims(), "{}", node.op.name());
+            vals[i] = Some(out);
+            for j in &node.inputs {
+                if last_use[j.0] == i {
+                    if let Some(v) = vals[j.0].take() {
+                        self.pool.recycle(v);
+                    }
+                }
+            }
+        }
+        Ok(outputs
+            .iter()
+            .map(|o| vals[o.0].clone().expect("outputs are kept to the end"))
+            .collect())
+    }
+}
+
+/// Evaluate one node given its input values.
+fn eval<T: Scalar>(
+    pool: &mut BufferPool<T>,
+    node: &crate::graph::Node,
+    x: &[&ArrayD<T>],
+) -> Result<ArrayD<T>, ExecError> {
+    let shape = node.shape.dims();
+    Ok(match &node.op {
+        Op::Input { name, shape } => {
+            // Feeds are checked here so a run names the missing or mis-shaped input.
+            return Err(ExecError::MissingFeed {
+                name: name.clone(),
+                shape: shape.clone(),
+            });
+        }
+        Op::Const { value, .. } => {
+            let mut a = pool.alloc(shape);
+            a.fill(T::of(*value));
+            a
+        }
+        Op::Unary(u) => elementwise::unary(pool, *u, x[0]),
+        Op::Binary(b) => elementwise::binary(pool, *b, x[0], x[1], shape),
+        Op::Select => elementwise::select(pool, x[0], x[1], x[2]),
+        Op::ReduceSum { axes } => tensor::reduce_sum(pool, x[0], axes, shape),
+        Op::ReduceMax { axes } => tensor::reduce_max(x[0], axes),
+        Op::Broadcast { shape: s } => tensor::broadcast(pool, x[0], s.dims()),
+        Op::Reshape { shape: s } => tensor::reshape(pool, x[0], s.dims()),
+        Op::Permute { perm } => tensor::permute(pool, x[0], perm),
+        Op::Slice {
+            axis,
+            start,
+            end,
+            step,
+        } => tensor::slice(pool, x[0], *axis, *start, *end, *step),
+        Op::Pad {
+            axis,
+            before,
+            interior,
+            ..
+        } => tensor::pad(pool, x[0], *axis, *before, *interior, shape),
+        Op::Concat { axis } => tensor::concat(pool, x, *axis, shape),
+        Op::MatMul => tensor::matmul(pool, x[0], x[1]),
+        Op::Conv2d(p) => conv::conv2d(pool, x[0], x[1], p, shape),
+        Op::Conv2dInputGrad { p, .. } => conv::conv2d_input_grad(pool, x[0], x[1], p, shape),
+        Op::Conv2dWeightGrad { p, .. } => conv::conv2d_weight_grad(pool, x[0], x[1], p, shape),
+        Op::AvgPool2d(p) => pool::avg_pool(pool, x[0], p, shape),
+        Op::AvgPool2dGrad { p, .. } => pool::avg_pool_grad(pool, x[0], p, shape),
+        Op::MaxPool2d(p) => pool::max_pool_gather(pool, x[0], x[0], p, shape),
+        Op::MaxPool2dGrad(p) => pool::max_pool_grad(pool, x[0], x[1], p),
+        Op::MaxPool2dGather(p) => pool::max_pool_gather(pool, x[0], x[1], p, shape),
+        Op::Gather => tensor::gather(pool, x[0], x[1], shape, node)?,
+        Op::ScatterAdd { .. } => tensor::scatter_add(pool, x[0], x[1], shape, node)?,
+        Op::LogSoftmax { axis } => tensor::log_softmax(pool, x[0], *axis),
+    })
+}
+
+/// Run with the feeds checked first (missing and mis-shaped inputs are named).
+pub(crate) fn feed_inputs<T: Scalar>(
+    graph: &Graph,
+    feeds: &Feeds<T>,
+    needed: &[bool],
+) -> Result<Vec<Option<ArrayD<T>>>, ExecError> {
+    let mut vals = vec![None; graph.len()];
+    for (i, node) in graph.nodes().iter().enumerate() {
+        if let (true, Op::Input { name, shape }) = (needed[i], &node.op) {
+            vals[i] = Some(check_feed(name, shape, feeds)?);
+        }
+    }
+    Ok(vals)
+}

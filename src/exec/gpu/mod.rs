@@ -1,0 +1,1 @@
+//! The wgpu executor (WGSL kernels in `shaders/`).

@@ -1,0 +1,178 @@
+//! Executors: anything that runs a [`Graph`] on fed values.
+//!
+//! The DARTS and search layers are generic over [`Executor`], so choosing CPU or GPU is one
+//! flag, never two code paths.
+
+pub mod cpu;
+pub mod gpu;
+
+use crate::graph::{Graph, NodeId, Shape};
+use ndarray::ArrayD;
+use std::collections::HashMap;
+
+/// Floating-point element types the executors run in.
+pub trait Scalar:
+    ndarray::NdFloat + Default + bytemuck::Pod + std::iter::Sum
+{
+    const NAME: &'static str;
+    /// Unit roundoff u = 2^-(p) (half the machine epsilon): 2^-53 for f64, 2^-24 for f32.
+    const UNIT_ROUNDOFF: f64;
+    fn of(v: f64) -> Self;
+    fn as_f64(self) -> f64;
+}
+
+impl Scalar for f64 {
+    const NAME: &'static str = "f64";
+    const UNIT_ROUNDOFF: f64 = 1.1102230246251565e-16;
+    fn of(v: f64) -> Self {
+        v
+    }
+    fn as_f64(self) -> f64 {
+        self
+    }
+}
+
+impl Scalar for f32 {
+    const NAME: &'static str = "f32";
+    const UNIT_ROUNDOFF: f64 = 5.960464477539063e-8;
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    fn as_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+/// Values for the graph's input nodes, by input name.
+#[derive(Clone, Debug, Default)]
+pub struct Feeds<T> {
+    values: HashMap<String, ArrayD<T>>,
+}
+
+impl<T: Scalar> Feeds<T> {
+    pub fn new() -> Self {
+        Feeds {
+            values: HashMap::new(),
+        }
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>, value: ArrayD<T>) -> &mut Self {
+        self.values.insert(name.into(), value);
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ArrayD<T>> {
+        self.values.get(name)
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<ArrayD<T>> {
+        self.values.remove(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.values.keys()
+    }
+
+    /// The same feeds converted to another element type.
+    pub fn cast<U: Scalar>(&self) -> Feeds<U> {
+        Feeds {
+            values: self
+                .values
+                .iter()
+                .map(|(k, v)| (k.clone(), v.mapv(|x| U::of(x.as_f64()))))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("no value fed for input '{name}' (shape {shape})")]
+    MissingFeed { name: String, shape: Shape },
+    #[error("input '{name}' was fed shape {got}, the graph expects {expected}")]
+    FeedShape {
+        name: String,
+        expected: Shape,
+        got: Shape,
+    },
+    #[error("{op} at '{label}': index {index} is not a valid row of a table with {rows} rows")]
+    IndexOutOfRange {
+        op: String,
+        label: String,
+        index: f64,
+        rows: usize,
+    },
+    #[error("the {backend} executor has no kernel for {op} (node at '{label}')")]
+    Unsupported {
+        backend: String,
+        op: String,
+        label: String,
+    },
+    #[error("node {0} is not in the graph")]
+    UnknownNode(NodeId),
+    #[error("GPU: {0}")]
+    Gpu(String),
+}
+
+/// Runs graphs. `outputs` are returned in the order asked, in row-major standard layout.
+pub trait Executor<T: Scalar> {
+    fn name(&self) -> String;
+    fn run(
+        &mut self,
+        graph: &Graph,
+        feeds: &Feeds<T>,
+        outputs: &[NodeId],
+    ) -> Result<Vec<ArrayD<T>>, ExecError>;
+}
+
+/// Which nodes must be computed for `outputs`, and the last node index that reads each one
+/// (outputs live to the end). Shared by executors for liveness-based buffer reuse.
+pub fn liveness(graph: &Graph, outputs: &[NodeId]) -> Result<(Vec<bool>, Vec<usize>), ExecError> {
+    let n = graph.len();
+    let mut needed = vec![false; n];
+    for &o in outputs {
+        if o.0 >= n {
+            return Err(ExecError::UnknownNode(o));
+        }
+        needed[o.0] = true;
+    }
+    for i in (0..n).rev() {
+        if needed[i] {
+            for j in &graph.nodes()[i].inputs {
+                needed[j.0] = true;
+            }
+        }
+    }
+    let mut last_use = vec![0usize; n];
+    for (i, node) in graph.nodes().iter().enumerate() {
+        if needed[i] {
+            for j in &node.inputs {
+                last_use[j.0] = i;
+            }
+        }
+    }
+    for &o in outputs {
+        last_use[o.0] = usize::MAX;
+    }
+    Ok((needed, last_use))
+}
+
+/// Checks a feed against its input node's shape.
+pub fn check_feed<T: Scalar>(
+    name: &str,
+    shape: &Shape,
+    feeds: &Feeds<T>,
+) -> Result<ArrayD<T>, ExecError> {
+    let v = feeds.get(name).ok_or_else(|| ExecError::MissingFeed {
+        name: name.to_string(),
+        shape: shape.clone(),
+    })?;
+    if v.shape() != shape.dims() {
+        return Err(ExecError::FeedShape {
+            name: name.to_string(),
+            expected: shape.clone(),
+            got: Shape::from(v.shape()),
+        });
+    }
+    Ok(v.as_standard_layout().into_owned())
+}
