@@ -5,5 +5,6 @@
 //! (finite differences, adjoint tests, dense Hessians) -> DARTS and the CLI.
 
 pub mod autodiff;
+pub mod check;
 pub mod exec;
 pub mod graph;

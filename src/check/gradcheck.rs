@@ -1,0 +1,328 @@
+//! Gradient checks of a graph's reverse-mode derivatives, in f64 on the CPU reference:
+//!
+//! (a) VJP vs central differences: for a random cotangent c, the gradient of s = <c, f(x)>
+//!     against central differences of s, element by element;
+//! (b) the adjoint (dot-product) identity <J t, c> = <t, J^T c>: J t from the forward map
+//!     itself when f is linear in the input, otherwise from differentiating <J^T c, t> with
+//!     respect to c (which exercises the VJP rules of the VJP nodes);
+//! (c) second order: the gradient of <grad s, v> (an exact Hessian-vector product) against
+//!     central differences of grad s along v, on smooth compositions.
+//!
+//! Tolerances come from `check::tolerance` (derivations: proofs/gradient-checking.md).
+
+use super::tolerance::{central_difference_bound, evaluation_bound, gamma};
+use crate::autodiff;
+use crate::exec::{cpu::CpuExecutor, ExecError, Executor, Feeds};
+use crate::graph::{Graph, GraphError, NodeId};
+use ndarray::{ArrayD, IxDyn};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+/// Builds a gradient graph for s (a scalar) with respect to `wrt`; the default is
+/// `autodiff::grad`. Tests of the checker pass a deliberately wrong one.
+pub type GradientBuilder = dyn Fn(&mut Graph, NodeId, &[NodeId]) -> Result<Vec<NodeId>, GraphError>;
+
+/// One gradient-check case: a graph, the inputs to differentiate and the output.
+pub struct Case {
+    /// Primitive (or composition) under test, for the report.
+    pub op: String,
+    /// Input shapes and parameters, for the report.
+    pub shapes: String,
+    pub graph: Graph,
+    pub wrt: Vec<NodeId>,
+    pub output: NodeId,
+    /// Values of every input node of `graph`.
+    pub feeds: Feeds<f64>,
+    /// The output is affine in each `wrt` input separately (others fixed), so
+    /// J_i t = f(.., t, ..) - f(.., 0, ..) exactly: the adjoint test then uses the forward map
+    /// itself for J t (the classic dot-product test).
+    pub linear: bool,
+    /// The composition is C^3 around the point (inputs drawn away from kinks), so the
+    /// second-order FD check applies.
+    pub smooth: bool,
+    /// Longest accumulation (number of summed terms) in the forward pass.
+    pub k_terms: usize,
+    pub gradient: Option<Box<GradientBuilder>>,
+}
+
+/// Result of one of the three checks.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Measure {
+    /// max |a - b| / max |b| (normwise relative error).
+    pub rel_err: f64,
+    /// max over entries of |a - b| / tolerance (pass iff <= 1).
+    pub worst_ratio: f64,
+    pub pass: bool,
+}
+
+impl Measure {
+    fn from(errs: &[(f64, f64, f64)]) -> Measure {
+        // (analytic, reference, tolerance)
+        let scale = errs.iter().map(|e| e.1.abs()).fold(0.0, f64::max).max(1e-300);
+        let mut rel: f64 = 0.0;
+        let mut ratio: f64 = 0.0;
+        let mut finite = true;
+        for &(a, b, tol) in errs {
+            let d = (a - b).abs();
+            finite &= a.is_finite() && b.is_finite();
+            rel = rel.max(d / scale);
+            ratio = ratio.max(if tol > 0.0 { d / tol } else if d == 0.0 { 0.0 } else { f64::INFINITY });
+        }
+        if !finite {
+            ratio = f64::INFINITY;
+            rel = f64::NAN;
+        }
+        Measure {
+            rel_err: rel,
+            worst_ratio: ratio,
+            pass: finite && ratio <= 1.0,
+        }
+    }
+}
+
+/// The three checks of one case.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Outcome {
+    pub op: String,
+    pub shapes: String,
+    pub vjp_vs_fd: Measure,
+    pub adjoint: Measure,
+    /// None when the composition is not smooth (second order not applicable).
+    pub second_order: Option<Measure>,
+}
+
+impl Outcome {
+    pub fn pass(&self) -> bool {
+        self.vjp_vs_fd.pass && self.adjoint.pass && self.second_order.as_ref().is_none_or(|m| m.pass)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("building the check graph for {op}: {source}")]
+    Graph {
+        op: String,
+        #[source]
+        source: GraphError,
+    },
+    #[error("running the check graph for {op}: {source}")]
+    Exec {
+        op: String,
+        #[source]
+        source: ExecError,
+    },
+}
+
+/// Central-difference step: balances truncation (h^2/6 M3) against round-off (u|f|/h) for
+/// unit-scale inputs at h ~ (3u)^(1/3) ~ 7e-6; we take the next power of ten up, 1e-4, where the
+/// truncation term (~1e-9 relative) still dominates round-off and is measured by Richardson.
+pub const FD_STEP: f64 = 1e-4;
+
+/// Most elements checked per input by central differences; beyond this a seeded random
+/// subset is checked (the adjoint and second-order checks still cover every element).
+pub const MAX_FD_ELEMENTS: usize = 160;
+
+fn normal_like(shape: &[usize], rng: &mut ChaCha8Rng) -> ArrayD<f64> {
+    ArrayD::from_shape_simple_fn(IxDyn(shape), || rng.sample::<f64, _>(StandardNormal))
+}
+
+fn depth(g: &Graph) -> Vec<usize> {
+    let mut d = vec![0usize; g.len()];
+    for (i, n) in g.nodes().iter().enumerate() {
+        d[i] = 1 + n.inputs.iter().map(|j| d[j.0]).max().unwrap_or(0);
+    }
+    d
+}
+
+fn dot(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+    a.iter().zip(b.iter()).map(|(x, y)| x * y).sum()
+}
+
+fn abs_dot(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+    a.iter().zip(b.iter()).map(|(x, y)| (x * y).abs()).sum()
+}
+
+/// Run the three checks on `case` with random directions drawn from `seed`.
+pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
+    let op = case.op.clone();
+    let gerr = |source| CheckError::Graph {
+        op: op.clone(),
+        source,
+    };
+    let eerr = |source| CheckError::Exec {
+        op: op.clone(),
+        source,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let u = f64::EPSILON / 2.0;
+    let mut g = case.graph.clone();
+    let out_shape = g.shape(case.output).clone();
+    let c_in = g.input("__check_cotangent", out_shape.clone()).map_err(gerr)?;
+    let s = g.dot(case.output, c_in).map_err(gerr)?;
+    let grads = match &case.gradient {
+        Some(f) => f(&mut g, s, &case.wrt),
+        None => autodiff::grad(&mut g, s, &case.wrt),
+    }
+    .map_err(gerr)?;
+    let mut t_in = Vec::new();
+    let mut v_in = Vec::new();
+    for (i, &w) in case.wrt.iter().enumerate() {
+        let sh = g.shape(w).clone();
+        t_in.push(g.input(format!("__check_tangent_{i}"), sh.clone()).map_err(gerr)?);
+        v_in.push(g.input(format!("__check_direction_{i}"), sh).map_err(gerr)?);
+    }
+    let r = autodiff::inner(&mut g, &grads, &t_in).map_err(gerr)?;
+    let jt = autodiff::grad(&mut g, r, &[c_in]).map_err(gerr)?[0];
+    let hv = if case.smooth {
+        let s2 = autodiff::inner(&mut g, &grads, &v_in).map_err(gerr)?;
+        Some(autodiff::grad(&mut g, s2, &case.wrt).map_err(gerr)?)
+    } else {
+        None
+    };
+    let depths = depth(&g);
+
+    let mut feeds = case.feeds.clone();
+    let c = normal_like(out_shape.dims(), &mut rng);
+    feeds.insert("__check_cotangent", c.clone());
+    let names: Vec<String> = case
+        .wrt
+        .iter()
+        .map(|&w| match &g.node(w).op {
+            crate::graph::Op::Input { name, .. } => name.clone(),
+            other => other.name(),
+        })
+        .collect();
+    let mut ts = Vec::new();
+    let mut vs = Vec::new();
+    for (i, &w) in case.wrt.iter().enumerate() {
+        let t = normal_like(g.shape(w).dims(), &mut rng);
+        let v = normal_like(g.shape(w).dims(), &mut rng);
+        feeds.insert(format!("__check_tangent_{i}"), t.clone());
+        feeds.insert(format!("__check_direction_{i}"), v.clone());
+        ts.push(t);
+        vs.push(v);
+    }
+    let mut ex = CpuExecutor::<f64>::new();
+    let mut wanted = vec![s, case.output, r, jt];
+    wanted.extend(&grads);
+    if let Some(hv) = &hv {
+        wanted.extend(hv);
+    }
+    let base = ex.run(&g, &feeds, &wanted).map_err(eerr)?;
+    let y = &base[1];
+    let r_val = base[2].sum();
+    let jt_val = &base[3];
+    let grad_vals = &base[4..4 + grads.len()];
+    let k = case.k_terms;
+
+    // (a) VJP vs central differences of s, element by element.
+    let eval_err = evaluation_bound(k + y.len(), depths[s.0], abs_dot(&c, y), u);
+    let h = FD_STEP;
+    let mut errs_a = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let x0 = feeds.get(name).expect("wrt inputs are fed").clone();
+        let n = x0.len();
+        let elems: Vec<usize> = if n <= MAX_FD_ELEMENTS {
+            (0..n).collect()
+        } else {
+            (0..MAX_FD_ELEMENTS).map(|_| rng.random_range(0..n)).collect()
+        };
+        let gmax = grad_vals[i].iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let mut sval = |x: &ArrayD<f64>| -> Result<f64, CheckError> {
+            feeds.insert(name.clone(), x.clone());
+            Ok(ex.run(&g, &feeds, &[s]).map_err(eerr)?[0].sum())
+        };
+        for e in elems {
+            let mut d = [0.0; 2];
+            for (slot, step) in [h, h / 2.0].into_iter().enumerate() {
+                let mut xp = x0.clone();
+                xp.as_slice_mut().expect("standard layout")[e] += step;
+                let mut xm = x0.clone();
+                xm.as_slice_mut().expect("standard layout")[e] -= step;
+                d[slot] = (sval(&xp)? - sval(&xm)?) / (2.0 * step);
+            }
+            let a = grad_vals[i].as_slice().expect("standard layout")[e];
+            let tol = central_difference_bound(d[0], d[1], eval_err, h)
+                + evaluation_bound(k, depths[grads[i].0], gmax, u);
+            errs_a.push((a, d[1], tol));
+        }
+        feeds.insert(name.clone(), x0);
+    }
+    let vjp_vs_fd = Measure::from(&errs_a);
+
+    // (b) adjoint identity <J t, c> = <t, J^T c>.
+    let rhs = r_val;
+    let rhs_abs: f64 = ts.iter().zip(grad_vals).map(|(t, gv)| abs_dot(t, gv)).sum();
+    let total_in: usize = ts.iter().map(|t| t.len()).sum();
+    let mut errs_b = Vec::new();
+    if case.linear {
+        // J_i t = f(.., t, ..) - f(.., 0, ..): f is affine in each input separately.
+        for (i, name) in names.iter().enumerate() {
+            let x0 = feeds.get(name).expect("fed").clone();
+            feeds.insert(name.clone(), ts[i].clone());
+            let yt = ex.run(&g, &feeds, &[case.output]).map_err(eerr)?.remove(0);
+            feeds.insert(name.clone(), ArrayD::zeros(x0.raw_dim()));
+            let y0 = ex.run(&g, &feeds, &[case.output]).map_err(eerr)?.remove(0);
+            feeds.insert(name.clone(), x0);
+            let lhs = dot(&yt, &c) - dot(&y0, &c);
+            let rhs_i = dot(&ts[i], &grad_vals[i]);
+            let tol = gamma(k * depths[grads[i].0] + yt.len() + ts[i].len(), u)
+                * (abs_dot(&yt, &c) + abs_dot(&y0, &c) + abs_dot(&ts[i], &grad_vals[i]));
+            errs_b.push((lhs, rhs_i, tol));
+        }
+    } else {
+        let lhs = dot(jt_val, &c);
+        let tol = gamma(k * depths[jt.0] + y.len() + total_in, u) * (abs_dot(jt_val, &c) + rhs_abs);
+        errs_b.push((lhs, rhs, tol));
+    }
+    let adjoint = Measure::from(&errs_b);
+
+    // (c) exact H v against central differences of the gradient along v.
+    let second_order = match &hv {
+        None => None,
+        Some(hv_nodes) => {
+            let hv_vals = &base[4 + grads.len()..];
+            let x0: Vec<ArrayD<f64>> = names
+                .iter()
+                .map(|n| feeds.get(n).expect("fed").clone())
+                .collect();
+            let mut grad_at = |step: f64| -> Result<Vec<ArrayD<f64>>, CheckError> {
+                for (i, name) in names.iter().enumerate() {
+                    feeds.insert(name.clone(), &x0[i] + &(&vs[i] * step));
+                }
+                ex.run(&g, &feeds, &grads).map_err(eerr)
+            };
+            let gp = grad_at(h)?;
+            let gm = grad_at(-h)?;
+            let gp2 = grad_at(h / 2.0)?;
+            let gm2 = grad_at(-h / 2.0)?;
+            for (i, name) in names.iter().enumerate() {
+                feeds.insert(name.clone(), x0[i].clone());
+            }
+            let mut errs_c = Vec::new();
+            for i in 0..names.len() {
+                let gmax = grad_vals[i].iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let hmax = hv_vals[i].iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let eval_g = evaluation_bound(k + total_in, depths[grads[i].0], gmax, u);
+                for e in 0..hv_vals[i].len() {
+                    let at = |a: &ArrayD<f64>| a.as_slice().expect("standard layout")[e];
+                    let d1 = (at(&gp[i]) - at(&gm[i])) / (2.0 * h);
+                    let d2 = (at(&gp2[i]) - at(&gm2[i])) / h;
+                    let tol = central_difference_bound(d1, d2, eval_g, h)
+                        + evaluation_bound(k, depths[hv_nodes[i].0], hmax, u);
+                    errs_c.push((at(&hv_vals[i]), d2, tol));
+                }
+            }
+            Some(Measure::from(&errs_c))
+        }
+    };
+
+    Ok(Outcome {
+        op: case.op.clone(),
+        shapes: case.shapes.clone(),
+        vjp_vs_fd,
+        adjoint,
+        second_order,
+    })
+}

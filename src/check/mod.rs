@@ -1,0 +1,7 @@
+//! Verification machinery: derived tolerances, gradient checks (VJP vs finite differences,
+//! adjoint identity, second order), the case suite, and reports.
+
+pub mod cases;
+pub mod gradcheck;
+pub mod report;
+pub mod tolerance;
