@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "darts", version, about = "DARTS (Liu, Simonyan & Yang, ICLR 2019): architecture search you can audit")]
+#[command(
+    name = "darts",
+    version,
+    about = "DARTS (Liu, Simonyan & Yang, ICLR 2019): architecture search you can audit"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,7 +56,10 @@ fn run() -> Result<ExitCode> {
             let suite = cases::standard_suite(seed).context("building the gradient-check suite")?;
             let mut outcomes = Vec::new();
             for (i, case) in suite.iter().enumerate() {
-                if filter.as_ref().is_some_and(|f| !case.op.contains(f.as_str())) {
+                if filter
+                    .as_ref()
+                    .is_some_and(|f| !case.op.contains(f.as_str()))
+                {
                     continue;
                 }
                 outcomes.push(gradcheck::check(case, seed.wrapping_mul(1000) + i as u64)?);
@@ -62,7 +69,11 @@ fn run() -> Result<ExitCode> {
                 println!("({:.2} s)", start.elapsed().as_secs_f64());
             }
             let ok = outcomes.iter().all(|o| o.pass());
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

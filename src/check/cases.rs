@@ -43,7 +43,8 @@ impl CaseBuilder {
     /// An input fed with `values`; differentiated when `diff`.
     pub fn input(&mut self, name: &str, values: ArrayD<f64>, diff: bool) -> R<NodeId> {
         let id = self.g.input(name, values.shape())?;
-        self.shapes.push(format!("{name}{}", Shape::from(values.shape())));
+        self.shapes
+            .push(format!("{name}{}", Shape::from(values.shape())));
         self.feeds.insert(name, values);
         if diff {
             self.wrt.push(id);
@@ -97,8 +98,21 @@ impl CaseBuilder {
 
     /// Finish: `k_terms` is bounded by the largest tensor in the graph (no accumulation can
     /// have more terms than the tensor it reads).
-    pub fn finish(self, op: &str, params: &str, output: NodeId, linear: bool, smooth: bool) -> Case {
-        let k_terms = self.g.nodes().iter().map(|n| n.shape.numel()).max().unwrap_or(1);
+    pub fn finish(
+        self,
+        op: &str,
+        params: &str,
+        output: NodeId,
+        linear: bool,
+        smooth: bool,
+    ) -> Case {
+        let k_terms = self
+            .g
+            .nodes()
+            .iter()
+            .map(|n| n.shape.numel())
+            .max()
+            .unwrap_or(1);
         let mut shapes = self.shapes.join(" ");
         if !params.is_empty() {
             shapes = format!("{shapes} {params}");
@@ -150,7 +164,9 @@ pub fn binary(op: BinaryOp, sa: &[usize], sb: &[usize], seed: u64) -> R<Case> {
 
 pub fn select(shape: &[usize], seed: u64) -> R<Case> {
     let mut b = CaseBuilder::new(seed);
-    let cv = b.uniform(shape, 0.0, 1.0).mapv(|v| if v > 0.5 { 1.0 } else { 0.0 });
+    let cv = b
+        .uniform(shape, 0.0, 1.0)
+        .mapv(|v| if v > 0.5 { 1.0 } else { 0.0 });
     let c = b.input("cond", cv, false)?;
     let (va, vb) = (b.normal(shape), b.normal(shape));
     let x = b.input("a", va, true)?;
@@ -161,7 +177,11 @@ pub fn select(shape: &[usize], seed: u64) -> R<Case> {
 
 pub fn reduce(max: bool, shape: &[usize], axes: &[usize], seed: u64) -> R<Case> {
     let mut b = CaseBuilder::new(seed);
-    let v = if max { b.distinct(shape) } else { b.normal(shape) };
+    let v = if max {
+        b.distinct(shape)
+    } else {
+        b.normal(shape)
+    };
     let x = b.input("x", v, true)?;
     let y = if max {
         b.g.reduce_max(x, axes)?
@@ -186,7 +206,13 @@ pub fn movement(n: usize, m: usize, seed: u64) -> R<Case> {
     let pd = b.g.pad(s, 2, 1, 2, 1)?;
     let numel = b.g.shape(pd).numel();
     let y = b.g.reshape(pd, [numel])?;
-    Ok(b.finish("broadcast/permute/concat/slice/pad/reshape", "", y, true, true))
+    Ok(b.finish(
+        "broadcast/permute/concat/slice/pad/reshape",
+        "",
+        y,
+        true,
+        true,
+    ))
 }
 
 pub fn matmul(m: usize, k: usize, n: usize, seed: u64) -> R<Case> {
@@ -357,12 +383,19 @@ pub fn batch_norm(shape: [usize; 4], affine: bool, seed: u64) -> R<Case> {
     let (gm, bt) = if affine {
         let vg = b.uniform(&[shape[1]], 0.5, 1.5);
         let vb = b.normal(&[shape[1]]);
-        (Some(b.input("gamma", vg, true)?), Some(b.input("beta", vb, true)?))
+        (
+            Some(b.input("gamma", vg, true)?),
+            Some(b.input("beta", vb, true)?),
+        )
     } else {
         (None, None)
     };
     let y = compose::batch_norm_train(&mut b.g, x, gm, bt, compose::BN_EPS)?.y;
-    let name = if affine { "batch_norm (affine)" } else { "batch_norm" };
+    let name = if affine {
+        "batch_norm (affine)"
+    } else {
+        "batch_norm"
+    };
     Ok(b.finish(name, "", y, false, true))
 }
 

@@ -59,7 +59,11 @@ pub struct Measure {
 impl Measure {
     fn from(errs: &[(f64, f64, f64)]) -> Measure {
         // (analytic, reference, tolerance)
-        let scale = errs.iter().map(|e| e.1.abs()).fold(0.0, f64::max).max(1e-300);
+        let scale = errs
+            .iter()
+            .map(|e| e.1.abs())
+            .fold(0.0, f64::max)
+            .max(1e-300);
         let mut rel: f64 = 0.0;
         let mut ratio: f64 = 0.0;
         let mut finite = true;
@@ -67,7 +71,13 @@ impl Measure {
             let d = (a - b).abs();
             finite &= a.is_finite() && b.is_finite();
             rel = rel.max(d / scale);
-            ratio = ratio.max(if tol > 0.0 { d / tol } else if d == 0.0 { 0.0 } else { f64::INFINITY });
+            ratio = ratio.max(if tol > 0.0 {
+                d / tol
+            } else if d == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY
+            });
         }
         if !finite {
             ratio = f64::INFINITY;
@@ -94,7 +104,9 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn pass(&self) -> bool {
-        self.vjp_vs_fd.pass && self.adjoint.pass && self.second_order.as_ref().is_none_or(|m| m.pass)
+        self.vjp_vs_fd.pass
+            && self.adjoint.pass
+            && self.second_order.as_ref().is_none_or(|m| m.pass)
     }
 }
 
@@ -143,6 +155,32 @@ fn abs_dot(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
     a.iter().zip(b.iter()).map(|(x, y)| (x * y).abs()).sum()
 }
 
+/// Largest |value| of any node upstream of `targets` (inclusive): the scale of the terms
+/// that round-off is relative to.
+fn max_abs_upstream(
+    ex: &mut CpuExecutor<f64>,
+    g: &Graph,
+    feeds: &Feeds<f64>,
+    targets: &[NodeId],
+) -> Result<f64, CheckError> {
+    let (needed, _) = crate::exec::liveness(g, targets).map_err(|source| CheckError::Exec {
+        op: "adjoint".into(),
+        source,
+    })?;
+    let ids: Vec<NodeId> = (0..g.len()).filter(|&i| needed[i]).map(NodeId).collect();
+    let vals = ex.run(g, feeds, &ids).map_err(|source| CheckError::Exec {
+        op: "adjoint".into(),
+        source,
+    })?;
+    Ok(vals.iter().flat_map(|v| v.iter()).fold(0.0f64, |m, v| {
+        if v.is_finite() {
+            m.max(v.abs())
+        } else {
+            m
+        }
+    }))
+}
+
 /// Run the three checks on `case` with random directions drawn from `seed`.
 pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
     let op = case.op.clone();
@@ -158,7 +196,9 @@ pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
     let u = f64::EPSILON / 2.0;
     let mut g = case.graph.clone();
     let out_shape = g.shape(case.output).clone();
-    let c_in = g.input("__check_cotangent", out_shape.clone()).map_err(gerr)?;
+    let c_in = g
+        .input("__check_cotangent", out_shape.clone())
+        .map_err(gerr)?;
     let s = g.dot(case.output, c_in).map_err(gerr)?;
     let grads = match &case.gradient {
         Some(f) => f(&mut g, s, &case.wrt),
@@ -169,8 +209,14 @@ pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
     let mut v_in = Vec::new();
     for (i, &w) in case.wrt.iter().enumerate() {
         let sh = g.shape(w).clone();
-        t_in.push(g.input(format!("__check_tangent_{i}"), sh.clone()).map_err(gerr)?);
-        v_in.push(g.input(format!("__check_direction_{i}"), sh).map_err(gerr)?);
+        t_in.push(
+            g.input(format!("__check_tangent_{i}"), sh.clone())
+                .map_err(gerr)?,
+        );
+        v_in.push(
+            g.input(format!("__check_direction_{i}"), sh)
+                .map_err(gerr)?,
+        );
     }
     let r = autodiff::inner(&mut g, &grads, &t_in).map_err(gerr)?;
     let jt = autodiff::grad(&mut g, r, &[c_in]).map_err(gerr)?[0];
@@ -216,8 +262,12 @@ pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
     let grad_vals = &base[4..4 + grads.len()];
     let k = case.k_terms;
 
-    // (a) VJP vs central differences of s, element by element.
-    let eval_err = evaluation_bound(k + y.len(), depths[s.0], abs_dot(&c, y), u);
+    // (a) VJP vs central differences of s, element by element. Round-off of each evaluation
+    // of s is relative to the terms it sums, bounded by the largest intermediate value M_s
+    // upstream of s: gamma_K * M_s * sum|c| (plus the |c||y| of the final inner product).
+    let l1 = |a: &ArrayD<f64>| a.iter().map(|v| v.abs()).sum::<f64>();
+    let m_s = max_abs_upstream(&mut ex, &g, &feeds, &[s])?;
+    let eval_err = evaluation_bound(k + y.len(), depths[s.0], abs_dot(&c, y) + m_s * l1(&c), u);
     let h = FD_STEP;
     let mut errs_a = Vec::new();
     for (i, name) in names.iter().enumerate() {
@@ -226,9 +276,11 @@ pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
         let elems: Vec<usize> = if n <= MAX_FD_ELEMENTS {
             (0..n).collect()
         } else {
-            (0..MAX_FD_ELEMENTS).map(|_| rng.random_range(0..n)).collect()
+            (0..MAX_FD_ELEMENTS)
+                .map(|_| rng.random_range(0..n))
+                .collect()
         };
-        let gmax = grad_vals[i].iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let m_g = max_abs_upstream(&mut ex, &g, &feeds, &[grads[i]])?;
         let mut sval = |x: &ArrayD<f64>| -> Result<f64, CheckError> {
             feeds.insert(name.clone(), x.clone());
             Ok(ex.run(&g, &feeds, &[s]).map_err(eerr)?[0].sum())
@@ -236,15 +288,19 @@ pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
         for e in elems {
             let mut d = [0.0; 2];
             for (slot, step) in [h, h / 2.0].into_iter().enumerate() {
+                // Difference over the realised step (x + h) - (x - h), which is exact in
+                // floating point, so the rounding of x + h does not enter the quotient.
+                let xe = x0.as_slice().expect("standard layout")[e];
+                let (xp_e, xm_e) = (xe + step, xe - step);
                 let mut xp = x0.clone();
-                xp.as_slice_mut().expect("standard layout")[e] += step;
+                xp.as_slice_mut().expect("standard layout")[e] = xp_e;
                 let mut xm = x0.clone();
-                xm.as_slice_mut().expect("standard layout")[e] -= step;
-                d[slot] = (sval(&xp)? - sval(&xm)?) / (2.0 * step);
+                xm.as_slice_mut().expect("standard layout")[e] = xm_e;
+                d[slot] = (sval(&xp)? - sval(&xm)?) / (xp_e - xm_e);
             }
             let a = grad_vals[i].as_slice().expect("standard layout")[e];
             let tol = central_difference_bound(d[0], d[1], eval_err, h)
-                + evaluation_bound(k, depths[grads[i].0], gmax, u);
+                + evaluation_bound(k, depths[grads[i].0], m_g, u);
             errs_a.push((a, d[1], tol));
         }
         feeds.insert(name.clone(), x0);
@@ -272,8 +328,16 @@ pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
             errs_b.push((lhs, rhs_i, tol));
         }
     } else {
-        let lhs = dot(jt_val, &c);
-        let tol = gamma(k * depths[jt.0] + y.len() + total_in, u) * (abs_dot(jt_val, &c) + rhs_abs);
+        // Both sides are computed through the VJP graph, where terms can cancel (batch norm
+        // with two values per channel has a Jacobian of order eps). Round-off is relative to
+        // the terms, not to the result: bound each term by the largest intermediate value M
+        // upstream of the two sides, giving gamma_K * M * (sum |t| + sum |c|).
+        let m = max_abs_upstream(&mut ex, &g, &feeds, &[jt, r])?;
+        let c = &c;
+        let terms = m * (ts.iter().map(l1).sum::<f64>() + l1(c));
+        let lhs = dot(jt_val, c);
+        let tol = gamma(k * depths[jt.0] + y.len() + total_in, u)
+            * (abs_dot(jt_val, c) + rhs_abs + terms);
         errs_b.push((lhs, rhs, tol));
     }
     let adjoint = Measure::from(&errs_b);
@@ -302,15 +366,17 @@ pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
             }
             let mut errs_c = Vec::new();
             for i in 0..names.len() {
-                let gmax = grad_vals[i].iter().fold(0.0f64, |m, v| m.max(v.abs()));
-                let hmax = hv_vals[i].iter().fold(0.0f64, |m, v| m.max(v.abs()));
-                let eval_g = evaluation_bound(k + total_in, depths[grads[i].0], gmax, u);
+                // Round-off of each gradient evaluation is relative to the largest value
+                // upstream of it (cancellation inside, e.g. batch norm, is covered).
+                let m_g = max_abs_upstream(&mut ex, &g, &feeds, &[grads[i]])?;
+                let m_hv = max_abs_upstream(&mut ex, &g, &feeds, &[hv_nodes[i]])?;
+                let eval_g = evaluation_bound(k + total_in, depths[grads[i].0], m_g, u);
                 for e in 0..hv_vals[i].len() {
                     let at = |a: &ArrayD<f64>| a.as_slice().expect("standard layout")[e];
                     let d1 = (at(&gp[i]) - at(&gm[i])) / (2.0 * h);
                     let d2 = (at(&gp2[i]) - at(&gm2[i])) / h;
                     let tol = central_difference_bound(d1, d2, eval_g, h)
-                        + evaluation_bound(k, depths[hv_nodes[i].0], hmax, u);
+                        + evaluation_bound(k, depths[hv_nodes[i].0], m_hv, u);
                     errs_c.push((at(&hv_vals[i]), d2, tol));
                 }
             }

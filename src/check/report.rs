@@ -20,7 +20,10 @@ fn row(o: &Outcome) -> [String; 6] {
         o.shapes.clone(),
         cell(&o.vjp_vs_fd),
         cell(&o.adjoint),
-        o.second_order.as_ref().map(cell).unwrap_or_else(|| "n/a".into()),
+        o.second_order
+            .as_ref()
+            .map(cell)
+            .unwrap_or_else(|| "n/a".into()),
         if o.pass() { "pass" } else { "FAIL" }.into(),
     ]
 }
@@ -45,7 +48,11 @@ pub fn render(outcomes: &[Outcome], format: Format) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(outcomes).expect("plain data serialises"),
         Format::Markdown => {
-            let mut s = format!("| {} |\n|{}\n", HEADER.join(" | "), "---|".repeat(HEADER.len()));
+            let mut s = format!(
+                "| {} |\n|{}\n",
+                HEADER.join(" | "),
+                "---|".repeat(HEADER.len())
+            );
             for o in outcomes {
                 s += &format!("| {} |\n", row(o).join(" | "));
             }

@@ -52,6 +52,9 @@ mod tests {
         let h = 1e-2;
         let err = (d(h / 2.0) - 1f64.cos()).abs();
         let bound = central_difference_bound(d(h), d(h / 2.0), 1e-16, h);
-        assert!(err <= bound && bound < 10.0 * err, "err {err} bound {bound}");
+        assert!(
+            err <= bound && bound < 10.0 * err,
+            "err {err} bound {bound}"
+        );
     }
 }

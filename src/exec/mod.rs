@@ -11,9 +11,7 @@ use ndarray::ArrayD;
 use std::collections::HashMap;
 
 /// Floating-point element types the executors run in.
-pub trait Scalar:
-    ndarray::NdFloat + Default + bytemuck::Pod + std::iter::Sum
-{
+pub trait Scalar: ndarray::NdFloat + Default + bytemuck::Pod + std::iter::Sum {
     const NAME: &'static str;
     /// Unit roundoff u = 2^-(p) (half the machine epsilon): 2^-53 for f64, 2^-24 for f32.
     const UNIT_ROUNDOFF: f64;

@@ -45,8 +45,16 @@ impl Shape {
         let r = a.rank().max(b.rank());
         let mut out = vec![0; r];
         for (i, o) in out.iter_mut().enumerate() {
-            let da = if i + a.rank() >= r { a.0[i + a.rank() - r] } else { 1 };
-            let db = if i + b.rank() >= r { b.0[i + b.rank() - r] } else { 1 };
+            let da = if i + a.rank() >= r {
+                a.0[i + a.rank() - r]
+            } else {
+                1
+            };
+            let db = if i + b.rank() >= r {
+                b.0[i + b.rank() - r]
+            } else {
+                1
+            };
             *o = if da == db || db == 1 {
                 da
             } else if da == 1 {
@@ -117,7 +125,10 @@ mod tests {
     #[test]
     fn broadcasting_follows_numpy() {
         let s = |d: &[usize]| Shape::from(d);
-        assert_eq!(Shape::broadcast(&s(&[2, 1, 3]), &s(&[4, 1])), Some(s(&[2, 4, 3])));
+        assert_eq!(
+            Shape::broadcast(&s(&[2, 1, 3]), &s(&[4, 1])),
+            Some(s(&[2, 4, 3]))
+        );
         assert_eq!(Shape::broadcast(&s(&[]), &s(&[5])), Some(s(&[5])));
         assert_eq!(Shape::broadcast(&s(&[2, 3]), &s(&[3, 2])), None);
         assert_eq!(s(&[1, 3]).broadcast_axes(&s(&[2, 4, 3])), vec![0, 1]);

@@ -174,7 +174,11 @@ pub fn conv2d<T: Scalar>(
         for gi in 0..g.groups {
             im2col(&g, xn, gi * g.cg, cs);
             let wg = mat(&ws[gi * g.og * kr..][..g.og * kr], g.og, kr);
-            let mut yg = mat_mut(&mut ys[(n * g.o + gi * g.og) * plane..][..g.og * plane], g.og, plane);
+            let mut yg = mat_mut(
+                &mut ys[(n * g.o + gi * g.og) * plane..][..g.og * plane],
+                g.og,
+                plane,
+            );
             general_mat_mul(T::one(), &wg, &mat(cs, kr, plane), T::zero(), &mut yg);
         }
     }
@@ -228,8 +232,18 @@ pub fn conv2d_input_grad<T: Scalar>(
         let gxn = &mut gxs[n * g.c * g.h * g.w..][..g.c * g.h * g.w];
         for gi in 0..g.groups {
             let wg = mat(&ws[gi * g.og * kr..][..g.og * kr], g.og, kr);
-            let gyg = mat(&gys[(n * g.o + gi * g.og) * plane..][..g.og * plane], g.og, plane);
-            general_mat_mul(T::one(), &wg.t(), &gyg, T::zero(), &mut mat_mut(cs, kr, plane));
+            let gyg = mat(
+                &gys[(n * g.o + gi * g.og) * plane..][..g.og * plane],
+                g.og,
+                plane,
+            );
+            general_mat_mul(
+                T::one(),
+                &wg.t(),
+                &gyg,
+                T::zero(),
+                &mut mat_mut(cs, kr, plane),
+            );
             col2im(&g, cs, gi * g.cg, gxn);
         }
     }
@@ -284,7 +298,11 @@ pub fn conv2d_weight_grad<T: Scalar>(
         let xn = &xs[n * g.c * g.h * g.w..][..g.c * g.h * g.w];
         for gi in 0..g.groups {
             im2col(&g, xn, gi * g.cg, cs);
-            let gyg = mat(&gys[(n * g.o + gi * g.og) * plane..][..g.og * plane], g.og, plane);
+            let gyg = mat(
+                &gys[(n * g.o + gi * g.og) * plane..][..g.og * plane],
+                g.og,
+                plane,
+            );
             let mut gwg = mat_mut(&mut gws[gi * g.og * kr..][..g.og * kr], g.og, kr);
             general_mat_mul(T::one(), &gyg, &mat(cs, kr, plane).t(), T::one(), &mut gwg);
         }

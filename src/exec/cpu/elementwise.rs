@@ -111,7 +111,9 @@ pub fn binary<T: Scalar>(
             .and(&av)
             .for_each(|o, &x| *o = apply_binary(op, x, y));
     } else {
-        let av = a.broadcast(sh.clone()).expect("shape rule checked broadcasting");
+        let av = a
+            .broadcast(sh.clone())
+            .expect("shape rule checked broadcasting");
         let bv = b.broadcast(sh).expect("shape rule checked broadcasting");
         Zip::from(&mut out)
             .and(&av)

@@ -103,7 +103,11 @@ impl<T: Scalar> Executor<T> for CpuExecutor<T> {
             let ins: Vec<&ArrayD<T>> = node
                 .inputs
                 .iter()
-                .map(|j| vals[j.0].as_ref().expect("inputs run before their consumers"))
+                .map(|j| {
+                    vals[j.0]
+                        .as_ref()
+                        .expect("inputs run before their consumers")
+                })
                 .collect();
             let out = eval(&mut self.pool, node, &ins)?;
             debug_assert_eq!(out.shape(), node.shape.dims(), "{}", node.op.name());

@@ -24,7 +24,10 @@ impl Win {
         let x0 = (q * self.p.stride[1]) as isize - self.p.padding[1] as isize;
         let y1 = (y0 + self.p.kernel[0] as isize).min(self.h as isize);
         let x1 = (x0 + self.p.kernel[1] as isize).min(self.w as isize);
-        (y0.max(0) as usize..y1 as usize, x0.max(0) as usize..x1 as usize)
+        (
+            y0.max(0) as usize..y1 as usize,
+            x0.max(0) as usize..x1 as usize,
+        )
     }
 }
 
@@ -85,8 +88,8 @@ pub fn avg_pool_grad<T: Scalar>(
         for pp in 0..win.oh {
             for q in 0..win.ow {
                 let (ry, rx) = win.ranges(pp, q);
-                let share = gys[(pl * win.oh + pp) * win.ow + q]
-                    / T::of((ry.len() * rx.len()) as f64);
+                let share =
+                    gys[(pl * win.oh + pp) * win.ow + q] / T::of((ry.len() * rx.len()) as f64);
                 for yy in ry {
                     for xx in rx.clone() {
                         gxp[yy * win.w + xx] += share;

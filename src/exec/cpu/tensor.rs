@@ -153,10 +153,7 @@ pub fn matmul<T: Scalar>(pool: &mut BufferPool<T>, a: &ArrayD<T>, b: &ArrayD<T>)
     let b2 = b.view().into_dimensionality::<Ix2>().expect("rank 2");
     let mut out = pool.alloc(&[a2.nrows(), b2.ncols()]);
     {
-        let mut o2 = out
-            .view_mut()
-            .into_dimensionality::<Ix2>()
-            .expect("rank 2");
+        let mut o2 = out.view_mut().into_dimensionality::<Ix2>().expect("rank 2");
         general_mat_mul(T::one(), &a2, &b2, T::zero(), &mut o2);
     }
     out

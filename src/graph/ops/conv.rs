@@ -26,7 +26,11 @@ fn check_params(p: &ConvParams) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn out_hw(p: &ConvParams, hw: [usize; 2], k: [usize; 2]) -> std::result::Result<[usize; 2], String> {
+fn out_hw(
+    p: &ConvParams,
+    hw: [usize; 2],
+    k: [usize; 2],
+) -> std::result::Result<[usize; 2], String> {
     if k.contains(&0) {
         return Err("kernel size must be at least 1".into());
     }
@@ -104,7 +108,11 @@ pub fn weight_grad_shape(
     check_rank4(x, "input")?;
     check_rank4(gy, "output cotangent")?;
     if x.dims()[1] % p.groups != 0 {
-        return Err(format!("groups {} must divide input channels {}", p.groups, x.dims()[1]));
+        return Err(format!(
+            "groups {} must divide input channels {}",
+            p.groups,
+            x.dims()[1]
+        ));
     }
     let w = Shape::new([gy.dims()[1], x.dims()[1] / p.groups, kernel[0], kernel[1]]);
     let y = conv_shape(x, &w, p)?;
@@ -174,9 +182,15 @@ mod tests {
         let x = g.input("x", [2, 4, 8, 8]).unwrap();
         let w = g.input("w", [4, 1, 3, 3]).unwrap();
         let w0 = g.input("w0", [4, 1, 0, 3]).unwrap();
-        let e = g.conv2d(x, w, ConvParams::new(0, 1, 1, 4)).unwrap_err().to_string();
+        let e = g
+            .conv2d(x, w, ConvParams::new(0, 1, 1, 4))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("stride"), "{e}");
-        let e = g.conv2d(x, w, ConvParams::new(1, 1, 1, 1)).unwrap_err().to_string();
+        let e = g
+            .conv2d(x, w, ConvParams::new(1, 1, 1, 1))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("input channels per group"), "{e}");
         assert!(g.conv2d(x, w0, ConvParams::new(1, 1, 1, 4)).is_err());
         let y = g.conv2d(x, w, ConvParams::new(2, 2, 2, 4)).unwrap();

@@ -138,6 +138,9 @@ mod tests {
         let b = g.input("b", [3, 2]).unwrap();
         g.push_scope("cells.0");
         let e = g.add2(a, b).unwrap_err().to_string();
-        assert!(e.contains("add") && e.contains("cells.0") && e.contains("[2, 3]"), "{e}");
+        assert!(
+            e.contains("add") && e.contains("cells.0") && e.contains("[2, 3]"),
+            "{e}"
+        );
     }
 }

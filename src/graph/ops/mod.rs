@@ -166,8 +166,14 @@ pub fn vjp(g: &mut Graph, id: NodeId, cot: NodeId) -> Result<Vec<Option<NodeId>>
         Op::AvgPool2dGrad { p, .. } => Ok(vec![Some(g.add(Op::AvgPool2d(*p), &[cot])?)]),
         Op::MaxPool2d(p) => Ok(vec![Some(g.add(Op::MaxPool2dGrad(*p), &[x[0], cot])?)]),
         // The argmax is piecewise constant in x: no derivative through it.
-        Op::MaxPool2dGrad(p) => Ok(vec![None, Some(g.add(Op::MaxPool2dGather(*p), &[x[0], cot])?)]),
-        Op::MaxPool2dGather(p) => Ok(vec![None, Some(g.add(Op::MaxPool2dGrad(*p), &[x[0], cot])?)]),
+        Op::MaxPool2dGrad(p) => Ok(vec![
+            None,
+            Some(g.add(Op::MaxPool2dGather(*p), &[x[0], cot])?),
+        ]),
+        Op::MaxPool2dGather(p) => Ok(vec![
+            None,
+            Some(g.add(Op::MaxPool2dGrad(*p), &[x[0], cot])?),
+        ]),
         Op::Gather => Ok(vec![
             Some(g.add(
                 Op::ScatterAdd {

@@ -30,7 +30,10 @@ pub fn reshape_shape(x: &Shape, target: &Shape) -> std::result::Result<Shape, St
 pub fn permute_shape(x: &Shape, perm: &[usize]) -> std::result::Result<Shape, String> {
     let mut seen = vec![false; x.rank()];
     if perm.len() != x.rank() {
-        return Err(format!("permutation {perm:?} has the wrong length for rank {}", x.rank()));
+        return Err(format!(
+            "permutation {perm:?} has the wrong length for rank {}",
+            x.rank()
+        ));
     }
     for &p in perm {
         if p >= x.rank() || seen[p] {
@@ -129,7 +132,13 @@ pub fn pad_vjp(
     gy: NodeId,
 ) -> Result<NodeId> {
     let n = g.shape(x).dims()[axis];
-    g.slice(gy, axis, before, before + (n - 1) * (interior + 1) + 1, interior + 1)
+    g.slice(
+        gy,
+        axis,
+        before,
+        before + (n - 1) * (interior + 1) + 1,
+        interior + 1,
+    )
 }
 
 pub fn concat_vjp(

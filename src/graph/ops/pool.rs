@@ -28,7 +28,10 @@ pub fn pool_shape(x: &Shape, p: &PoolParams) -> std::result::Result<Shape, Strin
     let d = x.dims();
     match (p.out_len(0, d[2]), p.out_len(1, d[3])) {
         (Some(h), Some(w)) => Ok(Shape::new([d[0], d[1], h, w])),
-        _ => Err(format!("the {:?} window does not fit the padded input", p.kernel)),
+        _ => Err(format!(
+            "the {:?} window does not fit the padded input",
+            p.kernel
+        )),
     }
 }
 
@@ -56,9 +59,15 @@ pub fn max_grad_shape(x: &Shape, gy: &Shape, p: &PoolParams) -> std::result::Res
     Ok(x.clone())
 }
 
-pub fn max_gather_shape(x: &Shape, c: &Shape, p: &PoolParams) -> std::result::Result<Shape, String> {
+pub fn max_gather_shape(
+    x: &Shape,
+    c: &Shape,
+    p: &PoolParams,
+) -> std::result::Result<Shape, String> {
     if x != c {
-        return Err(format!("the gathered tensor {c} must have the input's shape {x}"));
+        return Err(format!(
+            "the gathered tensor {c} must have the input's shape {x}"
+        ));
     }
     pool_shape(x, p)
 }

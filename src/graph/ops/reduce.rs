@@ -18,13 +18,7 @@ pub fn shape(x: &Shape, axes: &[usize]) -> std::result::Result<Shape, String> {
 
 /// VJP of y = max over axes: the cotangent is shared evenly among the tied maxima,
 /// x_bar = [x == y] * y_bar / count(x == y).
-pub fn max_vjp(
-    g: &mut Graph,
-    x: NodeId,
-    y: NodeId,
-    axes: &[usize],
-    gy: NodeId,
-) -> Result<NodeId> {
+pub fn max_vjp(g: &mut Graph, x: NodeId, y: NodeId, axes: &[usize], gy: NodeId) -> Result<NodeId> {
     let mask = g.binary(BinaryOp::Equal, x, y)?;
     let count = g.reduce_sum(mask, axes)?;
     let share = g.div(gy, count)?;

@@ -1,0 +1,315 @@
+//! Property tests of every primitive's derivatives in f64 over random shapes and values:
+//! (a) VJP against central finite differences, (b) the adjoint identity, (c) second order.
+//!
+//! The tolerances are not set here: each check compares against the bound derived in
+//! `darts::check::tolerance` (Richardson estimate of the central-difference truncation error
+//! plus gamma_K round-off; proofs/gradient-checking.md), and a failure message prints the
+//! worst error/tolerance ratio. Inputs stay `KINK_MARGIN` = 0.1 away from kinks and ties,
+//! 1000x the FD step, so no difference crosses one (kinks have their own tests in
+//! tests/conventions.rs).
+
+use darts::check::cases::{self, ConvCase, PoolKind};
+use darts::check::gradcheck::{check, Case, Outcome};
+use darts::graph::{BinaryOp, ConvParams, Graph, NodeId, Op, PoolParams, UnaryOp};
+use proptest::prelude::*;
+
+fn run(case: Case, seed: u64) -> Outcome {
+    let o = check(&case, seed).expect("check runs");
+    assert!(
+        o.pass(),
+        "{} {}: vjp {:?} adjoint {:?} second {:?}",
+        o.op,
+        o.shapes,
+        o.vjp_vs_fd,
+        o.adjoint,
+        o.second_order
+    );
+    o
+}
+
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+fn shape(max_rank: usize) -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1usize..5, 1..=max_rank)
+}
+
+/// An output shape and two shapes that broadcast to it (dims dropped to 1, leading axes
+/// removed).
+fn broadcast_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+    (shape(3), any::<u8>(), any::<u8>(), 0usize..3).prop_map(|(out, ma, mb, drop)| {
+        let a: Vec<usize> = out
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| if ma >> i & 1 == 1 { 1 } else { d })
+            .collect();
+        let b: Vec<usize> = out
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| if mb >> i & 1 == 1 { 1 } else { d })
+            .skip(drop.min(out.len() - 1))
+            .collect();
+        (a, b)
+    })
+}
+
+const UNARY: [UnaryOp; 12] = [
+    UnaryOp::Neg,
+    UnaryOp::Exp,
+    UnaryOp::Log,
+    UnaryOp::Sqrt,
+    UnaryOp::Rsqrt,
+    UnaryOp::Recip,
+    UnaryOp::Square,
+    UnaryOp::Tanh,
+    UnaryOp::Sigmoid,
+    UnaryOp::Relu,
+    UnaryOp::Softplus,
+    UnaryOp::Step,
+];
+
+const BINARY: [BinaryOp; 7] = [
+    BinaryOp::Add,
+    BinaryOp::Sub,
+    BinaryOp::Mul,
+    BinaryOp::Div,
+    BinaryOp::Max,
+    BinaryOp::Greater,
+    BinaryOp::Equal,
+];
+
+/// Conv geometries: groups in {1, 2, C (depthwise)}, kernel {1, 3, 5}, stride {1, 2},
+/// dilation {1, 2}, padding up to the "same" padding, spatial size large enough to fit.
+fn conv_case() -> impl Strategy<Value = ConvCase> {
+    (
+        1usize..3,
+        prop::sample::select(vec![1usize, 3, 5]),
+        1usize..3,
+        1usize..3,
+        0usize..3,
+        0usize..3,
+        1usize..3,
+        1usize..3,
+    )
+        .prop_map(|(n, k, stride, dil, gsel, pad_sel, cg, extra)| {
+            let groups = [1, 2, 3][gsel];
+            let c = groups * cg;
+            let o = if gsel == 2 && cg == 1 {
+                c
+            } else {
+                groups * (3 - cg)
+            };
+            let pad = (pad_sel * dil * (k / 2)).min(dil * (k - 1) / 2 + pad_sel);
+            let span = dil * (k - 1) + 1;
+            let hw = span.saturating_sub(2 * pad).max(1) + extra + stride;
+            ConvCase {
+                n,
+                c,
+                o,
+                hw,
+                k,
+                p: ConvParams::new(stride, pad, dil, groups),
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(config(24))]
+
+    #[test]
+    fn unary_gradients(op in 0usize..12, s in shape(3), seed in any::<u64>()) {
+        run(cases::unary(UNARY[op], &s, seed).unwrap(), seed);
+    }
+
+    #[test]
+    fn binary_broadcast_gradients(op in 0usize..7, (a, b) in broadcast_pair(), seed in any::<u64>()) {
+        run(cases::binary(BINARY[op], &a, &b, seed).unwrap(), seed);
+    }
+
+    #[test]
+    fn select_gradients(s in shape(3), seed in any::<u64>()) {
+        run(cases::select(&s, seed).unwrap(), seed);
+    }
+
+    #[test]
+    fn reduce_sum_gradients(s in shape(4), mask in any::<u8>(), seed in any::<u64>()) {
+        let axes: Vec<usize> = (0..s.len()).filter(|i| mask >> i & 1 == 1).collect();
+        run(cases::reduce(false, &s, &axes, seed).unwrap(), seed);
+    }
+
+    #[test]
+    fn reduce_max_gradients(s in shape(3), mask in 1u8.., seed in any::<u64>()) {
+        let axes: Vec<usize> = (0..s.len()).filter(|i| mask >> i & 1 == 1).collect();
+        run(cases::reduce(true, &s, &axes, seed).unwrap(), seed);
+    }
+
+    #[test]
+    fn movement_gradients(n in 1usize..5, m in 1usize..5, seed in any::<u64>()) {
+        run(cases::movement(n, m, seed).unwrap(), seed);
+    }
+
+    #[test]
+    fn matmul_gradients(m in 1usize..7, k in 1usize..7, n in 1usize..7, seed in any::<u64>()) {
+        run(cases::matmul(m, k, n, seed).unwrap(), seed);
+    }
+
+    #[test]
+    fn conv2d_gradients(cc in conv_case(), seed in any::<u64>()) {
+        run(cases::conv2d(cc, seed).unwrap(), seed);
+    }
+
+    #[test]
+    fn conv2d_transpose_gradients(cc in conv_case(), wgrad in any::<bool>(), seed in any::<u64>()) {
+        run(cases::conv2d_transposes(cc, wgrad, seed).unwrap(), seed);
+    }
+
+    #[test]
+    fn avg_pool_gradients(n in 1usize..3, c in 1usize..3, hw in 3usize..8, stride in 1usize..3,
+                          pad in 0usize..2, grad_op in any::<bool>(), seed in any::<u64>()) {
+        let kind = if grad_op { PoolKind::AvgGrad } else { PoolKind::Avg };
+        run(cases::pool(kind, [n, c, hw, hw], PoolParams::new(3, stride, pad), seed).unwrap(), seed);
+    }
+
+    #[test]
+    fn max_pool_gradients(n in 1usize..3, c in 1usize..3, hw in 3usize..8, stride in 1usize..3,
+                          pad in 0usize..2, kind in 0usize..3, seed in any::<u64>()) {
+        let kind = [PoolKind::Max, PoolKind::MaxGrad, PoolKind::MaxGather][kind];
+        run(cases::pool(kind, [n, c, hw, hw], PoolParams::new(3, stride, pad), seed).unwrap(), seed);
+    }
+
+    #[test]
+    fn gather_scatter_gradients(rows in 1usize..6, dim in 1usize..4, n in 1usize..9,
+                                scatter in any::<bool>(), seed in any::<u64>()) {
+        run(cases::gather_scatter(scatter, rows, dim, n, seed).unwrap(), seed);
+    }
+
+    #[test]
+    fn log_softmax_gradients(s in shape(3), axis in 0usize..3, seed in any::<u64>()) {
+        let axis = axis % s.len();
+        run(cases::log_softmax(&s, axis, seed).unwrap(), seed);
+    }
+
+    #[test]
+    fn batch_norm_gradients(n in 2usize..5, c in 1usize..4, hw in 1usize..4, affine in any::<bool>(),
+                            seed in any::<u64>()) {
+        run(cases::batch_norm([n, c, hw, hw], affine, seed).unwrap(), seed);
+    }
+
+    #[test]
+    fn softmax_cross_entropy_gradients(n in 1usize..6, k in 2usize..11, seed in any::<u64>()) {
+        run(cases::softmax_cross_entropy(n, k, seed).unwrap(), seed);
+    }
+}
+
+/// Every linear primitive passes the dot-product test <f(t), c> = <t, f^T(c)> with f the
+/// forward kernel and f^T our VJP graph (the gradcheck's adjoint measure with `linear` set);
+/// this runs the whole fixed suite the CLI runs, which covers every primitive.
+#[test]
+fn linear_ops_pass_the_adjoint_identity() {
+    let suite = cases::standard_suite(7).unwrap();
+    let mut linear = 0;
+    for (i, case) in suite.iter().enumerate() {
+        let o = check(case, i as u64).unwrap();
+        assert!(o.adjoint.pass, "{} {}: {:?}", o.op, o.shapes, o.adjoint);
+        linear += case.linear as usize;
+    }
+    assert!(
+        linear >= 30,
+        "the suite must exercise the forward-map dot-product test"
+    );
+}
+
+/// Second order on smooth compositions deeper than one primitive: a small conv net with
+/// softplus, average pooling, batch norm and a cross-entropy head. Exact H v (autodiff of
+/// autodiff) against central differences of the gradient.
+#[test]
+fn second_order_matches_finite_differences() {
+    let mut b = cases::CaseBuilder::new(11);
+    let vx = b.normal(&[3, 2, 5, 5]);
+    let vw = b.normal(&[4, 2, 3, 3]);
+    let vd = b.normal(&[4, 1, 3, 3]);
+    let vl = b.normal(&[10, 4]);
+    let x = b.input("x", vx, true).unwrap();
+    let w = b.input("w", vw, true).unwrap();
+    let dw = b.input("dw", vd, true).unwrap();
+    let lw = b.input("lw", vl, true).unwrap();
+    let mut onehot = ndarray::ArrayD::zeros(ndarray::IxDyn(&[3, 10]));
+    for r in 0..3 {
+        onehot[[r, (r * 7) % 10]] = 1.0;
+    }
+    let t = b.input("onehot", onehot, false).unwrap();
+    let g = &mut b.g;
+    let h = g.conv2d(x, w, ConvParams::new(1, 1, 1, 1)).unwrap();
+    let h = g.unary(UnaryOp::Softplus, h).unwrap();
+    let h = g.conv2d(h, dw, ConvParams::new(2, 2, 2, 4)).unwrap();
+    let h = darts::graph::compose::batch_norm_train(g, h, None, None, 1e-5)
+        .unwrap()
+        .y;
+    let h = g.avg_pool2d(h, PoolParams::new(3, 1, 1)).unwrap();
+    let h = g.reduce_sum(h, &[2, 3]).unwrap();
+    let h = g.reshape(h, [3, 4]).unwrap();
+    let logits = darts::graph::compose::linear(g, h, lw, None).unwrap();
+    let loss = darts::graph::compose::cross_entropy_mean(g, logits, t).unwrap();
+    let case = b.finish(
+        "small conv net (softplus, avg pool, BN, CE)",
+        "",
+        loss,
+        false,
+        true,
+    );
+    let o = run(case, 3);
+    assert!(o.second_order.is_some());
+}
+
+/// The checker must fail on a wrong VJP rule: (1) tanh with d tanh = (1 - y) instead of
+/// (1 - y^2); (2) the classic conv bug, the input gradient computed as a forward conv of the
+/// cotangent with the *unflipped* kernel.
+#[test]
+fn checker_catches_a_wrong_vjp_rule() {
+    let mut case = cases::unary(UnaryOp::Tanh, &[3, 4], 5).unwrap();
+    let y = case.output;
+    case.gradient = Some(Box::new(move |g: &mut Graph, s: NodeId, wrt: &[NodeId]| {
+        // s = <c, tanh(x)>, so ds/dx = c * tanh'(x); the wrong rule uses (1 - y).
+        let c = g.input_id("__check_cotangent").unwrap();
+        let one = g.scalar(1.0)?;
+        let d = g.sub(one, y)?;
+        let _ = s;
+        Ok(vec![g.mul(c, d)?; wrt.len()])
+    }));
+    let o = check(&case, 1).unwrap();
+    assert!(
+        !o.vjp_vs_fd.pass,
+        "wrong tanh rule passed: {:?}",
+        o.vjp_vs_fd
+    );
+
+    let cc = ConvCase {
+        n: 1,
+        c: 2,
+        o: 2,
+        hw: 5,
+        k: 3,
+        p: ConvParams::new(1, 1, 1, 1),
+    };
+    let mut case = cases::conv2d(cc, 9).unwrap();
+    case.gradient = Some(Box::new(|g: &mut Graph, s: NodeId, wrt: &[NodeId]| {
+        let right = darts::autodiff::grad(g, s, wrt)?;
+        let c = g.input_id("__check_cotangent").unwrap();
+        // Wrong: treat the 2->2 conv as self-adjoint, swapping the channel axes of w but
+        // not flipping the kernel in space.
+        let wt = g.permute(wrt[1], &[1, 0, 2, 3])?;
+        let wrong_x = g.add(Op::Conv2d(ConvParams::new(1, 1, 1, 1)), &[c, wt])?;
+        Ok(vec![wrong_x, right[1]])
+    }));
+    let o = check(&case, 2).unwrap();
+    assert!(
+        !o.vjp_vs_fd.pass,
+        "unflipped conv transpose passed: {:?}",
+        o.vjp_vs_fd
+    );
+}
