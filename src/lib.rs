@@ -6,5 +6,6 @@
 
 pub mod autodiff;
 pub mod check;
+pub mod darts;
 pub mod exec;
 pub mod graph;

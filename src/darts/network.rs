@@ -1,0 +1,263 @@
+//! The DARTS conv search network (cnn/model_search.py): stem, stacked normal and reduction
+//! cells of MixedOps, global average pool, linear head, mean cross-entropy.
+//! Facts matched: REFERENCE_NOTES.md section 2.
+
+use super::num_edges;
+use super::ops::{BnRecord, NetBuilder, ParamSource};
+use super::params::{Kind, Layout};
+use crate::graph::{compose, Graph, GraphError, NodeId};
+
+type R<T> = Result<T, GraphError>;
+
+/// Shape of a search network. The reference fixes steps 4, multiplier 4, stem_multiplier 3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SearchConfig {
+    /// Initial channels C.
+    pub c: usize,
+    pub layers: usize,
+    /// Intermediate nodes per cell.
+    pub steps: usize,
+    /// Intermediate nodes concatenated into the cell output (the last `multiplier`).
+    pub multiplier: usize,
+    pub stem_multiplier: usize,
+    pub num_classes: usize,
+    /// Test-only smooth variant: softplus for ReLU and average for max pooling.
+    pub smooth: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("layers = {0}: the search network needs at least 3 layers (with fewer, every cell is a reduction cell and alphas_normal is unused)")]
+    TooFewLayers(usize),
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("multiplier {multiplier} exceeds steps {steps}: the cell output concatenates the last `multiplier` intermediate nodes")]
+    Multiplier { multiplier: usize, steps: usize },
+    #[error("C = {0} must be even: FactorizedReduce splits its output channels into two halves")]
+    OddChannels(usize),
+    #[error(
+        "input size {h}x{w}: FactorizedReduce halves it twice, so both must be divisible by 4"
+    )]
+    Spatial { h: usize, w: usize },
+}
+
+impl SearchConfig {
+    /// The paper's search network: C = 16, 8 layers, 4 steps, multiplier 4, stem 3, 10 classes.
+    pub fn paper() -> Self {
+        SearchConfig {
+            c: 16,
+            layers: 8,
+            steps: 4,
+            multiplier: 4,
+            stem_multiplier: 3,
+            num_classes: 10,
+            smooth: false,
+        }
+    }
+
+    /// Alpha rows per cell type.
+    pub fn k(&self) -> usize {
+        num_edges(self.steps)
+    }
+
+    pub fn is_reduction(&self, cell: usize) -> bool {
+        cell == self.layers / 3 || cell == 2 * self.layers / 3
+    }
+
+    /// Reject configurations the reference cannot run, with the reason.
+    pub fn validate(&self, h: usize, w: usize) -> Result<(), ConfigError> {
+        if self.layers < 3 {
+            return Err(ConfigError::TooFewLayers(self.layers));
+        }
+        for (v, name) in [
+            (self.c, "C"),
+            (self.steps, "steps"),
+            (self.multiplier, "multiplier"),
+            (self.stem_multiplier, "stem_multiplier"),
+            (self.num_classes, "num_classes"),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.multiplier > self.steps {
+            return Err(ConfigError::Multiplier {
+                multiplier: self.multiplier,
+                steps: self.steps,
+            });
+        }
+        if self.c % 2 != 0 {
+            return Err(ConfigError::OddChannels(self.c));
+        }
+        if h % 4 != 0 || w % 4 != 0 || h == 0 || w == 0 {
+            return Err(ConfigError::Spatial { h, w });
+        }
+        Ok(())
+    }
+
+    /// The parameter and buffer layout (state_dict names in module order).
+    pub fn layout(&self) -> R<Layout> {
+        let mut layout = Layout::default();
+        let mut g = Graph::new();
+        let x = g.input("x", [2, 3, 8, 8])?;
+        let t = g.input("onehot", [2, self.num_classes])?;
+        let k = self.k();
+        let an = g.input("alpha/normal", [k, 8])?;
+        let ar = g.input("alpha/reduce", [k, 8])?;
+        let mut nb = NetBuilder {
+            g: &mut g,
+            source: ParamSource::Inputs,
+            layout: Some(&mut layout),
+            bn: Vec::new(),
+            smooth: self.smooth,
+            affine: false,
+        };
+        build(&mut nb, self, x, t, an, ar)?;
+        Ok(layout)
+    }
+}
+
+/// The nodes of one built search network.
+#[derive(Clone, Debug)]
+pub struct NetOut {
+    pub logits: NodeId,
+    /// Mean cross-entropy.
+    pub loss: NodeId,
+    /// Every BN's batch statistics, in module order.
+    pub bn: Vec<BnRecord>,
+}
+
+/// MixedOp (eq. 2 of Liu, Simonyan and Yang, ICLR 2019): o(x) = sum_k softmax(alpha)_k o_k(x),
+/// summed in PRIMITIVES order. `weights` is the [k, 8] softmax of the cell type's alphas.
+fn mixed_op(
+    nb: &mut NetBuilder,
+    x: NodeId,
+    weights: NodeId,
+    edge: usize,
+    name: &str,
+    stride: usize,
+) -> R<NodeId> {
+    let mut acc: Option<NodeId> = None;
+    for prim in 0..super::PRIMITIVES.len() {
+        let op_name = format!("{name}._ops.{prim}");
+        let y = nb.candidate(prim, x, &op_name, stride)?;
+        let w = nb.g.slice(weights, 0, edge, edge + 1, 1)?;
+        let w = nb.g.slice(w, 1, prim, prim + 1, 1)?;
+        let w = nb.g.reshape(w, crate::graph::Shape::scalar())?;
+        let term = nb.g.mul(w, y)?;
+        acc = Some(match acc {
+            None => term,
+            Some(a) => nb.g.add2(a, term)?,
+        });
+    }
+    Ok(acc.expect("at least one primitive"))
+}
+
+/// One search cell: preprocess both inputs, then node i = sum_{j < 2+i} MixedOp(states[j]),
+/// output = concatenation of the last `multiplier` nodes.
+#[allow(clippy::too_many_arguments)]
+fn cell(
+    nb: &mut NetBuilder,
+    cfg: &SearchConfig,
+    idx: usize,
+    s0: NodeId,
+    s1: NodeId,
+    c: usize,
+    reduction: bool,
+    reduction_prev: bool,
+    weights: NodeId,
+) -> R<NodeId> {
+    let name = format!("cells.{idx}");
+    let p0 = if reduction_prev {
+        nb.factorized_reduce(s0, &format!("{name}.preprocess0"), c)?
+    } else {
+        nb.relu_conv_bn(s0, &format!("{name}.preprocess0"), c, 1, 1, 0)?
+    };
+    let p1 = nb.relu_conv_bn(s1, &format!("{name}.preprocess1"), c, 1, 1, 0)?;
+    let mut states = vec![p0, p1];
+    let mut offset = 0;
+    for _ in 0..cfg.steps {
+        let mut acc: Option<NodeId> = None;
+        for (j, &h) in states.clone().iter().enumerate() {
+            let edge = offset + j;
+            let stride = if reduction && j < 2 { 2 } else { 1 };
+            let y = mixed_op(nb, h, weights, edge, &format!("{name}._ops.{edge}"), stride)?;
+            acc = Some(match acc {
+                None => y,
+                Some(a) => nb.g.add2(a, y)?,
+            });
+        }
+        offset += states.len();
+        states.push(acc.expect("every node has predecessors"));
+    }
+    nb.g.concat(&states[states.len() - cfg.multiplier..], 1)
+}
+
+/// Build the search network on images `x` [N, 3, H, W] with one-hot targets [N, classes]
+/// and alpha inputs [k, 8]; parameters come from `nb.source`.
+pub fn build(
+    nb: &mut NetBuilder,
+    cfg: &SearchConfig,
+    x: NodeId,
+    onehot: NodeId,
+    alpha_normal: NodeId,
+    alpha_reduce: NodeId,
+) -> R<NetOut> {
+    let bn_start = nb.bn.len();
+    let c_stem = cfg.stem_multiplier * cfg.c;
+    let stem = nb.conv(x, "stem.0", c_stem, 3, 1, 1, 1, 1)?;
+    let stem = nb.bn_with(stem, "stem.1", true)?;
+    let (mut s0, mut s1) = (stem, stem);
+    let mut c_curr = cfg.c;
+    let mut reduction_prev = false;
+    for i in 0..cfg.layers {
+        let reduction = cfg.is_reduction(i);
+        if reduction {
+            c_curr *= 2;
+        }
+        let alpha = if reduction {
+            alpha_reduce
+        } else {
+            alpha_normal
+        };
+        let weights = nb.g.scoped(format!("cells.{i}.softmax"), |g| {
+            compose::softmax(g, alpha, 1)
+        })?;
+        let out = cell(
+            nb,
+            cfg,
+            i,
+            s0,
+            s1,
+            c_curr,
+            reduction,
+            reduction_prev,
+            weights,
+        )?;
+        s0 = s1;
+        s1 = out;
+        reduction_prev = reduction;
+    }
+    // AdaptiveAvgPool2d(1), flatten, Linear, CrossEntropyLoss (mean).
+    let d = nb.g.shape(s1).dims().to_vec();
+    let pooled = nb.g.reduce_sum(s1, &[2, 3])?;
+    let pooled = nb.g.scale(pooled, 1.0 / (d[2] * d[3]) as f64)?;
+    let pooled = nb.g.reshape(pooled, [d[0], d[1]])?;
+    let w = nb.param(
+        "classifier.weight",
+        &[cfg.num_classes, d[1]],
+        Kind::Weight { fan_in: d[1] },
+    )?;
+    let b = nb.param(
+        "classifier.bias",
+        &[cfg.num_classes],
+        Kind::Bias { fan_in: d[1] },
+    )?;
+    let logits = compose::linear(nb.g, pooled, w, Some(b))?;
+    let loss = compose::cross_entropy_mean(nb.g, logits, onehot)?;
+    Ok(NetOut {
+        logits,
+        loss,
+        bn: nb.bn[bn_start..].to_vec(),
+    })
+}

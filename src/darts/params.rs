@@ -1,0 +1,268 @@
+//! Named parameters and buffers under the reference's state_dict names, with npz import and
+//! export (keys `sd/<name>`, `alpha/normal`, `alpha/reduce`).
+
+use ndarray::{ArrayD, IxDyn};
+use ndarray_npy::{NpzReader, NpzWriter};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+
+/// What a named tensor is: a trainable weight, or a BN buffer updated in train mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A conv or linear weight (initialised like PyTorch's default for its fan-in).
+    Weight {
+        fan_in: usize,
+    },
+    /// A linear bias.
+    Bias {
+        fan_in: usize,
+    },
+    /// Affine BN scale (init 1) and shift (init 0).
+    BnWeight,
+    BnBias,
+    /// running_mean (init 0), running_var (init 1), num_batches_tracked (init 0).
+    RunningMean,
+    RunningVar,
+    NumBatchesTracked,
+}
+
+impl Kind {
+    pub fn trainable(self) -> bool {
+        matches!(
+            self,
+            Kind::Weight { .. } | Kind::Bias { .. } | Kind::BnWeight | Kind::BnBias
+        )
+    }
+}
+
+/// The declared layout of a network's state: names in module order, shapes and kinds.
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
+    pub entries: Vec<(String, Vec<usize>, Kind)>,
+}
+
+impl Layout {
+    pub fn push(&mut self, name: impl Into<String>, shape: &[usize], kind: Kind) {
+        self.entries.push((name.into(), shape.to_vec(), kind));
+    }
+
+    /// Trainable parameters, in module order (PyTorch's `model.parameters()` order).
+    pub fn weights(&self) -> impl Iterator<Item = &(String, Vec<usize>, Kind)> {
+        self.entries.iter().filter(|e| e.2.trainable())
+    }
+
+    pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
+        self.entries
+            .iter()
+            .find(|e| e.0 == name)
+            .map(|e| e.1.as_slice())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{file}: missing key '{key}' (expected shape {expected:?})")]
+    Missing {
+        file: String,
+        key: String,
+        expected: Vec<usize>,
+    },
+    #[error("{file}: unexpected key '{key}' (shape {got:?}) — not part of this network")]
+    Extra {
+        file: String,
+        key: String,
+        got: Vec<usize>,
+    },
+    #[error("{file}: key '{key}' has shape {got:?}, the network expects {expected:?}")]
+    Shape {
+        file: String,
+        key: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("{file}: key '{key}': {reason}")]
+    Read {
+        file: String,
+        key: String,
+        reason: String,
+    },
+    #[error("{file}: {reason}")]
+    File { file: String, reason: String },
+    #[error("{file}: key '{key}' holds a non-finite value ({value}) at flat index {index}")]
+    NonFinite {
+        file: String,
+        key: String,
+        index: usize,
+        value: f64,
+    },
+}
+
+/// Every tensor of a network state (weights and BN buffers) plus the two alpha matrices,
+/// all held in f64.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct State {
+    pub tensors: BTreeMap<String, ArrayD<f64>>,
+    pub alpha_normal: ArrayD<f64>,
+    pub alpha_reduce: ArrayD<f64>,
+}
+
+/// Read every array of an npz file as f64 (accepting f64, f32 and i64 payloads).
+pub fn read_npz(path: &Path) -> Result<BTreeMap<String, ArrayD<f64>>, StateError> {
+    let file = path.display().to_string();
+    let f = File::open(path).map_err(|e| StateError::File {
+        file: file.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut npz = NpzReader::new(f).map_err(|e| StateError::File {
+        file: file.clone(),
+        reason: format!("not a readable npz archive: {e}"),
+    })?;
+    let names = npz.names().map_err(|e| StateError::File {
+        file: file.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut out = BTreeMap::new();
+    for name in names {
+        let key = name.trim_end_matches(".npy").to_string();
+        let arr: ArrayD<f64> = if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<f64>, IxDyn>(&name) {
+            a
+        } else if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<f32>, IxDyn>(&name) {
+            a.mapv(|v| v as f64)
+        } else if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<i64>, IxDyn>(&name) {
+            a.mapv(|v| v as f64)
+        } else {
+            let e = npz
+                .by_name::<ndarray::OwnedRepr<f64>, IxDyn>(&name)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            return Err(StateError::Read {
+                file,
+                key,
+                reason: format!("unsupported dtype or layout (want f64, f32 or i64): {e}"),
+            });
+        };
+        out.insert(key, arr.as_standard_layout().into_owned());
+    }
+    Ok(out)
+}
+
+/// Write named f64 arrays to an npz file atomically (temporary file, then rename), so an
+/// interrupted write never leaves a truncated file under the final name.
+pub fn write_npz<'a>(
+    path: &Path,
+    arrays: impl IntoIterator<Item = (&'a str, &'a ArrayD<f64>)>,
+) -> Result<(), StateError> {
+    let file = path.display().to_string();
+    let err = |e: String| StateError::File {
+        file: file.clone(),
+        reason: e,
+    };
+    let tmp = path.with_extension("npz.tmp");
+    {
+        let f = File::create(&tmp).map_err(|e| err(e.to_string()))?;
+        let mut w = NpzWriter::new(f);
+        for (k, a) in arrays {
+            w.add_array(k, a).map_err(|e| err(format!("{k}: {e}")))?;
+        }
+        let f = w.finish().map_err(|e| err(e.to_string()))?;
+        f.sync_all().map_err(|e| err(e.to_string()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+}
+
+impl State {
+    /// Load `sd/<name>` for every layout entry and `alpha/normal`, `alpha/reduce` with shape
+    /// [k, 8]. Missing, extra and mis-shaped keys are errors naming the key and both shapes.
+    /// `num_batches_tracked` may be absent (PyTorch 0.3.1 lacked it); it then reads 0.
+    pub fn from_npz(path: &Path, layout: &Layout, k: usize) -> Result<State, StateError> {
+        let file = path.display().to_string();
+        let mut all = read_npz(path)?;
+        let mut tensors = BTreeMap::new();
+        for (name, shape, kind) in &layout.entries {
+            let key = format!("sd/{name}");
+            match all.remove(&key) {
+                Some(a) => {
+                    if a.shape() != shape.as_slice() {
+                        return Err(StateError::Shape {
+                            file,
+                            key,
+                            expected: shape.clone(),
+                            got: a.shape().to_vec(),
+                        });
+                    }
+                    check_finite(&file, &key, &a)?;
+                    tensors.insert(name.clone(), a);
+                }
+                None if *kind == Kind::NumBatchesTracked => {
+                    tensors.insert(name.clone(), ArrayD::zeros(IxDyn(&[])));
+                }
+                None => {
+                    return Err(StateError::Missing {
+                        file,
+                        key,
+                        expected: shape.clone(),
+                    })
+                }
+            }
+        }
+        let mut alpha = |which: &str| -> Result<ArrayD<f64>, StateError> {
+            let key = format!("alpha/{which}");
+            let a = all.remove(&key).ok_or_else(|| StateError::Missing {
+                file: file.clone(),
+                key: key.clone(),
+                expected: vec![k, 8],
+            })?;
+            if a.shape() != [k, 8] {
+                return Err(StateError::Shape {
+                    file: file.clone(),
+                    key,
+                    expected: vec![k, 8],
+                    got: a.shape().to_vec(),
+                });
+            }
+            check_finite(&file, &key, &a)?;
+            Ok(a)
+        };
+        let alpha_normal = alpha("normal")?;
+        let alpha_reduce = alpha("reduce")?;
+        if let Some((key, a)) = all.into_iter().find(|(k, _)| k.starts_with("sd/")) {
+            return Err(StateError::Extra {
+                file,
+                key,
+                got: a.shape().to_vec(),
+            });
+        }
+        Ok(State {
+            tensors,
+            alpha_normal,
+            alpha_reduce,
+        })
+    }
+
+    /// Save as `sd/<name>` plus `alpha/normal`, `alpha/reduce` (atomically).
+    pub fn to_npz(&self, path: &Path) -> Result<(), StateError> {
+        let keys: Vec<String> = self.tensors.keys().map(|k| format!("sd/{k}")).collect();
+        let mut items: Vec<(&str, &ArrayD<f64>)> = keys
+            .iter()
+            .map(String::as_str)
+            .zip(self.tensors.values())
+            .collect();
+        items.push(("alpha/normal", &self.alpha_normal));
+        items.push(("alpha/reduce", &self.alpha_reduce));
+        write_npz(path, items)
+    }
+}
+
+fn check_finite(file: &str, key: &str, a: &ArrayD<f64>) -> Result<(), StateError> {
+    match a.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(StateError::NonFinite {
+            file: file.to_string(),
+            key: key.to_string(),
+            index,
+            value: a.iter().nth(index).copied().unwrap_or(f64::NAN),
+        }),
+    }
+}
