@@ -9,3 +9,4 @@ pub mod check;
 pub mod darts;
 pub mod exec;
 pub mod graph;
+pub mod search;

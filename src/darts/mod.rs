@@ -3,6 +3,7 @@
 //! derivation. Facts matched: ../shared/reference/REFERENCE_NOTES.md sections 1-3.
 
 pub mod genotype;
+pub mod init;
 pub mod network;
 pub mod ops;
 pub mod params;

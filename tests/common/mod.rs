@@ -1,0 +1,66 @@
+//! Shared fixtures for the DARTS tests: tiny search networks with seeded states and batches.
+#![allow(dead_code)]
+
+use darts::darts::init::init_state;
+use darts::darts::network::SearchConfig;
+use darts::darts::params::State;
+use darts::search::architect::{Batch, Point};
+use ndarray::{ArrayD, IxDyn};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+/// C = 4, 3 layers (reductions at cells 1 and 2), 4 steps: the reference's smallest
+/// supported shape.
+pub fn tiny(smooth: bool) -> SearchConfig {
+    SearchConfig {
+        c: 4,
+        layers: 3,
+        smooth,
+        ..SearchConfig::paper()
+    }
+}
+
+pub fn state(cfg: &SearchConfig, seed: u64) -> State {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut st = init_state(&cfg.layout().unwrap(), cfg.k(), &mut rng);
+    // Alphas away from uniform so the architecture gradient is not degenerate.
+    st.alpha_normal
+        .mapv_inplace(|_| 0.5 * rng.sample::<f64, _>(StandardNormal));
+    st.alpha_reduce
+        .mapv_inplace(|_| 0.5 * rng.sample::<f64, _>(StandardNormal));
+    st
+}
+
+pub fn point(cfg: &SearchConfig, st: &State) -> Point {
+    let weights = darts::search::architect::weight_list(cfg)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| {
+            let a = st.tensors[&n].clone();
+            (n, a)
+        })
+        .collect();
+    Point {
+        weights,
+        alpha: [st.alpha_normal.clone(), st.alpha_reduce.clone()],
+    }
+}
+
+pub fn batch(n: usize, hw: usize, classes: usize, seed: u64) -> Batch {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let x = ArrayD::from_shape_simple_fn(IxDyn(&[n, 3, hw, hw]), || {
+        rng.sample::<f64, _>(StandardNormal)
+    });
+    let mut onehot = ArrayD::zeros(IxDyn(&[n, classes]));
+    for r in 0..n {
+        onehot[[r, rng.random_range(0..classes)]] = 1.0;
+    }
+    Batch { x, onehot }
+}
+
+pub fn rel(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+    let d = (a - b).iter().map(|v| v * v).sum::<f64>().sqrt();
+    let n = b.iter().map(|v| v * v).sum::<f64>().sqrt();
+    d / n.max(1e-300)
+}
