@@ -1,5 +1,7 @@
 //! The `darts` command-line tool.
 
+mod cli;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use darts::check::{cases, gradcheck, report};
@@ -32,6 +34,9 @@ enum Command {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// The architecture gradient three ways (first order, the paper's FD second order and
+    /// its audit variant, exact) at one state and batch, written to an npz.
+    Gradients(cli::gradients::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +79,10 @@ fn run() -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Gradients(args) => {
+            cli::gradients::run(args)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -261,3 +261,65 @@ pub fn build(
         bn: nb.bn[bn_start..].to_vec(),
     })
 }
+
+/// Reading a configuration back from a state's tensor shapes.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("state has no '{0}' tensor, so the network configuration cannot be read from it")]
+    Missing(&'static str),
+    #[error("'stem.0.weight' has {rows} output channels, not a multiple of stem_multiplier {m}")]
+    Stem { rows: usize, m: usize },
+    #[error("alpha has {k} rows, which is no cell size: k = sum_(i<steps) (2 + i) gives 2, 5, 9, 14, 20, ...")]
+    Edges { k: usize },
+}
+
+impl SearchConfig {
+    /// The configuration a state was made for: C from `stem.0.weight` (3C rows for the
+    /// given stem multiplier), layers from the `cells.<i>` prefixes, classes from
+    /// `classifier.weight`, steps from the alpha rows k. `multiplier` cannot be read off
+    /// unambiguously and is given (the reference fixes 4); a wrong value shows up as a shape
+    /// mismatch naming the key when the state is loaded.
+    pub fn from_state_shapes<'a>(
+        names_shapes: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+        alpha_rows: usize,
+        stem_multiplier: usize,
+        multiplier: usize,
+    ) -> Result<SearchConfig, InferError> {
+        let mut stem = None;
+        let mut classes = None;
+        let mut layers = 0;
+        for (n, s) in names_shapes {
+            if n == "stem.0.weight" {
+                stem = s.first().copied();
+            }
+            if n == "classifier.weight" {
+                classes = s.first().copied();
+            }
+            if let Some(rest) = n.strip_prefix("cells.") {
+                if let Some(i) = rest.split('.').next().and_then(|i| i.parse::<usize>().ok()) {
+                    layers = layers.max(i + 1);
+                }
+            }
+        }
+        let rows = stem.ok_or(InferError::Missing("stem.0.weight"))?;
+        let classes = classes.ok_or(InferError::Missing("classifier.weight"))?;
+        if stem_multiplier == 0 || rows % stem_multiplier != 0 {
+            return Err(InferError::Stem {
+                rows,
+                m: stem_multiplier,
+            });
+        }
+        let steps = (1..64)
+            .find(|&s| num_edges(s) == alpha_rows)
+            .ok_or(InferError::Edges { k: alpha_rows })?;
+        Ok(SearchConfig {
+            c: rows / stem_multiplier,
+            layers,
+            steps,
+            multiplier,
+            stem_multiplier,
+            num_classes: classes,
+            smooth: false,
+        })
+    }
+}

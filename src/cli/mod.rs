@@ -1,0 +1,3 @@
+//! Subcommands of the `darts` tool.
+
+pub mod gradients;

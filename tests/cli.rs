@@ -1,0 +1,121 @@
+//! The `darts` binary end to end: gradcheck tables and exit codes, and the gradients job's
+//! npz contract.
+
+mod common;
+
+use darts::darts::params::{read_npz, write_npz};
+use std::process::Command;
+
+fn darts() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_darts"))
+}
+
+#[test]
+fn gradcheck_prints_every_format_and_passes() {
+    let out = darts()
+        .args(["gradcheck", "--format", "markdown"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("| conv2d_weight_grad |"), "{text}");
+    assert!(text.contains("all passed"), "{text}");
+    let out = darts()
+        .args(["gradcheck", "--format", "json", "--filter", "max_pool"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v.as_array().unwrap().len() >= 2);
+    assert!(v[0]["vjp_vs_fd"]["pass"].as_bool().unwrap());
+}
+
+const KEYS: [&str; 13] = [
+    "loss_train",
+    "loss_valid",
+    "grad_w_train/",
+    "grad_alpha_first/",
+    "unrolled_w/",
+    "loss_valid_unrolled",
+    "v/",
+    "grad_alpha_unrolled_partial/",
+    "hvp_fd/",
+    "hvp_fd_at_unrolled/",
+    "hvp_exact/",
+    "grad_alpha_second/",
+    "grad_alpha_unrolled_exact/",
+];
+
+#[test]
+fn gradients_job_writes_every_documented_array() {
+    let dir = std::env::temp_dir().join(format!("darts-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = common::tiny(false);
+    let st = common::state(&cfg, 8);
+    st.to_npz(&dir.join("state.npz")).unwrap();
+    let (t, v) = (common::batch(2, 8, 10, 1), common::batch(3, 8, 10, 2));
+    let label = |b: &darts::search::architect::Batch| {
+        b.onehot
+            .map_axis(ndarray::Axis(1), |r| {
+                r.iter().position(|&x| x == 1.0).unwrap() as f64
+            })
+            .into_dyn()
+    };
+    let (yt, yv) = (label(&t), label(&v));
+    write_npz(
+        &dir.join("batch.npz"),
+        [
+            ("x_train", &t.x),
+            ("y_train", &yt),
+            ("x_valid", &v.x),
+            ("y_valid", &yv),
+        ],
+    )
+    .unwrap();
+    let out = darts()
+        .args(["gradients", "--state"])
+        .arg(dir.join("state.npz"))
+        .arg("--batch")
+        .arg(dir.join("batch.npz"))
+        .arg("--out")
+        .arg(dir.join("out.npz"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("second-order(FD) vs exact"), "{text}");
+    let got = read_npz(&dir.join("out.npz")).unwrap();
+    for k in KEYS {
+        assert!(got.keys().any(|g| g.starts_with(k)), "missing {k}");
+    }
+    assert!(got.contains_key("grad_w_train/cells.0._ops.0._ops.4.op.1.weight"));
+    assert_eq!(got["hvp_exact/normal"].shape(), &[14, 8]);
+
+    // A mislabelled batch is an error naming the file and the entry.
+    let bad = ndarray::ArrayD::from_elem(ndarray::IxDyn(&[2]), 12.0);
+    write_npz(
+        &dir.join("bad.npz"),
+        [
+            ("x_train", &t.x),
+            ("y_train", &bad),
+            ("x_valid", &v.x),
+            ("y_valid", &yv),
+        ],
+    )
+    .unwrap();
+    let out = darts()
+        .args(["gradients", "--state"])
+        .arg(dir.join("state.npz"))
+        .arg("--batch")
+        .arg(dir.join("bad.npz"))
+        .arg("--out")
+        .arg(dir.join("out2.npz"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("y_train") && err.contains("12"), "{err}");
+}
