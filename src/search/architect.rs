@@ -611,3 +611,64 @@ pub fn all_gradients<T: Scalar, E: Executor<T>>(
     }
     Ok(rep)
 }
+
+/// Which architecture gradient a search step uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum Order {
+    /// xi = 0: grad_alpha L_val(w, alpha).
+    First,
+    /// The paper's second order: FD mixed HVP at w with eps = 0.01/||v||.
+    Second,
+    /// Autodiff through the unrolled step.
+    Exact,
+}
+
+/// The architecture gradient of one search step, and the validation loss it saw.
+pub fn arch_gradient<T: Scalar, E: Executor<T>>(
+    exec: &mut E,
+    graphs: &ArchGraphs,
+    point: &Point,
+    momentum_buffer: Option<&[ArrayD<f64>]>,
+    train: &Batch,
+    valid: &Batch,
+    u: &Unroll,
+    order: Order,
+) -> Result<([ArrayD<f64>; 2], f64), ArchError> {
+    match order {
+        Order::First => {
+            let e = evaluate(exec, &graphs.valid, point, valid, "L_val(w, alpha)")?;
+            Ok((e.grad_alpha, e.loss))
+        }
+        Order::Second => {
+            let et = evaluate(exec, &graphs.train, point, train, "L_train(w, alpha)")?;
+            let wp = unrolled_weights(point, &et.grad_w, momentum_buffer, u);
+            let eu = evaluate(exec, &graphs.valid, &wp, valid, "L_val(w', alpha)")?;
+            let (hvp, _) = fd_mixed_hvp(exec, &graphs.train, point, &eu.grad_w, train, FD_SCALE)?;
+            let g = [
+                &eu.grad_alpha[0] - &(&hvp[0] * u.eta),
+                &eu.grad_alpha[1] - &(&hvp[1] * u.eta),
+            ];
+            Ok((g, eu.loss))
+        }
+        Order::Exact => {
+            let ug = &graphs.unrolled;
+            let f = unrolled_feeds::<T>(point, momentum_buffer, train, valid, u);
+            let vals = exec
+                .run(
+                    &ug.graph,
+                    &f,
+                    &[ug.loss_valid_unrolled, ug.grad_alpha_total[0], ug.grad_alpha_total[1]],
+                )
+                .map_err(|source| ArchError::Exec {
+                    what: "autodiff through the unrolled step".into(),
+                    source,
+                })?;
+            let mut it = vals.into_iter().map(uncast);
+            let loss = it.next().expect("loss").sum();
+            let g = [it.next().expect("normal"), it.next().expect("reduce")];
+            check_finite("exact architecture gradient", "grad_alpha/normal", &g[0])?;
+            check_finite("exact architecture gradient", "grad_alpha/reduce", &g[1])?;
+            Ok((g, loss))
+        }
+    }
+}
