@@ -7,6 +7,7 @@
 pub mod autodiff;
 pub mod check;
 pub mod darts;
+pub mod data;
 pub mod exec;
 pub mod graph;
 pub mod search;

@@ -20,7 +20,10 @@ fn architect_adam_first_step_is_lr_times_sign() {
     for i in 0..3 {
         let g = grad[0][i] + 1e-3 * before[i];
         let want = before[i] - 3e-4 * g / (g.abs() + 1e-8);
-        assert!((p[0][i] - want).abs() <= 4.0 * f64::EPSILON * want.abs(), "{i}");
+        assert!(
+            (p[0][i] - want).abs() <= 4.0 * f64::EPSILON * want.abs(),
+            "{i}"
+        );
     }
     // Second step by the formula.
     let g1 = &grad[0] + &(&before * 1e-3);
@@ -30,8 +33,12 @@ fn architect_adam_first_step_is_lr_times_sign() {
     for i in 0..3 {
         let m = 0.5 * (0.5 * g1[i]) + 0.5 * g2[i];
         let v = 0.999 * (0.001 * g1[i] * g1[i]) + 0.001 * g2[i] * g2[i];
-        let want = p1[i] - (3e-4 / (1.0 - 0.25)) * m / (v.sqrt() / (1.0 - 0.999f64.powi(2)).sqrt() + 1e-8);
-        assert!((p[0][i] - want).abs() <= 8.0 * f64::EPSILON * p1[i].abs().max(1e-3), "{i}");
+        let want =
+            p1[i] - (3e-4 / (1.0 - 0.25)) * m / (v.sqrt() / (1.0 - 0.999f64.powi(2)).sqrt() + 1e-8);
+        assert!(
+            (p[0][i] - want).abs() <= 8.0 * f64::EPSILON * p1[i].abs().max(1e-3),
+            "{i}"
+        );
     }
 }
 

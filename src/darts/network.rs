@@ -111,6 +111,7 @@ impl SearchConfig {
             bn: Vec::new(),
             smooth: self.smooth,
             affine: false,
+            train_mode: true,
         };
         build(&mut nb, self, x, t, an, ar)?;
         Ok(layout)

@@ -42,6 +42,10 @@ pub struct NetBuilder<'a> {
     pub smooth: bool,
     /// BN with learnable weight and bias (false everywhere in the search cells).
     pub affine: bool,
+    /// Training mode: BN normalises with batch statistics (and records them for the running
+    /// averages). Evaluation mode: BN normalises with the running statistics, fed as inputs
+    /// `<prefix>.running_mean` / `<prefix>.running_var` (from `source`).
+    pub train_mode: bool,
 }
 
 impl NetBuilder<'_> {
@@ -50,6 +54,11 @@ impl NetBuilder<'_> {
         if let Some(l) = self.layout.as_deref_mut() {
             l.push(name, shape, kind);
         }
+        self.source_node(name, shape)
+    }
+
+    /// The node of a named tensor from `source` (not recorded in the layout).
+    pub fn source_node(&mut self, name: &str, shape: &[usize]) -> R<NodeId> {
         match &self.source {
             ParamSource::Inputs => match self.g.input_id(name) {
                 Some(id) => Ok(id),
@@ -124,6 +133,13 @@ impl NetBuilder<'_> {
             if let Some(l) = self.layout.as_deref_mut() {
                 l.push(format!("{name}.{suffix}"), &shape, kind);
             }
+        }
+        if !self.train_mode {
+            let mean = self.source_node(&format!("{name}.running_mean"), &[c])?;
+            let var = self.source_node(&format!("{name}.running_var"), &[c])?;
+            return self.g.scoped(name.to_string(), |g| {
+                compose::batch_norm_eval(g, x, mean, var, gamma, beta, compose::BN_EPS)
+            });
         }
         let out = self.g.scoped(name.to_string(), |g| {
             compose::batch_norm_train(g, x, gamma, beta, compose::BN_EPS)

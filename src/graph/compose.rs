@@ -67,6 +67,38 @@ pub fn batch_norm_train(
     })
 }
 
+/// Batch norm in evaluation mode over axis 1: y = (x - running_mean) / sqrt(running_var + eps)
+/// * gamma + beta, with running statistics of shape [C] (PyTorch's eval-mode BatchNorm2d).
+pub fn batch_norm_eval(
+    g: &mut Graph,
+    x: NodeId,
+    running_mean: NodeId,
+    running_var: NodeId,
+    gamma: Option<NodeId>,
+    beta: Option<NodeId>,
+    eps: f64,
+) -> Result<NodeId> {
+    let dims = g.shape(x).dims().to_vec();
+    let mut chan = vec![1; dims.len()];
+    chan[1] = dims[1];
+    let mean = g.reshape(running_mean, chan.clone())?;
+    let var = g.reshape(running_var, chan.clone())?;
+    let xc = g.sub(x, mean)?;
+    let e = g.scalar(eps)?;
+    let ve = g.add2(var, e)?;
+    let inv_std = g.unary(UnaryOp::Rsqrt, ve)?;
+    let mut y = g.mul(xc, inv_std)?;
+    if let Some(gm) = gamma {
+        let gm = g.reshape(gm, chan.clone())?;
+        y = g.mul(y, gm)?;
+    }
+    if let Some(b) = beta {
+        let b = g.reshape(b, chan)?;
+        y = g.add2(y, b)?;
+    }
+    Ok(y)
+}
+
 /// softmax(x) = exp(log_softmax(x)) along `axis`.
 pub fn softmax(g: &mut Graph, x: NodeId, axis: usize) -> Result<NodeId> {
     let l = g.log_softmax(x, axis)?;

@@ -106,6 +106,7 @@ impl NetGraph {
             bn: Vec::new(),
             smooth: cfg.smooth,
             affine: false,
+            train_mode: true,
         };
         let net = network::build(&mut nb, cfg, x, t, alpha[0], alpha[1])?;
         let weights = weight_list(cfg)?;
@@ -160,6 +161,7 @@ impl UnrolledGraph {
             bn: Vec::new(),
             smooth: cfg.smooth,
             affine: false,
+            train_mode: true,
         };
         let train = network::build(&mut nb, cfg, xt, tt, alpha[0], alpha[1])?;
         let weights = weight_list(cfg)?;
@@ -188,6 +190,7 @@ impl UnrolledGraph {
             bn: Vec::new(),
             smooth: cfg.smooth,
             affine: false,
+            train_mode: true,
         };
         let valid = network::build(&mut nb, cfg, xv, tv, alpha[0], alpha[1])?;
         let total = autodiff::grad(&mut g, valid.loss, &alpha)?;
@@ -200,12 +203,7 @@ impl UnrolledGraph {
     }
 }
 
-/// A labelled batch: images [N, 3, H, W] and one-hot targets [N, classes].
-#[derive(Clone, Debug)]
-pub struct Batch {
-    pub x: ArrayD<f64>,
-    pub onehot: ArrayD<f64>,
-}
+pub use crate::data::Batch;
 
 /// Network state as the architect sees it: weights (module order) and both alphas.
 #[derive(Clone, Debug)]
@@ -613,7 +611,9 @@ pub fn all_gradients<T: Scalar, E: Executor<T>>(
 }
 
 /// Which architecture gradient a search step uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum Order {
     /// xi = 0: grad_alpha L_val(w, alpha).
     First,
@@ -657,7 +657,11 @@ pub fn arch_gradient<T: Scalar, E: Executor<T>>(
                 .run(
                     &ug.graph,
                     &f,
-                    &[ug.loss_valid_unrolled, ug.grad_alpha_total[0], ug.grad_alpha_total[1]],
+                    &[
+                        ug.loss_valid_unrolled,
+                        ug.grad_alpha_total[0],
+                        ug.grad_alpha_total[1],
+                    ],
                 )
                 .map_err(|source| ArchError::Exec {
                     what: "autodiff through the unrolled step".into(),
