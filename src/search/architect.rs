@@ -624,6 +624,7 @@ pub enum Order {
 }
 
 /// The architecture gradient of one search step, and the validation loss it saw.
+#[allow(clippy::too_many_arguments)]
 pub fn arch_gradient<T: Scalar, E: Executor<T>>(
     exec: &mut E,
     graphs: &ArchGraphs,

@@ -64,3 +64,21 @@ pub fn rel(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
     let n = b.iter().map(|v| v * v).sum::<f64>().sqrt();
     d / n.max(1e-300)
 }
+
+/// The GPU executor for test `test`, or None (with a `SKIP` line) when this machine has no
+/// GPU adapter. Under `DARTS_REQUIRE_GPU=1` a missing adapter fails the test instead.
+pub fn gpu_executor(test: &str) -> Option<darts::exec::gpu::GpuExecutor> {
+    match darts::exec::gpu::GpuExecutor::new() {
+        Ok(e) => {
+            eprintln!("{test}: running on {}", e.adapter_info());
+            Some(e)
+        }
+        Err(err) => {
+            if std::env::var("DARTS_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: DARTS_REQUIRE_GPU=1 but no GPU adapter: {err}");
+            }
+            println!("SKIP {test}: no GPU adapter ({err})");
+            None
+        }
+    }
+}

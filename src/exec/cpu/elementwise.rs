@@ -28,10 +28,9 @@ pub fn apply_unary<T: Scalar>(op: UnaryOp, x: T) -> T {
                 e / (one + e)
             }
         }
+        // NaN is neither > 0 nor <= 0: keep it (propagate), as PyTorch.
         UnaryOp::Relu => {
-            if x > zero {
-                x
-            } else if x.is_nan() {
+            if x > zero || x.is_nan() {
                 x
             } else {
                 zero

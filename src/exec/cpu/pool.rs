@@ -31,7 +31,7 @@ impl Win {
     }
 }
 
-fn planes<T: Scalar>(xshape: &[usize], yshape: &[usize], p: &PoolParams) -> (usize, Win) {
+fn planes(xshape: &[usize], yshape: &[usize], p: &PoolParams) -> (usize, Win) {
     (
         xshape[0] * xshape[1],
         Win {
@@ -50,7 +50,7 @@ pub fn avg_pool<T: Scalar>(
     p: &PoolParams,
     yshape: &[usize],
 ) -> ArrayD<T> {
-    let (np, win) = planes::<T>(x.shape(), yshape, p);
+    let (np, win) = planes(x.shape(), yshape, p);
     let mut y = pool.alloc(yshape);
     let xs = x.as_slice().expect("standard layout");
     let ys = y.as_slice_mut().expect("fresh buffer");
@@ -79,7 +79,7 @@ pub fn avg_pool_grad<T: Scalar>(
     p: &PoolParams,
     xshape: &[usize],
 ) -> ArrayD<T> {
-    let (np, win) = planes::<T>(xshape, gy.shape(), p);
+    let (np, win) = planes(xshape, gy.shape(), p);
     let mut gx = pool.zeros(xshape);
     let gys = gy.as_slice().expect("standard layout");
     let gxs = gx.as_slice_mut().expect("fresh buffer");
@@ -130,7 +130,7 @@ pub fn max_pool_gather<T: Scalar>(
     p: &PoolParams,
     yshape: &[usize],
 ) -> ArrayD<T> {
-    let (np, win) = planes::<T>(x.shape(), yshape, p);
+    let (np, win) = planes(x.shape(), yshape, p);
     let mut y = pool.alloc(yshape);
     let xs = x.as_slice().expect("standard layout");
     let cs = c.as_slice().expect("standard layout");
@@ -154,7 +154,7 @@ pub fn max_pool_grad<T: Scalar>(
     gy: &ArrayD<T>,
     p: &PoolParams,
 ) -> ArrayD<T> {
-    let (np, win) = planes::<T>(x.shape(), gy.shape(), p);
+    let (np, win) = planes(x.shape(), gy.shape(), p);
     let mut gx = pool.zeros(x.shape());
     let xs = x.as_slice().expect("standard layout");
     let gys = gy.as_slice().expect("standard layout");

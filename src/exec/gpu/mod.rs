@@ -1,1 +1,773 @@
-//! The wgpu executor (WGSL kernels in `shaders/`).
+//! The wgpu executor: runs a [`Graph`] in f32 with the WGSL kernels in `shaders/`.
+//!
+//! It runs the same graphs as [`crate::exec::cpu::CpuExecutor`], for the primitives it has
+//! kernels for: Input, Const, Unary, Binary (NumPy broadcasting), Reshape, Broadcast,
+//! ReduceSum and 2-D MatMul. A graph that needs any other primitive is refused before any work
+//! with [`ExecError::Unsupported`] naming the op and its node.
+//!
+//! Within a run, values stay on the device: inputs are uploaded once, every kernel is recorded
+//! into one command encoder, and only the requested outputs are copied to MAP_READ staging
+//! buffers and read back. A node's buffer goes back to a size-keyed pool right after its last
+//! reader ([`crate::exec::liveness`]); a reshape aliases its input's buffer. Pipelines and bind
+//! group layouts are created once per kernel and cached by name ([`kernels::PipelineCache`]).
+//! wgpu validation errors are caught in error scopes and returned as [`ExecError::Gpu`] naming
+//! the kernel and the node.
+
+pub mod kernels;
+
+use super::{check_feed, liveness, ExecError, Executor, Feeds};
+use crate::graph::{BinaryOp, Graph, Node, NodeId, Op, UnaryOp};
+use kernels::{
+    EwParams, KernelSpec, MatmulParams, PipelineCache, ReduceParams, Slot, MATMUL_TILE, MAX_RANK,
+    REDUCE_WORKGROUP_MIN, WORKGROUP_SIZE,
+};
+use ndarray::{ArrayD, IxDyn};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+/// Pooled buffers kept per byte size.
+const POOL_PER_SIZE: usize = 8;
+
+/// The wgpu executor (f32). See the module documentation.
+pub struct GpuExecutor {
+    adapter: wgpu::Adapter,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    limits: wgpu::Limits,
+    cache: PipelineCache,
+    pool: HashMap<u64, Vec<wgpu::Buffer>>,
+    max_workgroups_per_dim: u32,
+    /// Errors wgpu reports outside any error scope (there should be none).
+    uncaptured: Arc<Mutex<Vec<String>>>,
+}
+
+/// Where a kernel runs, for error messages: "kernel 'k' for node %i (op at 'label')".
+fn site(spec: &KernelSpec, id: usize, node: &Node) -> String {
+    format!(
+        "kernel '{}' for node %{id} ({} at '{}')",
+        spec.name,
+        node.op.name(),
+        node.label
+    )
+}
+
+impl GpuExecutor {
+    /// Requests an adapter (any backend wgpu was built with, e.g. Vulkan or GL; `WGPU_BACKEND`
+    /// chooses one) and a device with the adapter's best limits. Errors name what is missing:
+    /// no adapter at all, or an adapter without compute shaders.
+    pub fn new() -> Result<Self, ExecError> {
+        let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        let backends = desc.backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapter =
+            pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+                .map_err(|e| {
+                ExecError::Gpu(format!(
+                    "no adapter: {e} (backends tried: {backends:?}; a Vulkan driver such as \
+                 Mesa lavapipe, or EGL with Mesa llvmpipe for GL, provides one)"
+                ))
+            })?;
+        let info = adapter.get_info();
+        let downlevel = adapter.get_downlevel_capabilities();
+        if !downlevel
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        {
+            return Err(ExecError::Gpu(format!(
+                "adapter '{}' ({:?}) has no compute shaders",
+                info.name, info.backend
+            )));
+        }
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("darts"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| {
+            ExecError::Gpu(format!(
+                "adapter '{}' ({:?}) gave no device: {e}",
+                info.name, info.backend
+            ))
+        })?;
+        let uncaptured = Arc::new(Mutex::new(Vec::new()));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        let max_workgroups_per_dim = limits.max_compute_workgroups_per_dimension;
+        Ok(GpuExecutor {
+            adapter,
+            device,
+            queue,
+            limits,
+            cache: PipelineCache::default(),
+            pool: HashMap::new(),
+            max_workgroups_per_dim,
+            uncaptured,
+        })
+    }
+
+    /// The adapter in words: name, backend, device type and driver.
+    pub fn adapter_info(&self) -> String {
+        let i = self.adapter.get_info();
+        let driver: Vec<&str> = [i.driver.trim(), i.driver_info.trim()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect();
+        format!(
+            "{} ({:?}, {:?}, driver {})",
+            i.name,
+            i.backend,
+            i.device_type,
+            driver.join(" ")
+        )
+    }
+
+    /// Whether the adapter offers `SHADER_F64` (f64 in WGSL). The executor runs f32 only for
+    /// now; this reports the capability for later f64 kernels.
+    pub fn supports_f64(&self) -> bool {
+        self.adapter.features().contains(wgpu::Features::SHADER_F64)
+    }
+
+    /// Caps the workgroups per dispatch dimension below the device limit (at least 1), so
+    /// small tensors exercise the 2-D dispatch that large ones need. For tests.
+    pub fn set_max_workgroups_per_dim(&mut self, n: u32) {
+        self.max_workgroups_per_dim = n.clamp(1, self.limits.max_compute_workgroups_per_dimension);
+    }
+
+    /// (x, y) workgroup counts covering `groups` workgroups: x = min(groups, L),
+    /// y = ceil(groups / x); the kernels flatten them as y * num_workgroups.x + x.
+    fn grid(&self, groups: u32, site: impl Fn() -> String) -> Result<(u32, u32), ExecError> {
+        let l = self.max_workgroups_per_dim;
+        let x = groups.min(l);
+        let y = groups.div_ceil(x.max(1));
+        if y > l {
+            return Err(ExecError::Gpu(format!(
+                "{}: {groups} workgroups exceed {l} x {l} on adapter '{}'",
+                site(),
+                self.adapter.get_info().name
+            )));
+        }
+        Ok((x, y))
+    }
+
+    /// Refuses, before any work, a graph with a primitive that has no kernel here, a tensor
+    /// of more than [`MAX_RANK`] axes, or one larger than the adapter's storage binding limit.
+    fn check_supported(&self, graph: &Graph, needed: &[bool]) -> Result<(), ExecError> {
+        let unsupported = |node: &Node, why: String| ExecError::Unsupported {
+            backend: self.name(),
+            op: format!("{}{why}", node.op.name()),
+            label: node.label.clone(),
+        };
+        for (i, node) in graph.nodes().iter().enumerate() {
+            if !needed[i] {
+                continue;
+            }
+            let has_kernel = match &node.op {
+                Op::Input { .. }
+                | Op::Const { .. }
+                | Op::Unary(_)
+                | Op::Binary(_)
+                | Op::Reshape { .. }
+                | Op::Broadcast { .. }
+                | Op::ReduceSum { .. }
+                | Op::MatMul => true,
+                Op::Select
+                | Op::ReduceMax { .. }
+                | Op::Permute { .. }
+                | Op::Slice { .. }
+                | Op::Pad { .. }
+                | Op::Concat { .. }
+                | Op::Conv2d(_)
+                | Op::Conv2dInputGrad { .. }
+                | Op::Conv2dWeightGrad { .. }
+                | Op::AvgPool2d(_)
+                | Op::AvgPool2dGrad { .. }
+                | Op::MaxPool2d(_)
+                | Op::MaxPool2dGrad(_)
+                | Op::MaxPool2dGather(_)
+                | Op::Gather
+                | Op::ScatterAdd { .. }
+                | Op::LogSoftmax { .. } => false,
+            };
+            if !has_kernel {
+                return Err(unsupported(node, String::new()));
+            }
+            let ranks = std::iter::once(node.shape.rank())
+                .chain(node.inputs.iter().map(|j| graph.shape(*j).rank()));
+            if let Some(r) = ranks.into_iter().find(|&r| r > MAX_RANK) {
+                return Err(unsupported(
+                    node,
+                    format!(" on a rank-{r} tensor (the GPU kernels take at most {MAX_RANK} axes)"),
+                ));
+            }
+            let bytes = node.shape.numel() as u64 * 4;
+            let limit = self
+                .limits
+                .max_storage_buffer_binding_size
+                .min(self.limits.max_buffer_size);
+            if node.shape.numel() > u32::MAX as usize || bytes > limit {
+                return Err(ExecError::Gpu(format!(
+                    "node %{i} ({} at '{}'): its {} output ({bytes} bytes) exceeds the storage \
+                     buffer limit of {limit} bytes on adapter '{}'",
+                    node.op.name(),
+                    node.label,
+                    node.shape,
+                    self.adapter.get_info().name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A storage buffer of `numel` f32 (at least 4 bytes), from the pool when one of that
+    /// size is free. Fresh buffers carry the node's label.
+    fn alloc(&mut self, numel: usize, label: &str) -> Rc<wgpu::Buffer> {
+        let size = (numel as u64 * 4).max(4);
+        if let Some(b) = self.pool.get_mut(&size).and_then(|v| v.pop()) {
+            return Rc::new(b);
+        }
+        Rc::new(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// Returns a dead value's buffer to the pool once no alias (reshape) holds it.
+    fn release(&mut self, buf: Rc<wgpu::Buffer>) {
+        if let Ok(b) = Rc::try_unwrap(buf) {
+            let list = self.pool.entry(b.size()).or_default();
+            if list.len() < POOL_PER_SIZE {
+                list.push(b);
+            }
+        }
+    }
+
+    /// Records one dispatch of `spec` with its bindings taken from the kernel's table:
+    /// the Params slot gets `params`, Read slots get `reads` in order, the Write slot `write`.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &mut self,
+        pass: &mut wgpu::ComputePass<'_>,
+        spec: &KernelSpec,
+        params: &[u8],
+        reads: &[&wgpu::Buffer],
+        write: &wgpu::Buffer,
+        groups: u32,
+        at: &str,
+    ) -> Result<(), ExecError> {
+        if groups == 0 {
+            return Ok(());
+        }
+        let (gx, gy) = self.grid(groups, || at.to_string())?;
+        let compiled = self
+            .cache
+            .get(&self.device, spec)
+            .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let params_buf = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(spec.name),
+                contents: params,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut next_read = reads.iter();
+        let mut entries = Vec::with_capacity(spec.bindings.len());
+        for &(binding, slot) in spec.bindings {
+            let buffer = match slot {
+                Slot::Params => &params_buf,
+                Slot::Read => *next_read.next().ok_or_else(|| {
+                    ExecError::Gpu(format!("{at}: fewer inputs than read bindings"))
+                })?,
+                Slot::Write => write,
+            };
+            entries.push(wgpu::BindGroupEntry {
+                binding,
+                resource: buffer.as_entire_binding(),
+            });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(spec.name),
+            layout: &compiled.layout,
+            entries: &entries,
+        });
+        pass.set_pipeline(&compiled.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(ExecError::Gpu(format!("{at}: {e}")));
+        }
+        Ok(())
+    }
+
+    /// Records the kernel for node `i` and returns its output buffer.
+    fn record(
+        &mut self,
+        pass: &mut wgpu::ComputePass<'_>,
+        graph: &Graph,
+        i: usize,
+        vals: &[Option<Rc<wgpu::Buffer>>],
+    ) -> Result<Rc<wgpu::Buffer>, ExecError> {
+        let node = &graph.nodes()[i];
+        let input = |k: usize| -> Result<Rc<wgpu::Buffer>, ExecError> {
+            vals[node.inputs[k].0]
+                .clone()
+                .ok_or(ExecError::UnknownNode(node.inputs[k]))
+        };
+        let shape = node.shape.dims();
+        let numel = node.shape.numel();
+        let label = format!("%{i} {} at '{}'", node.op.name(), node.label);
+        let ew_groups = (numel as u32).div_ceil(WORKGROUP_SIZE);
+        let out = match &node.op {
+            Op::Reshape { .. } => return input(0),
+            Op::Const { value, .. } => {
+                let out = self.alloc(numel, &label);
+                let p = EwParams {
+                    total: numel as u32,
+                    value: *value as f32,
+                    ..Default::default()
+                };
+                let at = site(&kernels::FILL, i, node);
+                self.dispatch(
+                    pass,
+                    &kernels::FILL,
+                    bytemuck::bytes_of(&p),
+                    &[],
+                    &out,
+                    ew_groups,
+                    &at,
+                )?;
+                out
+            }
+            Op::Unary(u) => {
+                let x = input(0)?;
+                let out = self.alloc(numel, &label);
+                let p = EwParams {
+                    total: numel as u32,
+                    op: unary_code(*u),
+                    ..Default::default()
+                };
+                let at = site(&kernels::UNARY, i, node);
+                self.dispatch(
+                    pass,
+                    &kernels::UNARY,
+                    bytemuck::bytes_of(&p),
+                    &[&x],
+                    &out,
+                    ew_groups,
+                    &at,
+                )?;
+                out
+            }
+            Op::Binary(b) => {
+                let (x, y) = (input(0)?, input(1)?);
+                let out = self.alloc(numel, &label);
+                let mut p = EwParams {
+                    total: numel as u32,
+                    rank: shape.len() as u32,
+                    op: binary_code(*b),
+                    ..Default::default()
+                };
+                put(&mut p.shape, shape);
+                put(
+                    &mut p.a_strides,
+                    &broadcast_strides(graph.shape(node.inputs[0]).dims(), shape),
+                );
+                put(
+                    &mut p.b_strides,
+                    &broadcast_strides(graph.shape(node.inputs[1]).dims(), shape),
+                );
+                let at = site(&kernels::BINARY, i, node);
+                self.dispatch(
+                    pass,
+                    &kernels::BINARY,
+                    bytemuck::bytes_of(&p),
+                    &[&x, &y],
+                    &out,
+                    ew_groups,
+                    &at,
+                )?;
+                out
+            }
+            Op::Broadcast { .. } => {
+                let x = input(0)?;
+                let out = self.alloc(numel, &label);
+                let mut p = EwParams {
+                    total: numel as u32,
+                    rank: shape.len() as u32,
+                    ..Default::default()
+                };
+                put(&mut p.shape, shape);
+                put(
+                    &mut p.a_strides,
+                    &broadcast_strides(graph.shape(node.inputs[0]).dims(), shape),
+                );
+                let at = site(&kernels::BROADCAST, i, node);
+                self.dispatch(
+                    pass,
+                    &kernels::BROADCAST,
+                    bytemuck::bytes_of(&p),
+                    &[&x],
+                    &out,
+                    ew_groups,
+                    &at,
+                )?;
+                out
+            }
+            Op::ReduceSum { axes } => {
+                let x = input(0)?;
+                let out = self.alloc(numel, &label);
+                let in_shape = graph.shape(node.inputs[0]);
+                let strides = in_shape.strides();
+                let (mut kept, mut red) = (Vec::new(), Vec::new());
+                for (d, &n) in in_shape.dims().iter().enumerate() {
+                    let v = if axes.contains(&d) {
+                        &mut red
+                    } else {
+                        &mut kept
+                    };
+                    v.push((n as u32, strides[d] as u32));
+                }
+                let n_red: usize = red.iter().map(|&(n, _)| n as usize).product();
+                let mut p = ReduceParams {
+                    total_out: numel as u32,
+                    n_red: n_red as u32,
+                    kept_rank: kept.len() as u32,
+                    red_rank: red.len() as u32,
+                    ..Default::default()
+                };
+                for (d, &(n, s)) in kept.iter().enumerate() {
+                    p.kept_shape[d] = n;
+                    p.kept_strides[d] = s;
+                }
+                for (d, &(n, s)) in red.iter().enumerate() {
+                    p.red_shape[d] = n;
+                    p.red_strides[d] = s;
+                }
+                let (spec, groups) = if p.n_red >= REDUCE_WORKGROUP_MIN {
+                    (&kernels::REDUCE_SUM_WORKGROUP, p.total_out)
+                } else {
+                    (
+                        &kernels::REDUCE_SUM_SERIAL,
+                        p.total_out.div_ceil(WORKGROUP_SIZE),
+                    )
+                };
+                let at = site(spec, i, node);
+                self.dispatch(pass, spec, bytemuck::bytes_of(&p), &[&x], &out, groups, &at)?;
+                out
+            }
+            Op::MatMul => {
+                let (a, b) = (input(0)?, input(1)?);
+                let out = self.alloc(numel, &label);
+                let (m, k) = (
+                    graph.shape(node.inputs[0]).dims()[0],
+                    graph.shape(node.inputs[0]).dims()[1],
+                );
+                let n = shape[1];
+                let tiles_n = (n as u32).div_ceil(MATMUL_TILE);
+                let p = MatmulParams {
+                    m: m as u32,
+                    k: k as u32,
+                    n: n as u32,
+                    tiles_n,
+                };
+                let groups = (m as u32)
+                    .div_ceil(MATMUL_TILE)
+                    .checked_mul(tiles_n)
+                    .ok_or_else(|| {
+                        ExecError::Gpu(format!(
+                            "{}: too many output tiles",
+                            site(&kernels::MATMUL, i, node)
+                        ))
+                    })?;
+                let at = site(&kernels::MATMUL, i, node);
+                self.dispatch(
+                    pass,
+                    &kernels::MATMUL,
+                    bytemuck::bytes_of(&p),
+                    &[&a, &b],
+                    &out,
+                    groups,
+                    &at,
+                )?;
+                out
+            }
+            Op::Input { name, shape } => {
+                return Err(ExecError::MissingFeed {
+                    name: name.clone(),
+                    shape: shape.clone(),
+                })
+            }
+            Op::Select
+            | Op::ReduceMax { .. }
+            | Op::Permute { .. }
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Concat { .. }
+            | Op::Conv2d(_)
+            | Op::Conv2dInputGrad { .. }
+            | Op::Conv2dWeightGrad { .. }
+            | Op::AvgPool2d(_)
+            | Op::AvgPool2dGrad { .. }
+            | Op::MaxPool2d(_)
+            | Op::MaxPool2dGrad(_)
+            | Op::MaxPool2dGather(_)
+            | Op::Gather
+            | Op::ScatterAdd { .. }
+            | Op::LogSoftmax { .. } => {
+                return Err(ExecError::Unsupported {
+                    backend: self.name(),
+                    op: node.op.name(),
+                    label: node.label.clone(),
+                })
+            }
+        };
+        Ok(out)
+    }
+
+    fn run_scoped(
+        &mut self,
+        graph: &Graph,
+        feeds: &Feeds<f32>,
+        outputs: &[NodeId],
+        needed: &[bool],
+        last_use: &[usize],
+    ) -> Result<Vec<ArrayD<f32>>, ExecError> {
+        let n = graph.len();
+        let mut vals: Vec<Option<Rc<wgpu::Buffer>>> = vec![None; n];
+        // Every input is uploaded before any kernel is recorded: queue writes land before the
+        // encoder's commands, so a buffer written here must not be one a kernel of this run
+        // has used. The pool holds only buffers of finished runs at this point.
+        for (i, node) in graph.nodes().iter().enumerate() {
+            if let (true, Op::Input { name, shape }) = (needed[i], &node.op) {
+                let v = check_feed(name, shape, feeds)?;
+                let buf = self.alloc(v.len(), &format!("%{i} input '{name}'"));
+                if let Some(s) = v.as_slice().filter(|s| !s.is_empty()) {
+                    self.queue.write_buffer(&buf, 0, bytemuck::cast_slice(s));
+                }
+                vals[i] = Some(buf);
+            }
+        }
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("darts run"),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("darts graph"),
+                timestamp_writes: None,
+            });
+            for (i, node) in graph.nodes().iter().enumerate() {
+                if !needed[i] || matches!(node.op, Op::Input { .. }) {
+                    continue;
+                }
+                let out = self.record(&mut pass, graph, i, &vals)?;
+                vals[i] = Some(out);
+                for j in &node.inputs {
+                    if last_use[j.0] == i {
+                        if let Some(b) = vals[j.0].take() {
+                            self.release(b);
+                        }
+                    }
+                }
+            }
+        }
+        // Only the requested outputs come back, through MAP_READ staging buffers.
+        let mut staging = Vec::with_capacity(outputs.len());
+        for &o in outputs {
+            let numel = graph.shape(o).numel();
+            if numel == 0 {
+                staging.push(None);
+                continue;
+            }
+            let src = vals[o.0].as_ref().ok_or(ExecError::UnknownNode(o))?;
+            let bytes = numel as u64 * 4;
+            let dst = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("darts readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            encoder.copy_buffer_to_buffer(src, 0, &dst, 0, Some(bytes));
+            staging.push(Some(dst));
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        self.queue.submit([encoder.finish()]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(ExecError::Gpu(format!(
+                "submitting the run's command encoder ({} nodes): {e}",
+                needed.iter().filter(|&&x| x).count()
+            )));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (k, s) in staging.iter().enumerate() {
+            if let Some(b) = s {
+                let tx = tx.clone();
+                // map_async completes only inside device.poll below.
+                b.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                    let _ = tx.send((k, r));
+                });
+            }
+        }
+        drop(tx);
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| ExecError::Gpu(format!("waiting for the run: {e}")))?;
+        for (k, r) in rx.try_iter() {
+            r.map_err(|e| {
+                ExecError::Gpu(format!("mapping output {} for reading: {e}", outputs[k]))
+            })?;
+        }
+        let mut result = Vec::with_capacity(outputs.len());
+        for (k, &o) in outputs.iter().enumerate() {
+            let shape = IxDyn(graph.shape(o).dims());
+            let data = match &staging[k] {
+                None => Vec::new(),
+                Some(b) => {
+                    let view = b
+                        .slice(..)
+                        .get_mapped_range()
+                        .map_err(|e| ExecError::Gpu(format!("reading output {o}: {e}")))?;
+                    let v = bytemuck::pod_collect_to_vec::<u8, f32>(&view);
+                    drop(view);
+                    b.unmap();
+                    v
+                }
+            };
+            result
+                .push(ArrayD::from_shape_vec(shape, data).map_err(|e| {
+                    ExecError::Gpu(format!("output {o} has the wrong length: {e}"))
+                })?);
+        }
+        for v in vals.into_iter().flatten() {
+            self.release(v);
+        }
+        Ok(result)
+    }
+}
+
+/// The `op` code of a unary primitive in shaders/elementwise.wgsl (graph::UnaryOp order).
+pub fn unary_code(op: UnaryOp) -> u32 {
+    match op {
+        UnaryOp::Neg => 0,
+        UnaryOp::Exp => 1,
+        UnaryOp::Log => 2,
+        UnaryOp::Sqrt => 3,
+        UnaryOp::Rsqrt => 4,
+        UnaryOp::Recip => 5,
+        UnaryOp::Square => 6,
+        UnaryOp::Tanh => 7,
+        UnaryOp::Sigmoid => 8,
+        UnaryOp::Relu => 9,
+        UnaryOp::Softplus => 10,
+        UnaryOp::Step => 11,
+    }
+}
+
+/// The `op` code of a binary primitive in shaders/elementwise.wgsl (graph::BinaryOp order).
+pub fn binary_code(op: BinaryOp) -> u32 {
+    match op {
+        BinaryOp::Add => 0,
+        BinaryOp::Sub => 1,
+        BinaryOp::Mul => 2,
+        BinaryOp::Div => 3,
+        BinaryOp::Max => 4,
+        BinaryOp::Greater => 5,
+        BinaryOp::Equal => 6,
+    }
+}
+
+/// Element strides of an input of shape `input` read at each axis of `out` under NumPy
+/// broadcasting: 0 where the input lacks the axis or has extent 1, its row-major stride
+/// otherwise.
+pub fn broadcast_strides(input: &[usize], out: &[usize]) -> Vec<usize> {
+    let lead = out.len() - input.len();
+    let mut s = vec![0; out.len()];
+    let mut m = 1;
+    for d in (0..input.len()).rev() {
+        s[lead + d] = if input[d] == 1 { 0 } else { m };
+        m *= input[d];
+    }
+    s
+}
+
+fn put(dst: &mut [u32; MAX_RANK], src: &[usize]) {
+    for (d, &v) in src.iter().enumerate() {
+        dst[d] = v as u32;
+    }
+}
+
+impl Executor<f32> for GpuExecutor {
+    fn name(&self) -> String {
+        format!("gpu-f32 ({})", self.adapter.get_info().name)
+    }
+
+    fn run(
+        &mut self,
+        graph: &Graph,
+        feeds: &Feeds<f32>,
+        outputs: &[NodeId],
+    ) -> Result<Vec<ArrayD<f32>>, ExecError> {
+        let (needed, last_use) = liveness(graph, outputs)?;
+        self.check_supported(graph, &needed)?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = self.run_scoped(graph, feeds, outputs, &needed, &last_use);
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        let result = result?;
+        if let Some(e) = v.or(o) {
+            return Err(ExecError::Gpu(format!("during the run: {e}")));
+        }
+        if let Ok(mut u) = self.uncaptured.lock() {
+            if !u.is_empty() {
+                let msg = u.join("; ");
+                u.clear();
+                return Err(ExecError::Gpu(format!("uncaptured: {msg}")));
+            }
+        }
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_strides_follow_numpy() {
+        assert_eq!(broadcast_strides(&[3, 1], &[2, 3, 4]), vec![0, 1, 0]);
+        assert_eq!(broadcast_strides(&[2, 3, 4], &[2, 3, 4]), vec![12, 4, 1]);
+        assert_eq!(broadcast_strides(&[], &[5]), vec![0]);
+        assert_eq!(broadcast_strides(&[4], &[2, 4]), vec![0, 1]);
+    }
+
+    /// The op codes are the ones listed in the header of shaders/elementwise.wgsl.
+    #[test]
+    fn op_codes_match_shader_header() {
+        use UnaryOp::*;
+        for u in [
+            Neg, Exp, Log, Sqrt, Rsqrt, Recip, Square, Tanh, Sigmoid, Relu, Softplus, Step,
+        ] {
+            let tag = format!("{} {}", unary_code(u), format!("{u:?}").to_lowercase());
+            assert!(kernels::ELEMENTWISE_WGSL.contains(&tag), "{tag}");
+        }
+        use BinaryOp::*;
+        for b in [Add, Sub, Mul, Div, Max, Greater, Equal] {
+            let tag = format!("{} {}", binary_code(b), format!("{b:?}").to_lowercase());
+            assert!(kernels::ELEMENTWISE_WGSL.contains(&tag), "{tag}");
+        }
+    }
+}

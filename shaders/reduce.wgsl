@@ -1,0 +1,126 @@
+// reduce.wgsl: ReduceSum (graph::Op::ReduceSum) over any set of axes, reduced axes kept as 1.
+//
+// Equation: with the input's axes split into kept axes K and reduced axes R,
+//   out[o] = sum_{r = 0}^{n_red - 1} x[base(o) + roff(r)]
+//   base(o) = sum_{d in K} c_d(o) * kept_strides[d],  c(o) = row-major coordinate of o in kept_shape
+//   roff(r) = sum_{d in R} e_d(r) * red_strides[d],   e(r) = row-major coordinate of r in red_shape
+// The output's row-major order over its full shape (reduced axes of extent 1) equals the
+// row-major order over kept_shape, so o is also the output's flat index. An empty R (n_red = 1)
+// copies; n_red = 0 (an empty reduced axis) writes 0.
+//
+// Two entry points, the same bindings and params:
+//   reduce_sum_serial:    one invocation per output element, summing r = 0, 1, ... in order.
+//   reduce_sum_workgroup: one workgroup per output element; invocation t sums
+//                         r = t, t + WORKGROUP_SIZE, ..., then a tree over workgroup memory.
+// Both orders are a summation tree of depth <= n_red, so the f32 error is at most
+// gamma_{n_red} * sum |x| (Higham, ch. 4).
+//
+// Bindings (group 0):
+//   0 params: uniform, ReduceParams
+//   1 x:      storage, read,       array<f32>, the input, row-major
+//   2 out:    storage, read_write, array<f32>, the output, row-major, total_out elements
+//
+// ReduceParams (144 bytes; mirrored field for field by `ReduceParams` in src/exec/gpu/kernels.rs):
+//   total_out:    u32                  number of output elements (product of kept extents)
+//   n_red:        u32                  number of summed elements per output (product of reduced extents)
+//   kept_rank:    u32                  number of kept axes (<= MAX_RANK)
+//   red_rank:     u32                  number of reduced axes (<= MAX_RANK)
+//   kept_shape:   array<vec4<u32>, 2>  extents of the kept axes, in input order; axis d at [d / 4][d % 4]
+//   kept_strides: array<vec4<u32>, 2>  input element strides of the kept axes
+//   red_shape:    array<vec4<u32>, 2>  extents of the reduced axes, in input order
+//   red_strides:  array<vec4<u32>, 2>  input element strides of the reduced axes
+//
+// Invocation id -> output coordinate (the host dispatches (min(G, L), ceil(G / L), 1)
+// workgroups, L = max workgroups per dimension (65535)):
+//   serial:    o = (workgroup_id.y * num_workgroups.x + workgroup_id.x) * WORKGROUP_SIZE
+//                  + local_invocation_index,  G = ceil(total_out / WORKGROUP_SIZE);
+//              invocations with o >= total_out return at once.
+//   workgroup: o = workgroup_id.y * num_workgroups.x + workgroup_id.x, G = total_out;
+//              t = local_invocation_index. A workgroup with o >= total_out returns at once (o is
+//              uniform over the workgroup, so no invocation skips a barrier another one reaches).
+
+const WORKGROUP_SIZE: u32 = 256u;
+const MAX_RANK: u32 = 8u;
+
+struct ReduceParams {
+    total_out: u32,
+    n_red: u32,
+    kept_rank: u32,
+    red_rank: u32,
+    kept_shape: array<vec4<u32>, 2>,
+    kept_strides: array<vec4<u32>, 2>,
+    red_shape: array<vec4<u32>, 2>,
+    red_strides: array<vec4<u32>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> params: ReduceParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+var<workgroup> partial: array<f32, WORKGROUP_SIZE>;
+
+fn base_offset(o: u32) -> u32 {
+    var rem = o;
+    var off = 0u;
+    let rank = min(params.kept_rank, MAX_RANK);
+    for (var k = 0u; k < rank; k++) {
+        let d = rank - 1u - k;
+        let n = params.kept_shape[d / 4u][d % 4u];
+        off += (rem % n) * params.kept_strides[d / 4u][d % 4u];
+        rem = rem / n;
+    }
+    return off;
+}
+
+fn red_offset(r: u32) -> u32 {
+    var rem = r;
+    var off = 0u;
+    let rank = min(params.red_rank, MAX_RANK);
+    for (var k = 0u; k < rank; k++) {
+        let d = rank - 1u - k;
+        let n = params.red_shape[d / 4u][d % 4u];
+        off += (rem % n) * params.red_strides[d / 4u][d % 4u];
+        rem = rem / n;
+    }
+    return off;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn reduce_sum_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let o = (wid.y * nwg.x + wid.x) * WORKGROUP_SIZE + lid;
+    if o >= params.total_out {
+        return;
+    }
+    let base = base_offset(o);
+    var acc = 0.0;
+    for (var r = 0u; r < params.n_red; r++) {
+        acc += x[base + red_offset(r)];
+    }
+    out[o] = acc;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn reduce_sum_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    let o = wid.y * nwg.x + wid.x;
+    if o >= params.total_out {
+        return;
+    }
+    let base = base_offset(o);
+    var acc = 0.0;
+    for (var r = lid; r < params.n_red; r += WORKGROUP_SIZE) {
+        acc += x[base + red_offset(r)];
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var s = WORKGROUP_SIZE / 2u; s > 0u; s = s / 2u) {
+        if lid < s {
+            partial[lid] += partial[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        out[o] = partial[0];
+    }
+}

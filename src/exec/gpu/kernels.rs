@@ -1,0 +1,301 @@
+//! The WGSL kernels: their params structs (mirrors of the structs documented in each
+//! `shaders/*.wgsl` header), their binding tables, and the pipeline cache.
+//!
+//! Bindings are built from [`KernelSpec::bindings`], the same table each shader header
+//! documents, never from argument order at the call site.
+
+use bytemuck::{Pod, Zeroable};
+use std::collections::HashMap;
+
+/// Most axes a tensor may have on the GPU (`MAX_RANK` in the shaders).
+pub const MAX_RANK: usize = 8;
+
+/// Invocations per workgroup of the elementwise and reduce kernels (`WORKGROUP_SIZE`).
+pub const WORKGROUP_SIZE: u32 = 256;
+
+/// Output tile edge of the matmul kernel (`TILE` in shaders/matmul.wgsl).
+pub const MATMUL_TILE: u32 = 16;
+
+/// Reductions of at least this many elements per output use one workgroup per output
+/// (`reduce_sum_workgroup`); shorter ones use one invocation per output (`reduce_sum_serial`).
+pub const REDUCE_WORKGROUP_MIN: u32 = 512;
+
+pub const ELEMENTWISE_WGSL: &str = include_str!("../../../shaders/elementwise.wgsl");
+pub const REDUCE_WGSL: &str = include_str!("../../../shaders/reduce.wgsl");
+pub const MATMUL_WGSL: &str = include_str!("../../../shaders/matmul.wgsl");
+
+/// `EwParams` of shaders/elementwise.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct EwParams {
+    pub total: u32,
+    pub rank: u32,
+    pub op: u32,
+    pub value: f32,
+    pub shape: [u32; MAX_RANK],
+    pub a_strides: [u32; MAX_RANK],
+    pub b_strides: [u32; MAX_RANK],
+}
+
+/// `ReduceParams` of shaders/reduce.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ReduceParams {
+    pub total_out: u32,
+    pub n_red: u32,
+    pub kept_rank: u32,
+    pub red_rank: u32,
+    pub kept_shape: [u32; MAX_RANK],
+    pub kept_strides: [u32; MAX_RANK],
+    pub red_shape: [u32; MAX_RANK],
+    pub red_strides: [u32; MAX_RANK],
+}
+
+/// `MatmulParams` of shaders/matmul.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct MatmulParams {
+    pub m: u32,
+    pub k: u32,
+    pub n: u32,
+    pub tiles_n: u32,
+}
+
+/// What a binding slot holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// The params struct (uniform).
+    Params,
+    /// A tensor input, read-only storage.
+    Read,
+    /// The output tensor, read-write storage.
+    Write,
+}
+
+/// One kernel: a shader file's entry point and its binding table.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSpec {
+    /// The cache key and the name used in error messages.
+    pub name: &'static str,
+    /// The shader file, for error messages.
+    pub file: &'static str,
+    pub source: &'static str,
+    pub entry: &'static str,
+    /// (binding index, slot), as documented in the shader header.
+    pub bindings: &'static [(u32, Slot)],
+}
+
+pub const UNARY: KernelSpec = KernelSpec {
+    name: "elementwise.unary",
+    file: "shaders/elementwise.wgsl",
+    source: ELEMENTWISE_WGSL,
+    entry: "unary",
+    bindings: &[(0, Slot::Params), (1, Slot::Read), (3, Slot::Write)],
+};
+
+pub const BINARY: KernelSpec = KernelSpec {
+    name: "elementwise.binary",
+    file: "shaders/elementwise.wgsl",
+    source: ELEMENTWISE_WGSL,
+    entry: "binary",
+    bindings: &[
+        (0, Slot::Params),
+        (1, Slot::Read),
+        (2, Slot::Read),
+        (3, Slot::Write),
+    ],
+};
+
+pub const BROADCAST: KernelSpec = KernelSpec {
+    name: "elementwise.broadcast",
+    file: "shaders/elementwise.wgsl",
+    source: ELEMENTWISE_WGSL,
+    entry: "broadcast",
+    bindings: &[(0, Slot::Params), (1, Slot::Read), (3, Slot::Write)],
+};
+
+pub const FILL: KernelSpec = KernelSpec {
+    name: "elementwise.fill",
+    file: "shaders/elementwise.wgsl",
+    source: ELEMENTWISE_WGSL,
+    entry: "fill",
+    bindings: &[(0, Slot::Params), (3, Slot::Write)],
+};
+
+pub const REDUCE_SUM_SERIAL: KernelSpec = KernelSpec {
+    name: "reduce.reduce_sum_serial",
+    file: "shaders/reduce.wgsl",
+    source: REDUCE_WGSL,
+    entry: "reduce_sum_serial",
+    bindings: &[(0, Slot::Params), (1, Slot::Read), (2, Slot::Write)],
+};
+
+pub const REDUCE_SUM_WORKGROUP: KernelSpec = KernelSpec {
+    name: "reduce.reduce_sum_workgroup",
+    file: "shaders/reduce.wgsl",
+    source: REDUCE_WGSL,
+    entry: "reduce_sum_workgroup",
+    bindings: &[(0, Slot::Params), (1, Slot::Read), (2, Slot::Write)],
+};
+
+pub const MATMUL: KernelSpec = KernelSpec {
+    name: "matmul.matmul",
+    file: "shaders/matmul.wgsl",
+    source: MATMUL_WGSL,
+    entry: "matmul",
+    bindings: &[
+        (0, Slot::Params),
+        (1, Slot::Read),
+        (2, Slot::Read),
+        (3, Slot::Write),
+    ],
+};
+
+/// Every kernel, for eager compilation and tests.
+pub const ALL: [KernelSpec; 7] = [
+    UNARY,
+    BINARY,
+    BROADCAST,
+    FILL,
+    REDUCE_SUM_SERIAL,
+    REDUCE_SUM_WORKGROUP,
+    MATMUL,
+];
+
+/// A compiled kernel: its pipeline and explicit bind group layout.
+pub struct Compiled {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+/// Pipelines and bind group layouts, created once per kernel and cached by name; shader
+/// modules created once per file.
+#[derive(Default)]
+pub struct PipelineCache {
+    modules: HashMap<&'static str, wgpu::ShaderModule>,
+    kernels: HashMap<&'static str, Compiled>,
+}
+
+impl PipelineCache {
+    /// The compiled kernel for `spec`, compiling it on first use. Errors (caught in a
+    /// validation scope) name the kernel and its shader file.
+    pub fn get(&mut self, device: &wgpu::Device, spec: &KernelSpec) -> Result<&Compiled, String> {
+        if !self.kernels.contains_key(spec.name) {
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let module = self
+                .modules
+                .entry(spec.file)
+                .or_insert_with(|| {
+                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(spec.file),
+                        source: wgpu::ShaderSource::Wgsl(spec.source.into()),
+                    })
+                })
+                .clone();
+            let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
+                .bindings
+                .iter()
+                .map(|&(binding, slot)| wgpu::BindGroupLayoutEntry {
+                    binding,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: match slot {
+                            Slot::Params => wgpu::BufferBindingType::Uniform,
+                            Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                            Slot::Write => wgpu::BufferBindingType::Storage { read_only: false },
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                })
+                .collect();
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(spec.name),
+                entries: &entries,
+            });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(spec.name),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(spec.name),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(spec.entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                return Err(format!(
+                    "compiling kernel '{}' ({} entry point '{}'): {e}",
+                    spec.name, spec.file, spec.entry
+                ));
+            }
+            self.kernels
+                .insert(spec.name, Compiled { pipeline, layout });
+        }
+        Ok(&self.kernels[spec.name])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Rust mirrors have the byte sizes of the WGSL structs: uniform layout rounds
+    /// `array<vec4<u32>, 2>` to 32 bytes, so 16 + 3 * 32 = 112, 16 + 4 * 32 = 144, 16.
+    #[test]
+    fn params_structs_match_wgsl_sizes() {
+        assert_eq!(std::mem::size_of::<EwParams>(), 112);
+        assert_eq!(std::mem::size_of::<ReduceParams>(), 144);
+        assert_eq!(std::mem::size_of::<MatmulParams>(), 16);
+    }
+
+    /// The sizes above are also what naga computes for the structs in the shader files.
+    #[test]
+    fn params_structs_match_naga_layout() {
+        for (src, name, size) in [
+            (
+                ELEMENTWISE_WGSL,
+                "EwParams",
+                std::mem::size_of::<EwParams>(),
+            ),
+            (
+                REDUCE_WGSL,
+                "ReduceParams",
+                std::mem::size_of::<ReduceParams>(),
+            ),
+            (
+                MATMUL_WGSL,
+                "MatmulParams",
+                std::mem::size_of::<MatmulParams>(),
+            ),
+        ] {
+            let module = naga::front::wgsl::parse_str(src).expect("shader parses");
+            let mut layouter = naga::proc::Layouter::default();
+            layouter
+                .update(module.to_ctx())
+                .expect("layout of the shader's types");
+            let (handle, _) = module
+                .types
+                .iter()
+                .find(|(_, t)| t.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("struct {name} not found in its shader"));
+            assert_eq!(layouter[handle].size as usize, size, "{name}");
+        }
+    }
+
+    /// The constants here equal the named constants in the shader headers.
+    #[test]
+    fn constants_match_shaders() {
+        assert!(
+            ELEMENTWISE_WGSL.contains(&format!("const WORKGROUP_SIZE: u32 = {WORKGROUP_SIZE}u;"))
+        );
+        assert!(REDUCE_WGSL.contains(&format!("const WORKGROUP_SIZE: u32 = {WORKGROUP_SIZE}u;")));
+        assert!(ELEMENTWISE_WGSL.contains(&format!("const MAX_RANK: u32 = {MAX_RANK}u;")));
+        assert!(REDUCE_WGSL.contains(&format!("const MAX_RANK: u32 = {MAX_RANK}u;")));
+        assert!(MATMUL_WGSL.contains(&format!("const TILE: u32 = {MATMUL_TILE}u;")));
+    }
+}
