@@ -71,6 +71,9 @@ pub struct NetGraph {
 /// d/dalpha L_val(w'(alpha), alpha).
 pub struct UnrolledGraph {
     pub graph: Graph,
+    /// The BNs of the train-batch forward at w (whose statistics the reference's running
+    /// averages absorb).
+    pub train_bn: Vec<BnRecord>,
     pub loss_valid_unrolled: NodeId,
     pub grad_alpha_total: [NodeId; 2],
     pub w_prime: Vec<NodeId>,
@@ -196,6 +199,7 @@ impl UnrolledGraph {
         let total = autodiff::grad(&mut g, valid.loss, &alpha)?;
         Ok(UnrolledGraph {
             graph: g,
+            train_bn: train.bn,
             loss_valid_unrolled: valid.loss,
             grad_alpha_total: [total[0], total[1]],
             w_prime,
@@ -251,6 +255,7 @@ fn uncast<T: Scalar>(a: ArrayD<T>) -> ArrayD<f64> {
 #[derive(Clone, Debug)]
 pub struct Evaluation {
     pub loss: f64,
+    pub logits: ArrayD<f64>,
     pub grad_w: Vec<ArrayD<f64>>,
     pub grad_alpha: [ArrayD<f64>; 2],
     /// Per BN (module order): batch mean and biased batch variance.
@@ -278,7 +283,7 @@ pub fn evaluate<T: Scalar, E: Executor<T>>(
     batch: &Batch,
     what: &str,
 ) -> Result<Evaluation, ArchError> {
-    let mut outs = vec![net.loss, net.grad_alpha[0], net.grad_alpha[1]];
+    let mut outs = vec![net.loss, net.logits, net.grad_alpha[0], net.grad_alpha[1]];
     outs.extend(&net.grad_w);
     for b in &net.bn {
         outs.push(b.mean);
@@ -300,6 +305,7 @@ pub fn evaluate<T: Scalar, E: Executor<T>>(
             value: loss,
         });
     }
+    let logits = it.next().expect("logits");
     let ga = [it.next().expect("alpha"), it.next().expect("alpha")];
     let grad_w: Vec<ArrayD<f64>> = it.by_ref().take(net.grad_w.len()).collect();
     let mut bn_stats = Vec::new();
@@ -313,32 +319,46 @@ pub fn evaluate<T: Scalar, E: Executor<T>>(
     check_finite(what, "grad_alpha/reduce", &ga[1])?;
     Ok(Evaluation {
         loss,
+        logits,
         grad_w,
         grad_alpha: ga,
         bn_stats,
     })
 }
 
-/// Only the alpha gradient of `net` at `point` (what each FD evaluation needs).
+/// Batch statistics (mean, biased variance) of every BN of one train-mode forward, in
+/// module order: what the reference's running averages absorb.
+pub type BnStats = Vec<(ArrayD<f64>, ArrayD<f64>)>;
+
+/// Only the alpha gradient of `net` at `point` (what each FD evaluation needs), with the
+/// forward's BN statistics.
 pub fn grad_alpha<T: Scalar, E: Executor<T>>(
     exec: &mut E,
     net: &NetGraph,
     point: &Point,
     batch: &Batch,
     what: &str,
-) -> Result<[ArrayD<f64>; 2], ArchError> {
+) -> Result<([ArrayD<f64>; 2], BnStats), ArchError> {
+    let mut outs = vec![net.grad_alpha[0], net.grad_alpha[1]];
+    for b in &net.bn {
+        outs.push(b.mean);
+        outs.push(b.var);
+    }
     let vals = exec
-        .run(
-            &net.graph,
-            &point.feeds::<T>(batch),
-            &[net.grad_alpha[0], net.grad_alpha[1]],
-        )
+        .run(&net.graph, &point.feeds::<T>(batch), &outs)
         .map_err(|source| ArchError::Exec {
             what: what.to_string(),
             source,
         })?;
     let mut it = vals.into_iter().map(uncast);
-    Ok([it.next().expect("normal"), it.next().expect("reduce")])
+    let g = [it.next().expect("normal"), it.next().expect("reduce")];
+    check_finite(what, "grad_alpha/normal", &g[0])?;
+    check_finite(what, "grad_alpha/reduce", &g[1])?;
+    let mut stats = Vec::new();
+    while let (Some(m), Some(v)) = (it.next(), it.next()) {
+        stats.push((m, v));
+    }
+    Ok((g, stats))
 }
 
 /// ||v||_2 over all tensors together.
@@ -361,7 +381,7 @@ pub fn fd_mixed_hvp<T: Scalar, E: Executor<T>>(
     d: &[ArrayD<f64>],
     batch: &Batch,
     scale: f64,
-) -> Result<([ArrayD<f64>; 2], f64), ArchError> {
+) -> Result<FdHvp, ArchError> {
     let n = norm(d);
     if n == 0.0 || !n.is_finite() {
         return Err(ArchError::ZeroDirection);
@@ -369,10 +389,24 @@ pub fn fd_mixed_hvp<T: Scalar, E: Executor<T>>(
     let r = scale / n;
     let plus = at.moved(d, r);
     let minus = plus.moved(d, -2.0 * r);
-    let gp = grad_alpha(exec, net, &plus, batch, "FD HVP at w + R v")?;
-    let gm = grad_alpha(exec, net, &minus, batch, "FD HVP at w - R v")?;
-    let h = [(&gp[0] - &gm[0]) / (2.0 * r), (&gp[1] - &gm[1]) / (2.0 * r)];
-    Ok((h, r))
+    let (gp, stats_plus) = grad_alpha(exec, net, &plus, batch, "FD HVP at w + R v")?;
+    let (gm, stats_minus) = grad_alpha(exec, net, &minus, batch, "FD HVP at w - R v")?;
+    let hvp = [
+        (&gp[0] - &gm[0]) / (2.0 * r),
+        (&gp[1] - &gm[1]) / (2.0 * r),
+    ];
+    Ok(FdHvp {
+        hvp,
+        r,
+        bn_stats: vec![stats_plus, stats_minus],
+    })
+}
+
+/// A central-difference mixed HVP, its radius R and the BN statistics of its two forwards.
+pub struct FdHvp {
+    pub hvp: [ArrayD<f64>; 2],
+    pub r: f64,
+    pub bn_stats: Vec<BnStats>,
 }
 
 /// Exact mixed HVP d2 L / (dalpha dw) . v by autodiff.
@@ -568,7 +602,8 @@ pub fn all_gradients<T: Scalar, E: Executor<T>>(
     rep.put_weights("v", &point.weights, &v);
     rep.put_alpha("grad_alpha_unrolled_partial", &eu.grad_alpha);
     // Paper: FD mixed HVP at w along v.
-    let (hvp_fd, r) = fd_mixed_hvp(exec, &graphs.train, point, &v, train, FD_SCALE)?;
+    let FdHvp { hvp: hvp_fd, r, .. } =
+        fd_mixed_hvp(exec, &graphs.train, point, &v, train, FD_SCALE)?;
     rep.r_paper = r;
     rep.put_alpha("hvp_fd", &hvp_fd);
     // Audit variant: at w' along v + lambda w'.
@@ -577,7 +612,11 @@ pub fn all_gradients<T: Scalar, E: Executor<T>>(
         .zip(&wp_vals)
         .map(|(vi, wi)| vi + &(wi * u.weight_decay))
         .collect();
-    let (hvp_audit, r_audit) = fd_mixed_hvp(exec, &graphs.train, &wp, &d, train, FD_SCALE)?;
+    let FdHvp {
+        hvp: hvp_audit,
+        r: r_audit,
+        ..
+    } = fd_mixed_hvp(exec, &graphs.train, &wp, &d, train, FD_SCALE)?;
     rep.r_audit = r_audit;
     rep.put_alpha("hvp_fd_at_unrolled", &hvp_audit);
     // Exact mixed HVP at w.
@@ -623,7 +662,17 @@ pub enum Order {
     Exact,
 }
 
-/// The architecture gradient of one search step, and the validation loss it saw.
+/// The architecture gradient of one search step, the validation loss it saw, and the BN
+/// statistics of every train-mode forward the reference runs on the original model during
+/// the step, in order (first order: the search batch at w; second order: the train batch at
+/// w, then w + R v, w - R v; exact: the train batch at w).
+pub struct ArchStep {
+    pub grad: [ArrayD<f64>; 2],
+    pub loss_valid: f64,
+    pub bn_updates: Vec<BnStats>,
+}
+
+/// The architecture gradient of one search step (see [`ArchStep`]).
 #[allow(clippy::too_many_arguments)]
 pub fn arch_gradient<T: Scalar, E: Executor<T>>(
     exec: &mut E,
@@ -634,46 +683,65 @@ pub fn arch_gradient<T: Scalar, E: Executor<T>>(
     valid: &Batch,
     u: &Unroll,
     order: Order,
-) -> Result<([ArrayD<f64>; 2], f64), ArchError> {
+) -> Result<ArchStep, ArchError> {
     match order {
         Order::First => {
             let e = evaluate(exec, &graphs.valid, point, valid, "L_val(w, alpha)")?;
-            Ok((e.grad_alpha, e.loss))
+            Ok(ArchStep {
+                grad: e.grad_alpha,
+                loss_valid: e.loss,
+                bn_updates: vec![e.bn_stats],
+            })
         }
         Order::Second => {
             let et = evaluate(exec, &graphs.train, point, train, "L_train(w, alpha)")?;
             let wp = unrolled_weights(point, &et.grad_w, momentum_buffer, u);
             let eu = evaluate(exec, &graphs.valid, &wp, valid, "L_val(w', alpha)")?;
-            let (hvp, _) = fd_mixed_hvp(exec, &graphs.train, point, &eu.grad_w, train, FD_SCALE)?;
-            let g = [
-                &eu.grad_alpha[0] - &(&hvp[0] * u.eta),
-                &eu.grad_alpha[1] - &(&hvp[1] * u.eta),
+            let fd = fd_mixed_hvp(exec, &graphs.train, point, &eu.grad_w, train, FD_SCALE)?;
+            let grad = [
+                &eu.grad_alpha[0] - &(&fd.hvp[0] * u.eta),
+                &eu.grad_alpha[1] - &(&fd.hvp[1] * u.eta),
             ];
-            Ok((g, eu.loss))
+            let mut bn_updates = vec![et.bn_stats];
+            bn_updates.extend(fd.bn_stats);
+            Ok(ArchStep {
+                grad,
+                loss_valid: eu.loss,
+                bn_updates,
+            })
         }
         Order::Exact => {
             let ug = &graphs.unrolled;
             let f = unrolled_feeds::<T>(point, momentum_buffer, train, valid, u);
+            let mut outs = vec![
+                ug.loss_valid_unrolled,
+                ug.grad_alpha_total[0],
+                ug.grad_alpha_total[1],
+            ];
+            for b in &ug.train_bn {
+                outs.push(b.mean);
+                outs.push(b.var);
+            }
             let vals = exec
-                .run(
-                    &ug.graph,
-                    &f,
-                    &[
-                        ug.loss_valid_unrolled,
-                        ug.grad_alpha_total[0],
-                        ug.grad_alpha_total[1],
-                    ],
-                )
+                .run(&ug.graph, &f, &outs)
                 .map_err(|source| ArchError::Exec {
                     what: "autodiff through the unrolled step".into(),
                     source,
                 })?;
             let mut it = vals.into_iter().map(uncast);
-            let loss = it.next().expect("loss").sum();
-            let g = [it.next().expect("normal"), it.next().expect("reduce")];
-            check_finite("exact architecture gradient", "grad_alpha/normal", &g[0])?;
-            check_finite("exact architecture gradient", "grad_alpha/reduce", &g[1])?;
-            Ok((g, loss))
+            let loss_valid = it.next().expect("loss").sum();
+            let grad = [it.next().expect("normal"), it.next().expect("reduce")];
+            check_finite("exact architecture gradient", "grad_alpha/normal", &grad[0])?;
+            check_finite("exact architecture gradient", "grad_alpha/reduce", &grad[1])?;
+            let mut stats = Vec::new();
+            while let (Some(m), Some(v)) = (it.next(), it.next()) {
+                stats.push((m, v));
+            }
+            Ok(ArchStep {
+                grad,
+                loss_valid,
+                bn_updates: vec![stats],
+            })
         }
     }
 }
