@@ -10,4 +10,5 @@ pub mod darts;
 pub mod data;
 pub mod exec;
 pub mod graph;
+pub mod linalg;
 pub mod search;

@@ -3,5 +3,6 @@
 
 pub mod cases;
 pub mod gradcheck;
+pub mod hessian;
 pub mod report;
 pub mod tolerance;

@@ -125,6 +125,10 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, ArrayD<f64>>, StateError
     let mut out = BTreeMap::new();
     for name in names {
         let key = name.trim_end_matches(".npy").to_string();
+        // The JSON record of a search checkpoint (bytes), read by `search::checkpoint`.
+        if key == "meta.json" {
+            continue;
+        }
         let arr: ArrayD<f64> = if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<f64>, IxDyn>(&name) {
             a
         } else if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<f32>, IxDyn>(&name) {

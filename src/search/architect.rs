@@ -37,6 +37,8 @@ pub enum ArchError {
     },
     #[error("v = grad_w' L_val(w', alpha) is zero, so eps = 0.01 / ||v|| is undefined")]
     ZeroDirection,
+    #[error("the unrolled graph was not built (ArchGraphs::build_for with unrolled = false)")]
+    NoUnrolledGraph,
 }
 
 /// Hyperparameters of the unrolled step w' = w - eta (mu buf + grad + lambda w).
@@ -495,23 +497,44 @@ pub struct ArchGraphs {
     pub cfg: SearchConfig,
     pub train: NetGraph,
     pub valid: NetGraph,
-    pub unrolled: UnrolledGraph,
+    /// Only built when needed (exact gradients): it is the largest graph.
+    pub unrolled: Option<UnrolledGraph>,
 }
 
 impl ArchGraphs {
+    /// Every graph, including the unrolled one.
     pub fn build(
         cfg: &SearchConfig,
         train_shape: &[usize],
         valid_shape: &[usize],
     ) -> Result<ArchGraphs, GraphError> {
+        Self::build_for(cfg, train_shape, valid_shape, true)
+    }
+
+    /// The graphs, with the unrolled graph only when `unrolled` (exact order).
+    pub fn build_for(
+        cfg: &SearchConfig,
+        train_shape: &[usize],
+        valid_shape: &[usize],
+        unrolled: bool,
+    ) -> Result<ArchGraphs, GraphError> {
         let train = NetGraph::build(cfg, train_shape)?;
         let valid = NetGraph::build(cfg, valid_shape)?;
+        let unrolled = if unrolled {
+            Some(UnrolledGraph::build(cfg, train_shape, valid_shape)?)
+        } else {
+            None
+        };
         Ok(ArchGraphs {
             cfg: *cfg,
             train,
             valid,
-            unrolled: UnrolledGraph::build(cfg, train_shape, valid_shape)?,
+            unrolled,
         })
+    }
+
+    fn unrolled(&self) -> Result<&UnrolledGraph, ArchError> {
+        self.unrolled.as_ref().ok_or(ArchError::NoUnrolledGraph)
     }
 }
 
@@ -559,12 +582,9 @@ pub fn unrolled_loss<T: Scalar, E: Executor<T>>(
     u: &Unroll,
 ) -> Result<f64, ArchError> {
     let f = unrolled_feeds::<T>(point, momentum_buffer, train, valid, u);
+    let ug = graphs.unrolled()?;
     let v = exec
-        .run(
-            &graphs.unrolled.graph,
-            &f,
-            &[graphs.unrolled.loss_valid_unrolled],
-        )
+        .run(&ug.graph, &f, &[ug.loss_valid_unrolled])
         .map_err(|source| ArchError::Exec {
             what: "L_val(w'(alpha), alpha)".into(),
             source,
@@ -628,7 +648,7 @@ pub fn all_gradients<T: Scalar, E: Executor<T>>(
     ];
     rep.put_alpha("grad_alpha_second", &second);
     // Exact: autodiff through the unrolled step.
-    let ug = &graphs.unrolled;
+    let ug = graphs.unrolled()?;
     let f = unrolled_feeds::<T>(point, momentum_buffer, train, valid, u);
     let vals = exec
         .run(
@@ -711,7 +731,7 @@ pub fn arch_gradient<T: Scalar, E: Executor<T>>(
             })
         }
         Order::Exact => {
-            let ug = &graphs.unrolled;
+            let ug = graphs.unrolled()?;
             let f = unrolled_feeds::<T>(point, momentum_buffer, train, valid, u);
             let mut outs = vec![
                 ug.loss_valid_unrolled,

@@ -2,4 +2,6 @@
 //! finite differences, and exact), the architect step and the weight optimiser.
 
 pub mod architect;
+pub mod checkpoint;
+pub mod run;
 pub mod optim;
