@@ -37,6 +37,8 @@ enum Command {
     /// The architecture gradient three ways (first order, the paper's FD second order and
     /// its audit variant, exact) at one state and batch, written to an npz.
     Gradients(cli::gradients::Args),
+    /// Architecture search (bilevel DARTS) on CIFAR-10, with checkpoints and resume.
+    Search(cli::search::Args),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +84,10 @@ fn run() -> Result<ExitCode> {
         }
         Command::Gradients(args) => {
             cli::gradients::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Search(args) => {
+            cli::search::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -93,7 +93,9 @@ fn fd_hvp_converges_to_exact_at_second_order_on_smooth_network() {
     let scales: Vec<f64> = (0..7).map(|k| 0.08 / 2f64.powi(k)).collect();
     let mut errs = Vec::new();
     for &s in &scales {
-        let fd = fd_mixed_hvp(&mut ex, &graphs.train, &p, &v, &tb, s).unwrap().hvp;
+        let fd = fd_mixed_hvp(&mut ex, &graphs.train, &p, &v, &tb, s)
+            .unwrap()
+            .hvp;
         errs.push(rel2(&fd, &exact));
     }
     let xs: Vec<f64> = scales.iter().map(|s| s.ln()).collect();

@@ -1,3 +1,4 @@
 //! Subcommands of the `darts` tool.
 
 pub mod gradients;
+pub mod search;

@@ -393,10 +393,7 @@ pub fn fd_mixed_hvp<T: Scalar, E: Executor<T>>(
     let minus = plus.moved(d, -2.0 * r);
     let (gp, stats_plus) = grad_alpha(exec, net, &plus, batch, "FD HVP at w + R v")?;
     let (gm, stats_minus) = grad_alpha(exec, net, &minus, batch, "FD HVP at w - R v")?;
-    let hvp = [
-        (&gp[0] - &gm[0]) / (2.0 * r),
-        (&gp[1] - &gm[1]) / (2.0 * r),
-    ];
+    let hvp = [(&gp[0] - &gm[0]) / (2.0 * r), (&gp[1] - &gm[1]) / (2.0 * r)];
     Ok(FdHvp {
         hvp,
         r,

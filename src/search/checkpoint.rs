@@ -29,7 +29,8 @@ pub fn write(
         let f = File::create(&tmp).map_err(|e| err(e.to_string()))?;
         let mut w = NpzWriter::new(f);
         for (k, a) in arrays {
-            w.add_array(k.as_str(), a).map_err(|e| err(format!("{k}: {e}")))?;
+            w.add_array(k.as_str(), a)
+                .map_err(|e| err(format!("{k}: {e}")))?;
         }
         let bytes = Array1::from(serde_json::to_vec(meta).map_err(|e| err(e.to_string()))?);
         w.add_array(META_KEY, &bytes)

@@ -3,5 +3,5 @@
 
 pub mod architect;
 pub mod checkpoint;
-pub mod run;
 pub mod optim;
+pub mod run;
