@@ -64,6 +64,8 @@ impl<T: Scalar> BufferPool<T> {
 #[derive(Default)]
 pub struct CpuExecutor<T> {
     pool: BufferPool<T>,
+    /// Seconds and calls per op family, when profiling is on.
+    profile: Option<std::collections::BTreeMap<String, (f64, usize)>>,
 }
 
 impl<T: Scalar> CpuExecutor<T> {
@@ -74,7 +76,25 @@ impl<T: Scalar> CpuExecutor<T> {
                 reused: 0,
                 fresh: 0,
             },
+            profile: None,
         }
+    }
+
+    /// Start recording time per op family (see [`CpuExecutor::profile`]).
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(Default::default());
+    }
+
+    /// (op family, seconds, calls), slowest first.
+    pub fn profile(&self) -> Vec<(String, f64, usize)> {
+        let mut v: Vec<(String, f64, usize)> = self
+            .profile
+            .iter()
+            .flatten()
+            .map(|(k, &(s, n))| (k.clone(), s, n))
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
     }
 
     /// (buffers served from the pool, buffers freshly allocated) since creation.
@@ -109,7 +129,15 @@ impl<T: Scalar> Executor<T> for CpuExecutor<T> {
                         .expect("inputs run before their consumers")
                 })
                 .collect();
+            let t = self.profile.as_ref().map(|_| std::time::Instant::now());
             let out = eval(&mut self.pool, node, &ins)?;
+            if let (Some(p), Some(t)) = (self.profile.as_mut(), t) {
+                let key = node.op.name();
+                let key = key.split(['(', '[']).next().unwrap_or("?").to_string();
+                let e = p.entry(key).or_insert((0.0, 0));
+                e.0 += t.elapsed().as_secs_f64();
+                e.1 += 1;
+            }
             debug_assert_eq!(out.shape(), node.shape.dims(), "{}", node.op.name());
             vals[i] = Some(out);
             for j in &node.inputs {
