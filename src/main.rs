@@ -33,6 +33,9 @@ enum Command {
         /// Only run checks whose op name contains this text.
         #[arg(long)]
         filter: Option<String>,
+        /// Skip the whole-network check (the slowest row).
+        #[arg(long)]
+        no_network: bool,
     },
     /// The architecture gradient three ways (first order, the paper's FD second order and
     /// its audit variant, exact) at one state and batch, written to an npz.
@@ -58,9 +61,11 @@ fn run() -> Result<ExitCode> {
             format,
             seed,
             filter,
+            no_network,
         } => {
             let start = Instant::now();
-            let suite = cases::standard_suite(seed).context("building the gradient-check suite")?;
+            let suite = cases::standard_suite(seed, !no_network)
+                .context("building the gradient-check suite")?;
             let mut outcomes = Vec::new();
             for (i, case) in suite.iter().enumerate() {
                 if filter

@@ -211,7 +211,7 @@ proptest! {
 /// this runs the whole fixed suite the CLI runs, which covers every primitive.
 #[test]
 fn linear_ops_pass_the_adjoint_identity() {
-    let suite = cases::standard_suite(7).unwrap();
+    let suite = cases::standard_suite(7, false).unwrap();
     let mut linear = 0;
     for (i, case) in suite.iter().enumerate() {
         let o = check(case, i as u64).unwrap();
@@ -312,4 +312,12 @@ fn checker_catches_a_wrong_vjp_rule() {
         "unflipped conv transpose passed: {:?}",
         o.vjp_vs_fd
     );
+}
+
+/// The whole DARTS search network (smooth variant, C = 2, 3 layers): the architecture
+/// gradient and a conv weight's gradient against central differences, the adjoint identity
+/// and second order, through every candidate operation, MixedOp, cell and the head.
+#[test]
+fn search_network_gradients() {
+    run(cases::search_network(21).unwrap(), 4);
 }

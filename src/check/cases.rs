@@ -415,8 +415,9 @@ pub fn softmax_cross_entropy(n: usize, classes: usize, seed: u64) -> R<Case> {
 
 /// The fixed suite `darts gradcheck` runs: every primitive, both conv transposes over the
 /// DARTS conv geometries (depthwise 3x3/5x5, dilated, strided, pointwise), the pooling ops
-/// as DARTS uses them, and the composed batch norm and cross-entropy.
-pub fn standard_suite(seed: u64) -> R<Vec<Case>> {
+/// as DARTS uses them, the composed batch norm and cross-entropy, and (with
+/// `include_network`) the whole smooth search network.
+pub fn standard_suite(seed: u64, include_network: bool) -> R<Vec<Case>> {
     use UnaryOp::*;
     let mut v = Vec::new();
     let mut s = seed;
@@ -485,5 +486,68 @@ pub fn standard_suite(seed: u64) -> R<Vec<Case>> {
     v.push(batch_norm([4, 3, 3, 3], false, next())?);
     v.push(batch_norm([4, 3, 3, 3], true, next())?);
     v.push(softmax_cross_entropy(5, 10, next())?);
+    if include_network {
+        v.push(search_network(next())?);
+    }
     Ok(v)
+}
+
+/// The whole DARTS search network (smooth variant: softplus for ReLU, average for max
+/// pooling, so the second-order check applies): C = 2, 3 layers, batch 2 of 8x8 images,
+/// loss with respect to both alpha matrices and the stem convolution.
+pub fn search_network(seed: u64) -> R<Case> {
+    use crate::darts::network::{build, SearchConfig};
+    use crate::darts::ops::{NetBuilder, ParamSource};
+    let cfg = SearchConfig {
+        c: 2,
+        layers: 3,
+        smooth: true,
+        ..SearchConfig::paper()
+    };
+    let layout = cfg.layout()?;
+    let mut b = CaseBuilder::new(seed);
+    let vx = b.normal(&[2, 3, 8, 8]);
+    let x = b.input("x", vx, false)?;
+    let mut onehot = ArrayD::zeros(IxDyn(&[2, cfg.num_classes]));
+    onehot[[0, 3]] = 1.0;
+    onehot[[1, 7]] = 1.0;
+    let t = b.input("onehot", onehot, false)?;
+    let (va, vr) = (b.normal(&[cfg.k(), 8]), b.normal(&[cfg.k(), 8]));
+    let an = b.input("alpha/normal", va, true)?;
+    let ar = b.input("alpha/reduce", vr, true)?;
+    for (name, shape, kind) in layout.weights() {
+        let bound = match kind {
+            crate::darts::params::Kind::Weight { fan_in }
+            | crate::darts::params::Kind::Bias { fan_in } => 1.0 / (*fan_in as f64).sqrt(),
+            _ => 1.0,
+        };
+        let v = if name.ends_with(".bias") && name.starts_with("stem") {
+            b.normal(shape)
+        } else {
+            b.uniform(shape, -bound, bound)
+        };
+        let v = if name == "stem.1.weight" {
+            v.mapv(|x| 1.0 + 0.1 * x)
+        } else {
+            v
+        };
+        b.input(name, v, name == "stem.0.weight")?;
+    }
+    let mut nb = NetBuilder {
+        g: &mut b.g,
+        source: ParamSource::Inputs,
+        layout: None,
+        bn: Vec::new(),
+        smooth: true,
+        affine: false,
+        train_mode: true,
+    };
+    let out = build(&mut nb, &cfg, x, t, an, ar)?;
+    Ok(b.finish(
+        "DARTS search network (smooth)",
+        "C2 L3 x[2,3,8,8]",
+        out.loss,
+        false,
+        true,
+    ))
 }
