@@ -42,6 +42,8 @@ enum Command {
     Gradients(cli::gradients::Args),
     /// Architecture search (bilevel DARTS) on CIFAR-10, with checkpoints and resume.
     Search(cli::search::Args),
+    /// Train a genotype's evaluation network from scratch on CIFAR-10 (cnn/train.py).
+    Train(Box<cli::train::Args>),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +95,10 @@ fn run() -> Result<ExitCode> {
         }
         Command::Search(args) => {
             cli::search::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train(args) => {
+            cli::train::run(*args)?;
             Ok(ExitCode::SUCCESS)
         }
     }

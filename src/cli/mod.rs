@@ -2,3 +2,4 @@
 
 pub mod gradients;
 pub mod search;
+pub mod train;

@@ -30,17 +30,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-/// Where the images come from.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Where the CIFAR-10 images come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DataSource {
-    /// The 4,000-image CIFAR-10 training subset compiled into the binary.
+    /// The embedded subset: 4,000 training and 1,000 test images
+    /// ([`crate::data::embedded_subset`]).
     Embedded,
-    /// A real `cifar-10-batches-bin` folder (the 50,000 training images are searched).
+    /// A `cifar-10-batches-bin` folder: all 50,000 training and 10,000 test images.
     Dir(PathBuf),
 }
 
 /// Element type of the CPU executor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Dtype {
     F32,
     F64,
@@ -594,7 +597,7 @@ impl<T: Scalar> Search<T> {
         self.state.alpha_reduce = ar;
         // Running statistics absorb the arch forwards, then the weight-step forward.
         self.apply_bn(&arch.bn_updates, &arch_bn);
-        self.apply_bn(&[e.bn_stats.clone()], &train_bn);
+        self.apply_bn(std::slice::from_ref(&e.bn_stats), &train_bn);
         let s = &mut self.progress.sums;
         s.loss += e.loss * idx.len() as f64;
         s.correct += correct(&e.logits, &train.onehot);
