@@ -38,9 +38,14 @@ fn batch(n: usize, rng: &mut ChaCha8Rng) -> Batch {
 }
 
 fn setup() -> Setup {
+    setup_with(8, 5, true)
+}
+
+/// C channels, `layers` cells, batch 32 of 32x32 images (with the unrolled graph if asked).
+fn setup_with(c: usize, layers: usize, unrolled: bool) -> Setup {
     let cfg = SearchConfig {
-        c: 8,
-        layers: 5,
+        c,
+        layers,
         ..SearchConfig::paper()
     };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -57,7 +62,7 @@ fn setup() -> Setup {
         alpha: [st.alpha_normal.clone(), st.alpha_reduce.clone()],
     };
     let (train, valid) = (batch(32, &mut rng), batch(32, &mut rng));
-    let graphs = ArchGraphs::build(&cfg, train.x.shape(), valid.x.shape()).unwrap();
+    let graphs = ArchGraphs::build_for(&cfg, train.x.shape(), valid.x.shape(), unrolled).unwrap();
     Setup {
         graphs,
         point,
@@ -139,5 +144,21 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// One full search step (first-order architect step + weight step) at the default `quick`
+/// preset of `darts search` (C = 4, 5 layers, batch 32, f32).
+fn bench_quick_preset(c: &mut Criterion) {
+    let s = setup_with(4, 5, false);
+    let mut ex = CpuExecutor::<f32>::new();
+    let mut g = c.benchmark_group("search_step_quick_preset_c4_l5_b32_f32");
+    g.sample_size(10);
+    g.bench_function("arch_first_order_plus_weight_step", |b| {
+        b.iter(|| {
+            arch(&s, &mut ex, Order::First);
+            weight_step(&s, &mut ex);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_quick_preset, bench);
 criterion_main!(benches);
