@@ -12,6 +12,7 @@ mod tensor;
 use super::{check_feed, liveness, ExecError, Executor, Feeds, Scalar};
 use crate::graph::{Graph, NodeId, Op};
 use ndarray::{ArrayD, IxDyn};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// Size-keyed pool of dead buffers.
@@ -125,7 +126,7 @@ impl<T: Scalar> Executor<T> for CpuExecutor<T> {
                 .iter()
                 .map(|j| {
                     vals[j.0]
-                        .as_ref()
+                        .as_deref()
                         .expect("inputs run before their consumers")
                 })
                 .collect();
@@ -139,19 +140,27 @@ impl<T: Scalar> Executor<T> for CpuExecutor<T> {
                 e.1 += 1;
             }
             debug_assert_eq!(out.shape(), node.shape.dims(), "{}", node.op.name());
-            vals[i] = Some(out);
+            vals[i] = Some(Cow::Owned(out));
             for j in &node.inputs {
                 if last_use[j.0] == i {
-                    if let Some(v) = vals[j.0].take() {
+                    // Fed values are borrowed from the caller; only our own buffers recycle.
+                    if let Some(Cow::Owned(v)) = vals[j.0].take() {
                         self.pool.recycle(v);
                     }
                 }
             }
         }
-        Ok(outputs
-            .iter()
-            .map(|o| vals[o.0].clone().expect("outputs are kept to the end"))
-            .collect())
+        // Move each output out (clone only an output requested twice).
+        let mut result = Vec::with_capacity(outputs.len());
+        for (k, o) in outputs.iter().enumerate() {
+            let v = if outputs[k + 1..].contains(o) {
+                vals[o.0].clone()
+            } else {
+                vals[o.0].take()
+            };
+            result.push(v.expect("outputs are kept to the end").into_owned());
+        }
+        Ok(result)
     }
 }
 
@@ -212,15 +221,20 @@ fn eval<T: Scalar>(
 }
 
 /// Run with the feeds checked first (missing and mis-shaped inputs are named).
-pub(crate) fn feed_inputs<T: Scalar>(
+/// Fed values in standard layout are borrowed, not copied.
+pub(crate) fn feed_inputs<'a, T: Scalar>(
     graph: &Graph,
-    feeds: &Feeds<T>,
+    feeds: &'a Feeds<T>,
     needed: &[bool],
-) -> Result<Vec<Option<ArrayD<T>>>, ExecError> {
+) -> Result<Vec<Option<Cow<'a, ArrayD<T>>>>, ExecError> {
     let mut vals = vec![None; graph.len()];
     for (i, node) in graph.nodes().iter().enumerate() {
         if let (true, Op::Input { name, shape }) = (needed[i], &node.op) {
-            vals[i] = Some(check_feed(name, shape, feeds)?);
+            let v = feeds.get(name);
+            vals[i] = Some(match v {
+                Some(a) if a.shape() == shape.dims() && a.is_standard_layout() => Cow::Borrowed(a),
+                _ => Cow::Owned(check_feed(name, shape, feeds)?),
+            });
         }
     }
     Ok(vals)
