@@ -533,15 +533,7 @@ pub fn search_network(seed: u64) -> R<Case> {
         };
         b.input(name, v, name == "stem.0.weight")?;
     }
-    let mut nb = NetBuilder {
-        g: &mut b.g,
-        source: ParamSource::Inputs,
-        layout: None,
-        bn: Vec::new(),
-        smooth: true,
-        affine: false,
-        train_mode: true,
-    };
+    let mut nb = NetBuilder::search(&mut b.g, ParamSource::Inputs, true);
     let out = build(&mut nb, &cfg, x, t, an, ar)?;
     Ok(b.finish(
         "DARTS search network (smooth)",

@@ -104,15 +104,8 @@ impl SearchConfig {
         let k = self.k();
         let an = g.input("alpha/normal", [k, 8])?;
         let ar = g.input("alpha/reduce", [k, 8])?;
-        let mut nb = NetBuilder {
-            g: &mut g,
-            source: ParamSource::Inputs,
-            layout: Some(&mut layout),
-            bn: Vec::new(),
-            smooth: self.smooth,
-            affine: false,
-            train_mode: true,
-        };
+        let mut nb = NetBuilder::search(&mut g, ParamSource::Inputs, self.smooth);
+        nb.layout = Some(&mut layout);
         build(&mut nb, self, x, t, an, ar)?;
         Ok(layout)
     }

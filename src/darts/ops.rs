@@ -48,7 +48,20 @@ pub struct NetBuilder<'a> {
     pub train_mode: bool,
 }
 
-impl NetBuilder<'_> {
+impl<'a> NetBuilder<'a> {
+    /// A builder for the search network (affine-free BN inside cells) in training mode.
+    pub fn search(g: &'a mut Graph, source: ParamSource, smooth: bool) -> Self {
+        NetBuilder {
+            g,
+            source,
+            layout: None,
+            bn: Vec::new(),
+            smooth,
+            affine: false,
+            train_mode: true,
+        }
+    }
+
     /// The node of parameter `name` with the given shape.
     pub fn param(&mut self, name: &str, shape: &[usize], kind: Kind) -> R<NodeId> {
         if let Some(l) = self.layout.as_deref_mut() {

@@ -104,15 +104,7 @@ impl NetGraph {
         let x = g.input("x", x_shape.to_vec())?;
         let t = g.input("onehot", [x_shape[0], cfg.num_classes])?;
         let alpha = alpha_inputs(&mut g, cfg.k())?;
-        let mut nb = NetBuilder {
-            g: &mut g,
-            source: ParamSource::Inputs,
-            layout: None,
-            bn: Vec::new(),
-            smooth: cfg.smooth,
-            affine: false,
-            train_mode: true,
-        };
+        let mut nb = NetBuilder::search(&mut g, ParamSource::Inputs, cfg.smooth);
         let net = network::build(&mut nb, cfg, x, t, alpha[0], alpha[1])?;
         let weights = weight_list(cfg)?;
         let w: Vec<NodeId> = weights
@@ -159,15 +151,7 @@ impl UnrolledGraph {
         let alpha = alpha_inputs(&mut g, cfg.k())?;
         let xi = g.input("xi", Shape::scalar())?;
         let lambda = g.input("weight_decay", Shape::scalar())?;
-        let mut nb = NetBuilder {
-            g: &mut g,
-            source: ParamSource::Inputs,
-            layout: None,
-            bn: Vec::new(),
-            smooth: cfg.smooth,
-            affine: false,
-            train_mode: true,
-        };
+        let mut nb = NetBuilder::search(&mut g, ParamSource::Inputs, cfg.smooth);
         let train = network::build(&mut nb, cfg, xt, tt, alpha[0], alpha[1])?;
         let weights = weight_list(cfg)?;
         let w: Vec<NodeId> = weights
@@ -188,15 +172,7 @@ impl UnrolledGraph {
             by_name.insert(name.clone(), wp);
             w_prime.push(wp);
         }
-        let mut nb = NetBuilder {
-            g: &mut g,
-            source: ParamSource::Nodes(by_name),
-            layout: None,
-            bn: Vec::new(),
-            smooth: cfg.smooth,
-            affine: false,
-            train_mode: true,
-        };
+        let mut nb = NetBuilder::search(&mut g, ParamSource::Nodes(by_name), cfg.smooth);
         let valid = network::build(&mut nb, cfg, xv, tv, alpha[0], alpha[1])?;
         let total = autodiff::grad(&mut g, valid.loss, &alpha)?;
         Ok(UnrolledGraph {

@@ -633,15 +633,8 @@ impl<T: Scalar> Search<T> {
             let k = self.cfg.k();
             let an = g.input("alpha/normal", [k, 8])?;
             let ar = g.input("alpha/reduce", [k, 8])?;
-            let mut nb = NetBuilder {
-                g: &mut g,
-                source: ParamSource::Inputs,
-                layout: None,
-                bn: Vec::new(),
-                smooth: false,
-                affine: false,
-                train_mode: false,
-            };
+            let mut nb = NetBuilder::search(&mut g, ParamSource::Inputs, false);
+            nb.train_mode = false;
             let out = network::build(&mut nb, &self.cfg, x, t, an, ar)?;
             self.eval_graphs.insert(n, (g, out.loss, out.logits));
         }
