@@ -5,6 +5,9 @@
 //   binary    (Op::Binary):    out[i] = g_op(a[off_a(i)], b[off_b(i)])   (NumPy broadcasting)
 //   broadcast (Op::Broadcast): out[i] = a[off_a(i)]
 //   fill      (Op::Const):     out[i] = value
+//   select_ab (Op::Select):    out[i] = cond[i] != 0 ? a[i] : b[i]   (all of `total` elements;
+//                              NaN != 0 picks a, -0 == 0 picks b, as the CPU kernel; tested on
+//                              the bit pattern, so exact)
 // With (c_0, ..., c_{rank-1}) the row-major coordinate of flat index i in `shape`,
 //   off_a(i) = sum_d c_d * a_strides[d],   off_b(i) = sum_d c_d * b_strides[d],
 // where a stride is 0 on every axis that the input lacks or has extent 1 (so one pipeline
@@ -26,9 +29,10 @@
 //
 // Bindings (group 0); each entry point uses the subset listed:
 //   0 params: uniform, EwParams                               (unary, binary, broadcast, fill)
-//   1 a:      storage, read,       array<f32>, row-major input (unary, binary, broadcast)
-//   2 b:      storage, read,       array<f32>, row-major input (binary)
+//   1 a:      storage, read,       array<f32>, row-major input (unary, binary, broadcast, select)
+//   2 b:      storage, read,       array<f32>, row-major input (binary, select)
 //   3 out:    storage, read_write, array<f32>, row-major output of `total` elements (all)
+//   4 cond:   storage, read,       array<f32>, row-major condition (select)
 //
 // EwParams (112 bytes; mirrored field for field by `EwParams` in src/exec/gpu/kernels.rs):
 //   total:     u32                      number of output elements
@@ -61,6 +65,7 @@ struct EwParams {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> cond: array<f32>;
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WORKGROUP_SIZE + lid;
@@ -194,4 +199,15 @@ fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     out[i] = params.value;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn select_ab(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wid, nwg, lid);
+    if i >= params.total {
+        return;
+    }
+    let nonzero = (bitcast<u32>(cond[i]) & 0x7fffffffu) != 0u;
+    out[i] = select(b[i], a[i], nonzero);
 }

@@ -1,4 +1,5 @@
-// reduce.wgsl: ReduceSum (graph::Op::ReduceSum) over any set of axes, reduced axes kept as 1.
+// reduce.wgsl: ReduceSum (graph::Op::ReduceSum) and ReduceMax (graph::Op::ReduceMax) over any
+// set of axes, reduced axes kept as 1.
 //
 // Equation: with the input's axes split into kept axes K and reduced axes R,
 //   out[o] = sum_{r = 0}^{n_red - 1} x[base(o) + roff(r)]
@@ -7,8 +8,12 @@
 // The output's row-major order over its full shape (reduced axes of extent 1) equals the
 // row-major order over kept_shape, so o is also the output's flat index. An empty R (n_red = 1)
 // copies; n_red = 0 (an empty reduced axis) writes 0.
+// ReduceMax replaces the sum by out[o] = max_nan over the same elements, starting from -inf:
+//   max_nan(m, v) = v if v is NaN or v > m, else m,
+// so a NaN anywhere gives NaN (NaN propagates) and the result is exact (one of the inputs),
+// independent of the order, as the CPU kernel's fold.
 //
-// Two entry points, the same bindings and params:
+// Four entry points, the same bindings and params (reduce_max_* as reduce_sum_*):
 //   reduce_sum_serial:    one invocation per output element, summing r = 0, 1, ... in order.
 //   reduce_sum_workgroup: one workgroup per output element; invocation t sums
 //                         r = t, t + WORKGROUP_SIZE, ..., then a tree over workgroup memory.
@@ -117,6 +122,59 @@ fn reduce_sum_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     for (var s = WORKGROUP_SIZE / 2u; s > 0u; s = s / 2u) {
         if lid < s {
             partial[lid] += partial[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        out[o] = partial[0];
+    }
+}
+
+fn is_nan(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+
+fn max_nan(m: f32, v: f32) -> f32 {
+    if is_nan(v) || v > m {
+        return v;
+    }
+    return m;
+}
+
+const NEG_INF_BITS: u32 = 0xff800000u;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn reduce_max_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let o = (wid.y * nwg.x + wid.x) * WORKGROUP_SIZE + lid;
+    if o >= params.total_out {
+        return;
+    }
+    let base = base_offset(o);
+    var m = bitcast<f32>(NEG_INF_BITS);
+    for (var r = 0u; r < params.n_red; r++) {
+        m = max_nan(m, x[base + red_offset(r)]);
+    }
+    out[o] = m;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn reduce_max_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    let o = wid.y * nwg.x + wid.x;
+    if o >= params.total_out {
+        return;
+    }
+    let base = base_offset(o);
+    var m = bitcast<f32>(NEG_INF_BITS);
+    for (var r = lid; r < params.n_red; r += WORKGROUP_SIZE) {
+        m = max_nan(m, x[base + red_offset(r)]);
+    }
+    partial[lid] = m;
+    workgroupBarrier();
+    for (var s = WORKGROUP_SIZE / 2u; s > 0u; s = s / 2u) {
+        if lid < s {
+            partial[lid] = max_nan(partial[lid], partial[lid + s]);
         }
         workgroupBarrier();
     }

@@ -23,9 +23,10 @@ mod common;
 use darts::exec::cpu::CpuExecutor;
 use darts::exec::gpu::GpuExecutor;
 use darts::exec::{ExecError, Executor, Feeds};
-use darts::graph::{BinaryOp, Graph, NodeId, UnaryOp};
+use darts::graph::{BinaryOp, ConvParams, Graph, NodeId, Op, PoolParams, UnaryOp};
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -756,33 +757,29 @@ fn gpu_composed_graph_matches_cpu() {
 }
 
 #[test]
-fn gpu_reports_unsupported_op_clearly() {
-    let Some(mut gpu) = common::gpu_executor("gpu_reports_unsupported_op_clearly") else {
+fn gpu_reports_unsupported_rank_clearly() {
+    let Some(mut gpu) = common::gpu_executor("gpu_reports_unsupported_rank_clearly") else {
         return;
     };
     let mut g = Graph::new();
     let x = g.input("x", [2, 5]).expect("input");
     let y = g.exp(x).expect("exp");
-    let l = g
-        .scoped("head", |g| g.log_softmax(y, 1))
-        .expect("log_softmax");
+    let big = g
+        .scoped("head", |g| g.reshape(y, [1, 1, 1, 1, 1, 1, 1, 2, 5]))
+        .expect("reshape");
+    let z = g.scoped("head", |g| g.neg(big)).expect("neg");
     // No feeds at all: the refusal comes before any feed is read or any work is recorded.
     let err = gpu
-        .run(&g, &Feeds::new(), &[l])
-        .expect_err("log_softmax has no GPU kernel");
+        .run(&g, &Feeds::new(), &[z])
+        .expect_err("rank 9 exceeds MAX_RANK");
     match &err {
         ExecError::Unsupported { backend, op, label } => {
             assert!(backend.starts_with("gpu-f32"), "{backend}");
-            assert!(op.contains("log_softmax"), "{op}");
+            assert!(op.contains("rank-9"), "{op}");
             assert_eq!(label, "head");
         }
         other => panic!("expected Unsupported, got {other}"),
     }
-    let msg = err.to_string();
-    assert!(
-        msg.contains("no kernel for log_softmax") && msg.contains("'head'"),
-        "{msg}"
-    );
     // The supported part of the same graph still runs.
     let mut feeds = Feeds::<f32>::new();
     feeds.insert("x", array(&[2, 5], vec![0.5; 10]));
@@ -790,4 +787,660 @@ fn gpu_reports_unsupported_op_clearly() {
     assert!(out[0]
         .iter()
         .all(|&v| (v as f64 - 0.5f64.exp()).abs() <= unary_tol(UnaryOp::Exp, 0.5, 0.5f64.exp())));
+}
+
+/// `n` values from `mixed`, with about one in `nan_every` replaced by NaN (0: none).
+fn draw(rng: &mut ChaCha8Rng, shape: &[usize], nan_every: u32) -> ArrayD<f32> {
+    let n: usize = shape.iter().product();
+    let v = (0..n)
+        .map(|_| {
+            if nan_every > 0 && rng.random_range(0..nan_every) == 0 {
+                f32::NAN
+            } else {
+                mixed(rng, 4.0)
+            }
+        })
+        .collect();
+    array(shape, v)
+}
+
+/// The CPU (f64) values of `outs` with every feed replaced by its absolute value: for a
+/// graph linear in each input, the sum of |terms| of each output.
+fn abs_run(g: &Graph, feeds: &Feeds<f32>, names: &[&str], outs: &[NodeId]) -> Vec<ArrayD<f64>> {
+    let mut f = Feeds::<f64>::new();
+    for n in names {
+        f.insert(*n, feeds.get(n).expect("fed").mapv(|v| (v as f64).abs()));
+    }
+    CpuExecutor::<f64>::new().run(g, &f, outs).expect("cpu run")
+}
+
+/// Select and ReduceMax pick one of their inputs (NaN included), so the tolerance is 0:
+/// the GPU result must equal the f32 input the CPU picked, exactly.
+#[test]
+fn gpu_select_and_reduce_max_match_cpu() {
+    let Some(gpu) = common::gpu_executor("gpu_select_and_reduce_max_match_cpu") else {
+        return;
+    };
+    let gpu = RefCell::new(gpu);
+    let case = shape_strategy(4, 9)
+        .prop_flat_map(|shape| {
+            let r = shape.len();
+            (
+                Just(shape),
+                prop::collection::vec(any::<bool>(), r),
+                any::<u64>(),
+                any::<bool>(),
+            )
+        })
+        .prop_map(|(shape, mask, seed, two_d)| {
+            let axes: Vec<usize> = (0..shape.len()).filter(|&d| mask[d]).collect();
+            (shape, axes, seed, two_d)
+        });
+    let mut cases: Vec<(Vec<usize>, Vec<usize>, u64, bool)> = vec![
+        (vec![3, 1500], vec![1], 5, false),
+        (vec![700, 2], vec![0], 6, true),
+    ];
+    let mut runner = runner(24);
+    for _ in 0..24 {
+        cases.push(case.new_tree(&mut runner).expect("case").current());
+    }
+    for (shape, axes, seed, two_d) in cases {
+        let mut gpu = gpu.borrow_mut();
+        set_dispatch(&mut gpu, two_d);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut g = Graph::new();
+        let c = g.input("c", shape.clone()).expect("input");
+        let a = g.input("a", shape.clone()).expect("input");
+        let b = g.input("b", shape.clone()).expect("input");
+        let sel = g.select(c, a, b).expect("select");
+        let m = g.reduce_max(a, &axes).expect("reduce_max");
+        let mut feeds = Feeds::<f32>::new();
+        let n: usize = shape.iter().product();
+        let cv: Vec<f32> = (0..n)
+            .map(|_| [0.0, -0.0, 1.0, -2.5, f32::NAN][rng.random_range(0..5)])
+            .collect();
+        feeds.insert("c", array(&shape, cv));
+        feeds.insert(
+            "a",
+            draw(&mut rng, &shape, if seed % 3 == 0 { 50 } else { 0 }),
+        );
+        feeds.insert("b", draw(&mut rng, &shape, 0));
+        let (got, want) =
+            run_both(&mut gpu, &g, &feeds, &[sel, m]).unwrap_or_else(|e| panic!("{e}"));
+        compare(
+            &format!("select {shape:?}"),
+            &got[0],
+            &want[0],
+            |i| format!("{i}"),
+            |_| 0.0,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        compare(
+            &format!("reduce_max{axes:?} of {shape:?}"),
+            &got[1],
+            &want[1],
+            |i| format!("{i}"),
+            |_| 0.0,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Permute, Slice, Pad and Concat copy f32 values or write zeros: tolerance 0.
+#[test]
+fn gpu_movement_matches_cpu() {
+    let Some(gpu) = common::gpu_executor("gpu_movement_matches_cpu") else {
+        return;
+    };
+    let gpu = RefCell::new(gpu);
+    runner(32)
+        .run(
+            &(shape_strategy(4, 7), any::<u64>(), any::<bool>()),
+            |(shape, seed, two_d)| {
+                let mut gpu = gpu.borrow_mut();
+                set_dispatch(&mut gpu, two_d);
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let r = shape.len();
+                let mut g = Graph::new();
+                let x = g.input("x", shape.clone()).expect("input");
+                let mut feeds = Feeds::<f32>::new();
+                feeds.insert("x", draw(&mut rng, &shape, 0));
+                let mut perm: Vec<usize> = (0..r).collect();
+                for k in (1..r).rev() {
+                    perm.swap(k, rng.random_range(0..=k));
+                }
+                let mut outs = vec![g.permute(x, &perm).expect("permute")];
+                let mut what = vec![format!("permute{perm:?}")];
+                if r > 0 {
+                    let axis = rng.random_range(0..r);
+                    let n = shape[axis];
+                    let start = rng.random_range(0..n);
+                    let end = rng.random_range(start + 1..=n);
+                    let step = rng.random_range(1..=3);
+                    outs.push(g.slice(x, axis, start, end, step).expect("slice"));
+                    what.push(format!("slice(axis {axis}, {start}..{end} step {step})"));
+                    let (before, after, interior) = (
+                        rng.random_range(0..3),
+                        rng.random_range(0..3),
+                        rng.random_range(0..3),
+                    );
+                    outs.push(g.pad(x, axis, before, after, interior).expect("pad"));
+                    what.push(format!("pad(axis {axis}, {before}, {after}, {interior})"));
+                    let mut other = shape.clone();
+                    other[axis] = rng.random_range(1..=4);
+                    let y = g.input("y", other.clone()).expect("input");
+                    feeds.insert("y", draw(&mut rng, &other, 0));
+                    outs.push(g.concat(&[x, y, x], axis).expect("concat"));
+                    what.push(format!("concat(x, y {other:?}, x; axis {axis})"));
+                }
+                let (got, want) = run_both(&mut gpu, &g, &feeds, &outs)?;
+                for k in 0..outs.len() {
+                    compare(
+                        &format!("{} of {shape:?}", what[k]),
+                        &got[k],
+                        &want[k],
+                        |i| format!("{i}"),
+                        |_| 0.0,
+                    )?;
+                }
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Conv2d (K = (C/groups) kh kw terms per output), Conv2dInputGrad (at most (O/groups) kh kw
+/// terms) and Conv2dWeightGrad (N oh ow terms): each output within sum_tol(K, sum |terms|),
+/// sum |terms| from the CPU running the same (bilinear) graph on |x|, |w|, |gy|.
+#[test]
+fn gpu_conv2d_and_transposes_match_cpu() {
+    let Some(gpu) = common::gpu_executor("gpu_conv2d_and_transposes_match_cpu") else {
+        return;
+    };
+    let gpu = RefCell::new(gpu);
+    let case = (
+        1usize..=2,
+        prop::sample::select(vec![2usize, 4]),
+        0usize..3,
+        1usize..=2,
+        prop::sample::select(vec![1usize, 3, 5]),
+        (1usize..=2, 0usize..=2, 1usize..=2),
+        (3usize..=9, 3usize..=9),
+        (any::<u64>(), any::<bool>()),
+    );
+    runner(32)
+        .run(
+            &case,
+            |(n, c, gsel, omul, k, (stride, pad, dil), (h, w), (seed, two_d))| {
+                let groups = [1, 2, c][gsel];
+                let o = groups * omul;
+                let p = ConvParams::new(stride, pad, dil, groups);
+                let (Some(oh), Some(ow)) = (p.out_len(0, h, k), p.out_len(1, w, k)) else {
+                    return Ok(());
+                };
+                let mut gpu = gpu.borrow_mut();
+                set_dispatch(&mut gpu, two_d);
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let (xs, ws, ys) = (
+                    vec![n, c, h, w],
+                    vec![o, c / groups, k, k],
+                    vec![n, o, oh, ow],
+                );
+                let mut g = Graph::new();
+                let x = g.input("x", xs.clone()).expect("input");
+                let wt = g.input("w", ws.clone()).expect("input");
+                let gy = g.input("gy", ys.clone()).expect("input");
+                let y = g.conv2d(x, wt, p).expect("conv2d");
+                let gx = g
+                    .add(Op::Conv2dInputGrad { p, in_hw: [h, w] }, &[gy, wt])
+                    .expect("input grad");
+                let gw = g
+                    .add(Op::Conv2dWeightGrad { p, kernel: [k, k] }, &[x, gy])
+                    .expect("weight grad");
+                let mut feeds = Feeds::<f32>::new();
+                for (name, s) in [("x", &xs), ("w", &ws), ("gy", &ys)] {
+                    feeds.insert(name, draw(&mut rng, s, 0));
+                }
+                let outs = [y, gx, gw];
+                let (got, want) = run_both(&mut gpu, &g, &feeds, &outs)?;
+                let abs = abs_run(&g, &feeds, &["x", "w", "gy"], &outs);
+                let ks = [(c / groups) * k * k, (o / groups) * k * k, n * oh * ow];
+                let desc = format!(
+                    "x {xs:?} w {ws:?} stride {stride} pad {pad} dil {dil} groups {groups}"
+                );
+                for (j, name) in ["conv2d", "conv2d_input_grad", "conv2d_weight_grad"]
+                    .iter()
+                    .enumerate()
+                {
+                    let a: Vec<f64> = abs[j].iter().copied().collect();
+                    compare(
+                        &format!("{name}, {desc}"),
+                        &got[j],
+                        &want[j],
+                        |i| format!("K = {}, sum |terms| = {:e}", ks[j], a[i]),
+                        |i| sum_tol(ks[j], a[i]) + FLUSH,
+                    )?;
+                }
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Pooling, 3 x 3 windows, stride 1-2, padding 0-1; K_w = count(p, q) <= 9 terms per window,
+/// at most K_c = ceil(3 / s)^2 <= 9 windows per input pixel:
+/// * avg_pool y = (sum of K_w terms) / K_w: gamma_9 * avg(|x|) for the sum (divided by K_w
+///   exactly in the bound) plus the division's 2.5 ULP = 5 U32 |y| (f64: 2 U64 |y|).
+/// * avg_pool_grad: each share gy / K_w carries 5 U32 relative error, then a sum of at most 9
+///   shares: (gamma_9 + 5 U32) * avg_pool_grad(|gy|) (f64: gamma_9 + 2 U64).
+/// * max_pool and max_pool_gather pick one input: 0 (the same first argmax, NaN included;
+///   inputs are drawn from a few levels so ties are common).
+/// * max_pool_grad: a sum of at most 9 cotangents: sum_tol(9, max_pool_grad(x, |gy|)).
+#[test]
+fn gpu_pooling_matches_cpu() {
+    let Some(gpu) = common::gpu_executor("gpu_pooling_matches_cpu") else {
+        return;
+    };
+    let gpu = RefCell::new(gpu);
+    runner(32)
+        .run(
+            &(
+                (1usize..=2, 1usize..=3, 2usize..=9, 2usize..=9),
+                1usize..=2,
+                0usize..=1,
+                any::<u64>(),
+                any::<bool>(),
+            ),
+            |((n, c, h, w), stride, pad, seed, two_d)| {
+                let p = PoolParams::new(3, stride, pad);
+                let (Some(oh), Some(ow)) = (p.out_len(0, h), p.out_len(1, w)) else {
+                    return Ok(());
+                };
+                let mut gpu = gpu.borrow_mut();
+                set_dispatch(&mut gpu, two_d);
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let (xs, ys) = (vec![n, c, h, w], vec![n, c, oh, ow]);
+                let mut g = Graph::new();
+                let x = g.input("x", xs.clone()).expect("input");
+                let gy = g.input("gy", ys.clone()).expect("input");
+                let cc = g.input("c", xs.clone()).expect("input");
+                let avg = g.avg_pool2d(x, p).expect("avg_pool");
+                let avg_g = g
+                    .add(Op::AvgPool2dGrad { p, in_hw: [h, w] }, &[gy])
+                    .expect("avg grad");
+                let mx = g.max_pool2d(x, p).expect("max_pool");
+                let mx_g = g.add(Op::MaxPool2dGrad(p), &[x, gy]).expect("max grad");
+                let mx_c = g.add(Op::MaxPool2dGather(p), &[x, cc]).expect("gather");
+                let levels = [-1.0f32, 0.0, 0.5, 2.0, f32::NEG_INFINITY];
+                let with_nan = seed % 4 == 0;
+                let xv: Vec<f32> = (0..n * c * h * w)
+                    .map(|_| {
+                        if with_nan && rng.random_range(0..20) == 0 {
+                            f32::NAN
+                        } else {
+                            levels[rng.random_range(0..levels.len())]
+                        }
+                    })
+                    .collect();
+                let mut feeds = Feeds::<f32>::new();
+                feeds.insert("x", array(&xs, xv));
+                feeds.insert("gy", draw(&mut rng, &ys, 0));
+                feeds.insert("c", draw(&mut rng, &xs, 0));
+                let (got, want) = run_both(&mut gpu, &g, &feeds, &[mx, mx_g, mx_c, avg_g])?;
+                let desc = format!("x {xs:?}, {p:?}");
+                compare(
+                    &format!("max_pool {desc}"),
+                    &got[0],
+                    &want[0],
+                    |i| format!("{i}"),
+                    |_| 0.0,
+                )?;
+                compare(
+                    &format!("max_pool_gather {desc}"),
+                    &got[2],
+                    &want[2],
+                    |i| format!("{i}"),
+                    |_| 0.0,
+                )?;
+                let mut abs_feeds = Feeds::<f64>::new();
+                abs_feeds.insert("x", feeds.get("x").expect("x").mapv(|v| v as f64));
+                abs_feeds.insert(
+                    "gy",
+                    feeds.get("gy").expect("gy").mapv(|v| (v as f64).abs()),
+                );
+                let abs = CpuExecutor::<f64>::new()
+                    .run(&g, &abs_feeds, &[mx_g, avg_g])
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let (am, ag): (Vec<f64>, Vec<f64>) = (
+                    abs[0].iter().copied().collect(),
+                    abs[1].iter().copied().collect(),
+                );
+                compare(
+                    &format!("max_pool_grad {desc}"),
+                    &got[1],
+                    &want[1],
+                    |i| format!("sum |gy| = {:e}", am[i]),
+                    |i| sum_tol(9, am[i]) + FLUSH,
+                )?;
+                compare(
+                    &format!("avg_pool_grad {desc}"),
+                    &got[3],
+                    &want[3],
+                    |i| format!("sum |gy / count| = {:e}", ag[i]),
+                    |i| (gamma(9, U32) + 5.0 * U32 + gamma(9, U64) + 2.0 * U64) * ag[i] + FLUSH,
+                )?;
+                // avg_pool on finite inputs (the levels without -inf and NaN).
+                let xf = feeds
+                    .get("x")
+                    .expect("x")
+                    .mapv(|v| if v.is_finite() { v } else { 1.5 });
+                feeds.insert("x", xf);
+                let (got, want) = run_both(&mut gpu, &g, &feeds, &[avg])?;
+                let abs = abs_run(&g, &feeds, &["x"], &[avg]);
+                let aa: Vec<f64> = abs[0].iter().copied().collect();
+                let yv: Vec<f64> = want[0].iter().copied().collect();
+                compare(
+                    &format!("avg_pool {desc}"),
+                    &got[0],
+                    &want[0],
+                    |i| format!("avg |x| = {:e}", aa[i]),
+                    |i| {
+                        (gamma(9, U32) + gamma(9, U64)) * aa[i]
+                            + (5.0 * U32 + 2.0 * U64) * yv[i].abs()
+                            + FLUSH
+                    },
+                )
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Gather copies rows (tolerance 0); ScatterAdd sums at most n source rows per output row:
+/// sum_tol(n, scatter_add(idx, |src|)). Out-of-range and non-integer indices fed as an Input
+/// are refused before any work with IndexOutOfRange naming the node.
+#[test]
+fn gpu_gather_scatter_matches_cpu() {
+    let Some(gpu) = common::gpu_executor("gpu_gather_scatter_matches_cpu") else {
+        return;
+    };
+    let gpu = RefCell::new(gpu);
+    runner(24)
+        .run(
+            &(
+                1usize..=9,
+                shape_strategy(2, 5),
+                1usize..=12,
+                any::<u64>(),
+                any::<bool>(),
+            ),
+            |(rows, tail, n, seed, two_d)| {
+                let mut gpu = gpu.borrow_mut();
+                set_dispatch(&mut gpu, two_d);
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let mut ts = vec![rows];
+                ts.extend(&tail);
+                let mut ss = vec![n];
+                ss.extend(&tail);
+                let mut g = Graph::new();
+                let table = g.input("table", ts.clone()).expect("input");
+                let idx = g.input("idx", [n]).expect("input");
+                let src = g.input("src", ss.clone()).expect("input");
+                let ga = g.scoped("emb", |g| g.gather(table, idx)).expect("gather");
+                let sc = g
+                    .scoped("emb_t", |g| g.add(Op::ScatterAdd { rows }, &[idx, src]))
+                    .expect("scatter_add");
+                let iv: Vec<f32> = (0..n).map(|_| rng.random_range(0..rows) as f32).collect();
+                let mut feeds = Feeds::<f32>::new();
+                feeds.insert("table", draw(&mut rng, &ts, 0));
+                feeds.insert("idx", array(&[n], iv.clone()));
+                feeds.insert("src", draw(&mut rng, &ss, 0));
+                let (got, want) = run_both(&mut gpu, &g, &feeds, &[ga, sc])?;
+                compare("gather", &got[0], &want[0], |i| format!("{i}"), |_| 0.0)?;
+                let mut abs_feeds = Feeds::<f64>::new();
+                abs_feeds.insert("idx", array(&[n], iv.clone()).mapv(|v| v as f64));
+                abs_feeds.insert(
+                    "src",
+                    feeds.get("src").expect("src").mapv(|v| (v as f64).abs()),
+                );
+                let abs = CpuExecutor::<f64>::new()
+                    .run(&g, &abs_feeds, &[sc])
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let a: Vec<f64> = abs[0].iter().copied().collect();
+                compare(
+                    &format!("scatter_add rows {rows}, src {ss:?}"),
+                    &got[1],
+                    &want[1],
+                    |i| format!("sum |src| = {:e}", a[i]),
+                    |i| sum_tol(n, a[i]) + FLUSH,
+                )?;
+                // An index equal to `rows`, or not an integer, is refused before any work.
+                for bad in [rows as f32, 0.5, -1.0] {
+                    let mut bv = iv.clone();
+                    bv[n - 1] = bad;
+                    feeds.insert("idx", array(&[n], bv));
+                    for (out, label) in [(ga, "emb"), (sc, "emb_t")] {
+                        match gpu.run(&g, &feeds, &[out]) {
+                            Err(ExecError::IndexOutOfRange {
+                                label: l, rows: r, ..
+                            }) => {
+                                prop_assert_eq!(l, label);
+                                prop_assert_eq!(r, rows);
+                            }
+                            other => {
+                                prop_assert!(false, "index {} gave {:?}", bad, other.map(|_| ()))
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Bound on |y_gpu - y| for y_j = x_j - (m + log s), s = sum_{k < n} exp(x_k - m), m the lane
+/// maximum, first order:
+/// * t_k = x_k - m is rounded (U32 |t_k|), then exp adds exp_rel(t_k): each term of s has
+///   relative error at most r = max_k (exp_rel(t_k) + U32 |t_k|) (e^{U32 |t|} - 1 ~ U32 |t|);
+///   the sum of n positive terms adds gamma_n, so s has relative error r + gamma_n(U32), which
+///   moves log s by at most that much (absolute);
+/// * log itself: 2^-21 absolute for s in [0.5, 2], else 3 ULP = 6 U32 |log s|;
+/// * the two roundings m + log s and x_j - lse: U32 (|lse| + |y_j|);
+/// * the f64 reference: the same formula with U64 (exp/log within a few U64): 8 U64 (n + |x_j| + |lse|);
+/// * FLUSH.
+fn log_softmax_tol(lane: &[f64], y: f64, x: f64) -> f64 {
+    let n = lane.len();
+    let m = lane.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let s: f64 = lane.iter().map(|v| (v - m).exp()).sum();
+    let r = lane
+        .iter()
+        .map(|v| exp_rel(v - m) + U32 * (v - m).abs())
+        .fold(0.0, f64::max);
+    let log_err = if (0.5..=2.0).contains(&s) {
+        2f64.powi(-21)
+    } else {
+        6.0 * U32 * s.ln().abs()
+    };
+    let lse = m + s.ln();
+    r + gamma(n, U32)
+        + log_err
+        + U32 * (lse.abs() + y.abs())
+        + 8.0 * U64 * (n as f64 + x.abs() + lse.abs())
+        + FLUSH
+}
+
+#[test]
+fn gpu_log_softmax_matches_cpu() {
+    let Some(gpu) = common::gpu_executor("gpu_log_softmax_matches_cpu") else {
+        return;
+    };
+    let gpu = RefCell::new(gpu);
+    let case = shape_strategy(3, 12)
+        .prop_filter("rank >= 1", |s| !s.is_empty())
+        .prop_flat_map(|s| {
+            let r = s.len();
+            (Just(s), 0..r, any::<u64>(), any::<bool>())
+        });
+    runner(32)
+        .run(&case, |(shape, axis, seed, two_d)| {
+            let mut gpu = gpu.borrow_mut();
+            set_dispatch(&mut gpu, two_d);
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut g = Graph::new();
+            let x = g.input("x", shape.clone()).expect("input");
+            let y = g.log_softmax(x, axis).expect("log_softmax");
+            let xv: Vec<f32> = (0..shape.iter().product::<usize>())
+                .map(|_| rng.random_range(-20.0f32..=20.0))
+                .collect();
+            let xa = array(&shape, xv);
+            let mut feeds = Feeds::<f32>::new();
+            feeds.insert("x", xa.clone());
+            let (got, want) = run_both(&mut gpu, &g, &feeds, &[y])?;
+            let x64 = xa.mapv(|v| v as f64);
+            let inner: usize = shape[axis + 1..].iter().product();
+            let n = shape[axis];
+            let lane = |i: usize| -> Vec<f64> {
+                let base = (i / (n * inner)) * n * inner + i % inner;
+                let flat = x64.as_slice().expect("standard layout");
+                (0..n).map(|j| flat[base + j * inner]).collect()
+            };
+            let (wv, xf): (Vec<f64>, Vec<f64>) = (
+                want[0].iter().copied().collect(),
+                x64.iter().copied().collect(),
+            );
+            compare(
+                &format!("log_softmax(axis {axis}) of {shape:?}"),
+                &got[0],
+                &want[0],
+                |i| format!("x = {:e}", xf[i]),
+                |i| log_softmax_tol(&lane(i), wv[i], xf[i]),
+            )
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The most terms any single output element of node `id` accumulates (1 for elementwise and
+/// data movement): the K of gamma_K for that node's kernel on either executor.
+fn term_count(g: &Graph, id: usize) -> usize {
+    let node = &g.nodes()[id];
+    let ins: Vec<&[usize]> = node.inputs.iter().map(|j| g.shape(*j).dims()).collect();
+    let out = node.shape.dims();
+    match &node.op {
+        Op::ReduceSum { axes } => axes.iter().map(|&a| ins[0][a]).product(),
+        Op::MatMul => ins[0][1],
+        Op::Conv2d(_) => ins[1][1] * ins[1][2] * ins[1][3],
+        Op::Conv2dInputGrad { p, .. } => (ins[1][0] / p.groups) * ins[1][2] * ins[1][3],
+        Op::Conv2dWeightGrad { .. } => ins[1][0] * ins[1][2] * ins[1][3],
+        Op::AvgPool2d(p) | Op::AvgPool2dGrad { p, .. } | Op::MaxPool2dGrad(p) => {
+            p.kernel[0] * p.kernel[1]
+        }
+        Op::ScatterAdd { .. } => ins[0].iter().product(),
+        Op::LogSoftmax { axis } => out[*axis],
+        _ => 1,
+    }
+}
+
+/// A whole DARTS search network (C = 2, 3 layers, batch 2, 8 x 8 images, 10 classes): loss,
+/// grad_w and grad_alpha on the GPU (f32) against the CPU (f64).
+///
+/// Tolerance, the approach of `darts::check::tolerance::evaluation_bound`: every node adds at
+/// most one rounding per accumulated term, so an output whose longest path has `depth` nodes,
+/// in a graph whose largest single accumulation has K terms (`term_count`, the max over the
+/// nodes the outputs need), is within gamma_{K depth}(u) * M of its exact value, M the largest
+/// |value| of any node upstream of it (the scale round-off is relative to; condition
+/// amplification inside the graph is what `depth` stands in for). Both sides err: the bound is
+/// evaluation_bound(K, depth, M, 2^-24) + evaluation_bound(K, depth, M, 2^-53). The f32 inputs
+/// are fed to both sides unchanged. Every kernel's f32 builtin error (exp, log, division) is a
+/// few ULP, covered by the one rounding per node and term the bound already allows.
+#[test]
+fn gpu_search_network_gradients_match_cpu() {
+    use darts::check::tolerance::evaluation_bound;
+    use darts::darts::network::SearchConfig;
+    use darts::search::architect::NetGraph;
+    let Some(mut gpu) = common::gpu_executor("gpu_search_network_gradients_match_cpu") else {
+        return;
+    };
+    let cfg = SearchConfig {
+        c: 2,
+        layers: 3,
+        smooth: false,
+        ..SearchConfig::paper()
+    };
+    let net = NetGraph::build(&cfg, &[2, 3, 8, 8]).expect("search network");
+    let st = common::state(&cfg, 3);
+    let point = common::point(&cfg, &st);
+    let batch = common::batch(2, 8, cfg.num_classes, 4);
+    let mut feeds = Feeds::<f32>::new();
+    for (n, a) in &point.weights {
+        feeds.insert(n.clone(), a.mapv(|v| v as f32));
+    }
+    feeds.insert("alpha/normal", point.alpha[0].mapv(|v| v as f32));
+    feeds.insert("alpha/reduce", point.alpha[1].mapv(|v| v as f32));
+    feeds.insert("x", batch.x.mapv(|v| v as f32));
+    feeds.insert("onehot", batch.onehot.mapv(|v| v as f32));
+    let g = &net.graph;
+    let mut outs = vec![net.loss, net.grad_alpha[0], net.grad_alpha[1]];
+    outs.extend(&net.grad_w);
+    let got = gpu.run(g, &feeds, &outs).expect("gpu run");
+    let f64_feeds = feeds.cast::<f64>();
+    let want = CpuExecutor::<f64>::new()
+        .run(g, &f64_feeds, &outs)
+        .expect("cpu run");
+    // Depth of every node and the values of every node the outputs need (for M).
+    let mut depth = vec![0usize; g.len()];
+    for (i, n) in g.nodes().iter().enumerate() {
+        depth[i] = 1 + n.inputs.iter().map(|j| depth[j.0]).max().unwrap_or(0);
+    }
+    let (needed, _) = darts::exec::liveness(g, &outs).expect("liveness");
+    let ids: Vec<NodeId> = (0..g.len()).filter(|&i| needed[i]).map(NodeId).collect();
+    let k = ids.iter().map(|id| term_count(g, id.0)).max().unwrap_or(1);
+    let vals = CpuExecutor::<f64>::new()
+        .run(g, &f64_feeds, &ids)
+        .expect("cpu run of every node");
+    let mut max_abs = vec![0.0f64; g.len()];
+    for (id, v) in ids.iter().zip(&vals) {
+        max_abs[id.0] = v
+            .iter()
+            .filter(|x| x.is_finite())
+            .fold(0.0f64, |m, x| m.max(x.abs()));
+    }
+    // M(o) = max over the nodes upstream of o (inclusive).
+    let mut upstream = max_abs.clone();
+    for (i, n) in g.nodes().iter().enumerate() {
+        for j in &n.inputs {
+            upstream[i] = upstream[i].max(upstream[j.0]);
+        }
+    }
+    let mut worst: f64 = 0.0;
+    for (j, &o) in outs.iter().enumerate() {
+        let tol = evaluation_bound(k, depth[o.0], upstream[o.0], U32)
+            + evaluation_bound(k, depth[o.0], upstream[o.0], U64);
+        let name = match j {
+            0 => "loss".to_string(),
+            1 => "grad_alpha/normal".to_string(),
+            2 => "grad_alpha/reduce".to_string(),
+            _ => format!("grad_w/{}", point.weights[j - 3].0),
+        };
+        let err = got[j]
+            .iter()
+            .zip(want[j].iter())
+            .map(|(&a, &b)| (a as f64 - b).abs())
+            .fold(0.0f64, f64::max);
+        assert!(
+            got[j].iter().all(|v| v.is_finite()),
+            "{name}: non-finite GPU value"
+        );
+        worst = worst.max(err / tol);
+        assert!(
+            err <= tol,
+            "{name}: max |gpu - cpu| {err:e} > tol {tol:e} (K = {k}, depth {}, M = {:e})",
+            depth[o.0],
+            upstream[o.0]
+        );
+    }
+    println!(
+        "search network: {} outputs, K = {k}, loss depth {}, worst |gpu - cpu| / tol = {worst:.3e}",
+        outs.len(),
+        depth[net.loss.0]
+    );
 }

@@ -23,6 +23,90 @@ pub const REDUCE_WORKGROUP_MIN: u32 = 512;
 pub const ELEMENTWISE_WGSL: &str = include_str!("../../../shaders/elementwise.wgsl");
 pub const REDUCE_WGSL: &str = include_str!("../../../shaders/reduce.wgsl");
 pub const MATMUL_WGSL: &str = include_str!("../../../shaders/matmul.wgsl");
+pub const MOVEMENT_WGSL: &str = include_str!("../../../shaders/movement.wgsl");
+pub const CONV_WGSL: &str = include_str!("../../../shaders/conv.wgsl");
+pub const POOL_WGSL: &str = include_str!("../../../shaders/pool.wgsl");
+pub const GATHER_WGSL: &str = include_str!("../../../shaders/gather.wgsl");
+pub const SOFTMAX_WGSL: &str = include_str!("../../../shaders/softmax.wgsl");
+
+/// `MoveParams` of shaders/movement.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct MoveParams {
+    pub total: u32,
+    pub rank: u32,
+    pub base: u32,
+    pub skip_outside: u32,
+    pub shape: [u32; MAX_RANK],
+    pub in_strides: [u32; MAX_RANK],
+    pub lo: [u32; MAX_RANK],
+    pub div: [u32; MAX_RANK],
+    pub extent: [u32; MAX_RANK],
+}
+
+/// `ConvParams` of shaders/conv.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ConvParams {
+    pub total: u32,
+    pub n: u32,
+    pub c: u32,
+    pub h: u32,
+    pub w: u32,
+    pub o: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub groups: u32,
+    pub stride_h: u32,
+    pub stride_w: u32,
+    pub pad_h: u32,
+    pub pad_w: u32,
+    pub dil_h: u32,
+    pub dil_w: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
+}
+
+/// `PoolParams` of shaders/pool.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct PoolParams {
+    pub total: u32,
+    pub planes: u32,
+    pub h: u32,
+    pub w: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub stride_h: u32,
+    pub stride_w: u32,
+    pub pad_h: u32,
+    pub pad_w: u32,
+}
+
+/// `GatherParams` of shaders/gather.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct GatherParams {
+    pub total: u32,
+    pub rows: u32,
+    pub n: u32,
+    pub d: u32,
+}
+
+/// `SoftmaxParams` of shaders/softmax.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct SoftmaxParams {
+    pub lanes: u32,
+    pub n: u32,
+    pub inner: u32,
+    pub _pad: u32,
+}
 
 /// `EwParams` of shaders/elementwise.wgsl, field for field.
 #[repr(C)]
@@ -151,8 +235,161 @@ pub const MATMUL: KernelSpec = KernelSpec {
     ],
 };
 
+pub const SELECT: KernelSpec = KernelSpec {
+    name: "elementwise.select",
+    file: "shaders/elementwise.wgsl",
+    source: ELEMENTWISE_WGSL,
+    entry: "select_ab",
+    bindings: &[
+        (0, Slot::Params),
+        (4, Slot::Read),
+        (1, Slot::Read),
+        (2, Slot::Read),
+        (3, Slot::Write),
+    ],
+};
+
+pub const REDUCE_MAX_SERIAL: KernelSpec = KernelSpec {
+    name: "reduce.reduce_max_serial",
+    file: "shaders/reduce.wgsl",
+    source: REDUCE_WGSL,
+    entry: "reduce_max_serial",
+    bindings: &[(0, Slot::Params), (1, Slot::Read), (2, Slot::Write)],
+};
+
+pub const REDUCE_MAX_WORKGROUP: KernelSpec = KernelSpec {
+    name: "reduce.reduce_max_workgroup",
+    file: "shaders/reduce.wgsl",
+    source: REDUCE_WGSL,
+    entry: "reduce_max_workgroup",
+    bindings: &[(0, Slot::Params), (1, Slot::Read), (2, Slot::Write)],
+};
+
+pub const COPY: KernelSpec = KernelSpec {
+    name: "movement.copy",
+    file: "shaders/movement.wgsl",
+    source: MOVEMENT_WGSL,
+    entry: "copy",
+    bindings: &[(0, Slot::Params), (1, Slot::Read), (2, Slot::Write)],
+};
+
+pub const CONV2D: KernelSpec = KernelSpec {
+    name: "conv.conv2d",
+    file: "shaders/conv.wgsl",
+    source: CONV_WGSL,
+    entry: "conv2d",
+    bindings: &[
+        (0, Slot::Params),
+        (1, Slot::Read),
+        (2, Slot::Read),
+        (3, Slot::Write),
+    ],
+};
+
+pub const CONV2D_INPUT_GRAD: KernelSpec = KernelSpec {
+    name: "conv.conv2d_input_grad",
+    file: "shaders/conv.wgsl",
+    source: CONV_WGSL,
+    entry: "conv2d_input_grad",
+    bindings: &[
+        (0, Slot::Params),
+        (1, Slot::Read),
+        (2, Slot::Read),
+        (3, Slot::Write),
+    ],
+};
+
+pub const CONV2D_WEIGHT_GRAD: KernelSpec = KernelSpec {
+    name: "conv.conv2d_weight_grad",
+    file: "shaders/conv.wgsl",
+    source: CONV_WGSL,
+    entry: "conv2d_weight_grad",
+    bindings: &[
+        (0, Slot::Params),
+        (1, Slot::Read),
+        (2, Slot::Read),
+        (3, Slot::Write),
+    ],
+};
+
+pub const AVG_POOL: KernelSpec = KernelSpec {
+    name: "pool.avg_pool",
+    file: "shaders/pool.wgsl",
+    source: POOL_WGSL,
+    entry: "avg_pool",
+    bindings: &[(0, Slot::Params), (1, Slot::Read), (3, Slot::Write)],
+};
+
+pub const AVG_POOL_GRAD: KernelSpec = KernelSpec {
+    name: "pool.avg_pool_grad",
+    file: "shaders/pool.wgsl",
+    source: POOL_WGSL,
+    entry: "avg_pool_grad",
+    bindings: &[(0, Slot::Params), (1, Slot::Read), (3, Slot::Write)],
+};
+
+pub const MAX_POOL_GATHER: KernelSpec = KernelSpec {
+    name: "pool.max_pool_gather",
+    file: "shaders/pool.wgsl",
+    source: POOL_WGSL,
+    entry: "max_pool_gather",
+    bindings: &[
+        (0, Slot::Params),
+        (1, Slot::Read),
+        (2, Slot::Read),
+        (3, Slot::Write),
+    ],
+};
+
+pub const MAX_POOL_GRAD: KernelSpec = KernelSpec {
+    name: "pool.max_pool_grad",
+    file: "shaders/pool.wgsl",
+    source: POOL_WGSL,
+    entry: "max_pool_grad",
+    bindings: &[
+        (0, Slot::Params),
+        (1, Slot::Read),
+        (2, Slot::Read),
+        (3, Slot::Write),
+    ],
+};
+
+pub const GATHER: KernelSpec = KernelSpec {
+    name: "gather.gather",
+    file: "shaders/gather.wgsl",
+    source: GATHER_WGSL,
+    entry: "gather",
+    bindings: &[
+        (0, Slot::Params),
+        (1, Slot::Read),
+        (2, Slot::Read),
+        (3, Slot::Write),
+    ],
+};
+
+pub const SCATTER_ADD: KernelSpec = KernelSpec {
+    name: "gather.scatter_add",
+    file: "shaders/gather.wgsl",
+    source: GATHER_WGSL,
+    entry: "scatter_add",
+    bindings: &[
+        (0, Slot::Params),
+        (1, Slot::Read),
+        (2, Slot::Read),
+        (3, Slot::Write),
+    ],
+};
+
+pub const LOG_SOFTMAX: KernelSpec = KernelSpec {
+    name: "softmax.log_softmax",
+    file: "shaders/softmax.wgsl",
+    source: SOFTMAX_WGSL,
+    entry: "log_softmax",
+    bindings: &[(0, Slot::Params), (1, Slot::Read), (2, Slot::Write)],
+};
+
 /// Every kernel, for eager compilation and tests.
-pub const ALL: [KernelSpec; 7] = [
+pub const ALL: [KernelSpec; 21] = [
     UNARY,
     BINARY,
     BROADCAST,
@@ -160,6 +397,20 @@ pub const ALL: [KernelSpec; 7] = [
     REDUCE_SUM_SERIAL,
     REDUCE_SUM_WORKGROUP,
     MATMUL,
+    SELECT,
+    REDUCE_MAX_SERIAL,
+    REDUCE_MAX_WORKGROUP,
+    COPY,
+    CONV2D,
+    CONV2D_INPUT_GRAD,
+    CONV2D_WEIGHT_GRAD,
+    AVG_POOL,
+    AVG_POOL_GRAD,
+    MAX_POOL_GATHER,
+    MAX_POOL_GRAD,
+    GATHER,
+    SCATTER_ADD,
+    LOG_SOFTMAX,
 ];
 
 /// A compiled kernel: its pipeline and explicit bind group layout.
@@ -245,12 +496,19 @@ mod tests {
     use super::*;
 
     /// The Rust mirrors have the byte sizes of the WGSL structs: uniform layout rounds
-    /// `array<vec4<u32>, 2>` to 32 bytes, so 16 + 3 * 32 = 112, 16 + 4 * 32 = 144, 16.
+    /// `array<vec4<u32>, 2>` to 32 bytes, so 16 + 3 * 32 = 112, 16 + 4 * 32 = 144, 16,
+    /// 16 + 5 * 32 = 176 (MoveParams); the scalar structs are 4 bytes per u32: 20 * 4 = 80
+    /// (ConvParams), 12 * 4 = 48 (PoolParams), 16 (GatherParams, SoftmaxParams).
     #[test]
     fn params_structs_match_wgsl_sizes() {
         assert_eq!(std::mem::size_of::<EwParams>(), 112);
         assert_eq!(std::mem::size_of::<ReduceParams>(), 144);
         assert_eq!(std::mem::size_of::<MatmulParams>(), 16);
+        assert_eq!(std::mem::size_of::<MoveParams>(), 176);
+        assert_eq!(std::mem::size_of::<ConvParams>(), 80);
+        assert_eq!(std::mem::size_of::<PoolParams>(), 48);
+        assert_eq!(std::mem::size_of::<GatherParams>(), 16);
+        assert_eq!(std::mem::size_of::<SoftmaxParams>(), 16);
     }
 
     /// The sizes above are also what naga computes for the structs in the shader files.
@@ -271,6 +529,23 @@ mod tests {
                 MATMUL_WGSL,
                 "MatmulParams",
                 std::mem::size_of::<MatmulParams>(),
+            ),
+            (
+                MOVEMENT_WGSL,
+                "MoveParams",
+                std::mem::size_of::<MoveParams>(),
+            ),
+            (CONV_WGSL, "ConvParams", std::mem::size_of::<ConvParams>()),
+            (POOL_WGSL, "PoolParams", std::mem::size_of::<PoolParams>()),
+            (
+                GATHER_WGSL,
+                "GatherParams",
+                std::mem::size_of::<GatherParams>(),
+            ),
+            (
+                SOFTMAX_WGSL,
+                "SoftmaxParams",
+                std::mem::size_of::<SoftmaxParams>(),
             ),
         ] {
             let module = naga::front::wgsl::parse_str(src).expect("shader parses");
@@ -297,5 +572,15 @@ mod tests {
         assert!(ELEMENTWISE_WGSL.contains(&format!("const MAX_RANK: u32 = {MAX_RANK}u;")));
         assert!(REDUCE_WGSL.contains(&format!("const MAX_RANK: u32 = {MAX_RANK}u;")));
         assert!(MATMUL_WGSL.contains(&format!("const TILE: u32 = {MATMUL_TILE}u;")));
+        for src in [
+            MOVEMENT_WGSL,
+            CONV_WGSL,
+            POOL_WGSL,
+            GATHER_WGSL,
+            SOFTMAX_WGSL,
+        ] {
+            assert!(src.contains(&format!("const WORKGROUP_SIZE: u32 = {WORKGROUP_SIZE}u;")));
+        }
+        assert!(MOVEMENT_WGSL.contains(&format!("const MAX_RANK: u32 = {MAX_RANK}u;")));
     }
 }

@@ -1,9 +1,12 @@
 //! The wgpu executor: runs a [`Graph`] in f32 with the WGSL kernels in `shaders/`.
 //!
-//! It runs the same graphs as [`crate::exec::cpu::CpuExecutor`], for the primitives it has
-//! kernels for: Input, Const, Unary, Binary (NumPy broadcasting), Reshape, Broadcast,
-//! ReduceSum and 2-D MatMul. A graph that needs any other primitive is refused before any work
-//! with [`ExecError::Unsupported`] naming the op and its node.
+//! It runs the same graphs as [`crate::exec::cpu::CpuExecutor`]: every primitive of
+//! [`Op`] has a kernel (shaders/elementwise.wgsl, reduce.wgsl, matmul.wgsl, movement.wgsl,
+//! conv.wgsl, pool.wgsl, gather.wgsl, softmax.wgsl). A graph with a tensor of more than
+//! [`MAX_RANK`] axes is refused before any work with [`ExecError::Unsupported`] naming the op
+//! and its node. Gather and ScatterAdd indices that are an Input or a Const are checked on
+//! the host before any work ([`ExecError::IndexOutOfRange`], as the CPU executor); backward
+//! kernels are gathers, never atomics, so a run repeats bit for bit.
 //!
 //! Within a run, values stay on the device: inputs are uploaded once, every kernel is recorded
 //! into one command encoder, and only the requested outputs are copied to MAP_READ staging
@@ -18,8 +21,8 @@ pub mod kernels;
 use super::{check_feed, liveness, ExecError, Executor, Feeds};
 use crate::graph::{BinaryOp, Graph, Node, NodeId, Op, UnaryOp};
 use kernels::{
-    EwParams, KernelSpec, MatmulParams, PipelineCache, ReduceParams, Slot, MATMUL_TILE, MAX_RANK,
-    REDUCE_WORKGROUP_MIN, WORKGROUP_SIZE,
+    EwParams, GatherParams, KernelSpec, MatmulParams, MoveParams, PipelineCache, ReduceParams,
+    Slot, SoftmaxParams, MATMUL_TILE, MAX_RANK, REDUCE_WORKGROUP_MIN, WORKGROUP_SIZE,
 };
 use ndarray::{ArrayD, IxDyn};
 use std::collections::HashMap;
@@ -157,8 +160,8 @@ impl GpuExecutor {
         Ok((x, y))
     }
 
-    /// Refuses, before any work, a graph with a primitive that has no kernel here, a tensor
-    /// of more than [`MAX_RANK`] axes, or one larger than the adapter's storage binding limit.
+    /// Refuses, before any work, a graph with a tensor of more than [`MAX_RANK`] axes, or one
+    /// larger than the adapter's storage binding limit. (Every primitive has a kernel.)
     fn check_supported(&self, graph: &Graph, needed: &[bool]) -> Result<(), ExecError> {
         let unsupported = |node: &Node, why: String| ExecError::Unsupported {
             backend: self.name(),
@@ -168,36 +171,6 @@ impl GpuExecutor {
         for (i, node) in graph.nodes().iter().enumerate() {
             if !needed[i] {
                 continue;
-            }
-            let has_kernel = match &node.op {
-                Op::Input { .. }
-                | Op::Const { .. }
-                | Op::Unary(_)
-                | Op::Binary(_)
-                | Op::Reshape { .. }
-                | Op::Broadcast { .. }
-                | Op::ReduceSum { .. }
-                | Op::MatMul => true,
-                Op::Select
-                | Op::ReduceMax { .. }
-                | Op::Permute { .. }
-                | Op::Slice { .. }
-                | Op::Pad { .. }
-                | Op::Concat { .. }
-                | Op::Conv2d(_)
-                | Op::Conv2dInputGrad { .. }
-                | Op::Conv2dWeightGrad { .. }
-                | Op::AvgPool2d(_)
-                | Op::AvgPool2dGrad { .. }
-                | Op::MaxPool2d(_)
-                | Op::MaxPool2dGrad(_)
-                | Op::MaxPool2dGather(_)
-                | Op::Gather
-                | Op::ScatterAdd { .. }
-                | Op::LogSoftmax { .. } => false,
-            };
-            if !has_kernel {
-                return Err(unsupported(node, String::new()));
             }
             let ranks = std::iter::once(node.shape.rank())
                 .chain(node.inputs.iter().map(|j| graph.shape(*j).rank()));
@@ -428,33 +401,7 @@ impl GpuExecutor {
             Op::ReduceSum { axes } => {
                 let x = input(0)?;
                 let out = self.alloc(numel, &label);
-                let in_shape = graph.shape(node.inputs[0]);
-                let strides = in_shape.strides();
-                let (mut kept, mut red) = (Vec::new(), Vec::new());
-                for (d, &n) in in_shape.dims().iter().enumerate() {
-                    let v = if axes.contains(&d) {
-                        &mut red
-                    } else {
-                        &mut kept
-                    };
-                    v.push((n as u32, strides[d] as u32));
-                }
-                let n_red: usize = red.iter().map(|&(n, _)| n as usize).product();
-                let mut p = ReduceParams {
-                    total_out: numel as u32,
-                    n_red: n_red as u32,
-                    kept_rank: kept.len() as u32,
-                    red_rank: red.len() as u32,
-                    ..Default::default()
-                };
-                for (d, &(n, s)) in kept.iter().enumerate() {
-                    p.kept_shape[d] = n;
-                    p.kept_strides[d] = s;
-                }
-                for (d, &(n, s)) in red.iter().enumerate() {
-                    p.red_shape[d] = n;
-                    p.red_strides[d] = s;
-                }
+                let p = reduce_params(graph.shape(node.inputs[0]).dims(), axes, numel);
                 let (spec, groups) = if p.n_red >= REDUCE_WORKGROUP_MIN {
                     (&kernels::REDUCE_SUM_WORKGROUP, p.total_out)
                 } else {
@@ -509,28 +456,271 @@ impl GpuExecutor {
                     shape: shape.clone(),
                 })
             }
-            Op::Select
-            | Op::ReduceMax { .. }
-            | Op::Permute { .. }
-            | Op::Slice { .. }
-            | Op::Pad { .. }
-            | Op::Concat { .. }
-            | Op::Conv2d(_)
-            | Op::Conv2dInputGrad { .. }
-            | Op::Conv2dWeightGrad { .. }
-            | Op::AvgPool2d(_)
-            | Op::AvgPool2dGrad { .. }
-            | Op::MaxPool2d(_)
-            | Op::MaxPool2dGrad(_)
-            | Op::MaxPool2dGather(_)
-            | Op::Gather
-            | Op::ScatterAdd { .. }
-            | Op::LogSoftmax { .. } => {
-                return Err(ExecError::Unsupported {
-                    backend: self.name(),
-                    op: node.op.name(),
-                    label: node.label.clone(),
-                })
+            Op::Select => {
+                let (c, a, b) = (input(0)?, input(1)?, input(2)?);
+                let out = self.alloc(numel, &label);
+                let p = EwParams {
+                    total: numel as u32,
+                    ..Default::default()
+                };
+                let at = site(&kernels::SELECT, i, node);
+                self.dispatch(
+                    pass,
+                    &kernels::SELECT,
+                    bytemuck::bytes_of(&p),
+                    &[&c, &a, &b],
+                    &out,
+                    ew_groups,
+                    &at,
+                )?;
+                out
+            }
+            Op::ReduceMax { axes } => {
+                let x = input(0)?;
+                let out = self.alloc(numel, &label);
+                let p = reduce_params(graph.shape(node.inputs[0]).dims(), axes, numel);
+                let (spec, groups) = if p.n_red >= REDUCE_WORKGROUP_MIN {
+                    (&kernels::REDUCE_MAX_WORKGROUP, p.total_out)
+                } else {
+                    (
+                        &kernels::REDUCE_MAX_SERIAL,
+                        p.total_out.div_ceil(WORKGROUP_SIZE),
+                    )
+                };
+                let at = site(spec, i, node);
+                self.dispatch(pass, spec, bytemuck::bytes_of(&p), &[&x], &out, groups, &at)?;
+                out
+            }
+            Op::Permute { .. } | Op::Slice { .. } | Op::Pad { .. } => {
+                let x = input(0)?;
+                let out = self.alloc(numel, &label);
+                let in_shape = graph.shape(node.inputs[0]);
+                let strides = in_shape.strides();
+                let mut p = copy_params(shape);
+                match &node.op {
+                    Op::Permute { perm } => {
+                        for (d, &a) in perm.iter().enumerate() {
+                            p.in_strides[d] = strides[a] as u32;
+                        }
+                    }
+                    Op::Slice {
+                        axis, start, step, ..
+                    } => {
+                        put(&mut p.in_strides, &strides);
+                        p.in_strides[*axis] = (strides[*axis] * step) as u32;
+                        p.base = (start * strides[*axis]) as u32;
+                    }
+                    Op::Pad {
+                        axis,
+                        before,
+                        interior,
+                        ..
+                    } => {
+                        put(&mut p.in_strides, &strides);
+                        p.lo[*axis] = *before as u32;
+                        p.div[*axis] = (interior + 1) as u32;
+                        p.extent[*axis] = in_shape.dims()[*axis] as u32;
+                    }
+                    _ => {}
+                }
+                let at = site(&kernels::COPY, i, node);
+                self.dispatch(
+                    pass,
+                    &kernels::COPY,
+                    bytemuck::bytes_of(&p),
+                    &[&x],
+                    &out,
+                    ew_groups,
+                    &at,
+                )?;
+                out
+            }
+            Op::Concat { axis } => {
+                let out = self.alloc(numel, &label);
+                let at = site(&kernels::COPY, i, node);
+                let mut off = 0;
+                for k in 0..node.inputs.len() {
+                    let x = input(k)?;
+                    let in_shape = graph.shape(node.inputs[k]);
+                    let mut p = copy_params(shape);
+                    put(&mut p.in_strides, &in_shape.strides());
+                    p.skip_outside = 1;
+                    p.lo[*axis] = off as u32;
+                    p.extent[*axis] = in_shape.dims()[*axis] as u32;
+                    off += in_shape.dims()[*axis];
+                    self.dispatch(
+                        pass,
+                        &kernels::COPY,
+                        bytemuck::bytes_of(&p),
+                        &[&x],
+                        &out,
+                        ew_groups,
+                        &format!("{at}, input {k}"),
+                    )?;
+                }
+                out
+            }
+            Op::Conv2d(cp)
+            | Op::Conv2dInputGrad { p: cp, .. }
+            | Op::Conv2dWeightGrad { p: cp, .. } => {
+                let (a, b) = (input(0)?, input(1)?);
+                let out = self.alloc(numel, &label);
+                let s0 = graph.shape(node.inputs[0]).dims();
+                let s1 = graph.shape(node.inputs[1]).dims();
+                // (x shape, weight shape, y shape) of the forward convolution.
+                let (xs, ws, ys, spec) = match &node.op {
+                    Op::Conv2d(_) => (s0, s1, shape, &kernels::CONV2D),
+                    Op::Conv2dInputGrad { .. } => (shape, s1, s0, &kernels::CONV2D_INPUT_GRAD),
+                    _ => (s0, shape, s1, &kernels::CONV2D_WEIGHT_GRAD),
+                };
+                let p = kernels::ConvParams {
+                    total: numel as u32,
+                    n: xs[0] as u32,
+                    c: xs[1] as u32,
+                    h: xs[2] as u32,
+                    w: xs[3] as u32,
+                    o: ws[0] as u32,
+                    oh: ys[2] as u32,
+                    ow: ys[3] as u32,
+                    kh: ws[2] as u32,
+                    kw: ws[3] as u32,
+                    groups: cp.groups as u32,
+                    stride_h: cp.stride[0] as u32,
+                    stride_w: cp.stride[1] as u32,
+                    pad_h: cp.padding[0] as u32,
+                    pad_w: cp.padding[1] as u32,
+                    dil_h: cp.dilation[0] as u32,
+                    dil_w: cp.dilation[1] as u32,
+                    ..Default::default()
+                };
+                let at = site(spec, i, node);
+                self.dispatch(
+                    pass,
+                    spec,
+                    bytemuck::bytes_of(&p),
+                    &[&a, &b],
+                    &out,
+                    ew_groups,
+                    &at,
+                )?;
+                out
+            }
+            Op::AvgPool2d(pp)
+            | Op::AvgPool2dGrad { p: pp, .. }
+            | Op::MaxPool2d(pp)
+            | Op::MaxPool2dGrad(pp)
+            | Op::MaxPool2dGather(pp) => {
+                let s0 = graph.shape(node.inputs[0]).dims();
+                // (x shape, y shape) of the forward pooling, the kernel and its reads.
+                let (xs, ys, spec, reads) = match &node.op {
+                    Op::AvgPool2d(_) => (s0, shape, &kernels::AVG_POOL, vec![input(0)?]),
+                    Op::AvgPool2dGrad { .. } => {
+                        (shape, s0, &kernels::AVG_POOL_GRAD, vec![input(0)?])
+                    }
+                    Op::MaxPool2d(_) => (
+                        s0,
+                        shape,
+                        &kernels::MAX_POOL_GATHER,
+                        vec![input(0)?, input(0)?],
+                    ),
+                    Op::MaxPool2dGrad(_) => (
+                        s0,
+                        graph.shape(node.inputs[1]).dims(),
+                        &kernels::MAX_POOL_GRAD,
+                        vec![input(0)?, input(1)?],
+                    ),
+                    _ => (
+                        s0,
+                        shape,
+                        &kernels::MAX_POOL_GATHER,
+                        vec![input(0)?, input(1)?],
+                    ),
+                };
+                let out = self.alloc(numel, &label);
+                let p = kernels::PoolParams {
+                    total: numel as u32,
+                    planes: (xs[0] * xs[1]) as u32,
+                    h: xs[2] as u32,
+                    w: xs[3] as u32,
+                    oh: ys[2] as u32,
+                    ow: ys[3] as u32,
+                    kh: pp.kernel[0] as u32,
+                    kw: pp.kernel[1] as u32,
+                    stride_h: pp.stride[0] as u32,
+                    stride_w: pp.stride[1] as u32,
+                    pad_h: pp.padding[0] as u32,
+                    pad_w: pp.padding[1] as u32,
+                };
+                let refs: Vec<&wgpu::Buffer> = reads.iter().map(|b| b.as_ref()).collect();
+                let at = site(spec, i, node);
+                self.dispatch(
+                    pass,
+                    spec,
+                    bytemuck::bytes_of(&p),
+                    &refs,
+                    &out,
+                    ew_groups,
+                    &at,
+                )?;
+                out
+            }
+            Op::Gather | Op::ScatterAdd { .. } => {
+                let (a, b) = (input(0)?, input(1)?);
+                let out = self.alloc(numel, &label);
+                let (spec, rows, n) = match &node.op {
+                    Op::Gather => (
+                        &kernels::GATHER,
+                        graph.shape(node.inputs[0]).dims()[0],
+                        graph.shape(node.inputs[1]).numel(),
+                    ),
+                    _ => (
+                        &kernels::SCATTER_ADD,
+                        shape[0],
+                        graph.shape(node.inputs[0]).numel(),
+                    ),
+                };
+                let d: usize = shape[1..].iter().product();
+                let p = GatherParams {
+                    total: numel as u32,
+                    rows: rows as u32,
+                    n: n as u32,
+                    d: d.max(1) as u32,
+                };
+                let at = site(spec, i, node);
+                self.dispatch(
+                    pass,
+                    spec,
+                    bytemuck::bytes_of(&p),
+                    &[&a, &b],
+                    &out,
+                    ew_groups,
+                    &at,
+                )?;
+                out
+            }
+            Op::LogSoftmax { axis } => {
+                let x = input(0)?;
+                let out = self.alloc(numel, &label);
+                let n = shape[*axis];
+                let inner: usize = shape[axis + 1..].iter().product();
+                let lanes = numel.checked_div(n).unwrap_or(0);
+                let p = SoftmaxParams {
+                    lanes: lanes as u32,
+                    n: n as u32,
+                    inner: inner.max(1) as u32,
+                    _pad: 0,
+                };
+                let at = site(&kernels::LOG_SOFTMAX, i, node);
+                self.dispatch(
+                    pass,
+                    &kernels::LOG_SOFTMAX,
+                    bytemuck::bytes_of(&p),
+                    &[&x],
+                    &out,
+                    (lanes as u32).div_ceil(WORKGROUP_SIZE),
+                    &at,
+                )?;
+                out
             }
         };
         Ok(out)
@@ -703,6 +893,100 @@ pub fn broadcast_strides(input: &[usize], out: &[usize]) -> Vec<usize> {
     s
 }
 
+/// The `ReduceParams` of a reduction of an input of shape `in_shape` over `axes` into
+/// `numel` outputs (shaders/reduce.wgsl).
+fn reduce_params(in_shape: &[usize], axes: &[usize], numel: usize) -> ReduceParams {
+    let mut strides = vec![1usize; in_shape.len()];
+    for d in (0..in_shape.len().saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1] * in_shape[d + 1];
+    }
+    let (mut kept, mut red) = (Vec::new(), Vec::new());
+    for (d, &n) in in_shape.iter().enumerate() {
+        let v = if axes.contains(&d) {
+            &mut red
+        } else {
+            &mut kept
+        };
+        v.push((n as u32, strides[d] as u32));
+    }
+    let n_red: usize = red.iter().map(|&(n, _)| n as usize).product();
+    let mut p = ReduceParams {
+        total_out: numel as u32,
+        n_red: n_red as u32,
+        kept_rank: kept.len() as u32,
+        red_rank: red.len() as u32,
+        ..Default::default()
+    };
+    for (d, &(n, s)) in kept.iter().enumerate() {
+        p.kept_shape[d] = n;
+        p.kept_strides[d] = s;
+    }
+    for (d, &(n, s)) in red.iter().enumerate() {
+        p.red_shape[d] = n;
+        p.red_strides[d] = s;
+    }
+    p
+}
+
+/// `MoveParams` (shaders/movement.wgsl) of a plain copy onto an output of shape `shape`:
+/// lo = 0, div = 1, extent = shape, write 0 outside; the caller sets the input strides and
+/// the primitive's axis.
+fn copy_params(shape: &[usize]) -> MoveParams {
+    let mut p = MoveParams {
+        total: shape.iter().product::<usize>() as u32,
+        rank: shape.len() as u32,
+        ..Default::default()
+    };
+    put(&mut p.shape, shape);
+    put(&mut p.extent, shape);
+    p.div = [1; MAX_RANK];
+    p
+}
+
+/// The row index an index value names, or the error the CPU executor returns for it.
+fn row_index(v: f32, rows: usize, node: &Node) -> Result<(), ExecError> {
+    let f = v as f64;
+    if f >= 0.0 && f.fract() == 0.0 && (f as usize) < rows {
+        Ok(())
+    } else {
+        Err(ExecError::IndexOutOfRange {
+            op: node.op.name(),
+            label: node.label.clone(),
+            index: f,
+            rows,
+        })
+    }
+}
+
+/// Checks on the host, before any work, the indices of every Gather and ScatterAdd whose
+/// index tensor is a graph Input (its fed values) or Const (its fill value). Indices computed
+/// on the device are not checked: shaders/gather.wgsl documents what the kernels do with them.
+fn check_indices(graph: &Graph, feeds: &Feeds<f32>, needed: &[bool]) -> Result<(), ExecError> {
+    for (i, node) in graph.nodes().iter().enumerate() {
+        if !needed[i] {
+            continue;
+        }
+        let (idx, rows) = match &node.op {
+            Op::Gather => (node.inputs[1], graph.shape(node.inputs[0]).dims()[0]),
+            Op::ScatterAdd { rows } => (node.inputs[0], *rows),
+            _ => continue,
+        };
+        match &graph.node(idx).op {
+            Op::Input { name, shape } => {
+                let v = check_feed(name, shape, feeds)?;
+                for &x in v.iter() {
+                    row_index(x, rows, node)?;
+                }
+            }
+            Op::Const { value, shape } if shape.numel() > 0 => {
+                row_index(*value as f32, rows, node)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn put(dst: &mut [u32; MAX_RANK], src: &[usize]) {
     for (d, &v) in src.iter().enumerate() {
         dst[d] = v as u32;
@@ -722,6 +1006,7 @@ impl Executor<f32> for GpuExecutor {
     ) -> Result<Vec<ArrayD<f32>>, ExecError> {
         let (needed, last_use) = liveness(graph, outputs)?;
         self.check_supported(graph, &needed)?;
+        check_indices(graph, feeds, &needed)?;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let result = self.run_scoped(graph, feeds, outputs, &needed, &last_use);

@@ -1,0 +1,203 @@
+// conv.wgsl: Conv2d and its two transposes (graph::Op::Conv2d, Conv2dInputGrad,
+// Conv2dWeightGrad), NCHW input, OIHW weights, in f32, by direct convolution: one invocation per
+// output element, no atomics (every output element sums its own contributions in a fixed
+// order, so runs repeat exactly).
+//
+// With Cg = c / groups input channels and Og = o / groups output channels per group, group of
+// output channel oc g(oc) = oc / Og, and the input pixel read by output pixel (y, x) at tap (i, j)
+//   iy = y * stride_h - pad_h + i * dil_h,   ix = x * stride_w - pad_w + j * dil_w
+// (signed; taps outside [0, h) x [0, w) read the zero padding and are skipped):
+//   conv2d:       out[n, oc, y, x] = sum_{ci < Cg, i < kh, j < kw} a[n, g Cg + ci, iy, ix] b[oc, ci, i, j]
+//                 (a = x [n, c, h, w], b = weight [o, Cg, kh, kw]; K = Cg kh kw terms)
+//   input_grad:   out[n, cc, iy, ix] = sum_{oc in group g(cc), i, j : y, x integer in range}
+//                                          a[n, oc, y, x] b[oc, cc - g Cg, i, j]
+//                 with y = (iy + pad_h - i dil_h) / stride_h when that is a non-negative
+//                 multiple below oh (the same for x); a = gy [n, o, oh, ow], b = weight,
+//                 g = cc / Cg; at most K = Og kh kw terms. The transpose of conv2d in x.
+//   weight_grad:  out[oc, ci, i, j] = sum_{n, y < oh, x < ow} a[n, g(oc) Cg + ci, iy, ix] b[n, oc, y, x]
+//                 (a = x, b = gy; K = n oh ow terms). The transpose of conv2d in the weight.
+// Terms are summed in the order of the nested loops as written (outermost first).
+//
+// Bindings (group 0), every entry point:
+//   0 params: uniform, ConvParams
+//   1 a:      storage, read,       array<f32>, first operand (see above), row-major
+//   2 b:      storage, read,       array<f32>, second operand, row-major
+//   3 out:    storage, read_write, array<f32>, the output, row-major, `total` elements
+//
+// ConvParams (80 bytes; mirrored field for field by `ConvParams` in src/exec/gpu/kernels.rs):
+//   total:  u32    number of output elements of the entry point
+//   n, c, h, w:    u32  batch, input channels, input height and width
+//   o, oh, ow:     u32  output channels, output height and width
+//   kh, kw:        u32  kernel height and width
+//   groups:        u32  channel groups (c and o multiples of it; groups = c is depthwise)
+//   stride_h, stride_w, pad_h, pad_w, dil_h, dil_w: u32
+//   _pad0, _pad1, _pad2: u32
+//
+// Invocation id -> output coordinate: the host dispatches (min(G, L), ceil(G / L), 1)
+// workgroups, G = ceil(total / WORKGROUP_SIZE), L = max workgroups per dimension, and
+//   i = (workgroup_id.y * num_workgroups.x + workgroup_id.x) * WORKGROUP_SIZE + local_invocation_index,
+// the row-major flat index of the output ([n, o, oh, ow], [n, c, h, w] or [o, Cg, kh, kw]).
+// Invocations with i >= total return at once.
+
+const WORKGROUP_SIZE: u32 = 256u;
+
+struct ConvParams {
+    total: u32,
+    n: u32,
+    c: u32,
+    h: u32,
+    w: u32,
+    o: u32,
+    oh: u32,
+    ow: u32,
+    kh: u32,
+    kw: u32,
+    groups: u32,
+    stride_h: u32,
+    stride_w: u32,
+    pad_h: u32,
+    pad_w: u32,
+    dil_h: u32,
+    dil_w: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: ConvParams;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WORKGROUP_SIZE + lid;
+}
+
+// Signed input row of output row y at tap i (may lie in the padding).
+fn in_row(y: u32, i: u32) -> i32 {
+    return i32(y * params.stride_h + i * params.dil_h) - i32(params.pad_h);
+}
+
+fn in_col(x: u32, j: u32) -> i32 {
+    return i32(x * params.stride_w + j * params.dil_w) - i32(params.pad_w);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let idx = flat_index(wid, nwg, lid);
+    if idx >= params.total {
+        return;
+    }
+    let x = idx % params.ow;
+    var r = idx / params.ow;
+    let y = r % params.oh;
+    r = r / params.oh;
+    let oc = r % params.o;
+    let nb = r / params.o;
+    let cg = params.c / params.groups;
+    let og = params.o / params.groups;
+    let c0 = (oc / og) * cg;
+    var acc = 0.0;
+    for (var ci = 0u; ci < cg; ci++) {
+        for (var i = 0u; i < params.kh; i++) {
+            let iy = in_row(y, i);
+            if iy < 0 || iy >= i32(params.h) {
+                continue;
+            }
+            for (var j = 0u; j < params.kw; j++) {
+                let ix = in_col(x, j);
+                if ix < 0 || ix >= i32(params.w) {
+                    continue;
+                }
+                let xv = a[((nb * params.c + c0 + ci) * params.h + u32(iy)) * params.w + u32(ix)];
+                let wv = b[((oc * cg + ci) * params.kh + i) * params.kw + j];
+                acc += xv * wv;
+            }
+        }
+    }
+    out[idx] = acc;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn conv2d_input_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let idx = flat_index(wid, nwg, lid);
+    if idx >= params.total {
+        return;
+    }
+    let ix = idx % params.w;
+    var r = idx / params.w;
+    let iy = r % params.h;
+    r = r / params.h;
+    let cc = r % params.c;
+    let nb = r / params.c;
+    let cg = params.c / params.groups;
+    let og = params.o / params.groups;
+    let g = cc / cg;
+    let cl = cc - g * cg;
+    var acc = 0.0;
+    for (var oc = g * og; oc < (g + 1u) * og; oc++) {
+        for (var i = 0u; i < params.kh; i++) {
+            let ty = i32(iy + params.pad_h) - i32(i * params.dil_h);
+            if ty < 0 || ty % i32(params.stride_h) != 0 {
+                continue;
+            }
+            let y = u32(ty) / params.stride_h;
+            if y >= params.oh {
+                continue;
+            }
+            for (var j = 0u; j < params.kw; j++) {
+                let tx = i32(ix + params.pad_w) - i32(j * params.dil_w);
+                if tx < 0 || tx % i32(params.stride_w) != 0 {
+                    continue;
+                }
+                let x = u32(tx) / params.stride_w;
+                if x >= params.ow {
+                    continue;
+                }
+                let gv = a[((nb * params.o + oc) * params.oh + y) * params.ow + x];
+                let wv = b[((oc * cg + cl) * params.kh + i) * params.kw + j];
+                acc += gv * wv;
+            }
+        }
+    }
+    out[idx] = acc;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn conv2d_weight_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let idx = flat_index(wid, nwg, lid);
+    if idx >= params.total {
+        return;
+    }
+    let cg = params.c / params.groups;
+    let og = params.o / params.groups;
+    let j = idx % params.kw;
+    var r = idx / params.kw;
+    let i = r % params.kh;
+    r = r / params.kh;
+    let ci = r % cg;
+    let oc = r / cg;
+    let cin = (oc / og) * cg + ci;
+    var acc = 0.0;
+    for (var nb = 0u; nb < params.n; nb++) {
+        for (var y = 0u; y < params.oh; y++) {
+            let iy = in_row(y, i);
+            if iy < 0 || iy >= i32(params.h) {
+                continue;
+            }
+            for (var x = 0u; x < params.ow; x++) {
+                let ix = in_col(x, j);
+                if ix < 0 || ix >= i32(params.w) {
+                    continue;
+                }
+                let xv = a[((nb * params.c + cin) * params.h + u32(iy)) * params.w + u32(ix)];
+                let gv = b[((nb * params.o + oc) * params.oh + y) * params.ow + x];
+                acc += xv * gv;
+            }
+        }
+    }
+    out[idx] = acc;
+}
