@@ -36,6 +36,9 @@ enum Command {
         /// Skip the whole-network check (the slowest row).
         #[arg(long)]
         no_network: bool,
+        /// `gpu` adds a table of GPU f32 against CPU f64 (forward and gradient) per case.
+        #[arg(long, value_enum, default_value_t = cli::gradients::Backend::Cpu)]
+        backend: cli::gradients::Backend,
     },
     /// The architecture gradient three ways (first order, the paper's FD second order and
     /// its audit variant, exact) at one state and batch, written to an npz.
@@ -64,6 +67,7 @@ fn run() -> Result<ExitCode> {
             seed,
             filter,
             no_network,
+            backend,
         } => {
             let start = Instant::now();
             let suite = cases::standard_suite(seed, !no_network)
@@ -82,7 +86,36 @@ fn run() -> Result<ExitCode> {
             if format != report::Format::Json {
                 println!("({:.2} s)", start.elapsed().as_secs_f64());
             }
-            let ok = outcomes.iter().all(|o| o.pass());
+            let mut ok = outcomes.iter().all(|o| o.pass());
+            if backend == cli::gradients::Backend::Gpu {
+                let mut gpu = darts::exec::gpu::GpuExecutor::new()
+                    .context("--backend gpu needs a GPU adapter")?;
+                let mut rows = Vec::new();
+                for (i, case) in suite.iter().enumerate() {
+                    if filter
+                        .as_ref()
+                        .is_some_and(|f| !case.op.contains(f.as_str()))
+                    {
+                        continue;
+                    }
+                    rows.push(darts::check::gpu_compare::gpu_vs_cpu(
+                        case, &mut gpu, i as u64,
+                    )?);
+                }
+                ok &= rows.iter().all(|r| r.pass);
+                if format == report::Format::Json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    println!("\nGPU: {}", gpu.adapter_info());
+                    print!(
+                        "{}",
+                        darts::check::gpu_compare::render(
+                            &rows,
+                            format == report::Format::Markdown
+                        )
+                    );
+                }
+            }
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {

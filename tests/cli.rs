@@ -119,3 +119,30 @@ fn gradients_job_writes_every_documented_array() {
     assert!(!out.status.success());
     assert!(err.contains("y_train") && err.contains("12"), "{err}");
 }
+
+/// `gradcheck --backend gpu` adds a GPU-vs-CPU table (skips without an adapter unless
+/// DARTS_REQUIRE_GPU=1).
+#[test]
+fn gradcheck_gpu_backend_adds_agreement_table() {
+    if common::gpu_executor("gradcheck_gpu_backend_adds_agreement_table").is_none() {
+        return;
+    }
+    let out = darts()
+        .args([
+            "gradcheck",
+            "--backend",
+            "gpu",
+            "--no-network",
+            "--filter",
+            "conv2d",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("GPU-vs-CPU checks, all passed"), "{text}");
+}

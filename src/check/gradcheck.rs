@@ -135,11 +135,11 @@ pub const FD_STEP: f64 = 1e-4;
 /// subset is checked (the adjoint and second-order checks still cover every element).
 pub const MAX_FD_ELEMENTS: usize = 160;
 
-fn normal_like(shape: &[usize], rng: &mut ChaCha8Rng) -> ArrayD<f64> {
+pub(crate) fn normal_like(shape: &[usize], rng: &mut ChaCha8Rng) -> ArrayD<f64> {
     ArrayD::from_shape_simple_fn(IxDyn(shape), || rng.sample::<f64, _>(StandardNormal))
 }
 
-fn depth(g: &Graph) -> Vec<usize> {
+pub(crate) fn depth(g: &Graph) -> Vec<usize> {
     let mut d = vec![0usize; g.len()];
     for (i, n) in g.nodes().iter().enumerate() {
         d[i] = 1 + n.inputs.iter().map(|j| d[j.0]).max().unwrap_or(0);
@@ -157,7 +157,7 @@ fn abs_dot(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
 
 /// Largest |value| of any node upstream of `targets` (inclusive): the scale of the terms
 /// that round-off is relative to.
-fn max_abs_upstream(
+pub(crate) fn max_abs_upstream(
     ex: &mut CpuExecutor<f64>,
     g: &Graph,
     feeds: &Feeds<f64>,

@@ -2,6 +2,7 @@
 //! adjoint identity, second order), the case suite, and reports.
 
 pub mod cases;
+pub mod gpu_compare;
 pub mod gradcheck;
 pub mod hessian;
 pub mod report;

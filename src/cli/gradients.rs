@@ -33,12 +33,21 @@ pub struct Args {
     pub momentum: f64,
     #[arg(long, value_enum, default_value_t = Dtype::F64)]
     pub dtype: Dtype,
+    /// Executor: the CPU reference, or the wgpu GPU path (f32 only).
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
     /// Stem channels = stem_multiplier * C (the reference fixes 3).
     #[arg(long, default_value_t = 3)]
     pub stem_multiplier: usize,
     /// Intermediate nodes concatenated per cell (the reference fixes 4).
     #[arg(long, default_value_t = 4)]
     pub multiplier: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Cpu,
+    Gpu,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -169,8 +178,16 @@ pub fn run(a: Args) -> Result<()> {
     );
     let graphs = ArchGraphs::build(&cfg, train.x.shape(), valid.x.shape())?;
     let buf_ref = (!buf.is_empty()).then_some(buf.as_slice());
-    let rep = match a.dtype {
-        Dtype::F64 => all_gradients(
+    let rep = match (a.backend, a.dtype) {
+        (Backend::Gpu, Dtype::F64) => bail!(
+            "--backend gpu runs in f32 (f64 kernels only exist where the adapter offers SHADER_F64); pass --dtype f32"
+        ),
+        (Backend::Gpu, Dtype::F32) => {
+            let mut gpu = darts::exec::gpu::GpuExecutor::new()?;
+            println!("backend: {}", gpu.adapter_info());
+            all_gradients(&mut gpu, &graphs, &point, buf_ref, &train, &valid, &unroll)?
+        }
+        (Backend::Cpu, Dtype::F64) => all_gradients(
             &mut CpuExecutor::<f64>::new(),
             &graphs,
             &point,
@@ -179,7 +196,7 @@ pub fn run(a: Args) -> Result<()> {
             &valid,
             &unroll,
         )?,
-        Dtype::F32 => all_gradients(
+        (Backend::Cpu, Dtype::F32) => all_gradients(
             &mut CpuExecutor::<f32>::new(),
             &graphs,
             &point,

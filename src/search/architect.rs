@@ -254,7 +254,7 @@ pub fn check_finite(what: &str, tensor: &str, a: &ArrayD<f64>) -> Result<(), Arc
 }
 
 /// Evaluate loss and gradients (and BN statistics) of `net` at `point` on `batch`.
-pub fn evaluate<T: Scalar, E: Executor<T>>(
+pub fn evaluate<T: Scalar, E: Executor<T> + ?Sized>(
     exec: &mut E,
     net: &NetGraph,
     point: &Point,
@@ -310,7 +310,7 @@ pub type BnStats = Vec<(ArrayD<f64>, ArrayD<f64>)>;
 
 /// Only the alpha gradient of `net` at `point` (what each FD evaluation needs), with the
 /// forward's BN statistics.
-pub fn grad_alpha<T: Scalar, E: Executor<T>>(
+pub fn grad_alpha<T: Scalar, E: Executor<T> + ?Sized>(
     exec: &mut E,
     net: &NetGraph,
     point: &Point,
@@ -352,7 +352,7 @@ pub fn norm(v: &[ArrayD<f64>]) -> f64 {
 /// `_hessian_vector_product`): R = 0.01 / ||d||, w+ = w + R d, w- = w+ - 2R d (the reference
 /// perturbs in place, so w- is reached from w+), hvp = (grad_alpha L(w+) - grad_alpha L(w-)) / 2R.
 /// `scale` is 0.01 ([`FD_SCALE`]) in the reference; tests sweep it.
-pub fn fd_mixed_hvp<T: Scalar, E: Executor<T>>(
+pub fn fd_mixed_hvp<T: Scalar, E: Executor<T> + ?Sized>(
     exec: &mut E,
     net: &NetGraph,
     at: &Point,
@@ -385,7 +385,7 @@ pub struct FdHvp {
 }
 
 /// Exact mixed HVP d2 L / (dalpha dw) . v by autodiff.
-pub fn exact_mixed_hvp<T: Scalar, E: Executor<T>>(
+pub fn exact_mixed_hvp<T: Scalar, E: Executor<T> + ?Sized>(
     exec: &mut E,
     net: &NetGraph,
     at: &Point,
@@ -545,7 +545,7 @@ pub fn unrolled_feeds<T: Scalar>(
 
 /// The unrolled objective L_val(w'(alpha), alpha) itself (for finite differences of the
 /// whole objective in alpha).
-pub fn unrolled_loss<T: Scalar, E: Executor<T>>(
+pub fn unrolled_loss<T: Scalar, E: Executor<T> + ?Sized>(
     exec: &mut E,
     graphs: &ArchGraphs,
     point: &Point,
@@ -567,7 +567,7 @@ pub fn unrolled_loss<T: Scalar, E: Executor<T>>(
 
 /// All three architecture gradients and their ingredients at one point (the
 /// `darts gradients` job).
-pub fn all_gradients<T: Scalar, E: Executor<T>>(
+pub fn all_gradients<T: Scalar, E: Executor<T> + ?Sized>(
     exec: &mut E,
     graphs: &ArchGraphs,
     point: &Point,
@@ -667,7 +667,7 @@ pub struct ArchStep {
 
 /// The architecture gradient of one search step (see [`ArchStep`]).
 #[allow(clippy::too_many_arguments)]
-pub fn arch_gradient<T: Scalar, E: Executor<T>>(
+pub fn arch_gradient<T: Scalar, E: Executor<T> + ?Sized>(
     exec: &mut E,
     graphs: &ArchGraphs,
     point: &Point,
