@@ -35,6 +35,9 @@ pub struct Args {
     pub order: Option<Order>,
     #[arg(long, value_enum)]
     pub dtype: Option<Dtype>,
+    /// Executor: the CPU reference, or the wgpu GPU path (f32).
+    #[arg(long, value_enum, default_value_t = crate::cli::gradients::Backend::Cpu)]
+    pub backend: crate::cli::gradients::Backend,
     #[arg(long)]
     pub seed: Option<u64>,
     #[arg(long)]
@@ -121,7 +124,7 @@ pub fn run(a: Args) -> Result<()> {
                 s.opts.dtype
             };
             match dtype {
-                Dtype::F32 => drive(Search::<f32>::resume(dir)?),
+                Dtype::F32 => drive(with_backend(Search::<f32>::resume(dir)?, a.backend)?),
                 Dtype::F64 => drive(Search::<f64>::resume(dir)?),
             }
         }
@@ -137,12 +140,26 @@ pub fn run(a: Args) -> Result<()> {
                     format!("{:?}", o.order).to_lowercase()
                 ))
             });
+            if a.backend == crate::cli::gradients::Backend::Gpu && o.dtype == Dtype::F64 {
+                bail!("--backend gpu runs in f32; pass --dtype f32");
+            }
             match o.dtype {
-                Dtype::F32 => drive(Search::<f32>::new(o, &dir)?),
+                Dtype::F32 => drive(with_backend(Search::<f32>::new(o, &dir)?, a.backend)?),
                 Dtype::F64 => drive(Search::<f64>::new(o, &dir)?),
             }
         }
     }
+}
+
+fn with_backend(s: Search<f32>, b: crate::cli::gradients::Backend) -> Result<Search<f32>> {
+    Ok(match b {
+        crate::cli::gradients::Backend::Cpu => s,
+        crate::cli::gradients::Backend::Gpu => {
+            let gpu = darts::exec::gpu::GpuExecutor::new()?;
+            println!("backend: {}", gpu.adapter_info());
+            s.with_executor(Box::new(gpu))
+        }
+    })
 }
 
 fn drive<T: darts::exec::Scalar>(mut s: Search<T>) -> Result<()> {

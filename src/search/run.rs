@@ -204,7 +204,7 @@ pub struct Search<T: Scalar> {
     augment: Augment,
     layout: Layout,
     weight_names: Vec<String>,
-    exec: CpuExecutor<T>,
+    exec: Box<dyn Executor<T>>,
     graphs: HashMap<(usize, usize), ArchGraphs>,
     eval_graphs: HashMap<usize, (Graph, NodeId, NodeId)>,
     pub state: State,
@@ -330,7 +330,7 @@ impl<T: Scalar> Search<T> {
             augment,
             layout,
             weight_names,
-            exec: CpuExecutor::new(),
+            exec: Box::new(CpuExecutor::<T>::new()),
             graphs: HashMap::new(),
             eval_graphs: HashMap::new(),
             state,
@@ -427,6 +427,16 @@ impl<T: Scalar> Search<T> {
             sgd,
             Some(adam),
         )
+    }
+
+    /// Run on another executor (e.g. the GPU), keeping everything else.
+    pub fn with_executor(mut self, exec: Box<dyn Executor<T>>) -> Self {
+        self.exec = exec;
+        self
+    }
+
+    pub fn executor_name(&self) -> String {
+        self.exec.name()
     }
 
     fn point(&self) -> Point {
@@ -541,7 +551,7 @@ impl<T: Scalar> Search<T> {
         let point = self.point();
         let graphs = &self.graphs[&key];
         let arch = arch_gradient(
-            &mut self.exec,
+            self.exec.as_mut(),
             graphs,
             &point,
             self.sgd.buf.as_deref(),
@@ -572,7 +582,7 @@ impl<T: Scalar> Search<T> {
         let mut point = point;
         point.alpha = [alphas[0].clone(), alphas[1].clone()];
         let e = evaluate(
-            &mut self.exec,
+            self.exec.as_mut(),
             &self.graphs[&key].train,
             &point,
             &train,
