@@ -660,21 +660,7 @@ fn build_inner(
         (None, None) => None,
     };
     // AdaptiveAvgPool2d(1), flatten, Linear.
-    let d = nb.g.shape(s1).dims().to_vec();
-    let pooled = nb.g.reduce_sum(s1, &[2, 3])?;
-    let pooled = nb.g.scale(pooled, 1.0 / (d[2] * d[3]) as f64)?;
-    let pooled = nb.g.reshape(pooled, [d[0], d[1]])?;
-    let w = nb.param(
-        "classifier.weight",
-        &[cfg.num_classes, d[1]],
-        Kind::Weight { fan_in: d[1] },
-    )?;
-    let b = nb.param(
-        "classifier.bias",
-        &[cfg.num_classes],
-        Kind::Bias { fan_in: d[1] },
-    )?;
-    let logits = compose::linear(nb.g, pooled, w, Some(b))?;
+    let logits = nb.classifier_head(s1, cfg.num_classes)?;
     let loss_main = compose::cross_entropy_mean(nb.g, logits, onehot)?;
     let (loss, loss_aux) = match logits_aux {
         Some(la) => {

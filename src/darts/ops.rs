@@ -86,6 +86,22 @@ impl<'a> NetBuilder<'a> {
         }
     }
 
+    /// The head of both CIFAR networks: AdaptiveAvgPool2d(1), flatten, Linear
+    /// (`classifier.weight`, `classifier.bias`) to `classes` logits.
+    pub fn classifier_head(&mut self, x: NodeId, classes: usize) -> R<NodeId> {
+        let d = self.g.shape(x).dims().to_vec();
+        let pooled = self.g.reduce_sum(x, &[2, 3])?;
+        let pooled = self.g.scale(pooled, 1.0 / (d[2] * d[3]) as f64)?;
+        let pooled = self.g.reshape(pooled, [d[0], d[1]])?;
+        let w = self.param(
+            "classifier.weight",
+            &[classes, d[1]],
+            Kind::Weight { fan_in: d[1] },
+        )?;
+        let b = self.param("classifier.bias", &[classes], Kind::Bias { fan_in: d[1] })?;
+        compose::linear(self.g, pooled, w, Some(b))
+    }
+
     /// ReLU (softplus in the smooth variant).
     pub fn relu(&mut self, x: NodeId) -> R<NodeId> {
         let op = if self.smooth {

@@ -240,6 +240,23 @@ pub struct Evaluation {
     pub bn_stats: Vec<(ArrayD<f64>, ArrayD<f64>)>,
 }
 
+/// Request every BN's batch mean and variance after the other outputs.
+fn push_bn_outputs(outs: &mut Vec<NodeId>, bn: &[BnRecord]) {
+    for b in bn {
+        outs.push(b.mean);
+        outs.push(b.var);
+    }
+}
+
+/// The (mean, variance) pairs requested by [`push_bn_outputs`], from the remaining outputs.
+fn take_bn_stats(mut it: impl Iterator<Item = ArrayD<f64>>) -> BnStats {
+    let mut stats = Vec::new();
+    while let (Some(m), Some(v)) = (it.next(), it.next()) {
+        stats.push((m, v));
+    }
+    stats
+}
+
 /// Fail on NaN/Inf, naming the step and the tensor.
 pub fn check_finite(what: &str, tensor: &str, a: &ArrayD<f64>) -> Result<(), ArchError> {
     match a.iter().position(|v| !v.is_finite()) {
@@ -263,10 +280,7 @@ pub fn evaluate<T: Scalar, E: Executor<T> + ?Sized>(
 ) -> Result<Evaluation, ArchError> {
     let mut outs = vec![net.loss, net.logits, net.grad_alpha[0], net.grad_alpha[1]];
     outs.extend(&net.grad_w);
-    for b in &net.bn {
-        outs.push(b.mean);
-        outs.push(b.var);
-    }
+    push_bn_outputs(&mut outs, &net.bn);
     let vals = exec
         .run(&net.graph, &point.feeds::<T>(batch), &outs)
         .map_err(|source| ArchError::Exec {
@@ -286,10 +300,7 @@ pub fn evaluate<T: Scalar, E: Executor<T> + ?Sized>(
     let logits = it.next().expect("logits");
     let ga = [it.next().expect("alpha"), it.next().expect("alpha")];
     let grad_w: Vec<ArrayD<f64>> = it.by_ref().take(net.grad_w.len()).collect();
-    let mut bn_stats = Vec::new();
-    while let (Some(m), Some(v)) = (it.next(), it.next()) {
-        bn_stats.push((m, v));
-    }
+    let bn_stats = take_bn_stats(it);
     for (i, gw) in grad_w.iter().enumerate() {
         check_finite(what, &format!("grad_w/{}", point.weights[i].0), gw)?;
     }
@@ -318,10 +329,7 @@ pub fn grad_alpha<T: Scalar, E: Executor<T> + ?Sized>(
     what: &str,
 ) -> Result<([ArrayD<f64>; 2], BnStats), ArchError> {
     let mut outs = vec![net.grad_alpha[0], net.grad_alpha[1]];
-    for b in &net.bn {
-        outs.push(b.mean);
-        outs.push(b.var);
-    }
+    push_bn_outputs(&mut outs, &net.bn);
     let vals = exec
         .run(&net.graph, &point.feeds::<T>(batch), &outs)
         .map_err(|source| ArchError::Exec {
@@ -332,10 +340,7 @@ pub fn grad_alpha<T: Scalar, E: Executor<T> + ?Sized>(
     let g = [it.next().expect("normal"), it.next().expect("reduce")];
     check_finite(what, "grad_alpha/normal", &g[0])?;
     check_finite(what, "grad_alpha/reduce", &g[1])?;
-    let mut stats = Vec::new();
-    while let (Some(m), Some(v)) = (it.next(), it.next()) {
-        stats.push((m, v));
-    }
+    let stats = take_bn_stats(it);
     Ok((g, stats))
 }
 
@@ -711,10 +716,7 @@ pub fn arch_gradient<T: Scalar, E: Executor<T> + ?Sized>(
                 ug.grad_alpha_total[0],
                 ug.grad_alpha_total[1],
             ];
-            for b in &ug.train_bn {
-                outs.push(b.mean);
-                outs.push(b.var);
-            }
+            push_bn_outputs(&mut outs, &ug.train_bn);
             let vals = exec
                 .run(&ug.graph, &f, &outs)
                 .map_err(|source| ArchError::Exec {
@@ -726,10 +728,7 @@ pub fn arch_gradient<T: Scalar, E: Executor<T> + ?Sized>(
             let grad = [it.next().expect("normal"), it.next().expect("reduce")];
             check_finite("exact architecture gradient", "grad_alpha/normal", &grad[0])?;
             check_finite("exact architecture gradient", "grad_alpha/reduce", &grad[1])?;
-            let mut stats = Vec::new();
-            while let (Some(m), Some(v)) = (it.next(), it.next()) {
-                stats.push((m, v));
-            }
+            let stats = take_bn_stats(it);
             Ok(ArchStep {
                 grad,
                 loss_valid,
