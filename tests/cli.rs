@@ -146,3 +146,38 @@ fn gradcheck_gpu_backend_adds_agreement_table() {
     );
     assert!(text.contains("GPU-vs-CPU checks, all passed"), "{text}");
 }
+
+/// `train --backend gpu` trains on the wgpu executor (skips without an adapter unless
+/// DARTS_REQUIRE_GPU=1).
+#[test]
+fn train_runs_on_the_gpu_backend() {
+    if common::gpu_executor("train_runs_on_the_gpu_backend").is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("darts-cli-gpu-train-{}", std::process::id()));
+    let out = darts()
+        .args([
+            "train",
+            "--genotype",
+            "DARTS_V2",
+            "--backend",
+            "gpu",
+            "--init-channels=2",
+            "--layers=3",
+            "--epochs=1",
+            "--train-limit=16",
+            "--test-limit=8",
+            "--batch-size=8",
+        ])
+        .arg("--run-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("final test accuracy"), "{text}");
+}

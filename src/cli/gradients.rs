@@ -44,11 +44,7 @@ pub struct Args {
     pub multiplier: usize,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    Cpu,
-    Gpu,
-}
+pub use darts::exec::Backend;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Dtype {

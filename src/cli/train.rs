@@ -83,6 +83,9 @@ pub struct Args {
     /// f32 (as the reference) or f64.
     #[arg(long)]
     pub dtype: Option<Dtype>,
+    /// Executor: the CPU reference, or the wgpu GPU path (f32).
+    #[arg(long, value_enum)]
+    pub backend: Option<darts::exec::Backend>,
     /// Use only the first n training images.
     #[arg(long)]
     pub train_limit: Option<usize>,
@@ -128,7 +131,8 @@ pub fn options(a: &Args) -> TrainOptions {
         drop_path_prob,
         grad_clip,
         seed,
-        dtype
+        dtype,
+        backend
     );
     if a.train_limit.is_some() {
         o.train_limit = a.train_limit;

@@ -10,6 +10,25 @@ use crate::graph::{Graph, NodeId, Shape};
 use ndarray::ArrayD;
 use std::collections::HashMap;
 
+/// Which executor runs the graphs: the CPU reference, or the wgpu GPU path (f32).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Cpu,
+    Gpu,
+}
+
 /// Floating-point element types the executors run in.
 pub trait Scalar: ndarray::NdFloat + Default + bytemuck::Pod + std::iter::Sum {
     const NAME: &'static str;

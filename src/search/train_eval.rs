@@ -39,7 +39,7 @@ use crate::data::{
     CIFAR10_CLASSES,
 };
 use crate::exec::cpu::CpuExecutor;
-use crate::exec::{ExecError, Executor, Feeds, Scalar};
+use crate::exec::{Backend, ExecError, Executor, Feeds, Scalar};
 use crate::graph::{Graph, GraphError, NodeId};
 use crate::search::optim::{clip_grad_norm, update_running_stats, Sgd};
 use ndarray::{ArrayD, Axis, IxDyn};
@@ -81,6 +81,8 @@ pub struct TrainOptions {
     pub grad_clip: f64,
     pub seed: u64,
     pub dtype: Dtype,
+    /// Executor: the CPU reference, or the wgpu GPU path (f32 only).
+    pub backend: Backend,
     pub data: DataSource,
     /// Use only the first n training images (None: all).
     pub train_limit: Option<usize>,
@@ -115,6 +117,7 @@ impl TrainOptions {
             grad_clip: 5.0,
             seed: 0,
             dtype: Dtype::F32,
+            backend: Backend::Cpu,
             data: DataSource::Embedded,
             train_limit: None,
             test_limit: None,
@@ -339,9 +342,42 @@ pub fn train_on(
     reporting: Reporting,
 ) -> Result<TrainReport, TrainError> {
     opts.validate()?;
-    match opts.dtype {
-        Dtype::F32 => run::<f32>(opts, genotype, train_set, test_set, reporting),
-        Dtype::F64 => run::<f64>(opts, genotype, train_set, test_set, reporting),
+    match (opts.backend, opts.dtype) {
+        (Backend::Cpu, Dtype::F32) => run::<f32>(
+            opts,
+            genotype,
+            train_set,
+            test_set,
+            reporting,
+            Box::new(CpuExecutor::new()),
+        ),
+        (Backend::Cpu, Dtype::F64) => run::<f64>(
+            opts,
+            genotype,
+            train_set,
+            test_set,
+            reporting,
+            Box::new(CpuExecutor::new()),
+        ),
+        (Backend::Gpu, Dtype::F32) => {
+            let gpu = crate::exec::gpu::GpuExecutor::new().map_err(|source| TrainError::Exec {
+                epoch: 0,
+                what: "starting the GPU executor".into(),
+                source,
+            })?;
+            run::<f32>(
+                opts,
+                genotype,
+                train_set,
+                test_set,
+                reporting,
+                Box::new(gpu),
+            )
+        }
+        (Backend::Gpu, Dtype::F64) => Err(TrainError::Option {
+            option: "backend",
+            reason: "the GPU path runs in f32: use dtype f32".into(),
+        }),
     }
 }
 
@@ -480,7 +516,7 @@ struct Trainer<T: Scalar> {
     params: Vec<ArrayD<f64>>,
     buffers: BTreeMap<String, ArrayD<f64>>,
     sgd: Sgd,
-    exec: CpuExecutor<T>,
+    exec: Box<dyn Executor<T>>,
     train_graphs: HashMap<usize, TrainGraph>,
     eval_graphs: HashMap<usize, EvalGraph>,
     drop_path: bool,
@@ -592,6 +628,7 @@ fn run<T: Scalar>(
     train_set: &Images,
     test_set: &Images,
     mut reporting: Reporting,
+    exec: Box<dyn Executor<T>>,
 ) -> Result<TrainReport, TrainError> {
     let start = Instant::now();
     let cfg = opts.eval_config(genotype);
@@ -633,7 +670,7 @@ fn run<T: Scalar>(
         params,
         buffers,
         sgd: Sgd::new(opts.momentum, opts.weight_decay),
-        exec: CpuExecutor::new(),
+        exec,
         train_graphs: HashMap::new(),
         eval_graphs: HashMap::new(),
         drop_path: opts.drop_path_prob > 0.0,
