@@ -1354,7 +1354,6 @@ fn term_count(g: &Graph, id: usize) -> usize {
 /// few ULP, covered by the one rounding per node and term the bound already allows.
 #[test]
 fn gpu_search_network_gradients_match_cpu() {
-    use darts::check::tolerance::evaluation_bound;
     use darts::darts::network::SearchConfig;
     use darts::search::architect::NetGraph;
     let Some(mut gpu) = common::gpu_executor("gpu_search_network_gradients_match_cpu") else {
@@ -1378,20 +1377,43 @@ fn gpu_search_network_gradients_match_cpu() {
     feeds.insert("alpha/reduce", point.alpha[1].mapv(|v| v as f32));
     feeds.insert("x", batch.x.mapv(|v| v as f32));
     feeds.insert("onehot", batch.onehot.mapv(|v| v as f32));
-    let g = &net.graph;
     let mut outs = vec![net.loss, net.grad_alpha[0], net.grad_alpha[1]];
     outs.extend(&net.grad_w);
-    let got = gpu.run(g, &feeds, &outs).expect("gpu run");
+    let mut names = vec![
+        "loss".to_string(),
+        "grad_alpha/normal".into(),
+        "grad_alpha/reduce".into(),
+    ];
+    names.extend(point.weights.iter().map(|(n, _)| format!("grad_w/{n}")));
+    let worst = assert_gpu_matches_cpu(&mut gpu, &net.graph, &feeds, &outs, &names);
+    println!(
+        "search network: {} outputs, worst |gpu - cpu| / tol = {worst:.3e}",
+        outs.len()
+    );
+}
+
+/// Run `outs` of `g` on the GPU (f32) and the CPU (f64, same f32 inputs) and assert each
+/// output agrees within evaluation_bound(K, depth, M, 2^-24) + evaluation_bound(K, depth, M,
+/// 2^-53) (see `gpu_search_network_gradients_match_cpu`). Returns the worst error/bound ratio.
+fn assert_gpu_matches_cpu(
+    gpu: &mut darts::exec::gpu::GpuExecutor,
+    g: &Graph,
+    feeds: &Feeds<f32>,
+    outs: &[NodeId],
+    names: &[String],
+) -> f64 {
+    use darts::check::tolerance::evaluation_bound;
+    let got = gpu.run(g, feeds, outs).expect("gpu run");
     let f64_feeds = feeds.cast::<f64>();
     let want = CpuExecutor::<f64>::new()
-        .run(g, &f64_feeds, &outs)
+        .run(g, &f64_feeds, outs)
         .expect("cpu run");
     // Depth of every node and the values of every node the outputs need (for M).
     let mut depth = vec![0usize; g.len()];
     for (i, n) in g.nodes().iter().enumerate() {
         depth[i] = 1 + n.inputs.iter().map(|j| depth[j.0]).max().unwrap_or(0);
     }
-    let (needed, _) = darts::exec::liveness(g, &outs).expect("liveness");
+    let (needed, _) = darts::exec::liveness(g, outs).expect("liveness");
     let ids: Vec<NodeId> = (0..g.len()).filter(|&i| needed[i]).map(NodeId).collect();
     let k = ids.iter().map(|id| term_count(g, id.0)).max().unwrap_or(1);
     let vals = CpuExecutor::<f64>::new()
@@ -1415,12 +1437,7 @@ fn gpu_search_network_gradients_match_cpu() {
     for (j, &o) in outs.iter().enumerate() {
         let tol = evaluation_bound(k, depth[o.0], upstream[o.0], U32)
             + evaluation_bound(k, depth[o.0], upstream[o.0], U64);
-        let name = match j {
-            0 => "loss".to_string(),
-            1 => "grad_alpha/normal".to_string(),
-            2 => "grad_alpha/reduce".to_string(),
-            _ => format!("grad_w/{}", point.weights[j - 3].0),
-        };
+        let name = &names[j];
         let err = got[j]
             .iter()
             .zip(want[j].iter())
@@ -1438,9 +1455,45 @@ fn gpu_search_network_gradients_match_cpu() {
             upstream[o.0]
         );
     }
-    println!(
-        "search network: {} outputs, K = {k}, loss depth {}, worst |gpu - cpu| / tol = {worst:.3e}",
-        outs.len(),
-        depth[net.loss.0]
-    );
+    worst
+}
+
+/// The exact mixed Hessian-vector product d2 L / (dalpha dw) . v (autodiff of autodiff) of the
+/// smooth search network (C = 2, 3 layers, batch 2, 8 x 8) on the GPU (f32) against the CPU
+/// (f64), within the bound of `assert_gpu_matches_cpu`. The smooth variant keeps f32 rounding
+/// from flipping a ReLU or max-pool decision, which would change the (almost-everywhere)
+/// derivative itself rather than its rounding.
+#[test]
+fn gpu_exact_hvp_matches_cpu() {
+    use darts::darts::network::SearchConfig;
+    use darts::search::architect::NetGraph;
+    let Some(mut gpu) = common::gpu_executor("gpu_exact_hvp_matches_cpu") else {
+        return;
+    };
+    let cfg = SearchConfig {
+        c: 2,
+        layers: 3,
+        smooth: true,
+        ..SearchConfig::paper()
+    };
+    let net = NetGraph::build(&cfg, &[2, 3, 8, 8]).expect("search network");
+    let st = common::state(&cfg, 5);
+    let point = common::point(&cfg, &st);
+    let batch = common::batch(2, 8, cfg.num_classes, 6);
+    let mut feeds = Feeds::<f32>::new();
+    for (i, (n, a)) in point.weights.iter().enumerate() {
+        feeds.insert(n.clone(), a.mapv(|v| v as f32));
+        feeds.insert(
+            format!("v/{n}"),
+            a.mapv(|v| ((v * 1e3 + i as f64).sin()) as f32),
+        );
+    }
+    feeds.insert("alpha/normal", point.alpha[0].mapv(|v| v as f32));
+    feeds.insert("alpha/reduce", point.alpha[1].mapv(|v| v as f32));
+    feeds.insert("x", batch.x.mapv(|v| v as f32));
+    feeds.insert("onehot", batch.onehot.mapv(|v| v as f32));
+    let outs = [net.hvp_alpha[0], net.hvp_alpha[1]];
+    let names = ["hvp/normal".to_string(), "hvp/reduce".to_string()];
+    let worst = assert_gpu_matches_cpu(&mut gpu, &net.graph, &feeds, &outs, &names);
+    println!("exact H v: worst |gpu - cpu| / tol = {worst:.3e}");
 }
