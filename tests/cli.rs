@@ -61,25 +61,29 @@ fn gradients_job_writes_every_documented_array() {
             .into_dyn()
     };
     let (yt, yv) = (label(&t), label(&v));
-    write_npz(
-        &dir.join("batch.npz"),
-        [
-            ("x_train", &t.x),
-            ("y_train", &yt),
-            ("x_valid", &v.x),
-            ("y_valid", &yv),
-        ],
-    )
-    .unwrap();
-    let out = darts()
-        .args(["gradients", "--state"])
-        .arg(dir.join("state.npz"))
-        .arg("--batch")
-        .arg(dir.join("batch.npz"))
-        .arg("--out")
-        .arg(dir.join("out.npz"))
-        .output()
+    // Write a batch file with the given training labels and run the gradients job on it.
+    let gradients = |batch: &str, y_train: &ndarray::ArrayD<f64>, out: &str| {
+        write_npz(
+            &dir.join(batch),
+            [
+                ("x_train", &t.x),
+                ("y_train", y_train),
+                ("x_valid", &v.x),
+                ("y_valid", &yv),
+            ],
+        )
         .unwrap();
+        darts()
+            .args(["gradients", "--state"])
+            .arg(dir.join("state.npz"))
+            .arg("--batch")
+            .arg(dir.join(batch))
+            .arg("--out")
+            .arg(dir.join(out))
+            .output()
+            .unwrap()
+    };
+    let out = gradients("batch.npz", &yt, "out.npz");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -96,25 +100,7 @@ fn gradients_job_writes_every_documented_array() {
 
     // A mislabelled batch is an error naming the file and the entry.
     let bad = ndarray::ArrayD::from_elem(ndarray::IxDyn(&[2]), 12.0);
-    write_npz(
-        &dir.join("bad.npz"),
-        [
-            ("x_train", &t.x),
-            ("y_train", &bad),
-            ("x_valid", &v.x),
-            ("y_valid", &yv),
-        ],
-    )
-    .unwrap();
-    let out = darts()
-        .args(["gradients", "--state"])
-        .arg(dir.join("state.npz"))
-        .arg("--batch")
-        .arg(dir.join("bad.npz"))
-        .arg("--out")
-        .arg(dir.join("out2.npz"))
-        .output()
-        .unwrap();
+    let out = gradients("bad.npz", &bad, "out2.npz");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("y_train") && err.contains("12"), "{err}");

@@ -240,6 +240,26 @@ pub struct Evaluation {
     pub bn_stats: Vec<(ArrayD<f64>, ArrayD<f64>)>,
 }
 
+/// Run `net` at `point` on `batch` for `outs` followed by every BN's batch statistics
+/// (read back with [`take_bn_stats`]), as f64.
+fn run_net<T: Scalar, E: Executor<T> + ?Sized>(
+    exec: &mut E,
+    net: &NetGraph,
+    point: &Point,
+    batch: &Batch,
+    what: &str,
+    mut outs: Vec<NodeId>,
+) -> Result<impl Iterator<Item = ArrayD<f64>>, ArchError> {
+    push_bn_outputs(&mut outs, &net.bn);
+    let vals = exec
+        .run(&net.graph, &point.feeds::<T>(batch), &outs)
+        .map_err(|source| ArchError::Exec {
+            what: what.to_string(),
+            source,
+        })?;
+    Ok(vals.into_iter().map(uncast))
+}
+
 /// Request every BN's batch mean and variance after the other outputs.
 fn push_bn_outputs(outs: &mut Vec<NodeId>, bn: &[BnRecord]) {
     for b in bn {
@@ -280,14 +300,7 @@ pub fn evaluate<T: Scalar, E: Executor<T> + ?Sized>(
 ) -> Result<Evaluation, ArchError> {
     let mut outs = vec![net.loss, net.logits, net.grad_alpha[0], net.grad_alpha[1]];
     outs.extend(&net.grad_w);
-    push_bn_outputs(&mut outs, &net.bn);
-    let vals = exec
-        .run(&net.graph, &point.feeds::<T>(batch), &outs)
-        .map_err(|source| ArchError::Exec {
-            what: what.to_string(),
-            source,
-        })?;
-    let mut it = vals.into_iter().map(uncast);
+    let mut it = run_net(exec, net, point, batch, what, outs)?;
     let loss = it.next().expect("loss").sum();
     if !loss.is_finite() {
         return Err(ArchError::NonFinite {
@@ -328,15 +341,8 @@ pub fn grad_alpha<T: Scalar, E: Executor<T> + ?Sized>(
     batch: &Batch,
     what: &str,
 ) -> Result<([ArrayD<f64>; 2], BnStats), ArchError> {
-    let mut outs = vec![net.grad_alpha[0], net.grad_alpha[1]];
-    push_bn_outputs(&mut outs, &net.bn);
-    let vals = exec
-        .run(&net.graph, &point.feeds::<T>(batch), &outs)
-        .map_err(|source| ArchError::Exec {
-            what: what.to_string(),
-            source,
-        })?;
-    let mut it = vals.into_iter().map(uncast);
+    let outs = vec![net.grad_alpha[0], net.grad_alpha[1]];
+    let mut it = run_net(exec, net, point, batch, what, outs)?;
     let g = [it.next().expect("normal"), it.next().expect("reduce")];
     check_finite(what, "grad_alpha/normal", &g[0])?;
     check_finite(what, "grad_alpha/reduce", &g[1])?;

@@ -398,17 +398,19 @@ impl GpuExecutor {
                 )?;
                 out
             }
-            Op::ReduceSum { axes } => {
+            Op::ReduceSum { axes } | Op::ReduceMax { axes } => {
                 let x = input(0)?;
                 let out = self.alloc(numel, &label);
                 let p = reduce_params(graph.shape(node.inputs[0]).dims(), axes, numel);
-                let (spec, groups) = if p.n_red >= REDUCE_WORKGROUP_MIN {
-                    (&kernels::REDUCE_SUM_WORKGROUP, p.total_out)
+                let (workgroup, serial) = if matches!(node.op, Op::ReduceSum { .. }) {
+                    (&kernels::REDUCE_SUM_WORKGROUP, &kernels::REDUCE_SUM_SERIAL)
                 } else {
-                    (
-                        &kernels::REDUCE_SUM_SERIAL,
-                        p.total_out.div_ceil(WORKGROUP_SIZE),
-                    )
+                    (&kernels::REDUCE_MAX_WORKGROUP, &kernels::REDUCE_MAX_SERIAL)
+                };
+                let (spec, groups) = if p.n_red >= REDUCE_WORKGROUP_MIN {
+                    (workgroup, p.total_out)
+                } else {
+                    (serial, p.total_out.div_ceil(WORKGROUP_SIZE))
                 };
                 let at = site(spec, i, node);
                 self.dispatch(pass, spec, bytemuck::bytes_of(&p), &[&x], &out, groups, &at)?;
@@ -473,22 +475,6 @@ impl GpuExecutor {
                     ew_groups,
                     &at,
                 )?;
-                out
-            }
-            Op::ReduceMax { axes } => {
-                let x = input(0)?;
-                let out = self.alloc(numel, &label);
-                let p = reduce_params(graph.shape(node.inputs[0]).dims(), axes, numel);
-                let (spec, groups) = if p.n_red >= REDUCE_WORKGROUP_MIN {
-                    (&kernels::REDUCE_MAX_WORKGROUP, p.total_out)
-                } else {
-                    (
-                        &kernels::REDUCE_MAX_SERIAL,
-                        p.total_out.div_ceil(WORKGROUP_SIZE),
-                    )
-                };
-                let at = site(spec, i, node);
-                self.dispatch(pass, spec, bytemuck::bytes_of(&p), &[&x], &out, groups, &at)?;
                 out
             }
             Op::Permute { .. } | Op::Slice { .. } | Op::Pad { .. } => {
