@@ -125,6 +125,10 @@ pub enum ExecError {
         op: String,
         label: String,
     },
+    #[error("no variable '{0}' (set it with set_var, or assign it in a run)")]
+    NoVar(String),
+    #[error("assigning variable '{name}': {why}")]
+    Assign { name: String, why: String },
     #[error("node {0} is not in the graph")]
     UnknownNode(NodeId),
     #[error("GPU: {0}")]
@@ -132,14 +136,82 @@ pub enum ExecError {
 }
 
 /// Runs graphs. `outputs` are returned in the order asked, in row-major standard layout.
+///
+/// **Variables.** An executor also keeps named tensors between runs (`set_var`): on the GPU
+/// they stay in device memory, so weights, alphas and optimiser state are uploaded once and
+/// never travel per step. A graph input with no feed of its name reads the variable of that
+/// name (a feed, when given, wins). `run_assign` runs a graph and then makes each listed
+/// node's value the new value of a variable: every read in the run sees the old values (the
+/// assignments happen after the last kernel), so `w <- w - lr buf` is one run. Assigned values
+/// are not read back; `var` reads one when the host needs it (checkpoints, genotypes).
 pub trait Executor<T: Scalar> {
     fn name(&self) -> String;
+
+    /// Run `graph` and return `outputs`; inputs come from `feeds`, else from variables.
     fn run(
         &mut self,
         graph: &Graph,
         feeds: &Feeds<T>,
         outputs: &[NodeId],
+    ) -> Result<Vec<ArrayD<T>>, ExecError> {
+        self.run_assign(graph, feeds, outputs, &[])
+    }
+
+    /// Run `graph`, return `outputs`, then set variable `name` to the value of `node` for each
+    /// `(node, name)` in `assign` (creating it, or replacing one of the same shape).
+    fn run_assign(
+        &mut self,
+        graph: &Graph,
+        feeds: &Feeds<T>,
+        outputs: &[NodeId],
+        assign: &[(NodeId, String)],
     ) -> Result<Vec<ArrayD<T>>, ExecError>;
+
+    /// Create or replace variable `name` (uploaded to the device on the GPU).
+    fn set_var(&mut self, name: &str, value: &ArrayD<T>) -> Result<(), ExecError>;
+
+    /// Read variable `name` back (from the device on the GPU).
+    fn var(&mut self, name: &str) -> Result<ArrayD<T>, ExecError>;
+
+    /// The shape of variable `name`, if it exists.
+    fn var_shape(&self, name: &str) -> Option<Vec<usize>>;
+
+    /// Drop every variable.
+    fn clear_vars(&mut self);
+}
+
+/// Checks an assignment list before a run: every node exists, no variable is assigned twice,
+/// and a variable that exists keeps its shape.
+pub fn check_assign(
+    graph: &Graph,
+    assign: &[(NodeId, String)],
+    shape_of: impl Fn(&str) -> Option<Vec<usize>>,
+) -> Result<(), ExecError> {
+    let mut seen = std::collections::HashSet::new();
+    for (node, name) in assign {
+        if node.0 >= graph.len() {
+            return Err(ExecError::UnknownNode(*node));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(ExecError::Assign {
+                name: name.clone(),
+                why: "assigned twice in one run".into(),
+            });
+        }
+        let got = graph.shape(*node);
+        if let Some(s) = shape_of(name) {
+            if s != got.dims() {
+                return Err(ExecError::Assign {
+                    name: name.clone(),
+                    why: format!(
+                        "holds shape {}, node {node} has shape {got}",
+                        Shape::from(s.as_slice())
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Which nodes must be computed for `outputs`, and the last node index that reads each one

@@ -9,7 +9,7 @@ mod elementwise;
 mod pool;
 mod tensor;
 
-use super::{check_feed, liveness, ExecError, Executor, Feeds, Scalar};
+use super::{check_assign, check_feed, liveness, ExecError, Executor, Feeds, Scalar};
 use crate::graph::{Graph, NodeId, Op};
 use ndarray::{ArrayD, IxDyn};
 use std::borrow::Cow;
@@ -67,6 +67,8 @@ pub struct CpuExecutor<T> {
     pool: BufferPool<T>,
     /// Seconds and calls per op family, when profiling is on.
     profile: Option<std::collections::BTreeMap<String, (f64, usize)>>,
+    /// Variables kept between runs (see [`Executor`]).
+    vars: HashMap<String, ArrayD<T>>,
 }
 
 impl<T: Scalar> CpuExecutor<T> {
@@ -78,6 +80,7 @@ impl<T: Scalar> CpuExecutor<T> {
                 fresh: 0,
             },
             profile: None,
+            vars: HashMap::new(),
         }
     }
 
@@ -109,14 +112,66 @@ impl<T: Scalar> Executor<T> for CpuExecutor<T> {
         format!("cpu-{}", T::NAME)
     }
 
-    fn run(
+    fn run_assign(
         &mut self,
         graph: &Graph,
         feeds: &Feeds<T>,
         outputs: &[NodeId],
+        assign: &[(NodeId, String)],
     ) -> Result<Vec<ArrayD<T>>, ExecError> {
-        let (needed, last_use) = liveness(graph, outputs)?;
-        let mut vals = feed_inputs(graph, feeds, &needed)?;
+        check_assign(graph, assign, |n| self.var_shape(n))?;
+        let mut keep = outputs.to_vec();
+        keep.extend(assign.iter().map(|(n, _)| *n));
+        let (needed, last_use) = liveness(graph, &keep)?;
+        // The variables leave the executor for the run so inputs can borrow them.
+        let vars = std::mem::take(&mut self.vars);
+        let result = self.run_inner(graph, feeds, &vars, outputs, assign, &needed, &last_use);
+        self.vars = vars;
+        let (result, assigned) = result?;
+        for ((_, name), v) in assign.iter().zip(assigned) {
+            self.vars.insert(name.clone(), v);
+        }
+        Ok(result)
+    }
+
+    fn set_var(&mut self, name: &str, value: &ArrayD<T>) -> Result<(), ExecError> {
+        self.vars
+            .insert(name.to_string(), value.as_standard_layout().into_owned());
+        Ok(())
+    }
+
+    fn var(&mut self, name: &str) -> Result<ArrayD<T>, ExecError> {
+        self.vars
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ExecError::NoVar(name.to_string()))
+    }
+
+    fn var_shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.vars.get(name).map(|v| v.shape().to_vec())
+    }
+
+    fn clear_vars(&mut self) {
+        self.vars.clear();
+    }
+}
+
+/// Outputs, then the values to assign (in `assign` order).
+type RunResult<T> = (Vec<ArrayD<T>>, Vec<ArrayD<T>>);
+
+impl<T: Scalar> CpuExecutor<T> {
+    #[allow(clippy::too_many_arguments)]
+    fn run_inner(
+        &mut self,
+        graph: &Graph,
+        feeds: &Feeds<T>,
+        vars: &HashMap<String, ArrayD<T>>,
+        outputs: &[NodeId],
+        assign: &[(NodeId, String)],
+        needed: &[bool],
+        last_use: &[usize],
+    ) -> Result<RunResult<T>, ExecError> {
+        let mut vals = feed_inputs(graph, feeds, vars, needed)?;
         for (i, node) in graph.nodes().iter().enumerate() {
             if !needed[i] || matches!(node.op, Op::Input { .. }) {
                 continue;
@@ -143,24 +198,27 @@ impl<T: Scalar> Executor<T> for CpuExecutor<T> {
             vals[i] = Some(Cow::Owned(out));
             for j in &node.inputs {
                 if last_use[j.0] == i {
-                    // Fed values are borrowed from the caller; only our own buffers recycle.
+                    // Fed values and variables are borrowed; only our own buffers recycle.
                     if let Some(Cow::Owned(v)) = vals[j.0].take() {
                         self.pool.recycle(v);
                     }
                 }
             }
         }
-        // Move each output out (clone only an output requested twice).
-        let mut result = Vec::with_capacity(outputs.len());
-        for (k, o) in outputs.iter().enumerate() {
-            let v = if outputs[k + 1..].contains(o) {
+        // Move each output out (clone only a value that is needed again later).
+        let mut keep: Vec<NodeId> = outputs.to_vec();
+        keep.extend(assign.iter().map(|(n, _)| *n));
+        let mut taken = Vec::with_capacity(keep.len());
+        for (k, o) in keep.iter().enumerate() {
+            let v = if keep[k + 1..].contains(o) {
                 vals[o.0].clone()
             } else {
                 vals[o.0].take()
             };
-            result.push(v.expect("outputs are kept to the end").into_owned());
+            taken.push(v.expect("outputs are kept to the end").into_owned());
         }
-        Ok(result)
+        let assigned = taken.split_off(outputs.len());
+        Ok((taken, assigned))
     }
 }
 
@@ -220,19 +278,31 @@ fn eval<T: Scalar>(
     })
 }
 
-/// Run with the feeds checked first (missing and mis-shaped inputs are named).
-/// Fed values in standard layout are borrowed, not copied.
+/// The value of every needed input: its feed, else the variable of its name, checked against
+/// the input's shape (missing and mis-shaped inputs are named). Values in standard layout are
+/// borrowed, not copied.
 pub(crate) fn feed_inputs<'a, T: Scalar>(
     graph: &Graph,
     feeds: &'a Feeds<T>,
+    vars: &'a HashMap<String, ArrayD<T>>,
     needed: &[bool],
 ) -> Result<Vec<Option<Cow<'a, ArrayD<T>>>>, ExecError> {
     let mut vals = vec![None; graph.len()];
     for (i, node) in graph.nodes().iter().enumerate() {
         if let (true, Op::Input { name, shape }) = (needed[i], &node.op) {
-            let v = feeds.get(name);
+            let v = feeds.get(name).or_else(|| vars.get(name));
             vals[i] = Some(match v {
                 Some(a) if a.shape() == shape.dims() && a.is_standard_layout() => Cow::Borrowed(a),
+                Some(a) if a.shape() == shape.dims() => {
+                    Cow::Owned(a.as_standard_layout().into_owned())
+                }
+                _ if feeds.get(name).is_none() && v.is_some() => {
+                    return Err(super::ExecError::FeedShape {
+                        name: format!("{name} (variable)"),
+                        expected: shape.clone(),
+                        got: crate::graph::Shape::from(v.expect("some").shape()),
+                    })
+                }
                 _ => Cow::Owned(check_feed(name, shape, feeds)?),
             });
         }

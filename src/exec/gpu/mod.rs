@@ -8,6 +8,10 @@
 //! the host before any work ([`ExecError::IndexOutOfRange`], as the CPU executor); backward
 //! kernels are gathers, never atomics, so a run repeats bit for bit.
 //!
+//! Between runs, variables (weights, alphas, optimiser state: [`Executor::set_var`],
+//! [`Executor::run_assign`]) stay on the device, so a search step uploads only its batches and
+//! a few scalars and reads back only losses and logits.
+//!
 //! Within a run, values stay on the device: inputs are uploaded once, every kernel is recorded
 //! into one command encoder, and only the requested outputs are copied to MAP_READ staging
 //! buffers and read back. A node's buffer goes back to a size-keyed pool right after its last
@@ -18,7 +22,7 @@
 
 pub mod kernels;
 
-use super::{check_feed, liveness, ExecError, Executor, Feeds};
+use super::{check_assign, check_feed, liveness, ExecError, Executor, Feeds};
 use crate::graph::{BinaryOp, Graph, Node, NodeId, Op, UnaryOp};
 use kernels::{
     EwParams, GatherParams, KernelSpec, MatmulParams, MoveParams, PipelineCache, ReduceParams,
@@ -44,6 +48,8 @@ pub struct GpuExecutor {
     max_workgroups_per_dim: u32,
     /// Errors wgpu reports outside any error scope (there should be none).
     uncaptured: Arc<Mutex<Vec<String>>>,
+    /// Variables (see [`Executor`]): device buffers and their shapes, kept between runs.
+    vars: HashMap<String, (Rc<wgpu::Buffer>, Vec<usize>)>,
 }
 
 /// Where a kernel runs, for error messages: "kernel 'k' for node %i (op at 'label')".
@@ -113,6 +119,7 @@ impl GpuExecutor {
             pool: HashMap::new(),
             max_workgroups_per_dim,
             uncaptured,
+            vars: HashMap::new(),
         })
     }
 
@@ -712,11 +719,13 @@ impl GpuExecutor {
         Ok(out)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_scoped(
         &mut self,
         graph: &Graph,
         feeds: &Feeds<f32>,
         outputs: &[NodeId],
+        assign: &[(NodeId, String)],
         needed: &[bool],
         last_use: &[usize],
     ) -> Result<Vec<ArrayD<f32>>, ExecError> {
@@ -727,6 +736,20 @@ impl GpuExecutor {
         // has used. The pool holds only buffers of finished runs at this point.
         for (i, node) in graph.nodes().iter().enumerate() {
             if let (true, Op::Input { name, shape }) = (needed[i], &node.op) {
+                if feeds.get(name).is_none() {
+                    if let Some((buf, s)) = self.vars.get(name) {
+                        // A variable: already on the device, nothing travels.
+                        if s.as_slice() != shape.dims() {
+                            return Err(ExecError::FeedShape {
+                                name: format!("{name} (variable)"),
+                                expected: shape.clone(),
+                                got: crate::graph::Shape::from(s.as_slice()),
+                            });
+                        }
+                        vals[i] = Some(buf.clone());
+                        continue;
+                    }
+                }
                 let v = check_feed(name, shape, feeds)?;
                 let buf = self.alloc(v.len(), &format!("%{i} input '{name}'"));
                 if let Some(s) = v.as_slice().filter(|s| !s.is_empty()) {
@@ -827,10 +850,62 @@ impl GpuExecutor {
                     ExecError::Gpu(format!("output {o} has the wrong length: {e}"))
                 })?);
         }
+        // Assigned values become variables where they are: no copy, no readback.
+        for (node, name) in assign {
+            let buf = vals[node.0].clone().ok_or(ExecError::UnknownNode(*node))?;
+            let shape = graph.shape(*node).dims().to_vec();
+            if let Some((old, _)) = self.vars.insert(name.clone(), (buf, shape)) {
+                self.release(old);
+            }
+        }
         for v in vals.into_iter().flatten() {
             self.release(v);
         }
         Ok(result)
+    }
+
+    /// Copies `numel` f32 from `src` into a MAP_READ buffer and reads them (one submit).
+    fn read_back(
+        &mut self,
+        src: &wgpu::Buffer,
+        numel: usize,
+        what: &str,
+    ) -> Result<Vec<f32>, ExecError> {
+        if numel == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = numel as u64 * 4;
+        let dst = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("darts readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("darts readback"),
+            });
+        encoder.copy_buffer_to_buffer(src, 0, &dst, 0, Some(bytes));
+        self.queue.submit([encoder.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        dst.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| ExecError::Gpu(format!("waiting to read {what}: {e}")))?;
+        rx.try_recv()
+            .map_err(|_| ExecError::Gpu(format!("reading {what}: the map never completed")))?
+            .map_err(|e| ExecError::Gpu(format!("mapping {what} for reading: {e}")))?;
+        let view = dst
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| ExecError::Gpu(format!("reading {what}: {e}")))?;
+        let v = bytemuck::pod_collect_to_vec::<u8, f32>(&view);
+        drop(view);
+        dst.unmap();
+        Ok(v)
     }
 }
 
@@ -945,9 +1020,14 @@ fn row_index(v: f32, rows: usize, node: &Node) -> Result<(), ExecError> {
 }
 
 /// Checks on the host, before any work, the indices of every Gather and ScatterAdd whose
-/// index tensor is a graph Input (its fed values) or Const (its fill value). Indices computed
-/// on the device are not checked: shaders/gather.wgsl documents what the kernels do with them.
-fn check_indices(graph: &Graph, feeds: &Feeds<f32>, needed: &[bool]) -> Result<(), ExecError> {
+/// index tensor is a fed graph Input (its fed values) or Const (its fill value). Indices
+/// computed on the device or held in a device variable are not checked: shaders/gather.wgsl documents what the kernels do with them.
+fn check_indices<V>(
+    graph: &Graph,
+    feeds: &Feeds<f32>,
+    vars: &HashMap<String, V>,
+    needed: &[bool],
+) -> Result<(), ExecError> {
     for (i, node) in graph.nodes().iter().enumerate() {
         if !needed[i] {
             continue;
@@ -958,6 +1038,7 @@ fn check_indices(graph: &Graph, feeds: &Feeds<f32>, needed: &[bool]) -> Result<(
             _ => continue,
         };
         match &graph.node(idx).op {
+            Op::Input { name, .. } if feeds.get(name).is_none() && vars.contains_key(name) => {}
             Op::Input { name, shape } => {
                 let v = check_feed(name, shape, feeds)?;
                 for &x in v.iter() {
@@ -984,24 +1065,75 @@ impl Executor<f32> for GpuExecutor {
         format!("gpu-f32 ({})", self.adapter.get_info().name)
     }
 
-    fn run(
+    fn run_assign(
         &mut self,
         graph: &Graph,
         feeds: &Feeds<f32>,
         outputs: &[NodeId],
+        assign: &[(NodeId, String)],
     ) -> Result<Vec<ArrayD<f32>>, ExecError> {
-        let (needed, last_use) = liveness(graph, outputs)?;
+        check_assign(graph, assign, |n| self.var_shape(n))?;
+        let mut keep = outputs.to_vec();
+        keep.extend(assign.iter().map(|(n, _)| *n));
+        let (needed, last_use) = liveness(graph, &keep)?;
         self.check_supported(graph, &needed)?;
-        check_indices(graph, feeds, &needed)?;
+        check_indices(graph, feeds, &self.vars, &needed)?;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let result = self.run_scoped(graph, feeds, outputs, &needed, &last_use);
+        let result = self.run_scoped(graph, feeds, outputs, assign, &needed, &last_use);
         let v = pollster::block_on(validation.pop());
         let o = pollster::block_on(oom.pop());
         let result = result?;
         if let Some(e) = v.or(o) {
             return Err(ExecError::Gpu(format!("during the run: {e}")));
         }
+        self.take_uncaptured()?;
+        Ok(result)
+    }
+
+    /// Uploads `value` into a fresh (or pooled) device buffer labelled with the name; the old
+    /// buffer of the variable, if any, goes back to the pool.
+    fn set_var(&mut self, name: &str, value: &ArrayD<f32>) -> Result<(), ExecError> {
+        let v = value.as_standard_layout();
+        let buf = self.alloc(v.len(), &format!("variable '{name}'"));
+        if let Some(s) = v.as_slice().filter(|s| !s.is_empty()) {
+            self.queue.write_buffer(&buf, 0, bytemuck::cast_slice(s));
+        }
+        if let Some((old, _)) = self
+            .vars
+            .insert(name.to_string(), (buf, value.shape().to_vec()))
+        {
+            self.release(old);
+        }
+        Ok(())
+    }
+
+    fn var(&mut self, name: &str) -> Result<ArrayD<f32>, ExecError> {
+        let (buf, shape) = self
+            .vars
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ExecError::NoVar(name.to_string()))?;
+        let data = self.read_back(&buf, shape.iter().product(), &format!("variable '{name}'"))?;
+        self.take_uncaptured()?;
+        ArrayD::from_shape_vec(IxDyn(&shape), data)
+            .map_err(|e| ExecError::Gpu(format!("variable '{name}' has the wrong length: {e}")))
+    }
+
+    fn var_shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.vars.get(name).map(|(_, s)| s.clone())
+    }
+
+    fn clear_vars(&mut self) {
+        for (_, (b, _)) in std::mem::take(&mut self.vars) {
+            self.release(b);
+        }
+    }
+}
+
+impl GpuExecutor {
+    /// Errors wgpu reported outside any scope since the last call, as one error.
+    fn take_uncaptured(&self) -> Result<(), ExecError> {
         if let Ok(mut u) = self.uncaptured.lock() {
             if !u.is_empty() {
                 let msg = u.join("; ");
@@ -1009,7 +1141,7 @@ impl Executor<f32> for GpuExecutor {
                 return Err(ExecError::Gpu(format!("uncaptured: {msg}")));
             }
         }
-        Ok(result)
+        Ok(())
     }
 }
 
