@@ -20,8 +20,38 @@ pub fn grad(g: &mut Graph, output: NodeId, wrt: &[NodeId]) -> Result<Vec<NodeId>
     vjp(g, &[(output, seed)], wrt)
 }
 
+/// The gradient of the scalar `output` with respect to `wrt`, holding the nodes in `held`
+/// constant (a stop-gradient at each: no derivative flows through them, as if they were
+/// inputs). E.g. the weight step's grad_w L_train(w, alpha') with alpha' = alpha - step(w)
+/// computed in the same graph: alpha' is a value there, not a function of w.
+pub fn grad_holding(
+    g: &mut Graph,
+    output: NodeId,
+    wrt: &[NodeId],
+    held: &[NodeId],
+) -> Result<Vec<NodeId>> {
+    if g.shape(output).numel() != 1 {
+        return Err(GraphError::NonScalarOutput {
+            label: g.node(output).label.clone(),
+            shape: g.shape(output).clone(),
+        });
+    }
+    let seed = g.constant(1.0, g.shape(output).clone())?;
+    vjp_holding(g, &[(output, seed)], wrt, held)
+}
+
 /// Vector-Jacobian product: the cotangents of `wrt` given cotangents of several outputs.
 pub fn vjp(g: &mut Graph, outputs: &[(NodeId, NodeId)], wrt: &[NodeId]) -> Result<Vec<NodeId>> {
+    vjp_holding(g, outputs, wrt, &[])
+}
+
+/// [`vjp`] with the nodes in `held` treated as constants (see [`grad_holding`]).
+pub fn vjp_holding(
+    g: &mut Graph,
+    outputs: &[(NodeId, NodeId)],
+    wrt: &[NodeId],
+    held: &[NodeId],
+) -> Result<Vec<NodeId>> {
     let n = g.len();
     for &id in wrt.iter().chain(outputs.iter().map(|(o, _)| o)) {
         if id.0 >= n {
@@ -33,8 +63,15 @@ pub fn vjp(g: &mut Graph, outputs: &[(NodeId, NodeId)], wrt: &[NodeId]) -> Resul
     for &w in wrt {
         depends[w.0] = true;
     }
+    let mut is_held = vec![false; n];
+    for &h in held {
+        if h.0 >= n {
+            return Err(GraphError::UnknownNode(h));
+        }
+        is_held[h.0] = true;
+    }
     for i in 0..n {
-        if !depends[i] && g.nodes()[i].inputs.iter().any(|j| depends[j.0]) {
+        if !depends[i] && !is_held[i] && g.nodes()[i].inputs.iter().any(|j| depends[j.0]) {
             depends[i] = true;
         }
     }
@@ -45,7 +82,8 @@ pub fn vjp(g: &mut Graph, outputs: &[(NodeId, NodeId)], wrt: &[NodeId]) -> Resul
     let top = outputs.iter().map(|(o, _)| o.0).max().unwrap_or(0);
     for i in (0..=top.min(n.saturating_sub(1))).rev() {
         let Some(ci) = cot[i] else { continue };
-        if !depends[i] {
+        // A held node keeps its cotangent (it may itself be in `wrt`) but passes none on.
+        if !depends[i] || is_held[i] {
             continue;
         }
         let inputs = g.nodes()[i].inputs.clone();

@@ -17,6 +17,13 @@ pub enum Preset {
     Paper,
 }
 
+/// How a search step runs (see `Search::resident`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StepMode {
+    Host,
+    Resident,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[arg(long, value_enum, default_value_t = Preset::Quick)]
@@ -38,6 +45,12 @@ pub struct Args {
     /// Executor: the CPU reference, or the wgpu GPU path (f32).
     #[arg(long, value_enum, default_value_t = crate::cli::gradients::Backend::Cpu)]
     pub backend: crate::cli::gradients::Backend,
+    /// How a step runs: `host` (gradients from the executor, optimisers on the host in f64;
+    /// the default on the CPU) or `resident` (the whole step as one graph with weights,
+    /// alphas, BN buffers and optimiser state kept in the executor, on the GPU in device
+    /// memory; the default with --backend gpu).
+    #[arg(long, value_enum)]
+    pub step: Option<StepMode>,
     #[arg(long)]
     pub seed: Option<u64>,
     #[arg(long)]
@@ -124,8 +137,8 @@ pub fn run(a: Args) -> Result<()> {
                 s.opts.dtype
             };
             match dtype {
-                Dtype::F32 => drive(with_backend(Search::<f32>::resume(dir)?, a.backend)?),
-                Dtype::F64 => drive(Search::<f64>::resume(dir)?),
+                Dtype::F32 => drive(with_backend(Search::<f32>::resume(dir)?, &a)?),
+                Dtype::F64 => drive(with_step(Search::<f64>::resume(dir)?, &a)),
             }
         }
         None => {
@@ -144,28 +157,38 @@ pub fn run(a: Args) -> Result<()> {
                 bail!("--backend gpu runs in f32; pass --dtype f32");
             }
             match o.dtype {
-                Dtype::F32 => drive(with_backend(Search::<f32>::new(o, &dir)?, a.backend)?),
-                Dtype::F64 => drive(Search::<f64>::new(o, &dir)?),
+                Dtype::F32 => drive(with_backend(Search::<f32>::new(o, &dir)?, &a)?),
+                Dtype::F64 => drive(with_step(Search::<f64>::new(o, &dir)?, &a)),
             }
         }
     }
 }
 
-fn with_backend(s: Search<f32>, b: crate::cli::gradients::Backend) -> Result<Search<f32>> {
-    Ok(match b {
+fn with_backend(s: Search<f32>, a: &Args) -> Result<Search<f32>> {
+    let s = match a.backend {
         crate::cli::gradients::Backend::Cpu => s,
         crate::cli::gradients::Backend::Gpu => {
             let gpu = darts::exec::gpu::GpuExecutor::new()?;
             println!("backend: {}", gpu.adapter_info());
             s.with_executor(Box::new(gpu))
         }
-    })
+    };
+    Ok(with_step(s, a))
+}
+
+/// Resident steps when asked, else by default on the GPU.
+fn with_step<T: darts::exec::Scalar>(s: Search<T>, a: &Args) -> Search<T> {
+    let resident = match a.step {
+        Some(m) => m == StepMode::Resident,
+        None => a.backend == crate::cli::gradients::Backend::Gpu,
+    };
+    s.resident(resident)
 }
 
 fn drive<T: darts::exec::Scalar>(mut s: Search<T>) -> Result<()> {
     let o = s.opts.clone();
     println!(
-        "search: C={} layers={} epochs={} batch={} order={:?} dtype={:?} seed={} | run folder {}",
+        "search: C={} layers={} epochs={} batch={} order={:?} dtype={:?} seed={} step={} | run folder {}",
         o.init_channels,
         o.layers,
         o.epochs,
@@ -173,6 +196,7 @@ fn drive<T: darts::exec::Scalar>(mut s: Search<T>) -> Result<()> {
         o.order,
         o.dtype,
         o.seed,
+        if s.is_resident() { "resident" } else { "host" },
         s.run_dir.display()
     );
     let stop = Arc::new(AtomicBool::new(false));
@@ -204,7 +228,7 @@ fn drive<T: darts::exec::Scalar>(mut s: Search<T>) -> Result<()> {
                 "loss {:.3} acc {:.1}% | {:.2} s/step",
                 sums.loss / sums.seen.max(1) as f64,
                 100.0 * sums.correct as f64 / sums.seen.max(1) as f64,
-                (sums.arch_seconds + sums.weight_seconds) / sums.steps.max(1) as f64
+                sums.seconds_per_step()
             ));
         };
     let finish = s.run(&stop, &mut on_step)?;

@@ -6,4 +6,5 @@ pub mod architect;
 pub mod checkpoint;
 pub mod optim;
 pub mod run;
+pub mod step_graph;
 pub mod train_eval;

@@ -9,6 +9,7 @@ use super::architect::{
 };
 use super::checkpoint;
 use super::optim::{clip_grad_norm, update_running_stats, Adam, Sgd};
+use super::step_graph::{StepGraph, StepHyper};
 use crate::darts::genotype::{derive, softmax_rows, Genotype};
 use crate::darts::init::init_state;
 use crate::darts::network::{self, SearchConfig};
@@ -167,8 +168,19 @@ pub struct EpochSums {
     pub correct: usize,
     pub seen: usize,
     pub steps: usize,
+    /// Host steps: seconds in the architecture step and in the weight step.
     pub arch_seconds: f64,
     pub weight_seconds: f64,
+    /// Resident steps (one graph, not split): seconds per whole step.
+    #[serde(default)]
+    pub resident_seconds: f64,
+}
+
+impl EpochSums {
+    /// Mean seconds per search step, whichever way the steps ran.
+    pub fn seconds_per_step(&self) -> f64 {
+        (self.arch_seconds + self.weight_seconds + self.resident_seconds) / self.steps.max(1) as f64
+    }
 }
 
 /// Everything a checkpoint records besides tensors.
@@ -214,6 +226,13 @@ pub struct Search<T: Scalar> {
     sampler: EpochSampler,
     pub progress: Progress,
     pub run_dir: PathBuf,
+    /// Run each step as one [`StepGraph`] with all state in executor variables.
+    resident: bool,
+    step_graphs: HashMap<(usize, usize), StepGraph>,
+    /// The executor's variables hold the current state.
+    device_current: bool,
+    /// The host copies (state, SGD buffers, Adam moments) lag the executor's variables.
+    host_stale: bool,
 }
 
 fn load_images(opts: &SearchOptions) -> Result<Images, SearchError> {
@@ -340,6 +359,10 @@ impl<T: Scalar> Search<T> {
             sampler,
             progress,
             run_dir: run_dir.to_path_buf(),
+            resident: false,
+            step_graphs: HashMap::new(),
+            device_current: false,
+            host_stale: false,
         })
     }
 
@@ -432,7 +455,100 @@ impl<T: Scalar> Search<T> {
     /// Run on another executor (e.g. the GPU), keeping everything else.
     pub fn with_executor(mut self, exec: Box<dyn Executor<T>>) -> Self {
         self.exec = exec;
+        self.device_current = false;
         self
+    }
+
+    /// Resident steps (true): every step is one [`StepGraph`] run, with weights, alphas, BN
+    /// buffers and optimiser state kept in the executor's variables (on the GPU: device
+    /// memory) and copied to the host only for checkpoints and at the end. Host steps (false,
+    /// the default): the architecture gradient and weight gradient come from the executor and
+    /// the optimisers run on the host in f64 (src/search/optim.rs). Both compute the same step
+    /// (tests/resident_step.rs); with T = f32 the resident optimisers run in f32, as PyTorch's.
+    pub fn resident(mut self, on: bool) -> Self {
+        self.resident = on;
+        self
+    }
+
+    pub fn is_resident(&self) -> bool {
+        self.resident
+    }
+
+    /// The state, SGD buffers and Adam moments as executor variables (names: step_graph.rs).
+    fn upload_state(&mut self) -> Result<(), SearchError> {
+        self.exec.clear_vars();
+        for (name, _, kind) in &self.layout.entries {
+            if !matches!(kind, Kind::NumBatchesTracked) {
+                self.exec
+                    .set_var(name, &self.state.tensors[name].mapv(T::of))?;
+            }
+        }
+        self.exec
+            .set_var("alpha/normal", &self.state.alpha_normal.mapv(T::of))?;
+        self.exec
+            .set_var("alpha/reduce", &self.state.alpha_reduce.mapv(T::of))?;
+        for (i, n) in self.weight_names.iter().enumerate() {
+            let b = match &self.sgd.buf {
+                Some(b) => b[i].mapv(T::of),
+                None => ArrayD::zeros(self.state.tensors[n].raw_dim()),
+            };
+            self.exec.set_var(&format!("sgd_buf/{n}"), &b)?;
+        }
+        for (c, cell) in ["normal", "reduce"].into_iter().enumerate() {
+            let shape = self.state.alpha_normal.raw_dim();
+            let (m, v) = if self.adam.m.is_empty() {
+                (ArrayD::zeros(shape.clone()), ArrayD::zeros(shape))
+            } else {
+                (self.adam.m[c].mapv(T::of), self.adam.v[c].mapv(T::of))
+            };
+            self.exec.set_var(&format!("adam_m/{cell}"), &m)?;
+            self.exec.set_var(&format!("adam_v/{cell}"), &v)?;
+        }
+        self.device_current = true;
+        Ok(())
+    }
+
+    fn ensure_device(&mut self) -> Result<(), SearchError> {
+        if self.resident && !self.device_current {
+            self.upload_state()?;
+        }
+        Ok(())
+    }
+
+    /// Copy the executor's variables back into the host state (after resident steps).
+    pub fn sync_host(&mut self) -> Result<(), SearchError> {
+        if !self.host_stale {
+            return Ok(());
+        }
+        fn get<T: Scalar>(
+            exec: &mut Box<dyn Executor<T>>,
+            n: &str,
+        ) -> Result<ArrayD<f64>, SearchError> {
+            Ok(exec.var(n)?.mapv(|x| x.as_f64()))
+        }
+        for (name, _, kind) in &self.layout.entries {
+            if !matches!(kind, Kind::NumBatchesTracked) {
+                let a = get(&mut self.exec, name)?;
+                self.state.tensors.insert(name.clone(), a);
+            }
+        }
+        self.state.alpha_normal = get(&mut self.exec, "alpha/normal")?;
+        self.state.alpha_reduce = get(&mut self.exec, "alpha/reduce")?;
+        let mut bufs = Vec::with_capacity(self.weight_names.len());
+        for n in &self.weight_names {
+            bufs.push(get(&mut self.exec, &format!("sgd_buf/{n}"))?);
+        }
+        self.sgd.buf = Some(bufs);
+        self.adam.m = vec![
+            get(&mut self.exec, "adam_m/normal")?,
+            get(&mut self.exec, "adam_m/reduce")?,
+        ];
+        self.adam.v = vec![
+            get(&mut self.exec, "adam_v/normal")?,
+            get(&mut self.exec, "adam_v/reduce")?,
+        ];
+        self.host_stale = false;
+        Ok(())
     }
 
     pub fn executor_name(&self) -> String {
@@ -464,6 +580,7 @@ impl<T: Scalar> Search<T> {
 
     /// Write the checkpoint atomically.
     pub fn checkpoint(&mut self) -> Result<(), SearchError> {
+        self.sync_host()?;
         self.progress.rng = RngState::capture(&self.rng);
         self.progress.sampler = self.sampler.state().clone();
         self.progress.adam_t = self.adam.t;
@@ -530,11 +647,127 @@ impl<T: Scalar> Search<T> {
     /// One search step on the training batch `idx`: architect step (Adam on alpha) on a
     /// fresh search batch, then the weight step (clip, SGD).
     fn step(&mut self, idx: &[usize], epoch: usize) -> Result<(), SearchError> {
-        let lr = self.opts.lr(epoch);
         let train = make_batch(&self.images, idx, Some(&self.augment), &mut self.rng, 10)?;
         let sidx = fresh_batch(&self.valid_idx, self.opts.batch_size, &mut self.rng);
         let search = make_batch(&self.images, &sidx, Some(&self.augment), &mut self.rng, 10)?;
-        let key = (idx.len(), sidx.len());
+        if self.resident {
+            self.step_resident(&train, &search, epoch)
+        } else {
+            self.step_host(train, search, epoch)
+        }
+    }
+
+    /// The resident step: one [`StepGraph`] run; only the batches and three scalars go in,
+    /// only the losses, logits, gradient norm and new alphas come back.
+    fn step_resident(
+        &mut self,
+        train: &Batch,
+        search: &Batch,
+        epoch: usize,
+    ) -> Result<(), SearchError> {
+        let lr = self.opts.lr(epoch);
+        let n = train.x.shape()[0];
+        let key = (n, search.x.shape()[0]);
+        if !self.step_graphs.contains_key(&key) {
+            let hyper = StepHyper {
+                momentum: self.opts.momentum,
+                weight_decay: self.opts.weight_decay,
+                grad_clip: self.opts.grad_clip,
+                arch_weight_decay: self.adam.weight_decay,
+                beta1: self.adam.beta1,
+                beta2: self.adam.beta2,
+                adam_eps: self.adam.eps,
+            };
+            let sg = StepGraph::build(
+                &self.cfg,
+                &[key.0, 3, 32, 32],
+                &[key.1, 3, 32, 32],
+                self.opts.order,
+                &hyper,
+            )?;
+            self.step_graphs.insert(key, sg);
+        }
+        self.ensure_device()?;
+        let step = self.progress.global_step;
+        let serr = |source| SearchError::Step {
+            epoch,
+            step,
+            source,
+        };
+        // Adam's bias corrections for step t (as Adam::step computes them).
+        let t = self.adam.t + 1;
+        let bc1 = 1.0 - self.adam.beta1.powi(t as i32);
+        let bc2_sqrt = (1.0 - self.adam.beta2.powi(t as i32)).sqrt();
+        let scalar = |v: f64| ArrayD::from_elem(IxDyn(&[]), T::of(v));
+        let mut f = Feeds::<T>::new();
+        f.insert("train/x", train.x.mapv(T::of));
+        f.insert("train/onehot", train.onehot.mapv(T::of));
+        f.insert("valid/x", search.x.mapv(T::of));
+        f.insert("valid/onehot", search.onehot.mapv(T::of));
+        f.insert("lr", scalar(lr));
+        f.insert("adam/step_size", scalar(self.adam.lr / bc1));
+        f.insert("adam/bc2_sqrt", scalar(bc2_sqrt));
+        let t0 = Instant::now();
+        let sg = &self.step_graphs[&key];
+        let outs = [
+            sg.loss_train,
+            sg.logits_train,
+            sg.loss_valid,
+            sg.grad_norm,
+            sg.alpha_new[0],
+            sg.alpha_new[1],
+        ];
+        let bn_updates = sg.bn_updates;
+        // The variables change only if the run succeeds; on an error they are as before.
+        let vals = self
+            .exec
+            .run_assign(&sg.graph, &f, &outs, &sg.assign)
+            .map_err(|source| {
+                serr(ArchError::Exec {
+                    what: "the resident search step".into(),
+                    source,
+                })
+            })?;
+        self.host_stale = true;
+        let mut it = vals.into_iter().map(|a| a.mapv(|x| x.as_f64()));
+        let mut next = || it.next().expect("one value per output");
+        let (loss, logits, loss_valid, grad_norm) = (next().sum(), next(), next().sum(), next());
+        let alphas = [next(), next()];
+        let scalar_check = |what: &str, tensor: &str, v: f64| {
+            check_finite(what, tensor, &ArrayD::from_elem(IxDyn(&[]), v)).map_err(serr)
+        };
+        check_finite("architect step", "alpha/normal", &alphas[0]).map_err(serr)?;
+        check_finite("architect step", "alpha/reduce", &alphas[1]).map_err(serr)?;
+        scalar_check("architect step", "L_val", loss_valid)?;
+        scalar_check("weight step", "L_train", loss)?;
+        // A finite gradient norm means every weight gradient, hence every new weight, is finite.
+        check_finite("weight step", "||grad_w L_train||", &grad_norm).map_err(serr)?;
+        let [an, ar] = alphas;
+        self.state.alpha_normal = an;
+        self.state.alpha_reduce = ar;
+        self.adam.t = t;
+        for (name, _, kind) in &self.layout.entries {
+            if matches!(kind, Kind::NumBatchesTracked) {
+                if let Some(nb) = self.state.tensors.get_mut(name) {
+                    nb.mapv_inplace(|v| v + bn_updates as f64);
+                }
+            }
+        }
+        let s = &mut self.progress.sums;
+        s.loss += loss * n as f64;
+        s.correct += correct(&logits, &train.onehot);
+        s.seen += n;
+        s.steps += 1;
+        s.resident_seconds += t0.elapsed().as_secs_f64();
+        self.progress.global_step += 1;
+        Ok(())
+    }
+
+    /// The host step: gradients from the executor, optimisers on the host in f64.
+    fn step_host(&mut self, train: Batch, search: Batch, epoch: usize) -> Result<(), SearchError> {
+        let lr = self.opts.lr(epoch);
+        let idx_len = train.x.shape()[0];
+        let key = (idx_len, search.x.shape()[0]);
         self.graphs_for(key.0, key.1)?;
         let step = self.progress.global_step;
         let serr = |source| SearchError::Step {
@@ -609,9 +842,9 @@ impl<T: Scalar> Search<T> {
         self.apply_bn(&arch.bn_updates, &arch_bn);
         self.apply_bn(std::slice::from_ref(&e.bn_stats), &train_bn);
         let s = &mut self.progress.sums;
-        s.loss += e.loss * idx.len() as f64;
+        s.loss += e.loss * idx_len as f64;
         s.correct += correct(&e.logits, &train.onehot);
-        s.seen += idx.len();
+        s.seen += idx_len;
         s.steps += 1;
         s.arch_seconds += (t1 - t0).as_secs_f64();
         s.weight_seconds += (t2 - t1).as_secs_f64();
@@ -648,8 +881,19 @@ impl<T: Scalar> Search<T> {
             let out = network::build(&mut nb, &self.cfg, x, t, an, ar)?;
             self.eval_graphs.insert(n, (g, out.loss, out.logits));
         }
+        self.ensure_device()?;
         let (g, loss, logits) = &self.eval_graphs[&n];
         let mut f = Feeds::<T>::new();
+        f.insert("x", b.x.mapv(T::of));
+        f.insert("onehot", b.onehot.mapv(T::of));
+        if self.resident {
+            // Weights, running statistics and alphas are the executor's variables.
+            let v = self.exec.run(g, &f, &[*loss, *logits])?;
+            return Ok((
+                v[0].iter().next().map_or(f64::NAN, |x| x.as_f64()),
+                v[1].mapv(|x| x.as_f64()),
+            ));
+        }
         for (name, _, kind) in &self.layout.entries {
             if matches!(kind, Kind::NumBatchesTracked) || g.input_id(name).is_none() {
                 continue;
@@ -658,8 +902,6 @@ impl<T: Scalar> Search<T> {
         }
         f.insert("alpha/normal", self.state.alpha_normal.mapv(T::of));
         f.insert("alpha/reduce", self.state.alpha_reduce.mapv(T::of));
-        f.insert("x", b.x.mapv(T::of));
-        f.insert("onehot", b.onehot.mapv(T::of));
         let v = self.exec.run(g, &f, &[*loss, *logits])?;
         Ok((
             v[0].iter().next().map_or(f64::NAN, |x| x.as_f64()),
@@ -688,6 +930,8 @@ impl<T: Scalar> Search<T> {
         stop: &AtomicBool,
         on_step: &mut dyn FnMut(usize, usize, usize, &EpochSums),
     ) -> Result<Finish, SearchError> {
+        // The host state is the truth at the start of a run (it may have been edited).
+        self.device_current = false;
         while self.progress.epoch < self.opts.epochs {
             let epoch = self.progress.epoch;
             if !self.progress.in_epoch {
@@ -730,10 +974,11 @@ impl<T: Scalar> Search<T> {
                 "softmax_alpha_normal": rows(&softmax_rows(&self.state.alpha_normal)),
                 "softmax_alpha_reduce": rows(&softmax_rows(&self.state.alpha_reduce)),
                 "timing": {
-                    "arch_s_per_step": s.arch_seconds / s.steps as f64,
-                    "weight_s_per_step": s.weight_seconds / s.steps as f64,
-                    "s_per_step": (s.arch_seconds + s.weight_seconds) / s.steps as f64,
-                    "images_per_s": s.seen as f64 / (s.arch_seconds + s.weight_seconds),
+                    "step": if self.resident { "resident" } else { "host" },
+                    "arch_s_per_step": (!self.resident).then(|| s.arch_seconds / s.steps as f64),
+                    "weight_s_per_step": (!self.resident).then(|| s.weight_seconds / s.steps as f64),
+                    "s_per_step": s.seconds_per_step(),
+                    "images_per_s": s.seen as f64 / (s.seconds_per_step() * s.steps as f64),
                     "infer_s": infer_s,
                     "epoch_s": epoch_start.elapsed().as_secs_f64(),
                 },
@@ -743,6 +988,7 @@ impl<T: Scalar> Search<T> {
             self.progress.epoch += 1;
             self.checkpoint()?;
         }
+        self.sync_host()?;
         let genotype = self.genotype();
         std::fs::write(self.run_dir.join("genotype.txt"), format!("{genotype}\n"))
             .map_err(|e| run_err(&self.run_dir, e))?;
