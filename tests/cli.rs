@@ -167,3 +167,60 @@ fn train_runs_on_the_gpu_backend() {
     );
     assert!(text.contains("final test accuracy"), "{text}");
 }
+
+/// `search --backend gpu` runs resident steps by default (state on the device), writes its
+/// checkpoints from the device state, and `--resume` reloads them onto the GPU (skips without
+/// an adapter unless DARTS_REQUIRE_GPU=1).
+#[test]
+fn search_runs_resident_on_the_gpu_backend_and_resumes() {
+    if common::gpu_executor("search_runs_resident_on_the_gpu_backend_and_resumes").is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("darts-cli-gpu-search-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = darts()
+        .args([
+            "search",
+            "--backend",
+            "gpu",
+            "--init-channels=2",
+            "--layers=3",
+            "--batch-size=8",
+            "--max-images=16",
+            "--epochs=2",
+        ])
+        .arg("--run-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("step=resident"), "{text}");
+    assert!(text.contains("genotype ="), "{text}");
+    let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2);
+    assert!(log.contains("\"step\":\"resident\""), "{log}");
+    // The checkpoint holds the device state: the optimiser moments start at zero and are
+    // non-zero after a step only if the device values came back.
+    let (arrays, _) = darts::search::checkpoint::read(&dir.join("checkpoint.npz")).unwrap();
+    for k in ["adam_m/normal", "adam_v/reduce", "sgd_buf/stem.0.weight"] {
+        let a = &arrays[k];
+        assert!(a.iter().any(|v| *v != 0.0), "{k} is all zero");
+    }
+    // Resuming the finished run reloads it onto the GPU and ends at once.
+    let out = darts()
+        .args(["search", "--backend", "gpu", "--resume"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("step=resident") && text.contains("genotype ="),
+        "{text}"
+    );
+}
