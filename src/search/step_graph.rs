@@ -271,67 +271,19 @@ impl StepGraph {
         let nw = net_at(&mut g, cfg, train, alpha_new, &w_map)?;
         let gw = autodiff::grad_holding(&mut g, nw.loss, &w, &alpha_new)?;
         bn_runs.push(nw.bn);
-        let grad_norm = total_norm(&mut g, &gw, true)?;
-        // factor = min(max_norm / (norm + 1e-6), 1) = -max(-coef, -1): exactly coef when it is
-        // below 1, exactly 1 (g unchanged) otherwise.
-        let tiny = g.scalar(1e-6)?;
-        let den = g.add2(grad_norm, tiny)?;
-        let max_norm = g.scalar(h.grad_clip)?;
-        let coef = g.div(max_norm, den)?;
-        let neg_coef = g.neg(coef)?;
-        let minus_one = g.scalar(-1.0)?;
-        let neg_factor = g.binary(crate::graph::BinaryOp::Max, neg_coef, minus_one)?;
-        let factor = g.neg(neg_factor)?;
-        for (i, (n, _)) in names.iter().enumerate() {
-            let gi = g.mul(gw[i], factor)?;
-            let decay = g.mul(w[i], lambda)?;
-            let d = g.add2(gi, decay)?;
-            let mb = g.mul(buf[i], mu)?;
-            let b_new = g.add2(mb, d)?;
-            let step = g.mul(b_new, lr)?;
-            let w_new = g.sub(w[i], step)?;
-            assign.push((w_new, n.clone()));
-            assign.push((b_new, format!("sgd_buf/{n}")));
-        }
+        let (grad_norm, sgd) = clip_and_sgd(
+            &mut g,
+            &names,
+            (&w, &buf),
+            &gw,
+            lr,
+            (h.momentum, h.weight_decay, h.grad_clip),
+        )?;
+        assign.extend(sgd);
 
         // 4. BN running statistics, every forward in order.
-        let keep = g.scalar(1.0 - BN_MOMENTUM)?;
-        let take = g.scalar(BN_MOMENTUM)?;
-        let mut running: HashMap<String, (NodeId, NodeId)> = HashMap::new();
-        let mut order_seen: Vec<String> = Vec::new();
         let bn_updates = bn_runs.len();
-        for run in &bn_runs {
-            for rec in run {
-                let c = g.shape(rec.mean).numel();
-                let p = rec.prefix.clone();
-                let (rm, rv) = match running.get(&p) {
-                    Some(&pair) => pair,
-                    None => {
-                        order_seen.push(p.clone());
-                        (
-                            g.input(format!("{p}.running_mean"), [c])?,
-                            g.input(format!("{p}.running_var"), [c])?,
-                        )
-                    }
-                };
-                let unbias = rec.count as f64 / (rec.count as f64 - 1.0).max(1.0);
-                let mean = g.reshape(rec.mean, [c])?;
-                let var = g.reshape(rec.var, [c])?;
-                let a = g.mul(keep, rm)?;
-                let b = g.mul(take, mean)?;
-                let rm_new = g.add2(a, b)?;
-                let vu = g.scale(var, unbias)?;
-                let a = g.mul(keep, rv)?;
-                let b = g.mul(take, vu)?;
-                let rv_new = g.add2(a, b)?;
-                running.insert(p, (rm_new, rv_new));
-            }
-        }
-        for p in order_seen {
-            let (rm, rv) = running[&p];
-            assign.push((rm, format!("{p}.running_mean")));
-            assign.push((rv, format!("{p}.running_var")));
-        }
+        assign.extend(running_stats(&mut g, &bn_runs)?);
         Ok(StepGraph {
             graph: g,
             order,
@@ -344,4 +296,88 @@ impl StepGraph {
             bn_updates,
         })
     }
+}
+
+/// Gradient clipping and the SGD step as graph nodes (`clip_grad_norm` then `Sgd::step`, in
+/// their operation order): N = sqrt(sum_i sqrt(sum g_i^2)^2), factor min(max_norm / (N + 1e-6),
+/// 1) built as -max(-coef, -1) (exactly coef below 1, exactly 1 otherwise, the host's branch),
+/// buf' = buf mu + (g factor + w lambda), w' = w - buf' lr. `names` are the weights' variable
+/// names, `(w, buf)` their input nodes, `hyper` = (momentum, weight decay, max_norm). Returns
+/// N and the assignments w' -> name, buf' -> `sgd_buf/<name>`.
+pub fn clip_and_sgd(
+    g: &mut Graph,
+    names: &[(String, Vec<usize>)],
+    (w, buf): (&[NodeId], &[NodeId]),
+    grads: &[NodeId],
+    lr: NodeId,
+    (momentum, weight_decay, grad_clip): (f64, f64, f64),
+) -> R<(NodeId, Vec<(NodeId, String)>)> {
+    let grad_norm = total_norm(g, grads, true)?;
+    let tiny = g.scalar(1e-6)?;
+    let den = g.add2(grad_norm, tiny)?;
+    let max_norm = g.scalar(grad_clip)?;
+    let coef = g.div(max_norm, den)?;
+    let neg_coef = g.neg(coef)?;
+    let minus_one = g.scalar(-1.0)?;
+    let neg_factor = g.binary(crate::graph::BinaryOp::Max, neg_coef, minus_one)?;
+    let factor = g.neg(neg_factor)?;
+    let mu = g.scalar(momentum)?;
+    let lambda = g.scalar(weight_decay)?;
+    let mut assign = Vec::with_capacity(2 * names.len());
+    for (i, (n, _)) in names.iter().enumerate() {
+        let gi = g.mul(grads[i], factor)?;
+        let decay = g.mul(w[i], lambda)?;
+        let d = g.add2(gi, decay)?;
+        let mb = g.mul(buf[i], mu)?;
+        let b_new = g.add2(mb, d)?;
+        let step = g.mul(b_new, lr)?;
+        let w_new = g.sub(w[i], step)?;
+        assign.push((w_new, n.clone()));
+        assign.push((b_new, format!("sgd_buf/{n}")));
+    }
+    Ok((grad_norm, assign))
+}
+
+/// BN running statistics as graph nodes (`update_running_stats` per forward, in order):
+/// r <- (1 - 0.1) r + 0.1 b, the variance unbiased by m / (m - 1). Reads the inputs
+/// `<prefix>.running_mean|var` and returns their final values' assignments.
+pub fn running_stats(g: &mut Graph, runs: &[Vec<BnRecord>]) -> R<Vec<(NodeId, String)>> {
+    let keep = g.scalar(1.0 - BN_MOMENTUM)?;
+    let take = g.scalar(BN_MOMENTUM)?;
+    let mut running: HashMap<String, (NodeId, NodeId)> = HashMap::new();
+    let mut order_seen: Vec<String> = Vec::new();
+    for run in runs {
+        for rec in run {
+            let c = g.shape(rec.mean).numel();
+            let p = rec.prefix.clone();
+            let (rm, rv) = match running.get(&p) {
+                Some(&pair) => pair,
+                None => {
+                    order_seen.push(p.clone());
+                    (
+                        g.input(format!("{p}.running_mean"), [c])?,
+                        g.input(format!("{p}.running_var"), [c])?,
+                    )
+                }
+            };
+            let unbias = rec.count as f64 / (rec.count as f64 - 1.0).max(1.0);
+            let mean = g.reshape(rec.mean, [c])?;
+            let var = g.reshape(rec.var, [c])?;
+            let a = g.mul(keep, rm)?;
+            let b = g.mul(take, mean)?;
+            let rm_new = g.add2(a, b)?;
+            let vu = g.scale(var, unbias)?;
+            let a = g.mul(keep, rv)?;
+            let b = g.mul(take, vu)?;
+            let rv_new = g.add2(a, b)?;
+            running.insert(p, (rm_new, rv_new));
+        }
+    }
+    let mut assign = Vec::with_capacity(2 * order_seen.len());
+    for p in order_seen {
+        let (rm, rv) = running[&p];
+        assign.push((rm, format!("{p}.running_mean")));
+        assign.push((rv, format!("{p}.running_var")));
+    }
+    Ok(assign)
 }
