@@ -299,11 +299,12 @@ impl StepGraph {
 }
 
 /// Gradient clipping and the SGD step as graph nodes (`clip_grad_norm` then `Sgd::step`, in
-/// their operation order): N = sqrt(sum_i sqrt(sum g_i^2)^2), factor min(max_norm / (N + 1e-6),
-/// 1) built as -max(-coef, -1) (exactly coef below 1, exactly 1 otherwise, the host's branch),
-/// buf' = buf mu + (g factor + w lambda), w' = w - buf' lr. `names` are the weights' variable
-/// names, `(w, buf)` their input nodes, `hyper` = (momentum, weight decay, max_norm). Returns
-/// N and the assignments w' -> name, buf' -> `sgd_buf/<name>`.
+/// their operation order): N = sqrt(sum_i sqrt(sum g_i^2)^2), the factor
+/// min(max_norm / (N + 1e-6), 1) built as -max(-coef, -1) (exactly coef below 1, exactly 1
+/// otherwise: the host's branch), buf' = buf mu + (g factor + w lambda), w' = w - buf' lr.
+/// `names` are the weights' variable names, `(w, buf)` their input nodes, the last argument
+/// (momentum, weight decay, max_norm). Returns N and the assignments w' -> name,
+/// buf' -> `sgd_buf/<name>`.
 pub fn clip_and_sgd(
     g: &mut Graph,
     names: &[(String, Vec<usize>)],
