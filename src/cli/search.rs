@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use darts::search::architect::Order;
 use darts::search::run::{DataSource, Dtype, Finish, Search, SearchOptions};
+use darts::search::StepMode;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,13 +16,6 @@ pub enum Preset {
     Quick,
     /// The reference configuration (train_search.py defaults: C=16, 8 layers, 50 epochs, batch 64).
     Paper,
-}
-
-/// How a search step runs (see `Search::resident`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum StepMode {
-    Host,
-    Resident,
 }
 
 #[derive(clap::Args, Debug)]
@@ -178,11 +172,7 @@ fn with_backend(s: Search<f32>, a: &Args) -> Result<Search<f32>> {
 
 /// Resident steps when asked, else by default on the GPU.
 fn with_step<T: darts::exec::Scalar>(s: Search<T>, a: &Args) -> Search<T> {
-    let resident = match a.step {
-        Some(m) => m == StepMode::Resident,
-        None => a.backend == crate::cli::gradients::Backend::Gpu,
-    };
-    s.resident(resident)
+    s.resident(StepMode::or_default_for(a.step, a.backend) == StepMode::Resident)
 }
 
 fn drive<T: darts::exec::Scalar>(mut s: Search<T>) -> Result<()> {

@@ -28,6 +28,8 @@
 //! Master weights, BN buffers and SGD momentum buffers are held in f64; the graph runs in the
 //! chosen dtype (f32 as the reference, or f64).
 
+use super::step_graph::{clip_and_sgd, running_stats};
+use super::StepMode;
 use crate::autodiff;
 use crate::darts::eval_network::{self, count_parameters, DropPath, EvalConfig, EvalConfigError};
 use crate::darts::genotype::Genotype;
@@ -83,6 +85,9 @@ pub struct TrainOptions {
     pub dtype: Dtype,
     /// Executor: the CPU reference, or the wgpu GPU path (f32 only).
     pub backend: Backend,
+    /// Host or resident steps (None: resident on the GPU, host on the CPU).
+    #[serde(default)]
+    pub step: Option<StepMode>,
     pub data: DataSource,
     /// Use only the first n training images (None: all).
     pub train_limit: Option<usize>,
@@ -118,6 +123,7 @@ impl TrainOptions {
             seed: 0,
             dtype: Dtype::F32,
             backend: Backend::Cpu,
+            step: None,
             data: DataSource::Embedded,
             train_limit: None,
             test_limit: None,
@@ -522,9 +528,94 @@ struct Trainer<T: Scalar> {
     drop_path: bool,
     aux_weight: f64,
     grad_clip: f64,
+    /// Resident steps: parameters, BN buffers and SGD buffers live in executor variables.
+    resident: bool,
+    resident_graphs: HashMap<usize, ResidentTrainGraph>,
+    /// The executor's variables hold the current state / the host copies lag them.
+    device_current: bool,
+    host_stale: bool,
+}
+
+/// The train graph plus gradient clipping, SGD and the BN running statistics
+/// ([`clip_and_sgd`], [`running_stats`]): one resident training step.
+struct ResidentTrainGraph {
+    train: TrainGraph,
+    grad_norm: NodeId,
+    assign: Vec<(NodeId, String)>,
+}
+
+fn build_resident_train_graph(
+    mut train: TrainGraph,
+    names: &[(String, Vec<usize>)],
+    hyper: (f64, f64, f64),
+) -> Result<ResidentTrainGraph, GraphError> {
+    let g = &mut train.graph;
+    let lr = g.input("lr", crate::graph::Shape::scalar())?;
+    let mut w = Vec::with_capacity(names.len());
+    let mut buf = Vec::with_capacity(names.len());
+    for (n, shape) in names {
+        w.push(g.input_id(n).ok_or_else(|| GraphError::Shape {
+            op: "resident training step".into(),
+            label: n.clone(),
+            shapes: format!("{shape:?}"),
+            reason: "parameter is not an input of the training graph".into(),
+        })?);
+        buf.push(g.input(format!("sgd_buf/{n}"), shape.clone())?);
+    }
+    let grads = train.grads.clone();
+    let (grad_norm, mut assign) = clip_and_sgd(g, names, (&w, &buf), &grads, lr, hyper)?;
+    assign.extend(running_stats(g, std::slice::from_ref(&train.bn))?);
+    Ok(ResidentTrainGraph {
+        train,
+        grad_norm,
+        assign,
+    })
 }
 
 impl<T: Scalar> Trainer<T> {
+    /// Parameters, BN buffers (num_batches_tracked stays on the host) and SGD buffers as
+    /// executor variables.
+    fn upload(&mut self) -> Result<(), ExecError> {
+        self.exec.clear_vars();
+        for (i, (n, p)) in self.names.iter().zip(&self.params).enumerate() {
+            self.exec.set_var(n, &p.mapv(T::of))?;
+            let b = match &self.sgd.buf {
+                Some(b) => b[i].mapv(T::of),
+                None => ArrayD::zeros(p.raw_dim()),
+            };
+            self.exec.set_var(&format!("sgd_buf/{n}"), &b)?;
+        }
+        for (k, v) in &self.buffers {
+            if !k.ends_with(".num_batches_tracked") {
+                self.exec.set_var(k, &v.mapv(T::of))?;
+            }
+        }
+        self.device_current = true;
+        Ok(())
+    }
+
+    /// Copy the executor's variables back into the host state.
+    fn sync_host(&mut self) -> Result<(), ExecError> {
+        if !self.host_stale {
+            return Ok(());
+        }
+        let mut bufs = Vec::with_capacity(self.names.len());
+        for (i, n) in self.names.iter().enumerate() {
+            self.params[i] = self.exec.var(n)?.mapv(|v| v.as_f64());
+            bufs.push(self.exec.var(&format!("sgd_buf/{n}"))?.mapv(|v| v.as_f64()));
+        }
+        self.sgd.buf = Some(bufs);
+        let keys: Vec<String> = self.buffers.keys().cloned().collect();
+        for k in keys {
+            if !k.ends_with(".num_batches_tracked") {
+                let v = self.exec.var(&k)?.mapv(|v| v.as_f64());
+                self.buffers.insert(k, v);
+            }
+        }
+        self.host_stale = false;
+        Ok(())
+    }
+
     fn weight_feeds(&self, batch: &Batch) -> Feeds<T> {
         let mut f = Feeds::new();
         for (n, p) in self.names.iter().zip(&self.params) {
@@ -546,29 +637,16 @@ impl<T: Scalar> Trainer<T> {
         step: usize,
     ) -> Result<(f64, usize, f64), TrainError> {
         let n = batch.x.shape()[0];
+        if self.resident {
+            return self.step_resident(batch, lr, keep, drop_rng, epoch, step);
+        }
         if !self.train_graphs.contains_key(&n) {
             let g = build_train_graph(&self.cfg, &self.names, n, self.drop_path, self.aux_weight)?;
             self.train_graphs.insert(n, g);
         }
         let mut feeds = self.weight_feeds(batch);
         let tg = &self.train_graphs[&n];
-        if self.drop_path {
-            feeds.insert(DropPath::KEEP, ArrayD::from_elem(IxDyn(&[]), T::of(keep)));
-            for name in &tg.drop_masks {
-                let mask = if keep < 1.0 {
-                    ArrayD::from_shape_simple_fn(IxDyn(&[n, 1, 1, 1]), || {
-                        if drop_rng.random::<f64>() < keep {
-                            T::one()
-                        } else {
-                            T::zero()
-                        }
-                    })
-                } else {
-                    ArrayD::from_elem(IxDyn(&[n, 1, 1, 1]), T::one())
-                };
-                feeds.insert(name.clone(), mask);
-            }
-        }
+        self.drop_path_feeds(&mut feeds, tg, n, keep, drop_rng);
         let mut outs = vec![tg.loss, tg.logits];
         outs.extend(&tg.grads);
         for b in &tg.bn {
@@ -618,6 +696,106 @@ impl<T: Scalar> Trainer<T> {
         }
         let norm = clip_grad_norm(&mut grads, self.grad_clip);
         self.sgd.step(&mut self.params, &grads, lr);
+        Ok((loss, correct(&logits, &batch.onehot), norm))
+    }
+
+    /// Drop-path feeds: the keep probability and one Bernoulli(keep) mask per cell output.
+    fn drop_path_feeds(
+        &self,
+        feeds: &mut Feeds<T>,
+        tg: &TrainGraph,
+        n: usize,
+        keep: f64,
+        drop_rng: &mut ChaCha8Rng,
+    ) {
+        if !self.drop_path {
+            return;
+        }
+        feeds.insert(DropPath::KEEP, ArrayD::from_elem(IxDyn(&[]), T::of(keep)));
+        for name in &tg.drop_masks {
+            let mask = if keep < 1.0 {
+                ArrayD::from_shape_simple_fn(IxDyn(&[n, 1, 1, 1]), || {
+                    if drop_rng.random::<f64>() < keep {
+                        T::one()
+                    } else {
+                        T::zero()
+                    }
+                })
+            } else {
+                ArrayD::from_elem(IxDyn(&[n, 1, 1, 1]), T::one())
+            };
+            feeds.insert(name.clone(), mask);
+        }
+    }
+
+    /// The resident step: one run of [`ResidentTrainGraph`]; only the batch, the drop-path
+    /// masks and lr go in, only the loss, logits and gradient norm come back.
+    fn step_resident(
+        &mut self,
+        batch: &Batch,
+        lr: f64,
+        keep: f64,
+        drop_rng: &mut ChaCha8Rng,
+        epoch: usize,
+        step: usize,
+    ) -> Result<(f64, usize, f64), TrainError> {
+        let n = batch.x.shape()[0];
+        let exec_err = |what: &str| {
+            let what = what.to_string();
+            move |source| TrainError::Exec {
+                epoch,
+                what: what.clone(),
+                source,
+            }
+        };
+        if !self.resident_graphs.contains_key(&n) {
+            let tg = build_train_graph(&self.cfg, &self.names, n, self.drop_path, self.aux_weight)?;
+            let shapes: Vec<(String, Vec<usize>)> = self
+                .names
+                .iter()
+                .zip(&self.params)
+                .map(|(k, p)| (k.clone(), p.shape().to_vec()))
+                .collect();
+            let hyper = (self.sgd.momentum, self.sgd.weight_decay, self.grad_clip);
+            let rg = build_resident_train_graph(tg, &shapes, hyper)?;
+            self.resident_graphs.insert(n, rg);
+        }
+        if !self.device_current {
+            self.upload().map_err(exec_err("uploading the state"))?;
+        }
+        let mut feeds = Feeds::new();
+        feeds.insert("x", batch.x.mapv(T::of));
+        feeds.insert("onehot", batch.onehot.mapv(T::of));
+        feeds.insert("lr", ArrayD::from_elem(IxDyn(&[]), T::of(lr)));
+        let rg = &self.resident_graphs[&n];
+        self.drop_path_feeds(&mut feeds, &rg.train, n, keep, drop_rng);
+        let outs = [rg.train.loss, rg.train.logits, rg.grad_norm];
+        let vals = self
+            .exec
+            .run_assign(&rg.train.graph, &feeds, &outs, &rg.assign)
+            .map_err(exec_err(&format!("resident training step {step}")))?;
+        self.host_stale = true;
+        let bn: Vec<String> = rg.train.bn.iter().map(|b| b.prefix.clone()).collect();
+        let mut it = vals.into_iter().map(|a| a.mapv(|v| v.as_f64()));
+        let loss = it.next().expect("loss").sum();
+        let logits = it.next().expect("logits");
+        let norm = it.next().expect("norm").sum();
+        for (tensor, v) in [("loss", loss), ("||grad||", norm)] {
+            if !v.is_finite() {
+                return Err(TrainError::NonFinite {
+                    epoch,
+                    step,
+                    tensor: tensor.into(),
+                    index: 0,
+                    value: v,
+                });
+            }
+        }
+        for p in bn {
+            if let Some(nbt) = self.buffers.get_mut(&format!("{p}.num_batches_tracked")) {
+                nbt.mapv_inplace(|v| v + 1.0);
+            }
+        }
         Ok((loss, correct(&logits, &batch.onehot), norm))
     }
 }
@@ -676,6 +854,10 @@ fn run<T: Scalar>(
         drop_path: opts.drop_path_prob > 0.0,
         aux_weight: opts.auxiliary_weight,
         grad_clip: opts.grad_clip,
+        resident: StepMode::or_default_for(opts.step, opts.backend) == StepMode::Resident,
+        resident_graphs: HashMap::new(),
+        device_current: false,
+        host_stale: false,
     };
 
     let train_idx = limited(train_set, opts.train_limit);
@@ -764,6 +946,11 @@ fn run<T: Scalar>(
                 .map_err(|e| run_dir_err(path, e))?;
         }
         if let Some(dir) = &reporting.run_dir {
+            tr.sync_host().map_err(|source| TrainError::Exec {
+                epoch,
+                what: "reading the state back for weights.npz".into(),
+                source,
+            })?;
             let mut all: Vec<(String, &ArrayD<f64>)> = tr
                 .names
                 .iter()
@@ -820,9 +1007,23 @@ fn evaluate<T: Scalar>(
             let g = build_eval_graph(&tr.cfg, n)?;
             tr.eval_graphs.insert(n, g);
         }
-        let mut feeds = tr.weight_feeds(&batch);
-        for (k, v) in &tr.buffers {
-            feeds.insert(k.clone(), v.mapv(T::of));
+        let mut feeds = Feeds::new();
+        if tr.resident {
+            // Parameters and running statistics are the executor's variables.
+            if !tr.device_current {
+                tr.upload().map_err(|source| TrainError::Exec {
+                    epoch,
+                    what: "uploading the state".into(),
+                    source,
+                })?;
+            }
+            feeds.insert("x", batch.x.mapv(T::of));
+            feeds.insert("onehot", batch.onehot.mapv(T::of));
+        } else {
+            feeds = tr.weight_feeds(&batch);
+            for (k, v) in &tr.buffers {
+                feeds.insert(k.clone(), v.mapv(T::of));
+            }
         }
         let eg = &tr.eval_graphs[&n];
         let vals = tr
