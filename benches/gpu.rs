@@ -68,12 +68,11 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use darts::darts::init::init_state;
 use darts::darts::network::SearchConfig;
-use darts::darts::params::Kind;
 use darts::exec::gpu::GpuExecutor;
 use darts::exec::{Executor, Feeds};
 use darts::graph::{ConvParams, Graph, NodeId, Op};
 use darts::search::architect::{Batch, Order};
-use darts::search::step_graph::{StepGraph, StepHyper};
+use darts::search::step_graph::{upload_state, StepGraph, StepHyper};
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -333,37 +332,11 @@ impl Step {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let layout = cfg.layout().expect("layout");
         let st = init_state(&layout, cfg.k(), &mut rng);
-        let hyper = StepHyper {
-            momentum: 0.9,
-            weight_decay: 3e-4,
-            grad_clip: 5.0,
-            arch_weight_decay: 1e-3,
-            beta1: 0.5,
-            beta2: 0.999,
-            adam_eps: 1e-8,
-        };
+        let hyper = StepHyper::reference();
         let shape = [n, 3, 32, 32];
         let graph = StepGraph::build(cfg, &shape, &shape, order, &hyper).expect("step graph");
-        ex.clear_vars();
+        upload_state(ex, &layout, &st, None, None).expect("upload the state");
         let f32_of = |a: &ArrayD<f64>| a.mapv(|v| v as f32);
-        for (name, dims, kind) in &layout.entries {
-            if *kind != Kind::NumBatchesTracked {
-                ex.set_var(name, &f32_of(&st.tensors[name]))
-                    .expect("upload");
-            }
-            if kind.trainable() {
-                ex.set_var(&format!("sgd_buf/{name}"), &ArrayD::zeros(IxDyn(dims)))
-                    .expect("upload");
-            }
-        }
-        for (cell, a) in [("normal", &st.alpha_normal), ("reduce", &st.alpha_reduce)] {
-            ex.set_var(&format!("alpha/{cell}"), &f32_of(a))
-                .expect("upload");
-            for m in ["adam_m", "adam_v"] {
-                ex.set_var(&format!("{m}/{cell}"), &ArrayD::zeros(a.raw_dim()))
-                    .expect("upload");
-            }
-        }
         let (train, valid) = (batch(n, &mut rng), batch(n, &mut rng));
         let mut feeds = Feeds::new();
         feeds.insert("train/x", f32_of(&train.x));

@@ -476,34 +476,14 @@ impl<T: Scalar> Search<T> {
 
     /// The state, SGD buffers and Adam moments as executor variables (names: step_graph.rs).
     fn upload_state(&mut self) -> Result<(), SearchError> {
-        self.exec.clear_vars();
-        for (name, _, kind) in &self.layout.entries {
-            if !matches!(kind, Kind::NumBatchesTracked) {
-                self.exec
-                    .set_var(name, &self.state.tensors[name].mapv(T::of))?;
-            }
-        }
-        self.exec
-            .set_var("alpha/normal", &self.state.alpha_normal.mapv(T::of))?;
-        self.exec
-            .set_var("alpha/reduce", &self.state.alpha_reduce.mapv(T::of))?;
-        for (i, n) in self.weight_names.iter().enumerate() {
-            let b = match &self.sgd.buf {
-                Some(b) => b[i].mapv(T::of),
-                None => ArrayD::zeros(self.state.tensors[n].raw_dim()),
-            };
-            self.exec.set_var(&format!("sgd_buf/{n}"), &b)?;
-        }
-        for (c, cell) in ["normal", "reduce"].into_iter().enumerate() {
-            let shape = self.state.alpha_normal.raw_dim();
-            let (m, v) = if self.adam.m.is_empty() {
-                (ArrayD::zeros(shape.clone()), ArrayD::zeros(shape))
-            } else {
-                (self.adam.m[c].mapv(T::of), self.adam.v[c].mapv(T::of))
-            };
-            self.exec.set_var(&format!("adam_m/{cell}"), &m)?;
-            self.exec.set_var(&format!("adam_v/{cell}"), &v)?;
-        }
+        let adam = (!self.adam.m.is_empty()).then(|| (&self.adam.m[..], &self.adam.v[..]));
+        super::step_graph::upload_state(
+            self.exec.as_mut(),
+            &self.layout,
+            &self.state,
+            self.sgd.buf.as_deref(),
+            adam,
+        )?;
         self.device_current = true;
         Ok(())
     }

@@ -37,7 +37,10 @@ use super::architect::{weight_list, Order, FD_SCALE};
 use crate::autodiff;
 use crate::darts::network::{self, SearchConfig};
 use crate::darts::ops::{BnRecord, NetBuilder, ParamSource};
+use crate::darts::params::{Kind, Layout, State};
+use crate::exec::{ExecError, Executor, Scalar};
 use crate::graph::{Graph, GraphError, NodeId, Shape};
+use ndarray::ArrayD;
 use std::collections::HashMap;
 
 type R<T> = Result<T, GraphError>;
@@ -55,6 +58,22 @@ pub struct StepHyper {
     pub beta1: f64,
     pub beta2: f64,
     pub adam_eps: f64,
+}
+
+impl StepHyper {
+    /// The reference's search settings (train_search.py): momentum 0.9, weight decay 3e-4,
+    /// clip 5, and the architect's Adam (decay 1e-3, betas (0.5, 0.999), eps 1e-8).
+    pub fn reference() -> Self {
+        StepHyper {
+            momentum: 0.9,
+            weight_decay: 3e-4,
+            grad_clip: 5.0,
+            arch_weight_decay: 1e-3,
+            beta1: 0.5,
+            beta2: 0.999,
+            adam_eps: 1e-8,
+        }
+    }
 }
 
 /// The whole search step (see the module documentation).
@@ -381,4 +400,49 @@ pub fn running_stats(g: &mut Graph, runs: &[Vec<BnRecord>]) -> R<Vec<(NodeId, St
         assign.push((rv, format!("{p}.running_var")));
     }
     Ok(assign)
+}
+
+/// Upload a search's whole state as the variables a [`StepGraph`] reads: weights and BN
+/// buffers (num_batches_tracked stays on the host) by state_dict name, both alphas, the SGD
+/// buffers (`sgd_buf/<weight>`, zeros when `sgd_buf` is None: PyTorch's absent buffer) and the
+/// Adam moments (`adam_m|adam_v/<cell>`, zeros when None), replacing any variables there were.
+pub fn upload_state<T: Scalar, E: Executor<T> + ?Sized>(
+    exec: &mut E,
+    layout: &Layout,
+    state: &State,
+    sgd_buf: Option<&[ArrayD<f64>]>,
+    adam: Option<(&[ArrayD<f64>], &[ArrayD<f64>])>,
+) -> Result<(), ExecError> {
+    exec.clear_vars();
+    let cast = |a: &ArrayD<f64>| a.mapv(T::of);
+    let mut weight = 0;
+    for (name, _, kind) in &layout.entries {
+        if matches!(kind, Kind::NumBatchesTracked) {
+            continue;
+        }
+        let value = &state.tensors[name];
+        exec.set_var(name, &cast(value))?;
+        if kind.trainable() {
+            let b = match sgd_buf {
+                Some(b) => cast(&b[weight]),
+                None => ArrayD::zeros(value.raw_dim()),
+            };
+            exec.set_var(&format!("sgd_buf/{name}"), &b)?;
+            weight += 1;
+        }
+    }
+    let alphas = [&state.alpha_normal, &state.alpha_reduce];
+    for (c, cell) in ["normal", "reduce"].into_iter().enumerate() {
+        exec.set_var(&format!("alpha/{cell}"), &cast(alphas[c]))?;
+        let (m, v) = match adam {
+            Some((m, v)) => (cast(&m[c]), cast(&v[c])),
+            None => (
+                ArrayD::zeros(alphas[c].raw_dim()),
+                ArrayD::zeros(alphas[c].raw_dim()),
+            ),
+        };
+        exec.set_var(&format!("adam_m/{cell}"), &m)?;
+        exec.set_var(&format!("adam_v/{cell}"), &v)?;
+    }
+    Ok(())
 }

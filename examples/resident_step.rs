@@ -1,0 +1,123 @@
+//! Seconds per resident search step (src/search/step_graph.rs: architecture step, Adam,
+//! clipping, SGD and BN statistics as one graph, all state in executor variables) on the CPU
+//! or the GPU, for comparing the two executors at one configuration (the issue's target: the
+//! second-order step at the paper configuration C=16, 8 layers, batch 64, f32).
+//!
+//! `cargo run --release --example resident_step -- <cpu|gpu> <first|second|exact> [C] [layers]
+//! [batch] [steps]` (defaults: 16 8 64 3). One untimed step first (pipeline compilation on the
+//! GPU, buffer pool warm-up on the CPU), then `steps` timed steps; prints each, the median and
+//! the peak resident memory of the process.
+
+use darts::darts::init::init_state;
+use darts::darts::network::SearchConfig;
+use darts::exec::cpu::CpuExecutor;
+use darts::exec::gpu::GpuExecutor;
+use darts::exec::{Executor, Feeds};
+use darts::search::architect::Order;
+use darts::search::step_graph::{upload_state, StepGraph, StepHyper};
+use ndarray::{ArrayD, IxDyn};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use std::time::Instant;
+
+fn usage(msg: &str) -> ! {
+    eprintln!(
+        "{msg}\nusage: resident_step <cpu|gpu> <first|second|exact> [C] [layers] [batch] [steps]"
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, default: usize| -> usize {
+        args.get(i).map_or(default, |s| {
+            s.parse()
+                .unwrap_or_else(|_| usage(&format!("argument {} '{s}' is not a count", i + 1)))
+        })
+    };
+    let order = match args.get(1).map(String::as_str) {
+        Some("first") | None => Order::First,
+        Some("second") => Order::Second,
+        Some("exact") => Order::Exact,
+        Some(o) => usage(&format!("unknown order '{o}'")),
+    };
+    let (c, layers, batch, steps) = (num(2, 16), num(3, 8), num(4, 64), num(5, 3).max(1));
+    let mut exec: Box<dyn Executor<f32>> = match args.first().map(String::as_str) {
+        Some("cpu") | None => Box::new(CpuExecutor::<f32>::new()),
+        Some("gpu") => match GpuExecutor::new() {
+            Ok(g) => {
+                println!("adapter: {}", g.adapter_info());
+                Box::new(g)
+            }
+            Err(e) => usage(&format!("no GPU: {e}")),
+        },
+        Some(b) => usage(&format!("unknown backend '{b}'")),
+    };
+    let cfg = SearchConfig {
+        c,
+        layers,
+        ..SearchConfig::paper()
+    };
+    if let Err(e) = cfg.validate(32, 32) {
+        usage(&format!("configuration: {e}"));
+    }
+    let layout = cfg.layout().expect("layout of a valid configuration");
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let state = init_state(&layout, cfg.k(), &mut rng);
+    let shape = [batch, 3, 32, 32];
+    let t = Instant::now();
+    let sg =
+        StepGraph::build(&cfg, &shape, &shape, order, &StepHyper::reference()).expect("step graph");
+    println!(
+        "{} {order:?} step, C={c}, layers={layers}, batch {batch}, f32: graph of {} nodes built \
+         in {:.2} s",
+        exec.name(),
+        sg.graph.len(),
+        t.elapsed().as_secs_f64()
+    );
+    upload_state(exec.as_mut(), &layout, &state, None, None).expect("upload the state");
+    let mut feeds = Feeds::<f32>::new();
+    for split in ["train", "valid"] {
+        let x =
+            ArrayD::from_shape_simple_fn(IxDyn(&shape), || rng.sample::<f32, _>(StandardNormal));
+        let mut onehot = ArrayD::zeros(IxDyn(&[batch, 10]));
+        for r in 0..batch {
+            onehot[[r, rng.random_range(0..10)]] = 1.0f32;
+        }
+        feeds.insert(format!("{split}/x"), x);
+        feeds.insert(format!("{split}/onehot"), onehot);
+    }
+    let scalar = |v: f64| ArrayD::from_elem(IxDyn(&[]), v as f32);
+    feeds.insert("lr", scalar(0.025));
+    feeds.insert("adam/step_size", scalar(3e-4 / 0.5));
+    feeds.insert("adam/bc2_sqrt", scalar((1.0f64 - 0.999).sqrt()));
+    let mut times = Vec::new();
+    for k in 0..=steps {
+        let t = Instant::now();
+        let out = exec
+            .run_assign(&sg.graph, &feeds, &[sg.loss_train], &sg.assign)
+            .unwrap_or_else(|e| usage(&format!("step {k}: {e}")));
+        let s = t.elapsed().as_secs_f64();
+        let loss = out[0].iter().next().copied().unwrap_or(f32::NAN);
+        println!(
+            "step {k}{}: {s:.3} s, loss {loss:.4}",
+            if k == 0 { " (untimed warm-up)" } else { "" }
+        );
+        if k > 0 {
+            times.push(s);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    println!(
+        "median {:.3} s per step over {} steps; peak resident memory {rss}",
+        times[times.len() / 2],
+        times.len()
+    );
+}
