@@ -402,6 +402,9 @@ pub fn running_stats(g: &mut Graph, runs: &[Vec<BnRecord>]) -> R<Vec<(NodeId, St
     Ok(assign)
 }
 
+/// Adam's first and second moments, one array per cell type (normal, reduce).
+pub type AdamMoments<'a> = (&'a [ArrayD<f64>], &'a [ArrayD<f64>]);
+
 /// Upload a search's whole state as the variables a [`StepGraph`] reads: weights and BN
 /// buffers (num_batches_tracked stays on the host) by state_dict name, both alphas, the SGD
 /// buffers (`sgd_buf/<weight>`, zeros when `sgd_buf` is None: PyTorch's absent buffer) and the
@@ -411,7 +414,7 @@ pub fn upload_state<T: Scalar, E: Executor<T> + ?Sized>(
     layout: &Layout,
     state: &State,
     sgd_buf: Option<&[ArrayD<f64>]>,
-    adam: Option<(&[ArrayD<f64>], &[ArrayD<f64>])>,
+    adam: Option<AdamMoments<'_>>,
 ) -> Result<(), ExecError> {
     exec.clear_vars();
     let cast = |a: &ArrayD<f64>| a.mapv(T::of);
