@@ -1,7 +1,8 @@
-// conv.wgsl: Conv2d and its two transposes (graph::Op::Conv2d, Conv2dInputGrad,
-// Conv2dWeightGrad), NCHW input, OIHW weights, in f32, by direct convolution: one invocation per
-// output element, no atomics (every output element sums its own contributions in a fixed
-// order, so runs repeat exactly).
+// conv.wgsl: Conv2d and its two transposes (graph::Op::Conv2d, Conv2dInputGrad, Conv2dWeightGrad),
+// NCHW input, OIHW weights, by direct convolution: one invocation per output element, no atomics
+// (every output element sums its own contributions in a fixed order, so runs repeat exactly).
+// Element type S: f32, or f64 where the adapter offers SHADER_F64. The scalar prelude
+// (scalar_f32.wgsl or scalar_f64.wgsl) is prepended and defines S.
 //
 // With Cg = c / groups input channels and Og = o / groups output channels per group, group of
 // output channel oc g(oc) = oc / Og, and the input pixel read by output pixel (y, x) at tap (i, j)
@@ -20,9 +21,9 @@
 //
 // Bindings (group 0), every entry point:
 //   0 params: uniform, ConvParams
-//   1 a:      storage, read,       array<f32>, first operand (see above), row-major
-//   2 b:      storage, read,       array<f32>, second operand, row-major
-//   3 out:    storage, read_write, array<f32>, the output, row-major, `total` elements
+//   1 a:      storage, read,       array<S>, first operand (see above), row-major
+//   2 b:      storage, read,       array<S>, second operand, row-major
+//   3 out:    storage, read_write, array<S>, the output, row-major, `total` elements
 //
 // ConvParams (80 bytes; mirrored field for field by `ConvParams` in src/exec/gpu/kernels.rs):
 //   total:  u32    number of output elements of the entry point
@@ -65,9 +66,9 @@ struct ConvParams {
 }
 
 @group(0) @binding(0) var<uniform> params: ConvParams;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<S>;
+@group(0) @binding(2) var<storage, read> b: array<S>;
+@group(0) @binding(3) var<storage, read_write> out: array<S>;
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WORKGROUP_SIZE + lid;
@@ -98,7 +99,7 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let cg = params.c / params.groups;
     let og = params.o / params.groups;
     let c0 = (oc / og) * cg;
-    var acc = 0.0;
+    var acc: S = 0.0;
     for (var ci = 0u; ci < cg; ci++) {
         for (var i = 0u; i < params.kh; i++) {
             let iy = in_row(y, i);
@@ -136,7 +137,7 @@ fn conv2d_input_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     let og = params.o / params.groups;
     let g = cc / cg;
     let cl = cc - g * cg;
-    var acc = 0.0;
+    var acc: S = 0.0;
     for (var oc = g * og; oc < (g + 1u) * og; oc++) {
         for (var i = 0u; i < params.kh; i++) {
             let ty = i32(iy + params.pad_h) - i32(i * params.dil_h);
@@ -181,7 +182,7 @@ fn conv2d_weight_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let ci = r % cg;
     let oc = r / cg;
     let cin = (oc / og) * cg + ci;
-    var acc = 0.0;
+    var acc: S = 0.0;
     for (var nb = 0u; nb < params.n; nb++) {
         for (var y = 0u; y < params.oh; y++) {
             let iy = in_row(y, i);

@@ -1,5 +1,7 @@
-// gather.wgsl: Gather and ScatterAdd (graph::Op::Gather, graph::Op::ScatterAdd), in f32.
-// Indices are exact integers stored as f32 (exact up to 2^24).
+// gather.wgsl: Gather and ScatterAdd (graph::Op::Gather, graph::Op::ScatterAdd), in the element
+// type S (f32, or f64 where the adapter offers SHADER_F64). Indices are exact integers stored as S
+// (exact up to 2^24 in f32, 2^53 in f64). The scalar prelude (scalar_f32.wgsl or scalar_f64.wgsl)
+// is prepended and defines S and nan_s.
 //
 //   gather:      out[r, j] = a[idx[r], j]         (a = table [rows, d], b = idx [n]; out [n, d])
 //                An index that is not an integer in [0, rows) gives NaN for that row.
@@ -13,9 +15,9 @@
 //
 // Bindings (group 0), both entry points:
 //   0 params: uniform, GatherParams
-//   1 a:      storage, read,       array<f32>, first operand (see above), row-major
-//   2 b:      storage, read,       array<f32>, second operand, row-major
-//   3 out:    storage, read_write, array<f32>, the output, row-major, `total` elements
+//   1 a:      storage, read,       array<S>, first operand (see above), row-major
+//   2 b:      storage, read,       array<S>, second operand, row-major
+//   3 out:    storage, read_write, array<S>, the output, row-major, `total` elements
 //
 // GatherParams (16 bytes; mirrored field for field by `GatherParams` in src/exec/gpu/kernels.rs):
 //   total: u32   number of output elements
@@ -38,17 +40,18 @@ struct GatherParams {
 }
 
 @group(0) @binding(0) var<uniform> params: GatherParams;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<S>;
+@group(0) @binding(2) var<storage, read> b: array<S>;
+@group(0) @binding(3) var<storage, read_write> out: array<S>;
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WORKGROUP_SIZE + lid;
 }
 
-// Whether v is an integer in [0, rows) (false for NaN and infinities).
-fn valid_row(v: f32, rows: u32) -> bool {
-    return v >= 0.0 && v < f32(rows) && floor(v) == v;
+// Whether v is an integer in [0, rows) (false for NaN and infinities; u32(v) truncates, so
+// S(u32(v)) == v exactly when v is an integer).
+fn valid_row(v: S, rows: u32) -> bool {
+    return v >= 0.0 && v < S(rows) && S(u32(v)) == v;
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -62,7 +65,7 @@ fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     if valid_row(v, params.rows) {
         out[i] = a[u32(v) * params.d + i % params.d];
     } else {
-        out[i] = bitcast<f32>(0x7fc00000u);
+        out[i] = nan_s();
     }
 }
 
@@ -73,9 +76,9 @@ fn scatter_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if i >= params.total {
         return;
     }
-    let k = f32(i / params.d);
+    let k = S(i / params.d);
     let j = i % params.d;
-    var s = 0.0;
+    var s: S = 0.0;
     for (var r = 0u; r < params.n; r++) {
         let v = a[r];
         if valid_row(v, params.rows) && v == k {

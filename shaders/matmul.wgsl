@@ -1,14 +1,16 @@
-// matmul.wgsl: MatMul (graph::Op::MatMul), 2-D, tiled through workgroup memory.
+// matmul.wgsl: MatMul (graph::Op::MatMul), 2-D, tiled through workgroup memory, in the element type
+// S (f32, or f64 where the adapter offers SHADER_F64). The scalar prelude (scalar_f32.wgsl or
+// scalar_f64.wgsl) is prepended and defines S.
 //
 // Equation: out[i, j] = sum_{p = 0}^{k - 1} a[i, p] * b[p, j], a [m, k], b [k, n], out [m, n].
-// Each invocation accumulates its sum in order p = 0, 1, ..., k - 1, so the f32 error is at
-// most gamma_k * sum_p |a[i, p] b[p, j]| (Higham, ch. 3).
+// Each invocation accumulates its sum in order p = 0, 1, ..., k - 1, so the error is at most
+// gamma_k(u) * sum_p |a[i, p] b[p, j]| (Higham, ch. 3), u the unit roundoff of S.
 //
 // Bindings (group 0):
 //   0 params: uniform, MatmulParams
-//   1 a:      storage, read,       array<f32>, [m, k] row-major: a[i, p] = a[i * k + p]
-//   2 b:      storage, read,       array<f32>, [k, n] row-major: b[p, j] = b[p * n + j]
-//   3 out:    storage, read_write, array<f32>, [m, n] row-major: out[i, j] = out[i * n + j]
+//   1 a:      storage, read,       array<S>, [m, k] row-major: a[i, p] = a[i * k + p]
+//   2 b:      storage, read,       array<S>, [k, n] row-major: b[p, j] = b[p * n + j]
+//   3 out:    storage, read_write, array<S>, [m, n] row-major: out[i, j] = out[i * n + j]
 //
 // MatmulParams (16 bytes; mirrored field for field by `MatmulParams` in src/exec/gpu/kernels.rs):
 //   m:       u32   rows of a and out
@@ -36,12 +38,12 @@ struct MatmulParams {
 }
 
 @group(0) @binding(0) var<uniform> params: MatmulParams;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<S>;
+@group(0) @binding(2) var<storage, read> b: array<S>;
+@group(0) @binding(3) var<storage, read_write> out: array<S>;
 
-var<workgroup> a_tile: array<array<f32, TILE>, TILE>;
-var<workgroup> b_tile: array<array<f32, TILE>, TILE>;
+var<workgroup> a_tile: array<array<S, TILE>, TILE>;
+var<workgroup> b_tile: array<array<S, TILE>, TILE>;
 
 @compute @workgroup_size(TILE, TILE)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -53,16 +55,16 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     let i = (tile / params.tiles_n) * TILE + lid.y;
     let j = (tile % params.tiles_n) * TILE + lid.x;
-    var acc = 0.0;
+    var acc: S = 0.0;
     let steps = (params.k + TILE - 1u) / TILE;
     for (var s = 0u; s < steps; s++) {
         let pa = s * TILE + lid.x;
         let pb = s * TILE + lid.y;
-        var va = 0.0;
+        var va: S = 0.0;
         if i < params.m && pa < params.k {
             va = a[i * params.k + pa];
         }
-        var vb = 0.0;
+        var vb: S = 0.0;
         if pb < params.k && j < params.n {
             vb = b[pb * params.n + j];
         }

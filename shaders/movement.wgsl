@@ -1,5 +1,6 @@
-// movement.wgsl: the data-movement primitives of darts, in f32 (exact: every output element is
-// one input element or 0).
+// movement.wgsl: the data-movement primitives of darts, in the element type S (f32, or f64 where
+// the adapter offers SHADER_F64; exact: every output element is one input element or 0). The scalar
+// prelude (scalar_f32.wgsl or scalar_f64.wgsl) is prepended and defines S.
 //
 // One entry point, `copy`, serves Permute, Slice (with step), Pad (before/after/interior zeros)
 // and Concat (graph::Op). With (c_0, ..., c_{rank-1}) the row-major coordinate of output flat
@@ -22,8 +23,8 @@
 //
 // Bindings (group 0):
 //   0 params: uniform, MoveParams
-//   1 x:      storage, read,       array<f32>, the input, row-major
-//   2 out:    storage, read_write, array<f32>, the output, row-major, `total` elements
+//   1 x:      storage, read,       array<S>, the input, row-major
+//   2 out:    storage, read_write, array<S>, the output, row-major, `total` elements
 //
 // MoveParams (176 bytes; mirrored field for field by `MoveParams` in src/exec/gpu/kernels.rs):
 //   total:        u32                  number of output elements
@@ -57,8 +58,8 @@ struct MoveParams {
 }
 
 @group(0) @binding(0) var<uniform> params: MoveParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<S>;
+@group(0) @binding(2) var<storage, read_write> out: array<S>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

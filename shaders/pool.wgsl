@@ -1,6 +1,8 @@
 // pool.wgsl: 2-D pooling over NCHW planes and its backward primitives (graph::Op::AvgPool2d,
-// AvgPool2dGrad, MaxPool2d, MaxPool2dGrad, MaxPool2dGather), in f32. No atomics: every output
-// element gathers its own contributions in a fixed order, so runs repeat exactly.
+// AvgPool2dGrad, MaxPool2d, MaxPool2dGrad, MaxPool2dGather), in the element type S (f32, or f64
+// where the adapter offers SHADER_F64). No atomics: every output element gathers its own
+// contributions in a fixed order, so runs repeat exactly. The scalar prelude (scalar_f32.wgsl or
+// scalar_f64.wgsl) is prepended and defines S, is_nan and neg_inf_s.
 //
 // Window (p, q) of a plane covers the signed padded rows y0 = p * stride_h - pad_h,
 // ..., y0 + kh - 1 and columns x0 = q * stride_w - pad_w, ..., x0 + kw - 1; its in-bounds part is
@@ -22,9 +24,9 @@
 //
 // Bindings (group 0); each entry point uses the subset listed:
 //   0 params: uniform, PoolParams                           (all)
-//   1 a:      storage, read,       array<f32>, row-major     (all)
-//   2 b:      storage, read,       array<f32>, row-major     (max_pool_gather, max_pool_grad)
-//   3 out:    storage, read_write, array<f32>, row-major output of `total` elements (all)
+//   1 a:      storage, read,       array<S>, row-major     (all)
+//   2 b:      storage, read,       array<S>, row-major     (max_pool_gather, max_pool_grad)
+//   3 out:    storage, read_write, array<S>, row-major output of `total` elements (all)
 //
 // PoolParams (48 bytes; mirrored field for field by `PoolParams` in src/exec/gpu/kernels.rs):
 //   total:  u32   number of output elements of the entry point
@@ -57,16 +59,12 @@ struct PoolParams {
 }
 
 @group(0) @binding(0) var<uniform> params: PoolParams;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<S>;
+@group(0) @binding(2) var<storage, read> b: array<S>;
+@group(0) @binding(3) var<storage, read_write> out: array<S>;
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WORKGROUP_SIZE + lid;
-}
-
-fn is_nan(x: f32) -> bool {
-    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
 }
 
 // In-bounds rows [r.x, r.y) and columns [r.z, r.w) of window (p, q).
@@ -92,7 +90,7 @@ fn covering(y: u32, k: u32, s: u32, pad: u32, n_out: u32) -> vec2<u32> {
 // In-plane flat index of the first maximum of a over window (p, q) of the plane at `off`.
 fn argmax(off: u32, p: u32, q: u32) -> u32 {
     let r = window(p, q);
-    var best = bitcast<f32>(0xff800000u);
+    var best = neg_inf_s();
     var at = r.x * params.w + r.z;
     for (var yy = r.x; yy < r.y; yy++) {
         for (var xx = r.z; xx < r.w; xx++) {
@@ -120,13 +118,13 @@ fn avg_pool(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let p = (i / params.ow) % params.oh;
     let off = (i / (params.ow * params.oh)) * params.h * params.w;
     let r = window(p, q);
-    var s = 0.0;
+    var s: S = 0.0;
     for (var yy = r.x; yy < r.y; yy++) {
         for (var xx = r.z; xx < r.w; xx++) {
             s += a[off + yy * params.w + xx];
         }
     }
-    out[i] = s / f32((r.y - r.x) * (r.w - r.z));
+    out[i] = s / S((r.y - r.x) * (r.w - r.z));
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -141,11 +139,11 @@ fn avg_pool_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let goff = (i / (params.w * params.h)) * params.oh * params.ow;
     let rp = covering(y, params.kh, params.stride_h, params.pad_h, params.oh);
     let rq = covering(x, params.kw, params.stride_w, params.pad_w, params.ow);
-    var s = 0.0;
+    var s: S = 0.0;
     for (var p = rp.x; p < rp.y; p++) {
         for (var q = rq.x; q < rq.y; q++) {
             let r = window(p, q);
-            s += a[goff + p * params.ow + q] / f32((r.y - r.x) * (r.w - r.z));
+            s += a[goff + p * params.ow + q] / S((r.y - r.x) * (r.w - r.z));
         }
     }
     out[i] = s;
@@ -179,7 +177,7 @@ fn max_pool_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let me = y * params.w + x;
     let rp = covering(y, params.kh, params.stride_h, params.pad_h, params.oh);
     let rq = covering(x, params.kw, params.stride_w, params.pad_w, params.ow);
-    var s = 0.0;
+    var s: S = 0.0;
     for (var p = rp.x; p < rp.y; p++) {
         for (var q = rq.x; q < rq.y; q++) {
             if argmax(off, p, q) == me {

@@ -1,5 +1,7 @@
-// reduce.wgsl: ReduceSum (graph::Op::ReduceSum) and ReduceMax (graph::Op::ReduceMax) over any
-// set of axes, reduced axes kept as 1.
+// reduce.wgsl: ReduceSum (graph::Op::ReduceSum) and ReduceMax (graph::Op::ReduceMax) over any set
+// of axes, reduced axes kept as 1, in the element type S (f32, or f64 where the adapter offers
+// SHADER_F64). The scalar prelude (scalar_f32.wgsl or scalar_f64.wgsl) is prepended and defines S,
+// is_nan and neg_inf_s.
 //
 // Equation: with the input's axes split into kept axes K and reduced axes R,
 //   out[o] = sum_{r = 0}^{n_red - 1} x[base(o) + roff(r)]
@@ -17,13 +19,13 @@
 //   reduce_sum_serial:    one invocation per output element, summing r = 0, 1, ... in order.
 //   reduce_sum_workgroup: one workgroup per output element; invocation t sums
 //                         r = t, t + WORKGROUP_SIZE, ..., then a tree over workgroup memory.
-// Both orders are a summation tree of depth <= n_red, so the f32 error is at most
-// gamma_{n_red} * sum |x| (Higham, ch. 4).
+// Both orders are a summation tree of depth <= n_red, so the error is at most
+// gamma_{n_red}(u) * sum |x| (Higham, ch. 4), u the unit roundoff of S.
 //
 // Bindings (group 0):
 //   0 params: uniform, ReduceParams
-//   1 x:      storage, read,       array<f32>, the input, row-major
-//   2 out:    storage, read_write, array<f32>, the output, row-major, total_out elements
+//   1 x:      storage, read,       array<S>, the input, row-major
+//   2 out:    storage, read_write, array<S>, the output, row-major, total_out elements
 //
 // ReduceParams (144 bytes; mirrored field for field by `ReduceParams` in src/exec/gpu/kernels.rs):
 //   total_out:    u32                  number of output elements (product of kept extents)
@@ -59,10 +61,10 @@ struct ReduceParams {
 }
 
 @group(0) @binding(0) var<uniform> params: ReduceParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<S>;
+@group(0) @binding(2) var<storage, read_write> out: array<S>;
 
-var<workgroup> partial: array<f32, WORKGROUP_SIZE>;
+var<workgroup> partial: array<S, WORKGROUP_SIZE>;
 
 fn base_offset(o: u32) -> u32 {
     var rem = o;
@@ -98,7 +100,7 @@ fn reduce_sum_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         return;
     }
     let base = base_offset(o);
-    var acc = 0.0;
+    var acc: S = 0.0;
     for (var r = 0u; r < params.n_red; r++) {
         acc += x[base + red_offset(r)];
     }
@@ -113,7 +115,7 @@ fn reduce_sum_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         return;
     }
     let base = base_offset(o);
-    var acc = 0.0;
+    var acc: S = 0.0;
     for (var r = lid; r < params.n_red; r += WORKGROUP_SIZE) {
         acc += x[base + red_offset(r)];
     }
@@ -130,18 +132,12 @@ fn reduce_sum_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     }
 }
 
-fn is_nan(x: f32) -> bool {
-    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
-}
-
-fn max_nan(m: f32, v: f32) -> f32 {
+fn max_nan(m: S, v: S) -> S {
     if is_nan(v) || v > m {
         return v;
     }
     return m;
 }
-
-const NEG_INF_BITS: u32 = 0xff800000u;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn reduce_max_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -151,7 +147,7 @@ fn reduce_max_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         return;
     }
     let base = base_offset(o);
-    var m = bitcast<f32>(NEG_INF_BITS);
+    var m = neg_inf_s();
     for (var r = 0u; r < params.n_red; r++) {
         m = max_nan(m, x[base + red_offset(r)]);
     }
@@ -166,7 +162,7 @@ fn reduce_max_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         return;
     }
     let base = base_offset(o);
-    var m = bitcast<f32>(NEG_INF_BITS);
+    var m = neg_inf_s();
     for (var r = lid; r < params.n_red; r += WORKGROUP_SIZE) {
         m = max_nan(m, x[base + red_offset(r)]);
     }

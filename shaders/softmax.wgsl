@@ -1,4 +1,6 @@
-// softmax.wgsl: LogSoftmax (graph::Op::LogSoftmax) along one axis, in f32, max-shifted.
+// softmax.wgsl: LogSoftmax (graph::Op::LogSoftmax) along one axis, max-shifted, in the element type
+// S (f32, or f64 where the adapter offers SHADER_F64). The scalar prelude (scalar_f32.wgsl or
+// scalar_f64.wgsl) is prepended and defines S, exp_s, log_s and neg_inf_s (exp and log below).
 //
 // Equation: for each lane (the elements that differ only in the softmax axis, n of them),
 //   m   = max_j x_j                      (v > m comparisons from -inf, as the CPU kernel)
@@ -10,8 +12,8 @@
 //
 // Bindings (group 0):
 //   0 params: uniform, SoftmaxParams
-//   1 x:      storage, read,       array<f32>, the input, row-major
-//   2 out:    storage, read_write, array<f32>, the output, row-major, the input's shape
+//   1 x:      storage, read,       array<S>, the input, row-major
+//   2 out:    storage, read_write, array<S>, the output, row-major, the input's shape
 //
 // SoftmaxParams (16 bytes; mirrored field for field by `SoftmaxParams` in src/exec/gpu/kernels.rs):
 //   lanes: u32   number of lanes (outer * inner)
@@ -34,8 +36,8 @@ struct SoftmaxParams {
 }
 
 @group(0) @binding(0) var<uniform> params: SoftmaxParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<S>;
+@group(0) @binding(2) var<storage, read_write> out: array<S>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn log_softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -45,18 +47,18 @@ fn log_softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         return;
     }
     let base = (l / params.inner) * params.n * params.inner + l % params.inner;
-    var m = bitcast<f32>(0xff800000u);
+    var m = neg_inf_s();
     for (var j = 0u; j < params.n; j++) {
         let v = x[base + j * params.inner];
         if v > m {
             m = v;
         }
     }
-    var s = 0.0;
+    var s: S = 0.0;
     for (var j = 0u; j < params.n; j++) {
-        s += exp(x[base + j * params.inner] - m);
+        s += exp_s(x[base + j * params.inner] - m);
     }
-    let lse = m + log(s);
+    let lse = m + log_s(s);
     for (var j = 0u; j < params.n; j++) {
         let at = base + j * params.inner;
         out[at] = x[at] - lse;

@@ -107,6 +107,7 @@ fn run() -> Result<ExitCode> {
                     println!("{}", serde_json::to_string_pretty(&rows)?);
                 } else {
                     println!("\nGPU: {}", gpu.adapter_info());
+                    println!("{}", darts::exec::gpu::f64_support());
                     print!(
                         "{}",
                         darts::check::gpu_compare::render(

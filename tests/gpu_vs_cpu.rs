@@ -21,8 +21,8 @@
 mod common;
 
 use darts::exec::cpu::CpuExecutor;
-use darts::exec::gpu::GpuExecutor;
-use darts::exec::{ExecError, Executor, Feeds};
+use darts::exec::gpu::{GpuExecutor, GpuScalar};
+use darts::exec::{ExecError, Executor, Feeds, Scalar};
 use darts::graph::{BinaryOp, ConvParams, Graph, NodeId, Op, PoolParams, UnaryOp};
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
@@ -173,21 +173,21 @@ fn binary_tol(op: BinaryOp, y: f64) -> f64 {
 }
 
 /// Compares element by element: NaN must meet NaN; otherwise |gpu - cpu| <= tol(i).
-fn compare(
+fn compare<G: Scalar>(
     what: &str,
-    gpu: &ArrayD<f32>,
+    gpu: &ArrayD<G>,
     cpu: &ArrayD<f64>,
     input: impl Fn(usize) -> String,
     tol: impl Fn(usize) -> f64,
 ) -> Result<(), TestCaseError> {
     prop_assert_eq!(gpu.shape(), cpu.shape(), "{}: shapes differ", what);
     for (i, (&g, &c)) in gpu.iter().zip(cpu.iter()).enumerate() {
-        let g = g as f64;
+        let g = g.as_f64();
         let t = tol(i);
         let ok = if c.is_nan() {
             g.is_nan()
         } else {
-            !g.is_nan() && (g - c).abs() <= t
+            g == c || (!g.is_nan() && (g - c).abs() <= t)
         };
         prop_assert!(
             ok,
@@ -303,15 +303,15 @@ fn special_inputs(op: UnaryOp) -> Vec<f32> {
     v
 }
 
-/// The GPU (f32) and CPU (f64) values of the same outputs.
-type GpuAndCpu = (Vec<ArrayD<f32>>, Vec<ArrayD<f64>>);
+/// The GPU (f32 or f64) and CPU (f64) values of the same outputs.
+type GpuAndCpu<T = f32> = (Vec<ArrayD<T>>, Vec<ArrayD<f64>>);
 
-fn run_both(
-    gpu: &mut GpuExecutor,
+fn run_both<T: GpuScalar>(
+    gpu: &mut GpuExecutor<T>,
     g: &Graph,
-    feeds: &Feeds<f32>,
+    feeds: &Feeds<T>,
     outs: &[NodeId],
-) -> Result<GpuAndCpu, TestCaseError> {
+) -> Result<GpuAndCpu<T>, TestCaseError> {
     let got = gpu
         .run(g, feeds, outs)
         .map_err(|e| TestCaseError::fail(format!("gpu run failed: {e}")))?;
@@ -324,7 +324,7 @@ fn run_both(
 /// Sets the dispatch cap for a case: 16 workgroups per dimension, so any kernel launch of more
 /// than 16 workgroups goes 2-D (with a ragged last row when 16 does not divide the count; up
 /// to 256 workgroups, more than any case here needs), or the device limit.
-fn set_dispatch(gpu: &mut GpuExecutor, two_d: bool) {
+fn set_dispatch<T: GpuScalar>(gpu: &mut GpuExecutor<T>, two_d: bool) {
     gpu.set_max_workgroups_per_dim(if two_d { TEST_DISPATCH_CAP } else { u32::MAX });
 }
 
@@ -1392,13 +1392,14 @@ fn gpu_search_network_gradients_match_cpu() {
     );
 }
 
-/// Run `outs` of `g` on the GPU (f32) and the CPU (f64, same f32 inputs) and assert each
-/// output agrees within evaluation_bound(K, depth, M, 2^-24) + evaluation_bound(K, depth, M,
-/// 2^-53) (see `gpu_search_network_gradients_match_cpu`). Returns the worst error/bound ratio.
-fn assert_gpu_matches_cpu(
-    gpu: &mut darts::exec::gpu::GpuExecutor,
+/// Run `outs` of `g` on the GPU (element type T, unit roundoff u_T) and the CPU (f64, same
+/// inputs) and assert each output agrees within evaluation_bound(K, depth, M, u_T) +
+/// evaluation_bound(K, depth, M, 2^-53) (see `gpu_search_network_gradients_match_cpu`).
+/// Returns the worst error/bound ratio.
+fn assert_gpu_matches_cpu<T: GpuScalar>(
+    gpu: &mut GpuExecutor<T>,
     g: &Graph,
-    feeds: &Feeds<f32>,
+    feeds: &Feeds<T>,
     outs: &[NodeId],
     names: &[String],
 ) -> f64 {
@@ -1435,16 +1436,16 @@ fn assert_gpu_matches_cpu(
     }
     let mut worst: f64 = 0.0;
     for (j, &o) in outs.iter().enumerate() {
-        let tol = evaluation_bound(k, depth[o.0], upstream[o.0], U32)
+        let tol = evaluation_bound(k, depth[o.0], upstream[o.0], T::UNIT_ROUNDOFF)
             + evaluation_bound(k, depth[o.0], upstream[o.0], U64);
         let name = &names[j];
         let err = got[j]
             .iter()
             .zip(want[j].iter())
-            .map(|(&a, &b)| (a as f64 - b).abs())
+            .map(|(&a, &b)| (a.as_f64() - b).abs())
             .fold(0.0f64, f64::max);
         assert!(
-            got[j].iter().all(|v| v.is_finite()),
+            got[j].iter().all(|v| v.as_f64().is_finite()),
             "{name}: non-finite GPU value"
         );
         worst = worst.max(err / tol);
@@ -1496,4 +1497,909 @@ fn gpu_exact_hvp_matches_cpu() {
     let names = ["hvp/normal".to_string(), "hvp/reduce".to_string()];
     let worst = assert_gpu_matches_cpu(&mut gpu, &net.graph, &feeds, &outs, &names);
     println!("exact H v: worst |gpu - cpu| / tol = {worst:.3e}");
+}
+
+// ------------------------------------------------------------------------------------------
+// The f64 GPU executor (where the adapter offers SHADER_F64) against the CPU f64 executor.
+//
+// Both sides run in f64 on the same f64 inputs (full 53-bit mantissas, not f32 values), so
+// every difference comes from the arithmetic, with u = 2^-53 (U64) on both sides:
+// * + - * / and sqrt are correctly rounded on both (the device's are checked bit for bit by
+//   tests/gpu_f64_math.rs and when the f64 executor is created), so every kernel that is one
+//   such operation per element (neg, square, recip, sqrt, rsqrt = 1 / sqrt, add, sub, mul,
+//   div) and every exact one (relu, step, max, compare, select, movement, gather, max-pool)
+//   must agree bit for bit: tolerance 0;
+// * sums of K terms: gamma_K(u) * sum |terms| per side, 2 gamma_K(u) * sum |terms| in all;
+// * exp, log, tanh and the kernels built on them: the f64 prelude's bounds (probe::EXP_U, ...,
+//   proofs/gpu-f64-math.md) on the GPU side plus the host libm's allowance (probe::LIBM_U) on
+//   the CPU side, propagated through the kernel's formula to first order.
+// Inputs are normal numbers; a subnormal result may be flushed to zero on the device (Vulkan
+// allows it without denorm preservation): FLUSH64 where a result can be that small.
+// Under DARTS_REQUIRE_GPU=1 these tests still skip (with a SKIP line) when no adapter offers
+// SHADER_F64, and fail when one does but the f64 executor cannot be created.
+
+use darts::exec::gpu::probe::{self as f64_probe, Probe};
+
+/// Smallest normal f64, 2^-1022: the most a flushed subnormal result is off by.
+const FLUSH64: f64 = f64::MIN_POSITIVE;
+
+/// The f64 GPU executor for `test`, or None with a `SKIP` line: when no adapter offers
+/// SHADER_F64 (always a skip: f64 is optional), or when there is no adapter at all, or the f64
+/// executor fails otherwise (both failures under DARTS_REQUIRE_GPU=1).
+fn gpu_f64(test: &str) -> Option<GpuExecutor<f64>> {
+    let require = std::env::var("DARTS_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    match GpuExecutor::new_f64() {
+        Ok(e) => {
+            eprintln!("{test}: running in f64 on {}", e.adapter_info());
+            Some(e)
+        }
+        Err(e @ ExecError::MissingGpuFeature { .. }) => {
+            println!("SKIP {test}: {e}");
+            None
+        }
+        Err(e) => match GpuExecutor::new() {
+            Err(no_gpu) if !require => {
+                println!("SKIP {test}: no GPU adapter ({no_gpu})");
+                None
+            }
+            Err(no_gpu) => panic!("{test}: DARTS_REQUIRE_GPU=1 but no GPU adapter: {no_gpu}"),
+            Ok(f32_gpu) if require => panic!(
+                "{test}: adapter {} runs f32 but the f64 executor failed: {e}",
+                f32_gpu.adapter_info()
+            ),
+            Ok(_) => {
+                println!("SKIP {test}: the f64 executor failed: {e}");
+                None
+            }
+        },
+    }
+}
+
+/// 2 gamma_K(2^-53) * abs_sum: a sum of K terms computed in f64 on both sides.
+fn sum_tol64(k: usize, abs_sum: f64) -> f64 {
+    2.0 * gamma(k, U64) * abs_sum
+}
+
+fn array64(shape: &[usize], data: Vec<f64>) -> ArrayD<f64> {
+    ArrayD::from_shape_vec(IxDyn(shape), data).expect("data matches shape")
+}
+
+/// `mixed` in f64: uniform in [-range, range], uniform in [-1, 1], or log-uniform in
+/// magnitude over [1e-6, 1] with a random sign, and exactly 0 or -0 now and then.
+fn mixed64(rng: &mut ChaCha8Rng, range: f64) -> f64 {
+    match rng.random_range(0..20) {
+        0 => 0.0,
+        1 => -0.0,
+        2..=10 => rng.random_range(-range..=range),
+        11..=15 => rng.random_range(-1.0..=1.0),
+        _ => {
+            let m = 10f64.powf(rng.random_range(-6.0..=0.0));
+            if rng.random_bool(0.5) {
+                m
+            } else {
+                -m
+            }
+        }
+    }
+}
+
+fn log_uniform64(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
+    10f64.powf(rng.random_range(lo.log10()..=hi.log10()))
+}
+
+/// `draw` in f64: `mixed64` in [-4, 4], about one in `nan_every` NaN (0: none).
+fn draw64(rng: &mut ChaCha8Rng, shape: &[usize], nan_every: u32) -> ArrayD<f64> {
+    let n: usize = shape.iter().product();
+    let v = (0..n)
+        .map(|_| {
+            if nan_every > 0 && rng.random_range(0..nan_every) == 0 {
+                f64::NAN
+            } else {
+                mixed64(rng, 4.0)
+            }
+        })
+        .collect();
+    array64(shape, v)
+}
+
+/// A value in the domain the f64 kernels are tested on: log, sqrt, rsqrt and recip over
+/// [1e-300, 1e300] in magnitude (log half in [0.5, 2]), exp over [-700, 700], the rest over
+/// [-40, 40] (mixed scales).
+fn unary_input64(op: UnaryOp, rng: &mut ChaCha8Rng) -> f64 {
+    match op {
+        UnaryOp::Log if rng.random_bool(0.5) => rng.random_range(0.5..=2.0),
+        UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt => log_uniform64(rng, 1e-300, 1e300),
+        UnaryOp::Recip => {
+            let m = log_uniform64(rng, 1e-300, 1e300);
+            if rng.random_bool(0.5) {
+                m
+            } else {
+                -m
+            }
+        }
+        UnaryOp::Exp => mixed64(rng, 700.0),
+        _ => mixed64(rng, 40.0),
+    }
+}
+
+/// Bound on |f_gpu(x) - f_cpu(x)| for the unary kernels in f64, given the exact value y:
+/// * neg, relu, step, square, recip, sqrt, rsqrt: 0 (one or two correctly rounded operations,
+///   the same on both sides);
+/// * exp, log, tanh: the probe bound, (EXP_U + LIBM_U) u |y| and so on (`Probe::bound`);
+/// * sigmoid, 1 / (1 + e) with e = exp(-x) for x >= 0, e / (1 + e) with e = exp(x) for x < 0:
+///   the relative sensitivity to e is e / (1 + e) and 1 / (1 + e), times the two exp errors
+///   (EXP_U + LIBM_U) u; the addition and the division add 2 u per side;
+/// * softplus = max(x, 0) + L, L = log1p(t), t = exp(-|x|): the exp errors move L by
+///   (EXP_U + LIBM_U) u t / (1 + t); log1p_unit and libm's ln_1p add (LOG1P_U + LIBM_U) u L;
+///   the final addition u |y| per side.
+///
+/// Every bound but the exact ones adds FLUSH64 for a subnormal result flushed to zero.
+fn unary_tol64(op: UnaryOp, x: f64, y: f64) -> f64 {
+    let exp_rel = (f64_probe::EXP_U + f64_probe::LIBM_U) * U64;
+    let d = match op {
+        UnaryOp::Neg
+        | UnaryOp::Relu
+        | UnaryOp::Step
+        | UnaryOp::Square
+        | UnaryOp::Recip
+        | UnaryOp::Sqrt
+        | UnaryOp::Rsqrt => return 0.0,
+        UnaryOp::Exp => Probe::Exp.bound(y),
+        UnaryOp::Log => Probe::Log.bound(y),
+        UnaryOp::Tanh => Probe::Tanh.bound(y),
+        UnaryOp::Sigmoid => {
+            let e = (-x.abs()).exp();
+            let sensitivity = if x >= 0.0 {
+                e / (1.0 + e)
+            } else {
+                1.0 / (1.0 + e)
+            };
+            (sensitivity * exp_rel + 4.0 * U64) * y.abs()
+        }
+        UnaryOp::Softplus => {
+            let t = (-x.abs()).exp();
+            let l = t.ln_1p();
+            exp_rel * t / (1.0 + t)
+                + (f64_probe::LOG1P_U + f64_probe::LIBM_U) * U64 * l
+                + 2.0 * U64 * y.abs()
+        }
+    };
+    d + FLUSH64
+}
+
+/// Kinks, ties, NaN, infinities and the ends of the ranges (exp underflowing to a subnormal
+/// and to 0, overflowing to infinity; tanh saturating).
+const SPECIALS64: [f64; 20] = [
+    f64::NAN,
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.5,
+    2.0,
+    1e-3,
+    -1e-3,
+    1e-300,
+    1e300,
+    f64::INFINITY,
+    f64::NEG_INFINITY,
+    30.0,
+    -30.0,
+    709.0,
+    710.0,
+    -740.0,
+    -746.0,
+    22.5,
+];
+
+#[test]
+fn gpu_f64_unary_matches_cpu() {
+    let Some(gpu) = gpu_f64("gpu_f64_unary_matches_cpu") else {
+        return;
+    };
+    let gpu = RefCell::new(gpu);
+    // The specials first (shape [20]), then random shapes.
+    let check = |shape: &[usize], inputs: &dyn Fn(UnaryOp, usize) -> Vec<f64>| {
+        let mut g = Graph::new();
+        let mut feeds = Feeds::<f64>::new();
+        let mut outs = Vec::new();
+        let mut xs = Vec::new();
+        for (k, op) in UNARY_OPS.iter().enumerate() {
+            let name = format!("{op:?}");
+            let x = g.input(name.clone(), shape.to_vec()).expect("input");
+            let vals = inputs(*op, k);
+            feeds.insert(name, array64(shape, vals.clone()));
+            outs.push(g.unary(*op, x).expect("unary"));
+            xs.push(vals);
+        }
+        let (got, want) = run_both(&mut gpu.borrow_mut(), &g, &feeds, &outs)?;
+        for (k, op) in UNARY_OPS.iter().enumerate() {
+            let w: Vec<f64> = want[k].iter().copied().collect();
+            compare(
+                &format!("{op:?} (f64) on {shape:?}"),
+                &got[k],
+                &want[k],
+                |i| format!("x = {:e}", xs[k][i]),
+                |i| unary_tol64(*op, xs[k][i], w[i]),
+            )?;
+        }
+        Ok(())
+    };
+    check(&[SPECIALS64.len()], &|_, _| SPECIALS64.to_vec()).unwrap_or_else(|e| panic!("{e}"));
+    runner(24)
+        .run(
+            &(shape_strategy(3, 24), any::<u64>(), any::<bool>()),
+            |(shape, seed, two_d)| {
+                set_dispatch(&mut gpu.borrow_mut(), two_d);
+                let n: usize = shape.iter().product();
+                check(&shape, &|op, k| {
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ k as u64);
+                    (0..n).map(|_| unary_input64(op, &mut rng)).collect()
+                })
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A binary-op operand in f64: one of {-1, -0, 0, 1, 2} with probability 0.3 (ties, equal
+/// pairs, division by zero), NaN with probability 0.02, otherwise `mixed64` in [-10, 10].
+fn binary_input64(rng: &mut ChaCha8Rng) -> f64 {
+    if rng.random_bool(0.02) {
+        return f64::NAN;
+    }
+    if rng.random_bool(0.3) {
+        return [-1.0, -0.0, 0.0, 1.0, 2.0][rng.random_range(0..5)];
+    }
+    mixed64(rng, 10.0)
+}
+
+/// Every binary op is one correctly rounded operation or exact: tolerance 0 (division by
+/// zero, NaN and ties included).
+#[test]
+fn gpu_f64_binary_broadcast_matches_cpu() {
+    let Some(gpu) = gpu_f64("gpu_f64_binary_broadcast_matches_cpu") else {
+        return;
+    };
+    let gpu = RefCell::new(gpu);
+    runner(32)
+        .run(
+            &(shape_strategy(4, 9), any::<u64>(), any::<bool>()),
+            |(out_shape, seed, two_d)| {
+                let mut gpu = gpu.borrow_mut();
+                set_dispatch(&mut gpu, two_d);
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let sa = operand_shape(&out_shape, &mut rng);
+                let sb = operand_shape(&out_shape, &mut rng);
+                let (sa, sb) = if rng.random_bool(0.5) {
+                    (out_shape.clone(), sb)
+                } else {
+                    (sa, out_shape.clone())
+                };
+                let mut draw = |s: &[usize]| {
+                    let n: usize = s.iter().product();
+                    array64(s, (0..n).map(|_| binary_input64(&mut rng)).collect())
+                };
+                let (va, vb) = (draw(&sa), draw(&sb));
+                let mut g = Graph::new();
+                let a = g.input("a", sa.clone()).expect("input");
+                let b = g.input("b", sb.clone()).expect("input");
+                let outs: Vec<NodeId> = BINARY_OPS
+                    .iter()
+                    .map(|&op| g.binary(op, a, b).expect("broadcastable"))
+                    .collect();
+                let mut feeds = Feeds::<f64>::new();
+                feeds.insert("a", va.clone());
+                feeds.insert("b", vb.clone());
+                let (got, want) = run_both(&mut gpu, &g, &feeds, &outs)?;
+                let fa: Vec<f64> = va
+                    .broadcast(IxDyn(&out_shape))
+                    .expect("a")
+                    .iter()
+                    .copied()
+                    .collect();
+                let fb: Vec<f64> = vb
+                    .broadcast(IxDyn(&out_shape))
+                    .expect("b")
+                    .iter()
+                    .copied()
+                    .collect();
+                for (k, op) in BINARY_OPS.iter().enumerate() {
+                    compare(
+                        &format!("{op:?} (f64): {sa:?} with {sb:?}"),
+                        &got[k],
+                        &want[k],
+                        |i| format!("a = {:e}, b = {:e}", fa[i], fb[i]),
+                        |_| 0.0,
+                    )?;
+                }
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// reduce_sum (each output within sum_tol64(K, sum |x|)), reduce_max and select (exact), on
+/// random shapes and axes, and on reductions long enough for the workgroup kernels.
+#[test]
+fn gpu_f64_reductions_and_select_match_cpu() {
+    let Some(mut gpu) = gpu_f64("gpu_f64_reductions_and_select_match_cpu") else {
+        return;
+    };
+    let case = shape_strategy(4, 12)
+        .prop_flat_map(|shape| {
+            let r = shape.len();
+            (
+                Just(shape),
+                prop::collection::vec(any::<bool>(), r),
+                any::<u64>(),
+                any::<bool>(),
+            )
+        })
+        .prop_map(|(shape, mask, seed, two_d)| {
+            let axes: Vec<usize> = (0..shape.len()).filter(|&d| mask[d]).collect();
+            (shape, axes, seed, two_d)
+        });
+    let mut cases: Vec<(Vec<usize>, Vec<usize>, u64, bool)> = vec![
+        (vec![3, 2000], vec![1], 7, false),
+        (vec![2000, 3], vec![0], 8, true),
+        (vec![5, 40, 3, 20], vec![1, 3], 9, true),
+    ];
+    let mut runner = runner(32);
+    for _ in 0..32 {
+        cases.push(case.new_tree(&mut runner).expect("case").current());
+    }
+    for (shape, axes, seed, two_d) in cases {
+        set_dispatch(&mut gpu, two_d);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut g = Graph::new();
+        let c = g.input("c", shape.clone()).expect("input");
+        let a = g.input("a", shape.clone()).expect("input");
+        let b = g.input("b", shape.clone()).expect("input");
+        let sum = g.reduce_sum(b, &axes).expect("reduce_sum");
+        let max = g.reduce_max(a, &axes).expect("reduce_max");
+        let sel = g.select(c, a, b).expect("select");
+        let n: usize = shape.iter().product();
+        let cv: Vec<f64> = (0..n)
+            .map(|_| [0.0, -0.0, 1.0, -2.5, f64::NAN][rng.random_range(0..5)])
+            .collect();
+        let mut feeds = Feeds::<f64>::new();
+        feeds.insert("c", array64(&shape, cv));
+        feeds.insert(
+            "a",
+            draw64(&mut rng, &shape, if seed % 3 == 0 { 50 } else { 0 }),
+        );
+        let bv = draw64(&mut rng, &shape, 0);
+        feeds.insert("b", bv.clone());
+        let (got, want) =
+            run_both(&mut gpu, &g, &feeds, &[sum, max, sel]).unwrap_or_else(|e| panic!("{e}"));
+        let mut abs_feeds = feeds.clone();
+        abs_feeds.insert("b", bv.mapv(f64::abs));
+        let abs = CpuExecutor::<f64>::new()
+            .run(&g, &abs_feeds, &[sum])
+            .expect("cpu run");
+        let k: usize = axes.iter().map(|&a| shape[a]).product();
+        let abs_flat: Vec<f64> = abs[0].iter().copied().collect();
+        let desc = format!("{axes:?} of {shape:?} (f64)");
+        compare(
+            &format!("reduce_sum{desc}"),
+            &got[0],
+            &want[0],
+            |i| format!("sum |x| = {:e}, K = {k}", abs_flat[i]),
+            |i| sum_tol64(k, abs_flat[i]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        compare(
+            &format!("reduce_max{desc}"),
+            &got[1],
+            &want[1],
+            |i| format!("{i}"),
+            |_| 0.0,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        compare(
+            &format!("select {desc}"),
+            &got[2],
+            &want[2],
+            |i| format!("{i}"),
+            |_| 0.0,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// matmul [m, k] x [k, n], each entry within sum_tol64(k, (|a| |b|)[i, j]); f64 products of
+/// full-mantissa inputs round, unlike products of f32 values.
+#[test]
+fn gpu_f64_matmul_matches_cpu() {
+    let Some(gpu) = gpu_f64("gpu_f64_matmul_matches_cpu") else {
+        return;
+    };
+    let gpu = RefCell::new(gpu);
+    runner(24)
+        .run(
+            &(
+                1usize..=70,
+                1usize..=70,
+                1usize..=70,
+                any::<u64>(),
+                any::<bool>(),
+            ),
+            |(m, k, n, seed, two_d)| {
+                let mut gpu = gpu.borrow_mut();
+                set_dispatch(&mut gpu, two_d);
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let (va, vb) = (draw64(&mut rng, &[m, k], 0), draw64(&mut rng, &[k, n], 0));
+                let mut g = Graph::new();
+                let a = g.input("a", [m, k]).expect("input");
+                let b = g.input("b", [k, n]).expect("input");
+                let c = g.matmul(a, b).expect("matmul");
+                let mut feeds = Feeds::<f64>::new();
+                feeds.insert("a", va.clone());
+                feeds.insert("b", vb.clone());
+                let (got, want) = run_both(&mut gpu, &g, &feeds, &[c])?;
+                let mut abs_feeds = Feeds::<f64>::new();
+                abs_feeds.insert("a", va.mapv(f64::abs));
+                abs_feeds.insert("b", vb.mapv(f64::abs));
+                let abs = CpuExecutor::<f64>::new()
+                    .run(&g, &abs_feeds, &[c])
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let abs_flat: Vec<f64> = abs[0].iter().copied().collect();
+                compare(
+                    &format!("matmul (f64) [{m}, {k}] x [{k}, {n}]"),
+                    &got[0],
+                    &want[0],
+                    |i| format!("row {}, col {}", i / n, i % n),
+                    |i| sum_tol64(k, abs_flat[i]),
+                )
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Permute, slice, pad and concat copy values or write zeros; gather copies rows: tolerance 0.
+/// scatter_add sums at most n rows: sum_tol64(n, ...). Bad indices are refused by name.
+#[test]
+fn gpu_f64_movement_and_gather_match_cpu() {
+    let Some(gpu) = gpu_f64("gpu_f64_movement_and_gather_match_cpu") else {
+        return;
+    };
+    let gpu = RefCell::new(gpu);
+    runner(32)
+        .run(
+            &(
+                shape_strategy(4, 7),
+                1usize..=9,
+                1usize..=12,
+                any::<u64>(),
+                any::<bool>(),
+            ),
+            |(shape, rows, n, seed, two_d)| {
+                let mut gpu = gpu.borrow_mut();
+                set_dispatch(&mut gpu, two_d);
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let r = shape.len();
+                let mut g = Graph::new();
+                let x = g.input("x", shape.clone()).expect("input");
+                let mut feeds = Feeds::<f64>::new();
+                feeds.insert("x", draw64(&mut rng, &shape, 0));
+                let mut perm: Vec<usize> = (0..r).collect();
+                for k in (1..r).rev() {
+                    perm.swap(k, rng.random_range(0..=k));
+                }
+                let mut outs = vec![g.permute(x, &perm).expect("permute")];
+                let mut what = vec![format!("permute{perm:?}")];
+                if r > 0 {
+                    let axis = rng.random_range(0..r);
+                    let len = shape[axis];
+                    let start = rng.random_range(0..len);
+                    let end = rng.random_range(start + 1..=len);
+                    outs.push(g.slice(x, axis, start, end, 2).expect("slice"));
+                    what.push(format!("slice(axis {axis}, {start}..{end} step 2)"));
+                    outs.push(g.pad(x, axis, 1, 2, 1).expect("pad"));
+                    what.push(format!("pad(axis {axis}, 1, 2, 1)"));
+                    let mut other = shape.clone();
+                    other[axis] = rng.random_range(1..=4);
+                    let y = g.input("y", other.clone()).expect("input");
+                    feeds.insert("y", draw64(&mut rng, &other, 0));
+                    outs.push(g.concat(&[x, y, x], axis).expect("concat"));
+                    what.push(format!("concat(x, y {other:?}, x; axis {axis})"));
+                }
+                // Gather and scatter-add over a [rows, 3] table.
+                let table = g.input("table", [rows, 3]).expect("input");
+                let idx = g.input("idx", [n]).expect("input");
+                let src = g.input("src", [n, 3]).expect("input");
+                let ga = g.scoped("emb", |g| g.gather(table, idx)).expect("gather");
+                let sc = g
+                    .scoped("emb_t", |g| g.add(Op::ScatterAdd { rows }, &[idx, src]))
+                    .expect("scatter_add");
+                let iv: Vec<f64> = (0..n).map(|_| rng.random_range(0..rows) as f64).collect();
+                feeds.insert("table", draw64(&mut rng, &[rows, 3], 0));
+                feeds.insert("idx", array64(&[n], iv.clone()));
+                let sv = draw64(&mut rng, &[n, 3], 0);
+                feeds.insert("src", sv.clone());
+                outs.push(ga);
+                what.push(format!("gather {rows} rows"));
+                let (got, want) = run_both(&mut gpu, &g, &feeds, &outs)?;
+                for k in 0..outs.len() {
+                    compare(
+                        &format!("{} of {shape:?} (f64)", what[k]),
+                        &got[k],
+                        &want[k],
+                        |i| format!("{i}"),
+                        |_| 0.0,
+                    )?;
+                }
+                let (got, want) = run_both(&mut gpu, &g, &feeds, &[sc])?;
+                let mut abs_feeds = feeds.clone();
+                abs_feeds.insert("src", sv.mapv(f64::abs));
+                let abs = CpuExecutor::<f64>::new()
+                    .run(&g, &abs_feeds, &[sc])
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let a: Vec<f64> = abs[0].iter().copied().collect();
+                compare(
+                    &format!("scatter_add rows {rows}, n {n} (f64)"),
+                    &got[0],
+                    &want[0],
+                    |i| format!("sum |src| = {:e}", a[i]),
+                    |i| sum_tol64(n, a[i]),
+                )?;
+                for bad in [rows as f64, 0.5, -1.0] {
+                    let mut bv = iv.clone();
+                    bv[n - 1] = bad;
+                    feeds.insert("idx", array64(&[n], bv));
+                    for (out, label) in [(ga, "emb"), (sc, "emb_t")] {
+                        match gpu.run(&g, &feeds, &[out]) {
+                            Err(ExecError::IndexOutOfRange {
+                                label: l, rows: r, ..
+                            }) => {
+                                prop_assert_eq!(l, label);
+                                prop_assert_eq!(r, rows);
+                            }
+                            other => {
+                                prop_assert!(false, "index {} gave {:?}", bad, other.map(|_| ()))
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Conv2d and its transposes (K terms as in `gpu_conv2d_and_transposes_match_cpu`) within
+/// sum_tol64(K, sum |terms|); pooling: max-pool and max-pool-gather pick one input (exact; on
+/// inputs `xp` from a few levels with -inf and NaN, so ties and NaN windows are common), the
+/// max-pool gradient sums at most 9 cotangents (sum_tol64(9, ..)); avg-pool's sum of K_w <= 9
+/// terms and its division, 2 (gamma_9 + u) per share for the gradient, 2 gamma_9 avg |x| +
+/// 2 u |y| for the forward.
+#[test]
+fn gpu_f64_conv_and_pool_match_cpu() {
+    let Some(gpu) = gpu_f64("gpu_f64_conv_and_pool_match_cpu") else {
+        return;
+    };
+    let gpu = RefCell::new(gpu);
+    let case = (
+        1usize..=2,
+        prop::sample::select(vec![2usize, 4]),
+        0usize..3,
+        1usize..=2,
+        prop::sample::select(vec![1usize, 3]),
+        (1usize..=2, 0usize..=1, 1usize..=2),
+        (3usize..=8, 3usize..=8),
+        (any::<u64>(), any::<bool>()),
+    );
+    runner(24)
+        .run(
+            &case,
+            |(n, c, gsel, omul, k, (stride, pad, dil), (h, w), (seed, two_d))| {
+                let groups = [1, 2, c][gsel];
+                let o = groups * omul;
+                let cp = ConvParams::new(stride, pad, dil, groups);
+                let pp = PoolParams::new(3, stride, pad);
+                let (Some(oh), Some(ow)) = (cp.out_len(0, h, k), cp.out_len(1, w, k)) else {
+                    return Ok(());
+                };
+                let (Some(ph), Some(pw)) = (pp.out_len(0, h), pp.out_len(1, w)) else {
+                    return Ok(());
+                };
+                let mut gpu = gpu.borrow_mut();
+                set_dispatch(&mut gpu, two_d);
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let (xs, ws, ys, ps) = (
+                    vec![n, c, h, w],
+                    vec![o, c / groups, k, k],
+                    vec![n, o, oh, ow],
+                    vec![n, c, ph, pw],
+                );
+                let mut g = Graph::new();
+                let x = g.input("x", xs.clone()).expect("input");
+                let wt = g.input("w", ws.clone()).expect("input");
+                let gy = g.input("gy", ys.clone()).expect("input");
+                let gp = g.input("gp", ps.clone()).expect("input");
+                let y = g.conv2d(x, wt, cp).expect("conv2d");
+                let gx = g
+                    .add(
+                        Op::Conv2dInputGrad {
+                            p: cp,
+                            in_hw: [h, w],
+                        },
+                        &[gy, wt],
+                    )
+                    .expect("input grad");
+                let gw = g
+                    .add(
+                        Op::Conv2dWeightGrad {
+                            p: cp,
+                            kernel: [k, k],
+                        },
+                        &[x, gy],
+                    )
+                    .expect("weight grad");
+                let xp = g.input("xp", xs.clone()).expect("input");
+                let avg = g.avg_pool2d(x, pp).expect("avg_pool");
+                let avg_g = g
+                    .add(
+                        Op::AvgPool2dGrad {
+                            p: pp,
+                            in_hw: [h, w],
+                        },
+                        &[gp],
+                    )
+                    .expect("avg grad");
+                let mx = g.max_pool2d(xp, pp).expect("max_pool");
+                let mx_g = g.add(Op::MaxPool2dGrad(pp), &[xp, gp]).expect("max grad");
+                let mx_c = g.add(Op::MaxPool2dGather(pp), &[xp, x]).expect("gather");
+                let mut feeds = Feeds::<f64>::new();
+                for (name, s) in [("x", &xs), ("w", &ws), ("gy", &ys), ("gp", &ps)] {
+                    feeds.insert(name, draw64(&mut rng, s, 0));
+                }
+                let levels = [-1.0, 0.0, 0.5, 2.0, f64::NEG_INFINITY];
+                let xpv: Vec<f64> = (0..n * c * h * w)
+                    .map(|_| {
+                        if seed % 4 == 0 && rng.random_range(0..20) == 0 {
+                            f64::NAN
+                        } else {
+                            levels[rng.random_range(0..levels.len())]
+                        }
+                    })
+                    .collect();
+                feeds.insert("xp", array64(&xs, xpv));
+                let outs = [y, gx, gw, avg, avg_g, mx, mx_g, mx_c];
+                let (got, want) = run_both(&mut gpu, &g, &feeds, &outs)?;
+                let mut abs_feeds = Feeds::<f64>::new();
+                for name in ["x", "w", "gy", "gp"] {
+                    abs_feeds.insert(name, feeds.get(name).expect("fed").mapv(f64::abs));
+                }
+                // max_pool_grad on |gp| with the argmax of the real xp.
+                let mut mx_feeds = abs_feeds.clone();
+                mx_feeds.insert("xp", feeds.get("xp").expect("xp").clone());
+                let abs = CpuExecutor::<f64>::new()
+                    .run(&g, &abs_feeds, &[y, gx, gw, avg, avg_g])
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let abs_mx = CpuExecutor::<f64>::new()
+                    .run(&g, &mx_feeds, &[mx_g])
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let flat = |a: &ArrayD<f64>| -> Vec<f64> { a.iter().copied().collect() };
+                let desc = format!(
+                    "x {xs:?} w {ws:?} stride {stride} pad {pad} dil {dil} groups {groups} (f64)"
+                );
+                let ks = [(c / groups) * k * k, (o / groups) * k * k, n * oh * ow];
+                for (j, name) in ["conv2d", "conv2d_input_grad", "conv2d_weight_grad"]
+                    .iter()
+                    .enumerate()
+                {
+                    let a = flat(&abs[j]);
+                    compare(
+                        &format!("{name}, {desc}"),
+                        &got[j],
+                        &want[j],
+                        |i| format!("K = {}, sum |terms| = {:e}", ks[j], a[i]),
+                        |i| sum_tol64(ks[j], a[i]),
+                    )?;
+                }
+                let (aa, ag, yv) = (flat(&abs[3]), flat(&abs[4]), flat(&want[3]));
+                compare(
+                    &format!("avg_pool {desc}"),
+                    &got[3],
+                    &want[3],
+                    |i| format!("avg |x| = {:e}", aa[i]),
+                    |i| 2.0 * gamma(9, U64) * aa[i] + 2.0 * U64 * yv[i].abs(),
+                )?;
+                compare(
+                    &format!("avg_pool_grad {desc}"),
+                    &got[4],
+                    &want[4],
+                    |i| format!("sum |gy / count| = {:e}", ag[i]),
+                    |i| 2.0 * (gamma(9, U64) + U64) * ag[i],
+                )?;
+                compare(
+                    &format!("max_pool {desc}"),
+                    &got[5],
+                    &want[5],
+                    |i| format!("{i}"),
+                    |_| 0.0,
+                )?;
+                compare(
+                    &format!("max_pool_gather {desc}"),
+                    &got[7],
+                    &want[7],
+                    |i| format!("{i}"),
+                    |_| 0.0,
+                )?;
+                let am = flat(&abs_mx[0]);
+                compare(
+                    &format!("max_pool_grad {desc}"),
+                    &got[6],
+                    &want[6],
+                    |i| format!("sum |gy| = {:e}", am[i]),
+                    |i| sum_tol64(9, am[i]),
+                )
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Bound on |y_gpu - y_cpu| for log_softmax in f64, first order, each side:
+/// t_k = x_k - m rounds (u |t_k|), exp adds its error (EXP_U u on the device, LIBM_U u on the
+/// host); the sum of n positive terms adds gamma_n(u), so s has relative error at most
+/// E + u max|t_k| + gamma_n(u), which moves log s by that much (absolute); log itself adds
+/// LOG_U u |log s| (device) or LIBM_U u |log s| (host); the two roundings m + log s and
+/// x_j - lse add u (|lse| + |y_j|).
+fn log_softmax_tol64(lane: &[f64], y: f64) -> f64 {
+    let n = lane.len();
+    let m = lane.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let s: f64 = lane.iter().map(|v| (v - m).exp()).sum();
+    let t_max = lane.iter().map(|v| (v - m).abs()).fold(0.0, f64::max);
+    let lse = m + s.ln();
+    (f64_probe::EXP_U + f64_probe::LIBM_U) * U64
+        + 2.0 * (U64 * t_max + gamma(n, U64))
+        + (f64_probe::LOG_U + f64_probe::LIBM_U) * U64 * s.ln().abs()
+        + 2.0 * U64 * (lse.abs() + y.abs())
+}
+
+#[test]
+fn gpu_f64_log_softmax_matches_cpu() {
+    let Some(gpu) = gpu_f64("gpu_f64_log_softmax_matches_cpu") else {
+        return;
+    };
+    let gpu = RefCell::new(gpu);
+    let case = shape_strategy(3, 12)
+        .prop_filter("rank >= 1", |s| !s.is_empty())
+        .prop_flat_map(|s| {
+            let r = s.len();
+            (Just(s), 0..r, any::<u64>(), any::<bool>())
+        });
+    runner(32)
+        .run(&case, |(shape, axis, seed, two_d)| {
+            let mut gpu = gpu.borrow_mut();
+            set_dispatch(&mut gpu, two_d);
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut g = Graph::new();
+            let x = g.input("x", shape.clone()).expect("input");
+            let y = g.log_softmax(x, axis).expect("log_softmax");
+            let xv: Vec<f64> = (0..shape.iter().product::<usize>())
+                .map(|_| rng.random_range(-40.0..=40.0))
+                .collect();
+            let mut feeds = Feeds::<f64>::new();
+            feeds.insert("x", array64(&shape, xv.clone()));
+            let (got, want) = run_both(&mut gpu, &g, &feeds, &[y])?;
+            let inner: usize = shape[axis + 1..].iter().product();
+            let n = shape[axis];
+            let lane = |i: usize| -> Vec<f64> {
+                let base = (i / (n * inner)) * n * inner + i % inner;
+                (0..n).map(|j| xv[base + j * inner]).collect()
+            };
+            let wv: Vec<f64> = want[0].iter().copied().collect();
+            compare(
+                &format!("log_softmax(axis {axis}) of {shape:?} (f64)"),
+                &got[0],
+                &want[0],
+                |i| format!("x = {:e}", xv[i]),
+                |i| log_softmax_tol64(&lane(i), wv[i]),
+            )
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Variables on the f64 device: set_var and var round-trip exactly, and three momentum-SGD
+/// steps through run_assign (buf <- 0.9 buf + g, w <- w - lr buf, one correctly rounded
+/// operation per element and step) equal the CPU f64 executor's bit for bit, which also
+/// checks that a Const (0.9) reaches the device as the f64 nearest 0.9, not an f32.
+#[test]
+fn gpu_f64_variables_match_cpu_exactly() {
+    let Some(mut gpu) = gpu_f64("gpu_f64_variables_match_cpu_exactly") else {
+        return;
+    };
+    let mut cpu = CpuExecutor::<f64>::new();
+    let mut g = Graph::new();
+    let w = g.input("w", [2, 3]).expect("input");
+    let buf = g.input("buf", [2, 3]).expect("input");
+    let grad = g.input("g", [2, 3]).expect("input");
+    let lr = g.input("lr", [] as [usize; 0]).expect("input");
+    let mu = g.scalar(0.9).expect("scalar");
+    let mb = g.mul(mu, buf).expect("mul");
+    let nb = g.add2(mb, grad).expect("add");
+    let step = g.mul(lr, nb).expect("mul");
+    let nw = g.sub(w, step).expect("sub");
+    let w0 = array64(&[2, 3], (0..6).map(|i| (i as f64 - 2.5) / 3.0).collect());
+    for exec in [&mut gpu as &mut dyn Executor<f64>, &mut cpu] {
+        exec.set_var("w", &w0).expect("set w");
+        exec.set_var("buf", &array64(&[2, 3], vec![0.0; 6]))
+            .expect("set buf");
+        assert_eq!(exec.var("w").expect("read w"), w0, "{}", exec.name());
+        for k in 0..3 {
+            let mut f = Feeds::<f64>::new();
+            f.insert(
+                "g",
+                array64(
+                    &[2, 3],
+                    (0..6).map(|i| (i as f64 + 1.0) / 7.0 + k as f64).collect(),
+                ),
+            );
+            f.insert("lr", array64(&[], vec![0.1]));
+            exec.run_assign(&g, &f, &[], &[(nw, "w".into()), (nb, "buf".into())])
+                .expect("step");
+        }
+    }
+    assert!(gpu.name().starts_with("gpu-f64"), "{}", gpu.name());
+    for v in ["w", "buf"] {
+        assert_eq!(
+            gpu.var(v).expect("gpu var"),
+            cpu.var(v).expect("cpu var"),
+            "{v}"
+        );
+    }
+}
+
+/// The DARTS search network of `gpu_search_network_gradients_match_cpu` in f64 on both sides:
+/// loss, grad_w and grad_alpha within evaluation_bound(K, depth, M, 2^-53) per side. The
+/// prelude's exp/log/tanh errors (a few u) sit inside the one rounding per node and term that
+/// bound already allows.
+#[test]
+fn gpu_f64_search_network_gradients_match_cpu() {
+    use darts::darts::network::SearchConfig;
+    use darts::search::architect::NetGraph;
+    let Some(mut gpu) = gpu_f64("gpu_f64_search_network_gradients_match_cpu") else {
+        return;
+    };
+    for smooth in [false, true] {
+        let cfg = SearchConfig {
+            c: 2,
+            layers: 3,
+            smooth,
+            ..SearchConfig::paper()
+        };
+        let net = NetGraph::build(&cfg, &[2, 3, 8, 8]).expect("search network");
+        let st = common::state(&cfg, 3);
+        let point = common::point(&cfg, &st);
+        let batch = common::batch(2, 8, cfg.num_classes, 4);
+        let mut feeds = Feeds::<f64>::new();
+        for (i, (n, a)) in point.weights.iter().enumerate() {
+            feeds.insert(n.clone(), a.clone());
+            feeds.insert(format!("v/{n}"), a.mapv(|v| (v * 1e3 + i as f64).sin()));
+        }
+        feeds.insert("alpha/normal", point.alpha[0].clone());
+        feeds.insert("alpha/reduce", point.alpha[1].clone());
+        feeds.insert("x", batch.x.clone());
+        feeds.insert("onehot", batch.onehot.clone());
+        let mut outs = vec![net.loss, net.grad_alpha[0], net.grad_alpha[1]];
+        outs.extend(&net.grad_w);
+        let mut names = vec![
+            "loss".to_string(),
+            "grad_alpha/normal".into(),
+            "grad_alpha/reduce".into(),
+        ];
+        names.extend(point.weights.iter().map(|(n, _)| format!("grad_w/{n}")));
+        if smooth {
+            outs.extend(net.hvp_alpha);
+            names.extend(["hvp/normal".to_string(), "hvp/reduce".to_string()]);
+        }
+        let worst = assert_gpu_matches_cpu(&mut gpu, &net.graph, &feeds, &outs, &names);
+        println!(
+            "search network in f64 (smooth {smooth}): {} outputs, worst |gpu - cpu| / tol = \
+             {worst:.3e}",
+            outs.len()
+        );
+    }
 }

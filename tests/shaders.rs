@@ -1,50 +1,163 @@
-//! Every WGSL file in `shaders/` parses and validates with naga, so a broken shader is caught
-//! by a plain `cargo test` on a machine without a GPU.
+//! Every WGSL kernel file in `shaders/`, composed with each scalar prelude its executor uses
+//! (scalar_f32.wgsl, and scalar_f64.wgsl for the f64 executor), parses and validates with naga,
+//! so a broken shader is caught by a plain `cargo test` on a machine without a GPU. The f32
+//! modules validate without naga's FLOAT64 capability (no f64 anywhere); the f64 modules need
+//! it, and call no f64 math builtin but sqrt and abs (SPIR-V defines exp, log, tanh, ... for
+//! 32-bit floats only; the f64 prelude builds them from + - * /).
 
+use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use std::path::Path;
 
-#[test]
-fn every_shader_parses_and_validates() {
+/// The kernel files (every `.wgsl` but the preludes), sorted, with their sources, and the two
+/// preludes.
+fn shader_files() -> (Vec<(String, String)>, String, String) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    let mut checked = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
         .map(|e| e.expect("directory entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "wgsl"))
         .collect();
-    entries.sort();
-    for path in entries {
-        let src = std::fs::read_to_string(&path).expect("readable shader");
-        let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| {
-            panic!(
-                "{} does not parse:\n{}",
-                path.display(),
-                e.emit_to_string(&src)
-            )
-        });
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::default(),
-        )
-        .validate(&module)
-        .unwrap_or_else(|e| {
-            panic!(
-                "{} does not validate:\n{}",
-                path.display(),
-                e.emit_to_string(&src)
-            )
-        });
-        assert!(
-            !module.entry_points.is_empty(),
-            "{} has no entry point",
-            path.display()
-        );
-        checked.push(path.file_name().expect("file name").to_owned());
+    paths.sort();
+    let read = |p: &Path| std::fs::read_to_string(p).expect("readable shader");
+    let mut kernels = Vec::new();
+    let (mut f32_prelude, mut f64_prelude) = (None, None);
+    for p in paths {
+        let name = p
+            .file_name()
+            .expect("file name")
+            .to_string_lossy()
+            .into_owned();
+        match name.as_str() {
+            "scalar_f32.wgsl" => f32_prelude = Some(read(&p)),
+            "scalar_f64.wgsl" => f64_prelude = Some(read(&p)),
+            _ => kernels.push((name, read(&p))),
+        }
     }
-    for want in ["elementwise.wgsl", "matmul.wgsl", "reduce.wgsl"] {
+    (
+        kernels,
+        f32_prelude.expect("shaders/scalar_f32.wgsl"),
+        f64_prelude.expect("shaders/scalar_f64.wgsl"),
+    )
+}
+
+/// Parses and validates `prelude` + `src` (as the executor composes them), panicking with
+/// naga's message (line numbers count the prelude first).
+fn validate(
+    what: &str,
+    prelude: &str,
+    src: &str,
+    caps: Capabilities,
+) -> (naga::Module, ModuleInfo) {
+    let full = darts::exec::gpu::kernels::compose(prelude, src);
+    let module = naga::front::wgsl::parse_str(&full)
+        .unwrap_or_else(|e| panic!("{what} does not parse:\n{}", e.emit_to_string(&full)));
+    let info = Validator::new(ValidationFlags::all(), caps)
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{what} does not validate:\n{}", e.emit_to_string(&full)));
+    (module, info)
+}
+
+#[test]
+fn every_shader_parses_and_validates() {
+    let (kernels, f32_prelude, f64_prelude) = shader_files();
+    let mut checked = Vec::new();
+    // The preludes alone (no entry point).
+    validate("scalar_f32.wgsl", &f32_prelude, "", Capabilities::default());
+    validate("scalar_f64.wgsl", &f64_prelude, "", Capabilities::FLOAT64);
+    for (name, src) in &kernels {
+        if !name.ends_with("_f64.wgsl") {
+            let (m, _) = validate(
+                &format!("{name} (f32)"),
+                &f32_prelude,
+                src,
+                Capabilities::default(),
+            );
+            assert!(!m.entry_points.is_empty(), "{name} has no entry point");
+        }
+        let (m, _) = validate(
+            &format!("{name} (f64)"),
+            &f64_prelude,
+            src,
+            Capabilities::FLOAT64,
+        );
+        assert!(!m.entry_points.is_empty(), "{name} has no entry point");
+        checked.push(name.clone());
+    }
+    for want in [
+        "elementwise.wgsl",
+        "matmul.wgsl",
+        "reduce.wgsl",
+        "conv.wgsl",
+        "pool.wgsl",
+        "gather.wgsl",
+        "movement.wgsl",
+        "softmax.wgsl",
+        "probe_f64.wgsl",
+    ] {
         assert!(
             checked.iter().any(|c| c == want),
             "shaders/{want} was not found among {checked:?}"
         );
     }
+}
+
+/// The f64 math builtins the f64 kernels may call: sqrt (IEEE 754 correctly rounded) and abs
+/// (exact). Both are checked on the device by the f64 probe (src/exec/gpu/probe.rs).
+const F64_BUILTINS_ALLOWED: [naga::MathFunction; 2] =
+    [naga::MathFunction::Sqrt, naga::MathFunction::Abs];
+
+/// Every math builtin applied to an f64 argument anywhere in `module`.
+fn f64_math_calls(module: &naga::Module, info: &ModuleInfo) -> Vec<naga::MathFunction> {
+    let mut found = Vec::new();
+    let mut scan = |f: &naga::Function, fi: &naga::valid::FunctionInfo| {
+        for (_, e) in f.expressions.iter() {
+            if let naga::Expression::Math { fun, arg, .. } = e {
+                let scalar = fi[*arg].ty.inner_with(&module.types).scalar();
+                if scalar.is_some_and(|s| s.kind == naga::ScalarKind::Float && s.width == 8) {
+                    found.push(*fun);
+                }
+            }
+        }
+    };
+    for (h, f) in module.functions.iter() {
+        scan(f, &info[h]);
+    }
+    for (i, ep) in module.entry_points.iter().enumerate() {
+        scan(&ep.function, info.get_entry_point(i));
+    }
+    found
+}
+
+#[test]
+fn f64_kernels_call_no_f64_transcendental_builtin() {
+    let (kernels, _, f64_prelude) = shader_files();
+    let mut all = Vec::new();
+    for (name, src) in &kernels {
+        let (module, info) = validate(name, &f64_prelude, src, Capabilities::FLOAT64);
+        let calls = f64_math_calls(&module, &info);
+        for fun in &calls {
+            assert!(
+                F64_BUILTINS_ALLOWED.contains(fun),
+                "{name} (f64) calls the f64 builtin {fun:?}; only {F64_BUILTINS_ALLOWED:?} are \
+                 allowed (see shaders/scalar_f64.wgsl)"
+            );
+        }
+        all.extend(calls);
+    }
+    // The scan sees f64 builtins at all: the f64 elementwise kernels call sqrt and abs.
+    for fun in F64_BUILTINS_ALLOWED {
+        assert!(
+            all.contains(&fun),
+            "no f64 {fun:?} found: the scan is broken"
+        );
+    }
+    // And it would see a forbidden one.
+    let (module, info) = validate(
+        "exp in f64",
+        &f64_prelude,
+        "fn bad(x: f64) -> f64 { return exp(x); }",
+        Capabilities::FLOAT64,
+    );
+    let calls = f64_math_calls(&module, &info);
+    assert!(calls.contains(&naga::MathFunction::Exp), "{calls:?}");
 }

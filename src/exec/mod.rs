@@ -133,6 +133,12 @@ pub enum ExecError {
     UnknownNode(NodeId),
     #[error("GPU: {0}")]
     Gpu(String),
+    #[error("GPU: no adapter offers {feature}, which {needed_for} need (adapters: {adapter})")]
+    MissingGpuFeature {
+        adapter: String,
+        feature: String,
+        needed_for: String,
+    },
 }
 
 /// Runs graphs. `outputs` are returned in the order asked, in row-major standard layout.

@@ -3,6 +3,10 @@
 //!
 //! Bindings are built from [`KernelSpec::bindings`], the same table each shader header
 //! documents, never from argument order at the call site.
+//!
+//! Each kernel file is written once in the element type `S`; the module compiled is the scalar
+//! prelude of the executor's element type ([`SCALAR_F32_WGSL`] or [`SCALAR_F64_WGSL`], which
+//! define `S` and the scalar functions) followed by the kernel file ([`compose`]).
 
 use bytemuck::{Pod, Zeroable};
 use std::collections::HashMap;
@@ -20,6 +24,10 @@ pub const MATMUL_TILE: u32 = 16;
 /// (`reduce_sum_workgroup`); shorter ones use one invocation per output (`reduce_sum_serial`).
 pub const REDUCE_WORKGROUP_MIN: u32 = 512;
 
+/// The f32 scalar prelude: `S = f32`, the WGSL builtins.
+pub const SCALAR_F32_WGSL: &str = include_str!("../../../shaders/scalar_f32.wgsl");
+/// The f64 scalar prelude: `S = f64`, exp/log/tanh built from + - * / (see the file).
+pub const SCALAR_F64_WGSL: &str = include_str!("../../../shaders/scalar_f64.wgsl");
 pub const ELEMENTWISE_WGSL: &str = include_str!("../../../shaders/elementwise.wgsl");
 pub const REDUCE_WGSL: &str = include_str!("../../../shaders/reduce.wgsl");
 pub const MATMUL_WGSL: &str = include_str!("../../../shaders/matmul.wgsl");
@@ -28,6 +36,14 @@ pub const CONV_WGSL: &str = include_str!("../../../shaders/conv.wgsl");
 pub const POOL_WGSL: &str = include_str!("../../../shaders/pool.wgsl");
 pub const GATHER_WGSL: &str = include_str!("../../../shaders/gather.wgsl");
 pub const SOFTMAX_WGSL: &str = include_str!("../../../shaders/softmax.wgsl");
+/// The f64 probe (each f64 operation the f64 kernels use, alone); f64 prelude only.
+pub const PROBE_F64_WGSL: &str = include_str!("../../../shaders/probe_f64.wgsl");
+
+/// The WGSL module of a kernel file for an element type: its scalar prelude, then the file.
+/// (naga's and wgpu's line numbers count the prelude's lines first.)
+pub fn compose(prelude: &str, source: &str) -> String {
+    format!("{prelude}\n{source}")
+}
 
 /// `MoveParams` of shaders/movement.wgsl, field for field.
 #[repr(C)]
@@ -108,17 +124,40 @@ pub struct SoftmaxParams {
     pub _pad: u32,
 }
 
-/// `EwParams` of shaders/elementwise.wgsl, field for field.
+/// `EwParams` of shaders/elementwise.wgsl, field for field. The WGSL `value: S` (an f32 or an
+/// f64 at byte 112, then padding to 128) is held as raw bytes: [`EwParams::set_value`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct EwParams {
     pub total: u32,
     pub rank: u32,
     pub op: u32,
-    pub value: f32,
+    pub _pad: u32,
     pub shape: [u32; MAX_RANK],
     pub a_strides: [u32; MAX_RANK],
     pub b_strides: [u32; MAX_RANK],
+    pub value: [u32; 4],
+}
+
+impl EwParams {
+    /// Stores the fill value in the element type of the kernel (f32 or f64, little-endian as
+    /// the device reads it): its bytes first, zeros after.
+    pub fn set_value<T: Pod>(&mut self, v: T) {
+        let bytes = bytemuck::bytes_of(&v);
+        let dst = bytemuck::bytes_of_mut(&mut self.value);
+        dst.fill(0);
+        dst[..bytes.len()].copy_from_slice(bytes);
+    }
+}
+
+/// `ProbeParams` of shaders/probe_f64.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ProbeParams {
+    pub total: u32,
+    pub op: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
 }
 
 /// `ReduceParams` of shaders/reduce.wgsl, field for field.
@@ -388,7 +427,21 @@ pub const LOG_SOFTMAX: KernelSpec = KernelSpec {
     bindings: &[(0, Slot::Params), (1, Slot::Read), (2, Slot::Write)],
 };
 
-/// Every kernel, for eager compilation and tests.
+/// The f64 probe (not in [`ALL`]: it compiles with the f64 prelude only).
+pub const PROBE_F64: KernelSpec = KernelSpec {
+    name: "probe_f64.probe",
+    file: "shaders/probe_f64.wgsl",
+    source: PROBE_F64_WGSL,
+    entry: "probe",
+    bindings: &[
+        (0, Slot::Params),
+        (1, Slot::Read),
+        (2, Slot::Read),
+        (3, Slot::Write),
+    ],
+};
+
+/// Every kernel of both element types, for eager compilation and tests.
 pub const ALL: [KernelSpec; 21] = [
     UNARY,
     BINARY,
@@ -420,26 +473,37 @@ pub struct Compiled {
 }
 
 /// Pipelines and bind group layouts, created once per kernel and cached by name; shader
-/// modules created once per file.
-#[derive(Default)]
+/// modules created once per file, each composed with the cache's scalar prelude.
 pub struct PipelineCache {
+    prelude: &'static str,
     modules: HashMap<&'static str, wgpu::ShaderModule>,
     kernels: HashMap<&'static str, Compiled>,
 }
 
 impl PipelineCache {
+    /// An empty cache whose modules start with `prelude` ([`SCALAR_F32_WGSL`] or
+    /// [`SCALAR_F64_WGSL`]).
+    pub fn new(prelude: &'static str) -> Self {
+        PipelineCache {
+            prelude,
+            modules: HashMap::new(),
+            kernels: HashMap::new(),
+        }
+    }
+
     /// The compiled kernel for `spec`, compiling it on first use. Errors (caught in a
     /// validation scope) name the kernel and its shader file.
     pub fn get(&mut self, device: &wgpu::Device, spec: &KernelSpec) -> Result<&Compiled, String> {
         if !self.kernels.contains_key(spec.name) {
             let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let prelude = self.prelude;
             let module = self
                 .modules
                 .entry(spec.file)
                 .or_insert_with(|| {
                     device.create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(spec.file),
-                        source: wgpu::ShaderSource::Wgsl(spec.source.into()),
+                        source: wgpu::ShaderSource::Wgsl(compose(prelude, spec.source).into()),
                     })
                 })
                 .clone();
@@ -496,12 +560,14 @@ mod tests {
     use super::*;
 
     /// The Rust mirrors have the byte sizes of the WGSL structs: uniform layout rounds
-    /// `array<vec4<u32>, 2>` to 32 bytes, so 16 + 3 * 32 = 112, 16 + 4 * 32 = 144, 16,
+    /// `array<vec4<u32>, 2>` to 32 bytes, so 16 + 3 * 32 + 16 = 128 (EwParams: the value `S`
+    /// at 112, the struct rounded up to its 16-byte alignment), 16 + 4 * 32 = 144, 16,
     /// 16 + 5 * 32 = 176 (MoveParams); the scalar structs are 4 bytes per u32: 20 * 4 = 80
-    /// (ConvParams), 12 * 4 = 48 (PoolParams), 16 (GatherParams, SoftmaxParams).
+    /// (ConvParams), 12 * 4 = 48 (PoolParams), 16 (GatherParams, SoftmaxParams, ProbeParams).
     #[test]
     fn params_structs_match_wgsl_sizes() {
-        assert_eq!(std::mem::size_of::<EwParams>(), 112);
+        assert_eq!(std::mem::size_of::<EwParams>(), 128);
+        assert_eq!(std::mem::size_of::<ProbeParams>(), 16);
         assert_eq!(std::mem::size_of::<ReduceParams>(), 144);
         assert_eq!(std::mem::size_of::<MatmulParams>(), 16);
         assert_eq!(std::mem::size_of::<MoveParams>(), 176);
@@ -511,10 +577,16 @@ mod tests {
         assert_eq!(std::mem::size_of::<SoftmaxParams>(), 16);
     }
 
-    /// The sizes above are also what naga computes for the structs in the shader files.
+    /// The sizes above are also what naga computes for the structs in the shader files, with
+    /// either prelude (f32 and f64); EwParams's `value` sits at byte 112 in both.
     #[test]
     fn params_structs_match_naga_layout() {
-        for (src, name, size) in [
+        let f64_only = [(
+            PROBE_F64_WGSL,
+            "ProbeParams",
+            std::mem::size_of::<ProbeParams>(),
+        )];
+        let both = [
             (
                 ELEMENTWISE_WGSL,
                 "EwParams",
@@ -547,18 +619,29 @@ mod tests {
                 "SoftmaxParams",
                 std::mem::size_of::<SoftmaxParams>(),
             ),
-        ] {
-            let module = naga::front::wgsl::parse_str(src).expect("shader parses");
+        ];
+        let cases = both
+            .iter()
+            .flat_map(|c| [(SCALAR_F32_WGSL, *c), (SCALAR_F64_WGSL, *c)])
+            .chain(f64_only.iter().map(|c| (SCALAR_F64_WGSL, *c)));
+        for (prelude, (src, name, size)) in cases {
+            let module =
+                naga::front::wgsl::parse_str(&compose(prelude, src)).expect("shader parses");
             let mut layouter = naga::proc::Layouter::default();
             layouter
                 .update(module.to_ctx())
                 .expect("layout of the shader's types");
-            let (handle, _) = module
+            let (handle, ty) = module
                 .types
                 .iter()
                 .find(|(_, t)| t.name.as_deref() == Some(name))
                 .unwrap_or_else(|| panic!("struct {name} not found in its shader"));
             assert_eq!(layouter[handle].size as usize, size, "{name}");
+            if let naga::TypeInner::Struct { members, .. } = &ty.inner {
+                if let Some(v) = members.iter().find(|m| m.name.as_deref() == Some("value")) {
+                    assert_eq!(v.offset, 112, "{name}.value");
+                }
+            }
         }
     }
 
@@ -578,6 +661,7 @@ mod tests {
             POOL_WGSL,
             GATHER_WGSL,
             SOFTMAX_WGSL,
+            PROBE_F64_WGSL,
         ] {
             assert!(src.contains(&format!("const WORKGROUP_SIZE: u32 = {WORKGROUP_SIZE}u;")));
         }

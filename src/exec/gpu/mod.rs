@@ -1,4 +1,15 @@
-//! The wgpu executor: runs a [`Graph`] in f32 with the WGSL kernels in `shaders/`.
+//! The wgpu executor: runs a [`Graph`] with the WGSL kernels in `shaders/`, in f32
+//! ([`GpuExecutor::new`]) or, where the adapter offers `SHADER_F64`, in f64
+//! ([`GpuExecutor::new_f64`]).
+//!
+//! **Element types.** Each kernel file is written once in the element type `S`; the module
+//! compiled is the scalar prelude of the element type (shaders/scalar_f32.wgsl or
+//! scalar_f64.wgsl, [`GpuScalar::PRELUDE`]) followed by the file. The f32 prelude maps exp,
+//! log, ... to the WGSL builtins. The f64 prelude calls no f64 transcendental builtin (SPIR-V
+//! defines them for 32-bit floats only, and drivers return garbage for some): it builds exp,
+//! expm1, log1p, log and tanh from + - * / with the bounds derived in proofs/gpu-f64-math.md.
+//! Every f64 operation the f64 kernels use is checked against the host when the f64 executor
+//! is created ([`probe`]); an adapter that fails is refused.
 //!
 //! It runs the same graphs as [`crate::exec::cpu::CpuExecutor`]: every primitive of
 //! [`Op`] has a kernel (shaders/elementwise.wgsl, reduce.wgsl, matmul.wgsl, movement.wgsl,
@@ -21,15 +32,18 @@
 //! the kernel and the node.
 
 pub mod kernels;
+pub mod probe;
 
-use super::{check_assign, check_feed, liveness, ExecError, Executor, Feeds};
+use super::{check_assign, check_feed, liveness, ExecError, Executor, Feeds, Scalar};
 use crate::graph::{BinaryOp, Graph, Node, NodeId, Op, UnaryOp};
 use kernels::{
-    EwParams, GatherParams, KernelSpec, MatmulParams, MoveParams, PipelineCache, ReduceParams,
-    Slot, SoftmaxParams, MATMUL_TILE, MAX_RANK, REDUCE_WORKGROUP_MIN, WORKGROUP_SIZE,
+    EwParams, GatherParams, KernelSpec, MatmulParams, MoveParams, PipelineCache, ProbeParams,
+    ReduceParams, Slot, SoftmaxParams, MATMUL_TILE, MAX_RANK, REDUCE_WORKGROUP_MIN, WORKGROUP_SIZE,
 };
 use ndarray::{ArrayD, IxDyn};
+use probe::Probe;
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
@@ -37,8 +51,31 @@ use wgpu::util::DeviceExt;
 /// Pooled buffers kept per byte size.
 const POOL_PER_SIZE: usize = 8;
 
-/// The wgpu executor (f32). See the module documentation.
-pub struct GpuExecutor {
+/// Element types the GPU executor runs in: f32 on every adapter, f64 where the adapter offers
+/// `SHADER_F64`.
+pub trait GpuScalar: Scalar {
+    /// The scalar prelude prepended to every kernel file: defines `S` and the scalar functions.
+    const PRELUDE: &'static str;
+    /// The device features the kernels need.
+    const FEATURES: wgpu::Features;
+}
+
+impl GpuScalar for f32 {
+    const PRELUDE: &'static str = kernels::SCALAR_F32_WGSL;
+    const FEATURES: wgpu::Features = wgpu::Features::empty();
+}
+
+impl GpuScalar for f64 {
+    const PRELUDE: &'static str = kernels::SCALAR_F64_WGSL;
+    const FEATURES: wgpu::Features = wgpu::Features::SHADER_F64;
+}
+
+/// Random inputs per probe in the check [`GpuExecutor::new_f64`] runs (besides each probe's
+/// edge cases).
+pub const SELF_TEST_RANDOM: usize = 256;
+
+/// The wgpu executor, in f32 (the default) or f64. See the module documentation.
+pub struct GpuExecutor<T: GpuScalar = f32> {
     adapter: wgpu::Adapter,
     device: wgpu::Device,
     queue: wgpu::Queue,
@@ -50,6 +87,7 @@ pub struct GpuExecutor {
     uncaptured: Arc<Mutex<Vec<String>>>,
     /// Variables (see [`Executor`]): device buffers and their shapes, kept between runs.
     vars: HashMap<String, (Rc<wgpu::Buffer>, Vec<usize>)>,
+    elem: PhantomData<T>,
 }
 
 /// Where a kernel runs, for error messages: "kernel 'k' for node %i (op at 'label')".
@@ -62,44 +100,231 @@ fn site(spec: &KernelSpec, id: usize, node: &Node) -> String {
     )
 }
 
-impl GpuExecutor {
-    /// Requests an adapter (any backend wgpu was built with, e.g. Vulkan or GL; `WGPU_BACKEND`
-    /// chooses one) and a device with the adapter's best limits. Errors name what is missing:
-    /// no adapter at all, or an adapter without compute shaders.
+/// The wgpu instance for the backends `WGPU_BACKEND` names (every backend wgpu was built with
+/// when unset), and those backends.
+fn instance() -> (wgpu::Instance, wgpu::Backends) {
+    let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    let backends = desc.backends;
+    (wgpu::Instance::new(desc), backends)
+}
+
+fn no_adapter(e: impl std::fmt::Display, backends: wgpu::Backends) -> ExecError {
+    ExecError::Gpu(format!(
+        "no adapter: {e} (backends tried: {backends:?}; a Vulkan driver such as Mesa lavapipe, \
+         or EGL with Mesa llvmpipe for GL, provides one)"
+    ))
+}
+
+fn has_compute(adapter: &wgpu::Adapter) -> bool {
+    adapter
+        .get_downlevel_capabilities()
+        .flags
+        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+}
+
+impl GpuExecutor<f32> {
+    /// The f32 executor. Requests an adapter (any backend wgpu was built with, e.g. Vulkan or
+    /// GL; `WGPU_BACKEND` chooses one) and a device with the adapter's best limits. Errors name
+    /// what is missing: no adapter at all, or an adapter without compute shaders.
     pub fn new() -> Result<Self, ExecError> {
-        let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-        let backends = desc.backends;
-        let instance = wgpu::Instance::new(desc);
+        let (instance, backends) = instance();
         let adapter =
             pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
-                .map_err(|e| {
-                ExecError::Gpu(format!(
-                    "no adapter: {e} (backends tried: {backends:?}; a Vulkan driver such as \
-                 Mesa lavapipe, or EGL with Mesa llvmpipe for GL, provides one)"
-                ))
-            })?;
-        let info = adapter.get_info();
-        let downlevel = adapter.get_downlevel_capabilities();
-        if !downlevel
-            .flags
-            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
-        {
+                .map_err(|e| no_adapter(e, backends))?;
+        if !has_compute(&adapter) {
+            let info = adapter.get_info();
             return Err(ExecError::Gpu(format!(
                 "adapter '{}' ({:?}) has no compute shaders",
                 info.name, info.backend
             )));
         }
+        Self::open(adapter)
+    }
+}
+
+impl GpuExecutor<f64> {
+    /// The f64 executor, on the adapter [`GpuExecutor::new`] picks when that one offers
+    /// `SHADER_F64`, else on the first adapter of the allowed backends that does. Its device is
+    /// requested with `SHADER_F64`. Before it returns, every f64 operation its kernels use is
+    /// checked against the host ([`GpuExecutor::check_probes`] with [`SELF_TEST_RANDOM`]
+    /// random inputs each).
+    ///
+    /// Errors: [`ExecError::MissingGpuFeature`] naming the adapters when none offers
+    /// `SHADER_F64` (f64 is optional: callers fall back to f32 or the CPU); [`ExecError::Gpu`]
+    /// when there is no adapter at all, when the device cannot be created, or when an f64
+    /// operation is wrong on this adapter (naming the operation, the input and both results).
+    pub fn new_f64() -> Result<Self, ExecError> {
+        let (instance, backends) = instance();
+        let usable =
+            |a: &wgpu::Adapter| has_compute(a) && a.features().contains(wgpu::Features::SHADER_F64);
+        let default =
+            pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()));
+        let describe = |a: &wgpu::Adapter| {
+            let i = a.get_info();
+            format!("'{}' ({:?})", i.name, i.backend)
+        };
+        let adapter = match default {
+            Ok(a) if usable(&a) => a,
+            default => {
+                let all = pollster::block_on(instance.enumerate_adapters(backends));
+                let mut names: Vec<String> = all.iter().map(describe).collect();
+                if let Ok(a) = &default {
+                    let n = describe(a);
+                    if !names.contains(&n) {
+                        names.push(n);
+                    }
+                }
+                match all.into_iter().find(usable) {
+                    Some(a) => a,
+                    None if names.is_empty() => {
+                        let why = default.err().map(|e| e.to_string()).unwrap_or_default();
+                        return Err(no_adapter(why, backends));
+                    }
+                    None => {
+                        return Err(ExecError::MissingGpuFeature {
+                            adapter: names.join(", "),
+                            feature: "SHADER_F64".into(),
+                            needed_for: "the f64 GPU kernels".into(),
+                        })
+                    }
+                }
+            }
+        };
+        let mut exec = Self::open(adapter)?;
+        exec.check_probes(SELF_TEST_RANDOM, 0x5eed)?;
+        Ok(exec)
+    }
+
+    /// Runs `op` of shaders/probe_f64.wgsl on the device: element i of the result is
+    /// f_op(a[i], b[i]).
+    pub fn probe(&mut self, op: Probe, a: &[f64], b: &[f64]) -> Result<Vec<f64>, ExecError> {
+        let n = a.len();
+        if b.len() != n {
+            return Err(ExecError::Gpu(format!(
+                "probe {op:?}: {n} first operands but {} second ones",
+                b.len()
+            )));
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let at = format!("probe {op:?} ({})", op.wgsl());
+        let (ba, bb) = (self.alloc(n, &at), self.alloc(n, &at));
+        let out = self.alloc(n, &at);
+        self.queue.write_buffer(&ba, 0, bytemuck::cast_slice(a));
+        self.queue.write_buffer(&bb, 0, bytemuck::cast_slice(b));
+        let p = ProbeParams {
+            total: n as u32,
+            op: op.code(),
+            ..Default::default()
+        };
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("darts probe"),
+            });
+        let recorded = {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("darts probe"),
+                timestamp_writes: None,
+            });
+            self.dispatch(
+                &mut pass,
+                &kernels::PROBE_F64,
+                bytemuck::bytes_of(&p),
+                &[&ba, &bb],
+                &out,
+                (n as u32).div_ceil(WORKGROUP_SIZE),
+                &at,
+            )
+        };
+        if recorded.is_ok() {
+            self.queue.submit([encoder.finish()]);
+        }
+        let result = recorded.and_then(|_| self.read_back(&out, n, &at));
+        if let Some(e) = pollster::block_on(validation.pop()) {
+            return Err(ExecError::Gpu(format!("{at}: {e}")));
+        }
+        for buf in [ba, bb, out] {
+            self.release(buf);
+        }
+        self.take_uncaptured()?;
+        result
+    }
+
+    /// Runs every [`Probe`] on its edge cases and `n_random` seeded random inputs
+    /// ([`Probe::inputs`]) and returns the worst |device - host| / bound of each; errors with
+    /// the first input whose result is outside its bound, naming the adapter, the operation,
+    /// the input and both results.
+    pub fn check_probes(
+        &mut self,
+        n_random: usize,
+        seed: u64,
+    ) -> Result<Vec<(Probe, f64)>, ExecError> {
+        let mut worst = Vec::with_capacity(Probe::ALL.len());
+        for op in Probe::ALL {
+            let inputs = op.inputs(n_random, seed);
+            let (a, b): (Vec<f64>, Vec<f64>) = inputs.iter().copied().unzip();
+            let got = self.probe(op, &a, &b)?;
+            let mut w = 0.0f64;
+            for (k, &g) in got.iter().enumerate() {
+                let r = op.error_ratio(a[k], b[k], g);
+                if r > 1.0 {
+                    let want = op.reference(a[k], b[k]);
+                    return Err(ExecError::Gpu(format!(
+                        "adapter {}: the f64 operation {} ({}) is wrong for a = {:e}, b = {:e}: \
+                         device {g:e}, host {want:e}, allowed difference {:e}; the f64 kernels \
+                         rely on it, so this adapter runs f32 only",
+                        self.adapter_info(),
+                        op.wgsl(),
+                        op.domain(),
+                        a[k],
+                        b[k],
+                        op.bound(want)
+                    )));
+                }
+                w = w.max(r);
+            }
+            worst.push((op, w));
+        }
+        Ok(worst)
+    }
+}
+
+/// One line on f64 GPU support, for reports: whether an adapter offers `SHADER_F64` and its
+/// f64 operations pass their probes (it creates, then drops, the f64 executor).
+pub fn f64_support() -> String {
+    match GpuExecutor::new_f64() {
+        Ok(e) => format!(
+            "f64 kernels: available on {} (its {} f64 operations match the host)",
+            e.adapter_info(),
+            Probe::ALL.len()
+        ),
+        Err(e) => format!("f64 kernels: none ({e})"),
+    }
+}
+
+impl<T: GpuScalar> GpuExecutor<T> {
+    /// Bytes per element.
+    const ELEM: u64 = std::mem::size_of::<T>() as u64;
+
+    /// A device on `adapter` with its best limits and `T::FEATURES`.
+    fn open(adapter: wgpu::Adapter) -> Result<Self, ExecError> {
+        let info = adapter.get_info();
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("darts"),
-            required_features: wgpu::Features::empty(),
+            required_features: T::FEATURES,
             required_limits: limits.clone(),
             ..Default::default()
         }))
         .map_err(|e| {
             ExecError::Gpu(format!(
-                "adapter '{}' ({:?}) gave no device: {e}",
-                info.name, info.backend
+                "adapter '{}' ({:?}) gave no device with features {:?}: {e}",
+                info.name,
+                info.backend,
+                T::FEATURES
             ))
         })?;
         let uncaptured = Arc::new(Mutex::new(Vec::new()));
@@ -115,11 +340,12 @@ impl GpuExecutor {
             device,
             queue,
             limits,
-            cache: PipelineCache::default(),
+            cache: PipelineCache::new(T::PRELUDE),
             pool: HashMap::new(),
             max_workgroups_per_dim,
             uncaptured,
             vars: HashMap::new(),
+            elem: PhantomData,
         })
     }
 
@@ -139,8 +365,8 @@ impl GpuExecutor {
         )
     }
 
-    /// Whether the adapter offers `SHADER_F64` (f64 in WGSL). The executor runs f32 only for
-    /// now; this reports the capability for later f64 kernels.
+    /// Whether the adapter offers `SHADER_F64` (f64 in WGSL), the feature
+    /// [`GpuExecutor::new_f64`] needs.
     pub fn supports_f64(&self) -> bool {
         self.adapter.features().contains(wgpu::Features::SHADER_F64)
     }
@@ -187,7 +413,7 @@ impl GpuExecutor {
                     format!(" on a rank-{r} tensor (the GPU kernels take at most {MAX_RANK} axes)"),
                 ));
             }
-            let bytes = node.shape.numel() as u64 * 4;
+            let bytes = node.shape.numel() as u64 * Self::ELEM;
             let limit = self
                 .limits
                 .max_storage_buffer_binding_size
@@ -206,10 +432,10 @@ impl GpuExecutor {
         Ok(())
     }
 
-    /// A storage buffer of `numel` f32 (at least 4 bytes), from the pool when one of that
+    /// A storage buffer of `numel` elements (at least one), from the pool when one of that
     /// size is free. Fresh buffers carry the node's label.
     fn alloc(&mut self, numel: usize, label: &str) -> Rc<wgpu::Buffer> {
-        let size = (numel as u64 * 4).max(4);
+        let size = (numel as u64 * Self::ELEM).max(Self::ELEM);
         if let Some(b) = self.pool.get_mut(&size).and_then(|v| v.pop()) {
             return Rc::new(b);
         }
@@ -313,11 +539,11 @@ impl GpuExecutor {
             Op::Reshape { .. } => return input(0),
             Op::Const { value, .. } => {
                 let out = self.alloc(numel, &label);
-                let p = EwParams {
+                let mut p = EwParams {
                     total: numel as u32,
-                    value: *value as f32,
                     ..Default::default()
                 };
+                p.set_value(T::of(*value));
                 let at = site(&kernels::FILL, i, node);
                 self.dispatch(
                     pass,
@@ -723,12 +949,12 @@ impl GpuExecutor {
     fn run_scoped(
         &mut self,
         graph: &Graph,
-        feeds: &Feeds<f32>,
+        feeds: &Feeds<T>,
         outputs: &[NodeId],
         assign: &[(NodeId, String)],
         needed: &[bool],
         last_use: &[usize],
-    ) -> Result<Vec<ArrayD<f32>>, ExecError> {
+    ) -> Result<Vec<ArrayD<T>>, ExecError> {
         let n = graph.len();
         let mut vals: Vec<Option<Rc<wgpu::Buffer>>> = vec![None; n];
         // Every input is uploaded before any kernel is recorded: queue writes land before the
@@ -792,7 +1018,7 @@ impl GpuExecutor {
                 continue;
             }
             let src = vals[o.0].as_ref().ok_or(ExecError::UnknownNode(o))?;
-            let bytes = numel as u64 * 4;
+            let bytes = numel as u64 * Self::ELEM;
             let dst = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("darts readback"),
                 size: bytes,
@@ -839,7 +1065,7 @@ impl GpuExecutor {
                         .slice(..)
                         .get_mapped_range()
                         .map_err(|e| ExecError::Gpu(format!("reading output {o}: {e}")))?;
-                    let v = bytemuck::pod_collect_to_vec::<u8, f32>(&view);
+                    let v = bytemuck::pod_collect_to_vec::<u8, T>(&view);
                     drop(view);
                     b.unmap();
                     v
@@ -864,17 +1090,17 @@ impl GpuExecutor {
         Ok(result)
     }
 
-    /// Copies `numel` f32 from `src` into a MAP_READ buffer and reads them (one submit).
+    /// Copies `numel` elements from `src` into a MAP_READ buffer and reads them (one submit).
     fn read_back(
         &mut self,
         src: &wgpu::Buffer,
         numel: usize,
         what: &str,
-    ) -> Result<Vec<f32>, ExecError> {
+    ) -> Result<Vec<T>, ExecError> {
         if numel == 0 {
             return Ok(Vec::new());
         }
-        let bytes = numel as u64 * 4;
+        let bytes = numel as u64 * Self::ELEM;
         let dst = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("darts readback"),
             size: bytes,
@@ -902,7 +1128,7 @@ impl GpuExecutor {
             .slice(..)
             .get_mapped_range()
             .map_err(|e| ExecError::Gpu(format!("reading {what}: {e}")))?;
-        let v = bytemuck::pod_collect_to_vec::<u8, f32>(&view);
+        let v = bytemuck::pod_collect_to_vec::<u8, T>(&view);
         drop(view);
         dst.unmap();
         Ok(v)
@@ -1005,8 +1231,8 @@ fn copy_params(shape: &[usize]) -> MoveParams {
 }
 
 /// The row index an index value names, or the error the CPU executor returns for it.
-fn row_index(v: f32, rows: usize, node: &Node) -> Result<(), ExecError> {
-    let f = v as f64;
+fn row_index<T: Scalar>(v: T, rows: usize, node: &Node) -> Result<(), ExecError> {
+    let f = v.as_f64();
     if f >= 0.0 && f.fract() == 0.0 && (f as usize) < rows {
         Ok(())
     } else {
@@ -1022,9 +1248,9 @@ fn row_index(v: f32, rows: usize, node: &Node) -> Result<(), ExecError> {
 /// Checks on the host, before any work, the indices of every Gather and ScatterAdd whose
 /// index tensor is a fed graph Input (its fed values) or Const (its fill value). Indices
 /// computed on the device or held in a device variable are not checked: shaders/gather.wgsl documents what the kernels do with them.
-fn check_indices<V>(
+fn check_indices<T: Scalar, V>(
     graph: &Graph,
-    feeds: &Feeds<f32>,
+    feeds: &Feeds<T>,
     vars: &HashMap<String, V>,
     needed: &[bool],
 ) -> Result<(), ExecError> {
@@ -1046,7 +1272,7 @@ fn check_indices<V>(
                 }
             }
             Op::Const { value, shape } if shape.numel() > 0 => {
-                row_index(*value as f32, rows, node)?;
+                row_index(T::of(*value), rows, node)?;
             }
             _ => {}
         }
@@ -1060,18 +1286,18 @@ fn put(dst: &mut [u32; MAX_RANK], src: &[usize]) {
     }
 }
 
-impl Executor<f32> for GpuExecutor {
+impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
     fn name(&self) -> String {
-        format!("gpu-f32 ({})", self.adapter.get_info().name)
+        format!("gpu-{} ({})", T::NAME, self.adapter.get_info().name)
     }
 
     fn run_assign(
         &mut self,
         graph: &Graph,
-        feeds: &Feeds<f32>,
+        feeds: &Feeds<T>,
         outputs: &[NodeId],
         assign: &[(NodeId, String)],
-    ) -> Result<Vec<ArrayD<f32>>, ExecError> {
+    ) -> Result<Vec<ArrayD<T>>, ExecError> {
         check_assign(graph, assign, |n| self.var_shape(n))?;
         let mut keep = outputs.to_vec();
         keep.extend(assign.iter().map(|(n, _)| *n));
@@ -1093,7 +1319,7 @@ impl Executor<f32> for GpuExecutor {
 
     /// Uploads `value` into a fresh (or pooled) device buffer labelled with the name; the old
     /// buffer of the variable, if any, goes back to the pool.
-    fn set_var(&mut self, name: &str, value: &ArrayD<f32>) -> Result<(), ExecError> {
+    fn set_var(&mut self, name: &str, value: &ArrayD<T>) -> Result<(), ExecError> {
         let v = value.as_standard_layout();
         let buf = self.alloc(v.len(), &format!("variable '{name}'"));
         if let Some(s) = v.as_slice().filter(|s| !s.is_empty()) {
@@ -1108,7 +1334,7 @@ impl Executor<f32> for GpuExecutor {
         Ok(())
     }
 
-    fn var(&mut self, name: &str) -> Result<ArrayD<f32>, ExecError> {
+    fn var(&mut self, name: &str) -> Result<ArrayD<T>, ExecError> {
         let (buf, shape) = self
             .vars
             .get(name)
@@ -1131,7 +1357,7 @@ impl Executor<f32> for GpuExecutor {
     }
 }
 
-impl GpuExecutor {
+impl<T: GpuScalar> GpuExecutor<T> {
     /// Errors wgpu reported outside any scope since the last call, as one error.
     fn take_uncaptured(&self) -> Result<(), ExecError> {
         if let Ok(mut u) = self.uncaptured.lock() {
