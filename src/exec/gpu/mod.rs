@@ -87,8 +87,33 @@ pub struct GpuExecutor<T: GpuScalar = f32> {
     uncaptured: Arc<Mutex<Vec<String>>>,
     /// Variables (see [`Executor`]): device buffers and their shapes, kept between runs.
     vars: HashMap<String, (Rc<wgpu::Buffer>, Vec<usize>)>,
+    /// Every dispatch's parameters of a run, in one uniform buffer (see [`ParamsArena`]).
+    params: ParamsArena,
+    /// Wrap every dispatch in its own validation scope (to name the kernel of an error; set
+    /// while re-running a run that failed validation).
+    scope_each: bool,
     elem: PhantomData<T>,
 }
+
+/// The parameters of every dispatch of a run, packed at the device's uniform-offset alignment
+/// into one buffer written once before the run's submit (instead of a buffer per dispatch:
+/// creating those dominated the time of a run of a large graph on a real GPU).
+#[derive(Default)]
+struct ParamsArena {
+    buffer: Option<Rc<wgpu::Buffer>>,
+    capacity: u64,
+    /// Host copy of this run's parameters, uploaded before the submit.
+    staging: Vec<u8>,
+    /// Whether this run uses the arena (false: one buffer per dispatch, when the run would
+    /// need more than the device's largest buffer).
+    active: bool,
+}
+
+/// A run's outputs and the (variable, buffer, shape) assignments it produced.
+type RunOutcome<T> = (Vec<ArrayD<T>>, Vec<(String, Rc<wgpu::Buffer>, Vec<usize>)>);
+
+/// The largest parameter block of any kernel (`MoveParams`), in bytes.
+const MAX_PARAMS_BYTES: u64 = 176;
 
 /// Where a kernel runs, for error messages: "kernel 'k' for node %i (op at 'label')".
 fn site(spec: &KernelSpec, id: usize, node: &Node) -> String {
@@ -345,6 +370,8 @@ impl<T: GpuScalar> GpuExecutor<T> {
             max_workgroups_per_dim,
             uncaptured,
             vars: HashMap::new(),
+            params: ParamsArena::default(),
+            scope_each: false,
             elem: PhantomData,
         })
     }
@@ -480,28 +507,48 @@ impl<T: GpuScalar> GpuExecutor<T> {
             .cache
             .get(&self.device, spec)
             .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?;
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let params_buf = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(spec.name),
-                contents: params,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        let scope = self
+            .scope_each
+            .then(|| self.device.push_error_scope(wgpu::ErrorFilter::Validation));
+        // The parameters: a slice of the run's arena, or (fallback) a buffer of their own.
+        let (params_buf, params_offset) = match (&self.params.buffer, self.params.active) {
+            (Some(arena), true) => {
+                let align = self.limits.min_uniform_buffer_offset_alignment.max(4) as usize;
+                let offset = self.params.staging.len().next_multiple_of(align);
+                self.params.staging.resize(offset, 0);
+                self.params.staging.extend_from_slice(params);
+                (arena.clone(), offset as u64)
+            }
+            _ => (
+                Rc::new(
+                    self.device
+                        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                            label: Some(spec.name),
+                            contents: params,
+                            usage: wgpu::BufferUsages::UNIFORM,
+                        }),
+                ),
+                0,
+            ),
+        };
         let mut next_read = reads.iter();
         let mut entries = Vec::with_capacity(spec.bindings.len());
         for &(binding, slot) in spec.bindings {
-            let buffer = match slot {
-                Slot::Params => &params_buf,
-                Slot::Read => *next_read.next().ok_or_else(|| {
-                    ExecError::Gpu(format!("{at}: fewer inputs than read bindings"))
-                })?,
-                Slot::Write => write,
+            let resource = match slot {
+                Slot::Params => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &params_buf,
+                    offset: params_offset,
+                    size: std::num::NonZeroU64::new(params.len() as u64),
+                }),
+                Slot::Read => next_read
+                    .next()
+                    .ok_or_else(|| {
+                        ExecError::Gpu(format!("{at}: fewer inputs than read bindings"))
+                    })?
+                    .as_entire_binding(),
+                Slot::Write => write.as_entire_binding(),
             };
-            entries.push(wgpu::BindGroupEntry {
-                binding,
-                resource: buffer.as_entire_binding(),
-            });
+            entries.push(wgpu::BindGroupEntry { binding, resource });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(spec.name),
@@ -511,7 +558,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
         pass.set_pipeline(&compiled.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(gx, gy, 1);
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        if let Some(e) = scope.and_then(|s| pollster::block_on(s.pop())) {
             return Err(ExecError::Gpu(format!("{at}: {e}")));
         }
         Ok(())
@@ -954,7 +1001,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
         assign: &[(NodeId, String)],
         needed: &[bool],
         last_use: &[usize],
-    ) -> Result<Vec<ArrayD<T>>, ExecError> {
+    ) -> Result<RunOutcome<T>, ExecError> {
         let n = graph.len();
         let mut vals: Vec<Option<Rc<wgpu::Buffer>>> = vec![None; n];
         // Every input is uploaded before any kernel is recorded: queue writes land before the
@@ -984,6 +1031,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 vals[i] = Some(buf);
             }
         }
+        self.prepare_params_arena(graph, needed);
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -1027,6 +1075,12 @@ impl<T: GpuScalar> GpuExecutor<T> {
             });
             encoder.copy_buffer_to_buffer(src, 0, &dst, 0, Some(bytes));
             staging.push(Some(dst));
+        }
+        if let (Some(arena), true) = (&self.params.buffer, self.params.active) {
+            if !self.params.staging.is_empty() {
+                // Lands before this submit's commands and after every earlier submit's.
+                self.queue.write_buffer(arena, 0, &self.params.staging);
+            }
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         self.queue.submit([encoder.finish()]);
@@ -1076,18 +1130,53 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     ExecError::Gpu(format!("output {o} has the wrong length: {e}"))
                 })?);
         }
-        // Assigned values become variables where they are: no copy, no readback.
+        // Assigned values become variables where they are (no copy, no readback), once the
+        // caller has seen the run succeed.
+        let mut assigned = Vec::with_capacity(assign.len());
         for (node, name) in assign {
             let buf = vals[node.0].clone().ok_or(ExecError::UnknownNode(*node))?;
-            let shape = graph.shape(*node).dims().to_vec();
-            if let Some((old, _)) = self.vars.insert(name.clone(), (buf, shape)) {
-                self.release(old);
-            }
+            assigned.push((name.clone(), buf, graph.shape(*node).dims().to_vec()));
         }
         for v in vals.into_iter().flatten() {
             self.release(v);
         }
-        Ok(result)
+        Ok((result, assigned))
+    }
+
+    /// Makes the parameter arena large enough for every dispatch `graph` can record (one per
+    /// needed node, one per input of a Concat), unless that exceeds the device's largest
+    /// buffer, in which case this run falls back to a buffer per dispatch.
+    fn prepare_params_arena(&mut self, graph: &Graph, needed: &[bool]) {
+        let align = self.limits.min_uniform_buffer_offset_alignment.max(4) as u64;
+        let stride = MAX_PARAMS_BYTES.next_multiple_of(align);
+        let dispatches: u64 = graph
+            .nodes()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| needed[*i])
+            .map(|(_, n)| match n.op {
+                Op::Concat { .. } => n.inputs.len() as u64,
+                _ => 1,
+            })
+            .sum();
+        let bytes = (dispatches * stride).max(stride);
+        self.params.staging.clear();
+        self.params.active = bytes <= self.limits.max_buffer_size;
+        if self.params.active && (self.params.buffer.is_none() || self.params.capacity < bytes) {
+            // Grow geometrically so a sequence of growing graphs reallocates rarely.
+            let capacity = bytes
+                .max(self.params.capacity * 2)
+                .min(self.limits.max_buffer_size);
+            self.params.buffer = Some(Rc::new(self.device.create_buffer(
+                &wgpu::BufferDescriptor {
+                    label: Some("darts kernel parameters"),
+                    size: capacity,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                },
+            )));
+            self.params.capacity = capacity;
+        }
     }
 
     /// Copies `numel` elements from `src` into a MAP_READ buffer and reads them (one submit).
@@ -1309,11 +1398,27 @@ impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
         let result = self.run_scoped(graph, feeds, outputs, assign, &needed, &last_use);
         let v = pollster::block_on(validation.pop());
         let o = pollster::block_on(oom.pop());
-        let result = result?;
-        if let Some(e) = v.or(o) {
+        let (result, assigned) = result?;
+        if let Some(e) = v {
+            // Name the kernel: run again with a validation scope around every dispatch (no
+            // assignments: the variables stay as they were).
+            self.scope_each = true;
+            let located = self.run_scoped(graph, feeds, outputs, &[], &needed, &last_use);
+            self.scope_each = false;
+            return Err(match located {
+                Err(at) => at,
+                Ok(_) => ExecError::Gpu(format!("during the run: {e}")),
+            });
+        }
+        if let Some(e) = o {
             return Err(ExecError::Gpu(format!("during the run: {e}")));
         }
         self.take_uncaptured()?;
+        for (name, buf, shape) in assigned {
+            if let Some((old, _)) = self.vars.insert(name, (buf, shape)) {
+                self.release(old);
+            }
+        }
         Ok(result)
     }
 
@@ -1374,6 +1479,25 @@ impl<T: GpuScalar> GpuExecutor<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parameter arena's stride covers every kernel's parameter block.
+    #[test]
+    fn params_arena_stride_covers_every_params_block() {
+        use std::mem::size_of;
+        for size in [
+            size_of::<EwParams>(),
+            size_of::<ReduceParams>(),
+            size_of::<MatmulParams>(),
+            size_of::<MoveParams>(),
+            size_of::<kernels::ConvParams>(),
+            size_of::<kernels::PoolParams>(),
+            size_of::<GatherParams>(),
+            size_of::<SoftmaxParams>(),
+            size_of::<kernels::ProbeParams>(),
+        ] {
+            assert!(size as u64 <= MAX_PARAMS_BYTES, "{size}");
+        }
+    }
 
     #[test]
     fn broadcast_strides_follow_numpy() {
