@@ -45,10 +45,17 @@ const KEYS: [&str; 13] = [
     "grad_alpha_unrolled_exact/",
 ];
 
-#[test]
-fn gradients_job_writes_every_documented_array() {
-    let dir = std::env::temp_dir().join(format!("darts-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// The gradients job's inputs in `dir`: `state.npz` (tiny network, seed 8) and the two
+/// batches, returned with their integer labels.
+fn gradients_inputs(
+    dir: &std::path::Path,
+) -> (
+    darts::search::architect::Batch,
+    darts::search::architect::Batch,
+    ndarray::ArrayD<f64>,
+    ndarray::ArrayD<f64>,
+) {
+    std::fs::create_dir_all(dir).unwrap();
     let cfg = common::tiny(false);
     let st = common::state(&cfg, 8);
     st.to_npz(&dir.join("state.npz")).unwrap();
@@ -61,27 +68,51 @@ fn gradients_job_writes_every_documented_array() {
             .into_dyn()
     };
     let (yt, yv) = (label(&t), label(&v));
-    // Write a batch file with the given training labels and run the gradients job on it.
+    (t, v, yt, yv)
+}
+
+/// Write `batch` in `dir` (with training labels `y_train`) and run the gradients job on it
+/// with the extra arguments.
+fn run_gradients(
+    dir: &std::path::Path,
+    (t, v, yv): (
+        &darts::search::architect::Batch,
+        &darts::search::architect::Batch,
+        &ndarray::ArrayD<f64>,
+    ),
+    batch: &str,
+    y_train: &ndarray::ArrayD<f64>,
+    out: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    write_npz(
+        &dir.join(batch),
+        [
+            ("x_train", &t.x),
+            ("y_train", y_train),
+            ("x_valid", &v.x),
+            ("y_valid", yv),
+        ],
+    )
+    .unwrap();
+    darts()
+        .args(["gradients", "--state"])
+        .arg(dir.join("state.npz"))
+        .arg("--batch")
+        .arg(dir.join(batch))
+        .arg("--out")
+        .arg(dir.join(out))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn gradients_job_writes_every_documented_array() {
+    let dir = std::env::temp_dir().join(format!("darts-cli-{}", std::process::id()));
+    let (t, v, yt, yv) = gradients_inputs(&dir);
     let gradients = |batch: &str, y_train: &ndarray::ArrayD<f64>, out: &str| {
-        write_npz(
-            &dir.join(batch),
-            [
-                ("x_train", &t.x),
-                ("y_train", y_train),
-                ("x_valid", &v.x),
-                ("y_valid", &yv),
-            ],
-        )
-        .unwrap();
-        darts()
-            .args(["gradients", "--state"])
-            .arg(dir.join("state.npz"))
-            .arg("--batch")
-            .arg(dir.join(batch))
-            .arg("--out")
-            .arg(dir.join(out))
-            .output()
-            .unwrap()
+        run_gradients(&dir, (&t, &v, &yv), batch, y_train, out, &[])
     };
     let out = gradients("batch.npz", &yt, "out.npz");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -223,4 +254,56 @@ fn search_runs_resident_on_the_gpu_backend_and_resumes() {
         text.contains("step=resident") && text.contains("genotype ="),
         "{text}"
     );
+}
+
+/// `gradients --backend gpu --dtype f64` (where the adapter offers SHADER_F64 and passes the
+/// f64 self-check, as Mesa lavapipe does; skips otherwise) writes the same arrays as the CPU
+/// f64 run. Bound: both are f64 evaluations of the same graphs; the whole-network evaluation
+/// bound gamma_{K depth}(2^-53) M is below 1e-9 of each array's scale here (K <= 10^3 terms,
+/// depth <= 10^3 nodes), and the FD arrays divide a difference of two such values by
+/// 2R = 0.02 / ||v||, which multiplies that by ||v|| / 0.02 (< 10^3 on this network):
+/// 1e-6 for them.
+#[test]
+fn gradients_job_runs_in_f64_on_the_gpu() {
+    if common::gpu_executor("gradients_job_runs_in_f64_on_the_gpu").is_none() {
+        return;
+    }
+    if let Err(e) = darts::exec::gpu::GpuExecutor::<f64>::new_f64() {
+        println!("SKIP gradients_job_runs_in_f64_on_the_gpu: no f64 GPU executor ({e})");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("darts-cli-f64gpu-{}", std::process::id()));
+    let (t, v, yt, yv) = gradients_inputs(&dir);
+    let mut runs = Vec::new();
+    for (out, extra) in [
+        ("cpu.npz", &["--dtype", "f64"][..]),
+        ("gpu.npz", &["--dtype", "f64", "--backend", "gpu"][..]),
+    ] {
+        let o = run_gradients(&dir, (&t, &v, &yv), "batch.npz", &yt, out, extra);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        runs.push(read_npz(&dir.join(out)).unwrap());
+    }
+    let (cpu, gpu) = (&runs[0], &runs[1]);
+    assert_eq!(
+        cpu.keys().collect::<Vec<_>>(),
+        gpu.keys().collect::<Vec<_>>()
+    );
+    for (k, want) in cpu {
+        let scale = want.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-300);
+        let err = gpu[k]
+            .iter()
+            .zip(want.iter())
+            .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        let fd = k.starts_with("hvp_fd") || k.starts_with("grad_alpha_second");
+        let tol = if fd { 1e-6 } else { 1e-9 };
+        assert!(
+            err <= tol * scale,
+            "{k}: |gpu - cpu| {err:e} > {tol:e} x {scale:e}"
+        );
+    }
 }

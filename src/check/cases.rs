@@ -20,6 +20,9 @@ type R<T> = Result<T, GraphError>;
 /// times any direction component we draw, so no finite difference crosses a kink.
 pub const KINK_MARGIN: f64 = 0.1;
 
+/// Inputs listed by name and shape in a case's description before it is abbreviated.
+const MAX_LISTED_INPUTS: usize = 8;
+
 /// Accumulates a case's graph, its fed values and the inputs to differentiate.
 pub struct CaseBuilder {
     pub g: Graph,
@@ -113,7 +116,16 @@ impl CaseBuilder {
             .map(|n| n.shape.numel())
             .max()
             .unwrap_or(1);
-        let mut shapes = self.shapes.join(" ");
+        // A whole network has thousands of inputs: name the first few and count the rest.
+        let mut shapes = if self.shapes.len() > MAX_LISTED_INPUTS {
+            format!(
+                "{} ... ({} inputs)",
+                self.shapes[..3].join(" "),
+                self.shapes.len()
+            )
+        } else {
+            self.shapes.join(" ")
+        };
         if !params.is_empty() {
             shapes = format!("{shapes} {params}");
         }

@@ -175,9 +175,17 @@ pub fn run(a: Args) -> Result<()> {
     let graphs = ArchGraphs::build(&cfg, train.x.shape(), valid.x.shape())?;
     let buf_ref = (!buf.is_empty()).then_some(buf.as_slice());
     let rep = match (a.backend, a.dtype) {
-        (Backend::Gpu, Dtype::F64) => bail!(
-            "--backend gpu runs in f32 (f64 kernels only exist where the adapter offers SHADER_F64); pass --dtype f32"
-        ),
+        (Backend::Gpu, Dtype::F64) => {
+            // f64 kernels exist only where the adapter offers SHADER_F64 and passes the
+            // executor's self-check of every f64 operation; otherwise say why and stop.
+            let mut gpu = darts::exec::gpu::GpuExecutor::<f64>::new_f64().map_err(|e| {
+                anyhow::anyhow!(
+                    "--backend gpu --dtype f64: {e}; pass --dtype f32 (or --backend cpu)"
+                )
+            })?;
+            println!("backend: {} (f64 kernels)", gpu.adapter_info());
+            all_gradients(&mut gpu, &graphs, &point, buf_ref, &train, &valid, &unroll)?
+        }
         (Backend::Gpu, Dtype::F32) => {
             let mut gpu = darts::exec::gpu::GpuExecutor::new()?;
             println!("backend: {}", gpu.adapter_info());
