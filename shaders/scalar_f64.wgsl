@@ -77,8 +77,9 @@ fn pow2(k: i32) -> S {
 
 // e^x: k = round(x / ln 2), r = (x - k LN2_HI) - k LN2_LO with |r| <= ln 2 / 2 (the first
 // subtraction is exact), e^r by its Taylor polynomial of degree 13 (Horner), then
-// e^x = (e^r 2^k1) 2^(k - k1), k1 = k / 2, so each factor is a normal power of two and only the
-// last product can round (when the result is subnormal). x is clamped to [-746, 710] first:
+// e^x = e^r 2^k for k >= 0 (one product), and (e^r 2^k1) 2^(k - k1), k1 = k / 2, for k < 0, so
+// each factor is a normal power of two and only the last product can round (when the result
+// is subnormal). x is clamped to [-746, 710] first:
 // e^x rounds to 0 below -745.2 and overflows above 709.8, so the clamp changes no result and
 // keeps k in i32.
 fn exp_s(x: S) -> S {
@@ -99,6 +100,19 @@ fn exp_s(x: S) -> S {
     var p = INV_FACT[13];
     for (var i = 12; i >= 0; i--) {
         p = INV_FACT[i] + r * p;
+    }
+    if k >= 0 {
+        // One product of two finite factors: no evaluation order can overflow early. At the
+        // top (k = 1024, x within ln 2 / 2 of the overflow threshold) fold one 2 into p
+        // (exact), so 2^k stays finite; the product overflows only when e^x does. (On an
+        // NVIDIA H200 the split form below returned inf at x = 709.78 for a finite e^x.)
+        var kk = k;
+        var pp = p;
+        if kk > 1023 {
+            pp = pp * 2.0;
+            kk = kk - 1;
+        }
+        return pp * pow2(kk);
     }
     let k1 = k / 2;
     return (p * pow2(k1)) * pow2(k - k1);
