@@ -102,10 +102,10 @@ fn exp_s(x: S) -> S {
         p = INV_FACT[i] + r * p;
     }
     if k >= 0 {
-        // One product of two finite factors: no evaluation order can overflow early. At the
-        // top (k = 1024, x within ln 2 / 2 of the overflow threshold) fold one 2 into p
-        // (exact), so 2^k stays finite; the product overflows only when e^x does. (On an
-        // NVIDIA H200 the split form below returned inf at x = 709.78 for a finite e^x.)
+        // One product of two finite factors. At the top (k = 1024, x within ln 2 / 2 of the
+        // overflow threshold) fold one 2 into p (exact), so 2^k stays finite; the product
+        // overflows only when e^x does. (An NVIDIA H200 still returns inf at x = 709.78 for
+        // a finite e^x, with this form as with the split one: proofs/gpu-f64-math.md.)
         var kk = k;
         var pp = p;
         if kk > 1023 {
