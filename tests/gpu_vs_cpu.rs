@@ -28,6 +28,7 @@ use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use rand::distr::uniform::SampleUniform;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
@@ -221,20 +222,21 @@ fn shape_strategy(max_rank: usize, max_extent: usize) -> impl Strategy<Value = V
     prop::collection::vec(1..=max_extent, 0..=max_rank)
 }
 
-fn array(shape: &[usize], data: Vec<f32>) -> ArrayD<f32> {
+fn array<T>(shape: &[usize], data: Vec<T>) -> ArrayD<T> {
     ArrayD::from_shape_vec(IxDyn(shape), data).expect("data matches shape")
 }
 
 /// A value of mixed scale: uniform in [-range, range], uniform in [-1, 1], or log-uniform in
 /// magnitude over [1e-6, 1] with a random sign, and exactly 0 or -0 now and then.
-fn mixed(rng: &mut ChaCha8Rng, range: f32) -> f32 {
+fn mixed<T: Scalar + SampleUniform>(rng: &mut ChaCha8Rng, range: T) -> T {
+    let one = T::one();
     match rng.random_range(0..20) {
-        0 => 0.0,
-        1 => -0.0,
+        0 => T::zero(),
+        1 => -T::zero(),
         2..=10 => rng.random_range(-range..=range),
-        11..=15 => rng.random_range(-1.0f32..=1.0),
+        11..=15 => rng.random_range(-one..=one),
         _ => {
-            let m = 10f32.powf(rng.random_range(-6.0f32..=0.0));
+            let m = T::of(10.0).powf(rng.random_range(T::of(-6.0)..=T::zero()));
             if rng.random_bool(0.5) {
                 m
             } else {
@@ -245,8 +247,8 @@ fn mixed(rng: &mut ChaCha8Rng, range: f32) -> f32 {
 }
 
 /// log-uniform in [lo, hi].
-fn log_uniform(rng: &mut ChaCha8Rng, lo: f32, hi: f32) -> f32 {
-    10f32.powf(rng.random_range(lo.log10()..=hi.log10()))
+fn log_uniform<T: Scalar + SampleUniform>(rng: &mut ChaCha8Rng, lo: T, hi: T) -> T {
+    T::of(10.0).powf(rng.random_range(lo.log10()..=hi.log10()))
 }
 
 /// A value in the domain of `op` where WGSL defines its builtins: positive for log, sqrt and
@@ -790,14 +792,18 @@ fn gpu_reports_unsupported_rank_clearly() {
 }
 
 /// `n` values from `mixed`, with about one in `nan_every` replaced by NaN (0: none).
-fn draw(rng: &mut ChaCha8Rng, shape: &[usize], nan_every: u32) -> ArrayD<f32> {
+fn draw<T: Scalar + SampleUniform>(
+    rng: &mut ChaCha8Rng,
+    shape: &[usize],
+    nan_every: u32,
+) -> ArrayD<T> {
     let n: usize = shape.iter().product();
     let v = (0..n)
         .map(|_| {
             if nan_every > 0 && rng.random_range(0..nan_every) == 0 {
-                f32::NAN
+                T::nan()
             } else {
-                mixed(rng, 4.0)
+                mixed(rng, T::of(4.0))
             }
         })
         .collect();
@@ -1560,65 +1566,23 @@ fn sum_tol64(k: usize, abs_sum: f64) -> f64 {
     2.0 * gamma(k, U64) * abs_sum
 }
 
-fn array64(shape: &[usize], data: Vec<f64>) -> ArrayD<f64> {
-    ArrayD::from_shape_vec(IxDyn(shape), data).expect("data matches shape")
-}
-
-/// `mixed` in f64: uniform in [-range, range], uniform in [-1, 1], or log-uniform in
-/// magnitude over [1e-6, 1] with a random sign, and exactly 0 or -0 now and then.
-fn mixed64(rng: &mut ChaCha8Rng, range: f64) -> f64 {
-    match rng.random_range(0..20) {
-        0 => 0.0,
-        1 => -0.0,
-        2..=10 => rng.random_range(-range..=range),
-        11..=15 => rng.random_range(-1.0..=1.0),
-        _ => {
-            let m = 10f64.powf(rng.random_range(-6.0..=0.0));
-            if rng.random_bool(0.5) {
-                m
-            } else {
-                -m
-            }
-        }
-    }
-}
-
-fn log_uniform64(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
-    10f64.powf(rng.random_range(lo.log10()..=hi.log10()))
-}
-
-/// `draw` in f64: `mixed64` in [-4, 4], about one in `nan_every` NaN (0: none).
-fn draw64(rng: &mut ChaCha8Rng, shape: &[usize], nan_every: u32) -> ArrayD<f64> {
-    let n: usize = shape.iter().product();
-    let v = (0..n)
-        .map(|_| {
-            if nan_every > 0 && rng.random_range(0..nan_every) == 0 {
-                f64::NAN
-            } else {
-                mixed64(rng, 4.0)
-            }
-        })
-        .collect();
-    array64(shape, v)
-}
-
 /// A value in the domain the f64 kernels are tested on: log, sqrt, rsqrt and recip over
 /// [1e-300, 1e300] in magnitude (log half in [0.5, 2]), exp over [-700, 700], the rest over
 /// [-40, 40] (mixed scales).
 fn unary_input64(op: UnaryOp, rng: &mut ChaCha8Rng) -> f64 {
     match op {
         UnaryOp::Log if rng.random_bool(0.5) => rng.random_range(0.5..=2.0),
-        UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt => log_uniform64(rng, 1e-300, 1e300),
+        UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt => log_uniform::<f64>(rng, 1e-300, 1e300),
         UnaryOp::Recip => {
-            let m = log_uniform64(rng, 1e-300, 1e300);
+            let m = log_uniform::<f64>(rng, 1e-300, 1e300);
             if rng.random_bool(0.5) {
                 m
             } else {
                 -m
             }
         }
-        UnaryOp::Exp => mixed64(rng, 700.0),
-        _ => mixed64(rng, 40.0),
+        UnaryOp::Exp => mixed::<f64>(rng, 700.0),
+        _ => mixed::<f64>(rng, 40.0),
     }
 }
 
@@ -1708,7 +1672,7 @@ fn gpu_f64_unary_matches_cpu() {
             let name = format!("{op:?}");
             let x = g.input(name.clone(), shape.to_vec()).expect("input");
             let vals = inputs(*op, k);
-            feeds.insert(name, array64(shape, vals.clone()));
+            feeds.insert(name, array::<f64>(shape, vals.clone()));
             outs.push(g.unary(*op, x).expect("unary"));
             xs.push(vals);
         }
@@ -1750,7 +1714,7 @@ fn binary_input64(rng: &mut ChaCha8Rng) -> f64 {
     if rng.random_bool(0.3) {
         return [-1.0, -0.0, 0.0, 1.0, 2.0][rng.random_range(0..5)];
     }
-    mixed64(rng, 10.0)
+    mixed::<f64>(rng, 10.0)
 }
 
 /// Every binary op is one correctly rounded operation or exact: tolerance 0 (division by
@@ -1777,7 +1741,7 @@ fn gpu_f64_binary_broadcast_matches_cpu() {
                 };
                 let mut draw = |s: &[usize]| {
                     let n: usize = s.iter().product();
-                    array64(s, (0..n).map(|_| binary_input64(&mut rng)).collect())
+                    array::<f64>(s, (0..n).map(|_| binary_input64(&mut rng)).collect())
                 };
                 let (va, vb) = (draw(&sa), draw(&sb));
                 let mut g = Graph::new();
@@ -1863,12 +1827,12 @@ fn gpu_f64_reductions_and_select_match_cpu() {
             .map(|_| [0.0, -0.0, 1.0, -2.5, f64::NAN][rng.random_range(0..5)])
             .collect();
         let mut feeds = Feeds::<f64>::new();
-        feeds.insert("c", array64(&shape, cv));
+        feeds.insert("c", array::<f64>(&shape, cv));
         feeds.insert(
             "a",
-            draw64(&mut rng, &shape, if seed % 3 == 0 { 50 } else { 0 }),
+            draw::<f64>(&mut rng, &shape, if seed % 3 == 0 { 50 } else { 0 }),
         );
-        let bv = draw64(&mut rng, &shape, 0);
+        let bv = draw::<f64>(&mut rng, &shape, 0);
         feeds.insert("b", bv.clone());
         let (got, want) =
             run_both(&mut gpu, &g, &feeds, &[sum, max, sel]).unwrap_or_else(|e| panic!("{e}"));
@@ -1928,7 +1892,10 @@ fn gpu_f64_matmul_matches_cpu() {
                 let mut gpu = gpu.borrow_mut();
                 set_dispatch(&mut gpu, two_d);
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                let (va, vb) = (draw64(&mut rng, &[m, k], 0), draw64(&mut rng, &[k, n], 0));
+                let (va, vb) = (
+                    draw::<f64>(&mut rng, &[m, k], 0),
+                    draw::<f64>(&mut rng, &[k, n], 0),
+                );
                 let mut g = Graph::new();
                 let a = g.input("a", [m, k]).expect("input");
                 let b = g.input("b", [k, n]).expect("input");
@@ -1981,7 +1948,7 @@ fn gpu_f64_movement_and_gather_match_cpu() {
                 let mut g = Graph::new();
                 let x = g.input("x", shape.clone()).expect("input");
                 let mut feeds = Feeds::<f64>::new();
-                feeds.insert("x", draw64(&mut rng, &shape, 0));
+                feeds.insert("x", draw::<f64>(&mut rng, &shape, 0));
                 let mut perm: Vec<usize> = (0..r).collect();
                 for k in (1..r).rev() {
                     perm.swap(k, rng.random_range(0..=k));
@@ -2000,7 +1967,7 @@ fn gpu_f64_movement_and_gather_match_cpu() {
                     let mut other = shape.clone();
                     other[axis] = rng.random_range(1..=4);
                     let y = g.input("y", other.clone()).expect("input");
-                    feeds.insert("y", draw64(&mut rng, &other, 0));
+                    feeds.insert("y", draw::<f64>(&mut rng, &other, 0));
                     outs.push(g.concat(&[x, y, x], axis).expect("concat"));
                     what.push(format!("concat(x, y {other:?}, x; axis {axis})"));
                 }
@@ -2013,9 +1980,9 @@ fn gpu_f64_movement_and_gather_match_cpu() {
                     .scoped("emb_t", |g| g.add(Op::ScatterAdd { rows }, &[idx, src]))
                     .expect("scatter_add");
                 let iv: Vec<f64> = (0..n).map(|_| rng.random_range(0..rows) as f64).collect();
-                feeds.insert("table", draw64(&mut rng, &[rows, 3], 0));
-                feeds.insert("idx", array64(&[n], iv.clone()));
-                let sv = draw64(&mut rng, &[n, 3], 0);
+                feeds.insert("table", draw::<f64>(&mut rng, &[rows, 3], 0));
+                feeds.insert("idx", array::<f64>(&[n], iv.clone()));
+                let sv = draw::<f64>(&mut rng, &[n, 3], 0);
                 feeds.insert("src", sv.clone());
                 outs.push(ga);
                 what.push(format!("gather {rows} rows"));
@@ -2046,7 +2013,7 @@ fn gpu_f64_movement_and_gather_match_cpu() {
                 for bad in [rows as f64, 0.5, -1.0] {
                     let mut bv = iv.clone();
                     bv[n - 1] = bad;
-                    feeds.insert("idx", array64(&[n], bv));
+                    feeds.insert("idx", array::<f64>(&[n], bv));
                     for (out, label) in [(ga, "emb"), (sc, "emb_t")] {
                         match gpu.run(&g, &feeds, &[out]) {
                             Err(ExecError::IndexOutOfRange {
@@ -2152,7 +2119,7 @@ fn gpu_f64_conv_and_pool_match_cpu() {
                 let mx_c = g.add(Op::MaxPool2dGather(pp), &[xp, x]).expect("gather");
                 let mut feeds = Feeds::<f64>::new();
                 for (name, s) in [("x", &xs), ("w", &ws), ("gy", &ys), ("gp", &ps)] {
-                    feeds.insert(name, draw64(&mut rng, s, 0));
+                    feeds.insert(name, draw::<f64>(&mut rng, s, 0));
                 }
                 let levels = [-1.0, 0.0, 0.5, 2.0, f64::NEG_INFINITY];
                 let xpv: Vec<f64> = (0..n * c * h * w)
@@ -2164,7 +2131,7 @@ fn gpu_f64_conv_and_pool_match_cpu() {
                         }
                     })
                     .collect();
-                feeds.insert("xp", array64(&xs, xpv));
+                feeds.insert("xp", array::<f64>(&xs, xpv));
                 let outs = [y, gx, gw, avg, avg_g, mx, mx_g, mx_c];
                 let (got, want) = run_both(&mut gpu, &g, &feeds, &outs)?;
                 let mut abs_feeds = Feeds::<f64>::new();
@@ -2282,7 +2249,7 @@ fn gpu_f64_log_softmax_matches_cpu() {
                 .map(|_| rng.random_range(-40.0..=40.0))
                 .collect();
             let mut feeds = Feeds::<f64>::new();
-            feeds.insert("x", array64(&shape, xv.clone()));
+            feeds.insert("x", array::<f64>(&shape, xv.clone()));
             let (got, want) = run_both(&mut gpu, &g, &feeds, &[y])?;
             let inner: usize = shape[axis + 1..].iter().product();
             let n = shape[axis];
@@ -2322,22 +2289,22 @@ fn gpu_f64_variables_match_cpu_exactly() {
     let nb = g.add2(mb, grad).expect("add");
     let step = g.mul(lr, nb).expect("mul");
     let nw = g.sub(w, step).expect("sub");
-    let w0 = array64(&[2, 3], (0..6).map(|i| (i as f64 - 2.5) / 3.0).collect());
+    let w0 = array::<f64>(&[2, 3], (0..6).map(|i| (i as f64 - 2.5) / 3.0).collect());
     for exec in [&mut gpu as &mut dyn Executor<f64>, &mut cpu] {
         exec.set_var("w", &w0).expect("set w");
-        exec.set_var("buf", &array64(&[2, 3], vec![0.0; 6]))
+        exec.set_var("buf", &array::<f64>(&[2, 3], vec![0.0; 6]))
             .expect("set buf");
         assert_eq!(exec.var("w").expect("read w"), w0, "{}", exec.name());
         for k in 0..3 {
             let mut f = Feeds::<f64>::new();
             f.insert(
                 "g",
-                array64(
+                array::<f64>(
                     &[2, 3],
                     (0..6).map(|i| (i as f64 + 1.0) / 7.0 + k as f64).collect(),
                 ),
             );
-            f.insert("lr", array64(&[], vec![0.1]));
+            f.insert("lr", array::<f64>(&[], vec![0.1]));
             exec.run_assign(&g, &f, &[], &[(nw, "w".into()), (nb, "buf".into())])
                 .expect("step");
         }
