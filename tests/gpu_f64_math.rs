@@ -9,46 +9,16 @@
 //! also under `DARTS_REQUIRE_GPU=1`; with `DARTS_REQUIRE_GPU=1` they fail when there is no
 //! adapter at all, or when an adapter offers f64 but the f64 executor fails otherwise.
 
-use darts::exec::gpu::probe::{self, Probe};
-use darts::exec::gpu::GpuExecutor;
-use darts::exec::ExecError;
+mod common;
 
-/// The f64 GPU executor for `test`, or None with a `SKIP` line (see the module documentation).
-fn gpu_f64(test: &str) -> Option<GpuExecutor<f64>> {
-    let require = std::env::var("DARTS_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    match GpuExecutor::new_f64() {
-        Ok(e) => {
-            eprintln!("{test}: running on {}", e.adapter_info());
-            Some(e)
-        }
-        Err(e @ ExecError::MissingGpuFeature { .. }) => {
-            println!("SKIP {test}: {e}");
-            None
-        }
-        Err(e) => match GpuExecutor::new() {
-            Err(no_gpu) if !require => {
-                println!("SKIP {test}: no GPU adapter ({no_gpu})");
-                None
-            }
-            Err(no_gpu) => panic!("{test}: DARTS_REQUIRE_GPU=1 but no GPU adapter: {no_gpu}"),
-            Ok(f32_gpu) if require => panic!(
-                "{test}: adapter {} runs f32 but the f64 executor failed: {e}",
-                f32_gpu.adapter_info()
-            ),
-            Ok(_) => {
-                println!("SKIP {test}: the f64 executor failed: {e}");
-                None
-            }
-        },
-    }
-}
+use darts::exec::gpu::probe::{self, Probe};
 
 /// Every probe within its bound on 20000 random inputs and its edge cases; prints the worst
 /// |device - host| / bound per probe, and for the inexact ones the worst error in units of
 /// u |host| (the host's own error included).
 #[test]
 fn gpu_f64_probes_match_host() {
-    let Some(mut gpu) = gpu_f64("gpu_f64_probes_match_host") else {
+    let Some(mut gpu) = common::gpu_f64_executor("gpu_f64_probes_match_host") else {
         return;
     };
     let sub = gpu
@@ -95,7 +65,8 @@ fn gpu_f64_probes_match_host() {
 /// results: exp's result scaled by 1 + 16 u is outside the bound, by 1 + 4 u inside.)
 #[test]
 fn gpu_f64_probe_bounds_are_tight_enough_to_fail() {
-    let Some(mut gpu) = gpu_f64("gpu_f64_probe_bounds_are_tight_enough_to_fail") else {
+    let Some(mut gpu) = common::gpu_f64_executor("gpu_f64_probe_bounds_are_tight_enough_to_fail")
+    else {
         return;
     };
     let xs = [0.5, 1.0, -3.0, 100.0];

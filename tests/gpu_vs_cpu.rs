@@ -1529,38 +1529,6 @@ use darts::exec::gpu::probe::{self as f64_probe, Probe};
 /// Smallest normal f64, 2^-1022: the most a flushed subnormal result is off by.
 const FLUSH64: f64 = f64::MIN_POSITIVE;
 
-/// The f64 GPU executor for `test`, or None with a `SKIP` line: when no adapter offers
-/// SHADER_F64 (always a skip: f64 is optional), or when there is no adapter at all, or the f64
-/// executor fails otherwise (both failures under DARTS_REQUIRE_GPU=1).
-fn gpu_f64(test: &str) -> Option<GpuExecutor<f64>> {
-    let require = std::env::var("DARTS_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    match GpuExecutor::new_f64() {
-        Ok(e) => {
-            eprintln!("{test}: running in f64 on {}", e.adapter_info());
-            Some(e)
-        }
-        Err(e @ ExecError::MissingGpuFeature { .. }) => {
-            println!("SKIP {test}: {e}");
-            None
-        }
-        Err(e) => match GpuExecutor::new() {
-            Err(no_gpu) if !require => {
-                println!("SKIP {test}: no GPU adapter ({no_gpu})");
-                None
-            }
-            Err(no_gpu) => panic!("{test}: DARTS_REQUIRE_GPU=1 but no GPU adapter: {no_gpu}"),
-            Ok(f32_gpu) if require => panic!(
-                "{test}: adapter {} runs f32 but the f64 executor failed: {e}",
-                f32_gpu.adapter_info()
-            ),
-            Ok(_) => {
-                println!("SKIP {test}: the f64 executor failed: {e}");
-                None
-            }
-        },
-    }
-}
-
 /// 2 gamma_K(2^-53) * abs_sum: a sum of K terms computed in f64 on both sides.
 fn sum_tol64(k: usize, abs_sum: f64) -> f64 {
     2.0 * gamma(k, U64) * abs_sum
@@ -1658,7 +1626,7 @@ const SPECIALS64: [f64; 20] = [
 
 #[test]
 fn gpu_f64_unary_matches_cpu() {
-    let Some(gpu) = gpu_f64("gpu_f64_unary_matches_cpu") else {
+    let Some(gpu) = common::gpu_f64_executor("gpu_f64_unary_matches_cpu") else {
         return;
     };
     let gpu = RefCell::new(gpu);
@@ -1721,7 +1689,7 @@ fn binary_input64(rng: &mut ChaCha8Rng) -> f64 {
 /// zero, NaN and ties included).
 #[test]
 fn gpu_f64_binary_broadcast_matches_cpu() {
-    let Some(gpu) = gpu_f64("gpu_f64_binary_broadcast_matches_cpu") else {
+    let Some(gpu) = common::gpu_f64_executor("gpu_f64_binary_broadcast_matches_cpu") else {
         return;
     };
     let gpu = RefCell::new(gpu);
@@ -1786,7 +1754,7 @@ fn gpu_f64_binary_broadcast_matches_cpu() {
 /// random shapes and axes, and on reductions long enough for the workgroup kernels.
 #[test]
 fn gpu_f64_reductions_and_select_match_cpu() {
-    let Some(mut gpu) = gpu_f64("gpu_f64_reductions_and_select_match_cpu") else {
+    let Some(mut gpu) = common::gpu_f64_executor("gpu_f64_reductions_and_select_match_cpu") else {
         return;
     };
     let case = shape_strategy(4, 12)
@@ -1875,7 +1843,7 @@ fn gpu_f64_reductions_and_select_match_cpu() {
 /// full-mantissa inputs round, unlike products of f32 values.
 #[test]
 fn gpu_f64_matmul_matches_cpu() {
-    let Some(gpu) = gpu_f64("gpu_f64_matmul_matches_cpu") else {
+    let Some(gpu) = common::gpu_f64_executor("gpu_f64_matmul_matches_cpu") else {
         return;
     };
     let gpu = RefCell::new(gpu);
@@ -1927,7 +1895,7 @@ fn gpu_f64_matmul_matches_cpu() {
 /// scatter_add sums at most n rows: sum_tol64(n, ...). Bad indices are refused by name.
 #[test]
 fn gpu_f64_movement_and_gather_match_cpu() {
-    let Some(gpu) = gpu_f64("gpu_f64_movement_and_gather_match_cpu") else {
+    let Some(gpu) = common::gpu_f64_executor("gpu_f64_movement_and_gather_match_cpu") else {
         return;
     };
     let gpu = RefCell::new(gpu);
@@ -2042,7 +2010,7 @@ fn gpu_f64_movement_and_gather_match_cpu() {
 /// 2 u |y| for the forward.
 #[test]
 fn gpu_f64_conv_and_pool_match_cpu() {
-    let Some(gpu) = gpu_f64("gpu_f64_conv_and_pool_match_cpu") else {
+    let Some(gpu) = common::gpu_f64_executor("gpu_f64_conv_and_pool_match_cpu") else {
         return;
     };
     let gpu = RefCell::new(gpu);
@@ -2227,7 +2195,7 @@ fn log_softmax_tol64(lane: &[f64], y: f64) -> f64 {
 
 #[test]
 fn gpu_f64_log_softmax_matches_cpu() {
-    let Some(gpu) = gpu_f64("gpu_f64_log_softmax_matches_cpu") else {
+    let Some(gpu) = common::gpu_f64_executor("gpu_f64_log_softmax_matches_cpu") else {
         return;
     };
     let gpu = RefCell::new(gpu);
@@ -2275,7 +2243,7 @@ fn gpu_f64_log_softmax_matches_cpu() {
 /// checks that a Const (0.9) reaches the device as the f64 nearest 0.9, not an f32.
 #[test]
 fn gpu_f64_variables_match_cpu_exactly() {
-    let Some(mut gpu) = gpu_f64("gpu_f64_variables_match_cpu_exactly") else {
+    let Some(mut gpu) = common::gpu_f64_executor("gpu_f64_variables_match_cpu_exactly") else {
         return;
     };
     let mut cpu = CpuExecutor::<f64>::new();
@@ -2327,7 +2295,8 @@ fn gpu_f64_variables_match_cpu_exactly() {
 fn gpu_f64_search_network_gradients_match_cpu() {
     use darts::darts::network::SearchConfig;
     use darts::search::architect::NetGraph;
-    let Some(mut gpu) = gpu_f64("gpu_f64_search_network_gradients_match_cpu") else {
+    let Some(mut gpu) = common::gpu_f64_executor("gpu_f64_search_network_gradients_match_cpu")
+    else {
         return;
     };
     for smooth in [false, true] {

@@ -82,3 +82,37 @@ pub fn gpu_executor(test: &str) -> Option<darts::exec::gpu::GpuExecutor> {
         }
     }
 }
+
+/// The f64 GPU executor for `test`, or None with a `SKIP` line: when no adapter offers
+/// SHADER_F64 (always a skip: f64 is optional), or when there is no adapter at all, or the f64
+/// executor fails otherwise (both failures under DARTS_REQUIRE_GPU=1).
+pub fn gpu_f64_executor(test: &str) -> Option<darts::exec::gpu::GpuExecutor<f64>> {
+    use darts::exec::gpu::GpuExecutor;
+    use darts::exec::ExecError;
+    let require = std::env::var("DARTS_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    match GpuExecutor::new_f64() {
+        Ok(e) => {
+            eprintln!("{test}: running in f64 on {}", e.adapter_info());
+            Some(e)
+        }
+        Err(e @ ExecError::MissingGpuFeature { .. }) => {
+            println!("SKIP {test}: {e}");
+            None
+        }
+        Err(e) => match GpuExecutor::new() {
+            Err(no_gpu) if !require => {
+                println!("SKIP {test}: no GPU adapter ({no_gpu})");
+                None
+            }
+            Err(no_gpu) => panic!("{test}: DARTS_REQUIRE_GPU=1 but no GPU adapter: {no_gpu}"),
+            Ok(f32_gpu) if require => panic!(
+                "{test}: adapter {} runs f32 but the f64 executor failed: {e}",
+                f32_gpu.adapter_info()
+            ),
+            Ok(_) => {
+                println!("SKIP {test}: the f64 executor failed: {e}");
+                None
+            }
+        },
+    }
+}
