@@ -10,6 +10,18 @@ fn darts() -> Command {
     Command::new(env!("CARGO_BIN_EXE_darts"))
 }
 
+/// Run `cmd`, assert it succeeded (showing stdout and stderr if not), return its stdout.
+fn stdout_of_success(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 #[test]
 fn gradcheck_prints_every_format_and_passes() {
     let out = darts()
@@ -144,23 +156,14 @@ fn gradcheck_gpu_backend_adds_agreement_table() {
     if common::gpu_executor("gradcheck_gpu_backend_adds_agreement_table").is_none() {
         return;
     }
-    let out = darts()
-        .args([
-            "gradcheck",
-            "--backend",
-            "gpu",
-            "--no-network",
-            "--filter",
-            "conv2d",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = stdout_of_success(darts().args([
+        "gradcheck",
+        "--backend",
+        "gpu",
+        "--no-network",
+        "--filter",
+        "conv2d",
+    ]));
     assert!(text.contains("GPU-vs-CPU checks, all passed"), "{text}");
 }
 
@@ -172,29 +175,23 @@ fn train_runs_on_the_gpu_backend() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("darts-cli-gpu-train-{}", std::process::id()));
-    let out = darts()
-        .args([
-            "train",
-            "--genotype",
-            "DARTS_V2",
-            "--backend",
-            "gpu",
-            "--init-channels=2",
-            "--layers=3",
-            "--epochs=1",
-            "--train-limit=16",
-            "--test-limit=8",
-            "--batch-size=8",
-        ])
-        .arg("--run-dir")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = stdout_of_success(
+        darts()
+            .args([
+                "train",
+                "--genotype",
+                "DARTS_V2",
+                "--backend",
+                "gpu",
+                "--init-channels=2",
+                "--layers=3",
+                "--epochs=1",
+                "--train-limit=16",
+                "--test-limit=8",
+                "--batch-size=8",
+            ])
+            .arg("--run-dir")
+            .arg(&dir),
     );
     assert!(text.contains("final test accuracy"), "{text}");
 }
@@ -209,26 +206,20 @@ fn search_runs_resident_on_the_gpu_backend_and_resumes() {
     }
     let dir = std::env::temp_dir().join(format!("darts-cli-gpu-search-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = darts()
-        .args([
-            "search",
-            "--backend",
-            "gpu",
-            "--init-channels=2",
-            "--layers=3",
-            "--batch-size=8",
-            "--max-images=16",
-            "--epochs=2",
-        ])
-        .arg("--run-dir")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = stdout_of_success(
+        darts()
+            .args([
+                "search",
+                "--backend",
+                "gpu",
+                "--init-channels=2",
+                "--layers=3",
+                "--batch-size=8",
+                "--max-images=16",
+                "--epochs=2",
+            ])
+            .arg("--run-dir")
+            .arg(&dir),
     );
     assert!(text.contains("step=resident"), "{text}");
     assert!(text.contains("genotype ="), "{text}");
