@@ -104,6 +104,9 @@ fn main() {
             "step {k}{}: {s:.3} s, loss {loss:.4}",
             if k == 0 { " (untimed warm-up)" } else { "" }
         );
+        if let Some(t) = exec.last_run_timing() {
+            println!("  {t}");
+        }
         if k > 0 {
             times.push(s);
         }

@@ -17,7 +17,19 @@
 //                 g = cc / Cg; at most K = Og kh kw terms. The transpose of conv2d in x.
 //   weight_grad:  out[oc, ci, i, j] = sum_{n, y < oh, x < ow} a[n, g(oc) Cg + ci, iy, ix] b[n, oc, y, x]
 //                 (a = x, b = gy; K = n oh ow terms). The transpose of conv2d in the weight.
-// Terms are summed in the order of the nested loops as written (outermost first).
+// Terms are summed in the order of the nested loops as written (outermost first), except by
+// conv2d_weight_grad_workgroup (below).
+//
+// conv2d_weight_grad_workgroup computes the same weight_grad for long sums (K = n oh ow terms
+// against only o Cg kh kw outputs: a few hundred outputs of 65536 terms each at the search
+// network's first cells, too few invocations to fill a GPU when each sums serially). One
+// workgroup per output element; with the terms numbered in the serial loop order,
+//   r = (nb * oh + y) * ow + x,   nb = r / (oh ow),  y = (r / ow) % oh,  x = r % ow,
+// invocation t sums r = t, t + WORKGROUP_SIZE, t + 2 WORKGROUP_SIZE, ... (consecutive
+// invocations read consecutive x: coalesced), then a binary tree over workgroup memory adds the
+// WORKGROUP_SIZE partial sums. Still a fixed order (runs repeat exactly), and still a summation
+// tree of the same K products, so the error bound gamma_K(u) sum |a b| holds unchanged
+// (Higham, ch. 4; the tree is in fact shallower: depth K / WORKGROUP_SIZE + log2 WORKGROUP_SIZE).
 //
 // Bindings (group 0), every entry point:
 //   0 params: uniform, ConvParams
@@ -39,6 +51,9 @@
 //   i = (workgroup_id.y * num_workgroups.x + workgroup_id.x) * WORKGROUP_SIZE + local_invocation_index,
 // the row-major flat index of the output ([n, o, oh, ow], [n, c, h, w] or [o, Cg, kh, kw]).
 // Invocations with i >= total return at once.
+// conv2d_weight_grad_workgroup: G = total, and i = workgroup_id.y * num_workgroups.x +
+// workgroup_id.x is the output index; a workgroup with i >= total returns at once (i is
+// uniform over the workgroup, so no invocation skips a barrier another one reaches).
 
 const WORKGROUP_SIZE: u32 = 256u;
 
@@ -69,6 +84,8 @@ struct ConvParams {
 @group(0) @binding(1) var<storage, read> a: array<S>;
 @group(0) @binding(2) var<storage, read> b: array<S>;
 @group(0) @binding(3) var<storage, read_write> out: array<S>;
+
+var<workgroup> partial: array<S, WORKGROUP_SIZE>;
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WORKGROUP_SIZE + lid;
@@ -173,15 +190,11 @@ fn conv2d_weight_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     if idx >= params.total {
         return;
     }
-    let cg = params.c / params.groups;
-    let og = params.o / params.groups;
-    let j = idx % params.kw;
-    var r = idx / params.kw;
-    let i = r % params.kh;
-    r = r / params.kh;
-    let ci = r % cg;
-    let oc = r / cg;
-    let cin = (oc / og) * cg + ci;
+    let tap = weight_tap(idx);
+    let i = tap.y;
+    let j = tap.z;
+    let oc = tap.x;
+    let cin = tap.w;
     var acc: S = 0.0;
     for (var nb = 0u; nb < params.n; nb++) {
         for (var y = 0u; y < params.oh; y++) {
@@ -201,4 +214,56 @@ fn conv2d_weight_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
         }
     }
     out[idx] = acc;
+}
+
+// The weight element idx = ((oc Cg + ci) kh + i) kw + j as (oc, i, j, input channel g(oc) Cg + ci).
+fn weight_tap(idx: u32) -> vec4<u32> {
+    let cg = params.c / params.groups;
+    let og = params.o / params.groups;
+    let j = idx % params.kw;
+    var r = idx / params.kw;
+    let i = r % params.kh;
+    r = r / params.kh;
+    let ci = r % cg;
+    let oc = r / cg;
+    return vec4<u32>(oc, i, j, (oc / og) * cg + ci);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn conv2d_weight_grad_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                @builtin(local_invocation_index) lid: u32) {
+    let idx = wid.y * nwg.x + wid.x;
+    if idx >= params.total {
+        return;
+    }
+    let tap = weight_tap(idx);
+    let oc = tap.x;
+    let cin = tap.w;
+    let plane = params.oh * params.ow;
+    let terms = params.n * plane;
+    var acc: S = 0.0;
+    for (var r = lid; r < terms; r += WORKGROUP_SIZE) {
+        let nb = r / plane;
+        let x = r % params.ow;
+        let y = (r / params.ow) % params.oh;
+        let iy = in_row(y, tap.y);
+        let ix = in_col(x, tap.z);
+        if iy < 0 || iy >= i32(params.h) || ix < 0 || ix >= i32(params.w) {
+            continue;
+        }
+        let xv = a[((nb * params.c + cin) * params.h + u32(iy)) * params.w + u32(ix)];
+        let gv = b[(nb * params.o + oc) * plane + r % plane];
+        acc += xv * gv;
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var s = WORKGROUP_SIZE / 2u; s > 0u; s = s / 2u) {
+        if lid < s {
+            partial[lid] += partial[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        out[idx] = partial[0];
+    }
 }

@@ -1,6 +1,8 @@
 // elementwise.wgsl: the elementwise primitives of darts, in the element type S: f32, or f64
 // where the adapter offers SHADER_F64. A scalar prelude (scalar_f32.wgsl or scalar_f64.wgsl)
-// is prepended and defines S and the functions *_s, is_nan, nonzero and log1p_unit used here.
+// is prepended and defines S and the functions *_s, is_nan, nonzero and log1p_unit used here;
+// then elementwise_ops.wgsl, which defines f_op (unary_op) and g_op (binary_op) below (shared
+// with the fused kernels of fused.wgsl).
 //
 // Primitives and equations (graph::Op; every tensor is dense and row-major):
 //   unary     (Op::Unary):     out[i] = f_op(a[i])
@@ -75,55 +77,6 @@ struct EwParams {
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WORKGROUP_SIZE + lid;
-}
-
-fn unary_op(op: u32, x: S) -> S {
-    if op == 11u {
-        return select(S(0.0), S(1.0), !is_nan(x) && x > 0.0);
-    }
-    if is_nan(x) {
-        return x;
-    }
-    switch op {
-        case 0u: { return -x; }
-        case 1u: { return exp_s(x); }
-        case 2u: { return log_s(x); }
-        case 3u: { return sqrt_s(x); }
-        case 4u: { return rsqrt_s(x); }
-        case 5u: { return 1.0 / x; }
-        case 6u: { return x * x; }
-        case 7u: { return tanh_s(x); }
-        case 8u: {
-            if x >= 0.0 {
-                return 1.0 / (1.0 + exp_s(-x));
-            }
-            let e = exp_s(x);
-            return e / (1.0 + e);
-        }
-        case 9u: { return select(0.0, x, x > 0.0); }
-        case 10u: { return select(0.0, x, x > 0.0) + log1p_unit(exp_s(-abs(x))); }
-        default: { return nan_s(); }
-    }
-}
-
-fn binary_op(op: u32, x: S, y: S) -> S {
-    let either_nan = is_nan(x) || is_nan(y);
-    switch op {
-        case 5u: { return select(S(0.0), S(1.0), !either_nan && x > y); }
-        case 6u: { return select(S(0.0), S(1.0), !either_nan && x == y); }
-        default: {}
-    }
-    if either_nan {
-        return nan_s();
-    }
-    switch op {
-        case 0u: { return x + y; }
-        case 1u: { return x - y; }
-        case 2u: { return x * y; }
-        case 3u: { return x / y; }
-        case 4u: { return select(y, x, x >= y); }
-        default: { return nan_s(); }
-    }
 }
 
 fn extent(d: u32) -> u32 {

@@ -184,6 +184,12 @@ pub trait Executor<T: Scalar> {
 
     /// Drop every variable.
     fn clear_vars(&mut self);
+
+    /// Where the last successful run's time went, in one line, where the executor measures
+    /// it (the GPU executor: see `gpu::RunTiming`); `None` otherwise.
+    fn last_run_timing(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Checks an assignment list before a run: every node exists, no variable is assigned twice,

@@ -21,14 +21,28 @@ pub const WORKGROUP_SIZE: u32 = 256;
 pub const MATMUL_TILE: u32 = 16;
 
 /// Reductions of at least this many elements per output use one workgroup per output
-/// (`reduce_sum_workgroup`); shorter ones use one invocation per output (`reduce_sum_serial`).
+/// (`reduce_sum_workgroup`, `conv2d_weight_grad_workgroup`); shorter ones use one invocation
+/// per output (`reduce_sum_serial`, `conv2d_weight_grad`). The default of
+/// `GpuExecutor::set_workgroup_min`.
 pub const REDUCE_WORKGROUP_MIN: u32 = 512;
 
 /// The f32 scalar prelude: `S = f32`, the WGSL builtins.
 pub const SCALAR_F32_WGSL: &str = include_str!("../../../shaders/scalar_f32.wgsl");
 /// The f64 scalar prelude: `S = f64`, exp/log/tanh built from + - * / (see the file).
 pub const SCALAR_F64_WGSL: &str = include_str!("../../../shaders/scalar_f64.wgsl");
-pub const ELEMENTWISE_WGSL: &str = include_str!("../../../shaders/elementwise.wgsl");
+pub const ELEMENTWISE_WGSL: &str = concat!(
+    include_str!("../../../shaders/elementwise_ops.wgsl"),
+    "\n",
+    include_str!("../../../shaders/elementwise.wgsl")
+);
+
+/// The shared part of every fused kernel (src/exec/gpu/fusion.rs): the elementwise ops, then
+/// the header of shaders/fused.wgsl; the generated bindings and entry point follow.
+pub const FUSED_WGSL: &str = concat!(
+    include_str!("../../../shaders/elementwise_ops.wgsl"),
+    "\n",
+    include_str!("../../../shaders/fused.wgsl")
+);
 pub const REDUCE_WGSL: &str = include_str!("../../../shaders/reduce.wgsl");
 pub const MATMUL_WGSL: &str = include_str!("../../../shaders/matmul.wgsl");
 pub const MOVEMENT_WGSL: &str = include_str!("../../../shaders/movement.wgsl");
@@ -43,6 +57,23 @@ pub const PROBE_F64_WGSL: &str = include_str!("../../../shaders/probe_f64.wgsl")
 /// (naga's and wgpu's line numbers count the prelude's lines first.)
 pub fn compose(prelude: &str, source: &str) -> String {
     format!("{prelude}\n{source}")
+}
+
+/// `FusedParams` of shaders/fused.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct FusedParams {
+    pub total: u32,
+    pub rank: u32,
+    pub _pad: [u32; 2],
+    pub shape: [u32; MAX_RANK],
+    pub strides: [[u32; MAX_RANK]; super::fusion::MAX_LEAVES],
+}
+
+impl Default for FusedParams {
+    fn default() -> Self {
+        Zeroable::zeroed()
+    }
 }
 
 /// `MoveParams` of shaders/movement.wgsl, field for field.
@@ -351,6 +382,19 @@ pub const CONV2D_WEIGHT_GRAD: KernelSpec = KernelSpec {
     ],
 };
 
+pub const CONV2D_WEIGHT_GRAD_WORKGROUP: KernelSpec = KernelSpec {
+    name: "conv.conv2d_weight_grad_workgroup",
+    file: "shaders/conv.wgsl",
+    source: CONV_WGSL,
+    entry: "conv2d_weight_grad_workgroup",
+    bindings: &[
+        (0, Slot::Params),
+        (1, Slot::Read),
+        (2, Slot::Read),
+        (3, Slot::Write),
+    ],
+};
+
 pub const AVG_POOL: KernelSpec = KernelSpec {
     name: "pool.avg_pool",
     file: "shaders/pool.wgsl",
@@ -442,7 +486,7 @@ pub const PROBE_F64: KernelSpec = KernelSpec {
 };
 
 /// Every kernel of both element types, for eager compilation and tests.
-pub const ALL: [KernelSpec; 21] = [
+pub const ALL: [KernelSpec; 22] = [
     UNARY,
     BINARY,
     BROADCAST,
@@ -457,6 +501,7 @@ pub const ALL: [KernelSpec; 21] = [
     CONV2D,
     CONV2D_INPUT_GRAD,
     CONV2D_WEIGHT_GRAD,
+    CONV2D_WEIGHT_GRAD_WORKGROUP,
     AVG_POOL,
     AVG_POOL_GRAD,
     MAX_POOL_GATHER,
@@ -467,6 +512,7 @@ pub const ALL: [KernelSpec; 21] = [
 ];
 
 /// A compiled kernel: its pipeline and explicit bind group layout.
+#[derive(Clone)]
 pub struct Compiled {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
@@ -476,8 +522,11 @@ pub struct Compiled {
 /// modules created once per file, each composed with the cache's scalar prelude.
 pub struct PipelineCache {
     prelude: &'static str,
-    modules: HashMap<&'static str, wgpu::ShaderModule>,
+    /// Composed source of each shader file.
+    modules: HashMap<&'static str, String>,
     kernels: HashMap<&'static str, Compiled>,
+    /// Fused kernels by their generated source.
+    fused: HashMap<String, Compiled>,
 }
 
 impl PipelineCache {
@@ -488,71 +537,110 @@ impl PipelineCache {
             prelude,
             modules: HashMap::new(),
             kernels: HashMap::new(),
+            fused: HashMap::new(),
         }
+    }
+
+    /// Fused kernels compiled so far.
+    pub fn fused_count(&self) -> usize {
+        self.fused.len()
+    }
+
+    /// The compiled fused kernel of generated `source` reading `leaves` buffers (see
+    /// src/exec/gpu/fusion.rs), compiling it on first use.
+    pub fn get_fused(
+        &mut self,
+        device: &wgpu::Device,
+        source: &str,
+        leaves: usize,
+    ) -> Result<&Compiled, String> {
+        if !self.fused.contains_key(source) {
+            let bindings = fused_bindings(leaves);
+            let code = format!("{}\n{FUSED_WGSL}\n{source}", self.prelude);
+            let compiled = compile(device, "fused", &code, "fused", &bindings)
+                .map_err(|e| format!("{e}\ngenerated source:\n{source}"))?;
+            self.fused.insert(source.to_string(), compiled);
+        }
+        Ok(&self.fused[source])
     }
 
     /// The compiled kernel for `spec`, compiling it on first use. Errors (caught in a
     /// validation scope) name the kernel and its shader file.
     pub fn get(&mut self, device: &wgpu::Device, spec: &KernelSpec) -> Result<&Compiled, String> {
         if !self.kernels.contains_key(spec.name) {
-            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
             let prelude = self.prelude;
-            let module = self
+            let source = self
                 .modules
                 .entry(spec.file)
-                .or_insert_with(|| {
-                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(spec.file),
-                        source: wgpu::ShaderSource::Wgsl(compose(prelude, spec.source).into()),
-                    })
-                })
-                .clone();
-            let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
-                .bindings
-                .iter()
-                .map(|&(binding, slot)| wgpu::BindGroupLayoutEntry {
-                    binding,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: match slot {
-                            Slot::Params => wgpu::BufferBindingType::Uniform,
-                            Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                            Slot::Write => wgpu::BufferBindingType::Storage { read_only: false },
-                        },
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                })
-                .collect();
-            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(spec.name),
-                entries: &entries,
-            });
-            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(spec.name),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(spec.name),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some(spec.entry),
-                compilation_options: Default::default(),
-                cache: None,
-            });
-            if let Some(e) = pollster::block_on(scope.pop()) {
-                return Err(format!(
-                    "compiling kernel '{}' ({} entry point '{}'): {e}",
-                    spec.name, spec.file, spec.entry
-                ));
-            }
-            self.kernels
-                .insert(spec.name, Compiled { pipeline, layout });
+                .or_insert_with(|| compose(prelude, spec.source));
+            let compiled = compile(device, spec.file, source, spec.entry, spec.bindings)
+                .map_err(|e| format!("compiling kernel '{}': {e}", spec.name))?;
+            self.kernels.insert(spec.name, compiled);
         }
         Ok(&self.kernels[spec.name])
     }
+}
+
+/// The bindings of a fused kernel of `leaves` leaves: params, the leaves, the output.
+pub fn fused_bindings(leaves: usize) -> Vec<(u32, Slot)> {
+    std::iter::once((0, Slot::Params))
+        .chain((1..=leaves as u32).map(|b| (b, Slot::Read)))
+        .chain(std::iter::once((leaves as u32 + 1, Slot::Write)))
+        .collect()
+}
+
+/// Compiles entry point `entry` of WGSL `source` (named `file` in errors) with an explicit
+/// bind group layout of `bindings`, inside a validation scope.
+fn compile(
+    device: &wgpu::Device,
+    file: &str,
+    source: &str,
+    entry: &str,
+    bindings: &[(u32, Slot)],
+) -> Result<Compiled, String> {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(file),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+        .iter()
+        .map(|&(binding, slot)| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match slot {
+                    Slot::Params => wgpu::BufferBindingType::Uniform,
+                    Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                    Slot::Write => wgpu::BufferBindingType::Storage { read_only: false },
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(file),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(file),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(file),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(entry),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(format!("{file} entry point '{entry}': {e}"));
+    }
+    Ok(Compiled { pipeline, layout })
 }
 
 #[cfg(test)]
@@ -560,13 +648,15 @@ mod tests {
     use super::*;
 
     /// The Rust mirrors have the byte sizes of the WGSL structs: uniform layout rounds
-    /// `array<vec4<u32>, 2>` to 32 bytes, so 16 + 3 * 32 + 16 = 128 (EwParams: the value `S`
+    /// `array<vec4<u32>, 2>` to 32 bytes, so 16 + 32 + 6 * 32 = 240 (FusedParams: shape and
+    /// six leaves' strides), 16 + 3 * 32 + 16 = 128 (EwParams: the value `S`
     /// at 112, the struct rounded up to its 16-byte alignment), 16 + 4 * 32 = 144, 16,
     /// 16 + 5 * 32 = 176 (MoveParams); the scalar structs are 4 bytes per u32: 20 * 4 = 80
     /// (ConvParams), 12 * 4 = 48 (PoolParams), 16 (GatherParams, SoftmaxParams, ProbeParams).
     #[test]
     fn params_structs_match_wgsl_sizes() {
         assert_eq!(std::mem::size_of::<EwParams>(), 128);
+        assert_eq!(std::mem::size_of::<FusedParams>(), 240);
         assert_eq!(std::mem::size_of::<ProbeParams>(), 16);
         assert_eq!(std::mem::size_of::<ReduceParams>(), 144);
         assert_eq!(std::mem::size_of::<MatmulParams>(), 16);
@@ -608,6 +698,11 @@ mod tests {
                 std::mem::size_of::<MoveParams>(),
             ),
             (CONV_WGSL, "ConvParams", std::mem::size_of::<ConvParams>()),
+            (
+                FUSED_WGSL,
+                "FusedParams",
+                std::mem::size_of::<FusedParams>(),
+            ),
             (POOL_WGSL, "PoolParams", std::mem::size_of::<PoolParams>()),
             (
                 GATHER_WGSL,
@@ -656,6 +751,7 @@ mod tests {
         assert!(REDUCE_WGSL.contains(&format!("const MAX_RANK: u32 = {MAX_RANK}u;")));
         assert!(MATMUL_WGSL.contains(&format!("const TILE: u32 = {MATMUL_TILE}u;")));
         for src in [
+            FUSED_WGSL,
             MOVEMENT_WGSL,
             CONV_WGSL,
             POOL_WGSL,
@@ -666,5 +762,10 @@ mod tests {
             assert!(src.contains(&format!("const WORKGROUP_SIZE: u32 = {WORKGROUP_SIZE}u;")));
         }
         assert!(MOVEMENT_WGSL.contains(&format!("const MAX_RANK: u32 = {MAX_RANK}u;")));
+        assert!(FUSED_WGSL.contains(&format!("const MAX_RANK: u32 = {MAX_RANK}u;")));
+        assert!(FUSED_WGSL.contains(&format!(
+            "strides: array<vec4<u32>, {}>,",
+            2 * super::super::fusion::MAX_LEAVES
+        )));
     }
 }

@@ -31,6 +31,7 @@
 //! wgpu validation errors are caught in error scopes and returned as [`ExecError::Gpu`] naming
 //! the kernel and the node.
 
+pub mod fusion;
 pub mod kernels;
 pub mod probe;
 
@@ -83,6 +84,11 @@ pub struct GpuExecutor<T: GpuScalar = f32> {
     cache: PipelineCache,
     pool: HashMap<u64, Vec<wgpu::Buffer>>,
     max_workgroups_per_dim: u32,
+    /// Sums of at least this many terms per output use a workgroup per output
+    /// ([`REDUCE_WORKGROUP_MIN`] unless set).
+    workgroup_min: u32,
+    /// Run chains of elementwise nodes as fused kernels (see [`fusion`]; on by default).
+    fusion: bool,
     /// Errors wgpu reports outside any error scope (there should be none).
     uncaptured: Arc<Mutex<Vec<String>>>,
     /// Variables (see [`Executor`]): device buffers and their shapes, kept between runs.
@@ -92,7 +98,56 @@ pub struct GpuExecutor<T: GpuScalar = f32> {
     /// Wrap every dispatch in its own validation scope (to name the kernel of an error; set
     /// while re-running a run that failed validation).
     scope_each: bool,
+    /// Where the time of the last run went (see [`RunTiming`]).
+    timing: RunTiming,
     elem: PhantomData<T>,
+}
+
+/// Where the wall-clock time of one run went, host side: uploading the feeds, recording the
+/// dispatches (bind groups, pipeline lookups, buffer pooling), finishing and submitting the
+/// command buffer, waiting for the device to finish, and copying the outputs out. On a real GPU
+/// `wait` is mostly kernel time and the rest is per-dispatch overhead on the CPU; on a software
+/// adapter `wait` is the kernels running on the CPU.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunTiming {
+    /// Dispatches recorded.
+    pub dispatches: usize,
+    /// Nodes the fusion plan saved a dispatch for (absorbed nodes and literal constants).
+    pub fused_away: usize,
+    /// Seconds planning the run (liveness and fusion, before any device work).
+    pub plan: f64,
+    /// Seconds writing feeds into device buffers.
+    pub upload: f64,
+    /// Seconds recording the compute pass.
+    pub record: f64,
+    /// Seconds finishing the encoder and submitting it (wgpu's resource tracking).
+    pub submit: f64,
+    /// Seconds waiting for the device (the kernels) to finish.
+    pub wait: f64,
+    /// Seconds mapping and copying the requested outputs.
+    pub readback: f64,
+}
+
+impl std::fmt::Display for RunTiming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let per = |s: f64| 1e6 * s / self.dispatches.max(1) as f64;
+        write!(
+            f,
+            "{} dispatches ({} nodes fused away): plan {:.3} s, upload {:.3} s, record {:.3} s \
+             ({:.1} us/dispatch), submit {:.3} s ({:.1} us/dispatch), wait {:.3} s, readback \
+             {:.3} s",
+            self.dispatches,
+            self.fused_away,
+            self.plan,
+            self.upload,
+            self.record,
+            per(self.record),
+            self.submit,
+            per(self.submit),
+            self.wait,
+            self.readback
+        )
+    }
 }
 
 /// The parameters of every dispatch of a run, packed at the device's uniform-offset alignment
@@ -107,13 +162,15 @@ struct ParamsArena {
     /// Whether this run uses the arena (false: one buffer per dispatch, when the run would
     /// need more than the device's largest buffer).
     active: bool,
+    /// Dispatches recorded in this run.
+    dispatches: usize,
 }
 
 /// A run's outputs and the (variable, buffer, shape) assignments it produced.
 type RunOutcome<T> = (Vec<ArrayD<T>>, Vec<(String, Rc<wgpu::Buffer>, Vec<usize>)>);
 
-/// The largest parameter block of any kernel (`MoveParams`), in bytes.
-const MAX_PARAMS_BYTES: u64 = 176;
+/// The largest parameter block of any kernel (`FusedParams`), in bytes.
+const MAX_PARAMS_BYTES: u64 = 240;
 
 /// Where a kernel runs, for error messages: "kernel 'k' for node %i (op at 'label')".
 fn site(spec: &KernelSpec, id: usize, node: &Node) -> String {
@@ -368,10 +425,13 @@ impl<T: GpuScalar> GpuExecutor<T> {
             cache: PipelineCache::new(T::PRELUDE),
             pool: HashMap::new(),
             max_workgroups_per_dim,
+            workgroup_min: REDUCE_WORKGROUP_MIN,
+            fusion: true,
             uncaptured,
             vars: HashMap::new(),
             params: ParamsArena::default(),
             scope_each: false,
+            timing: RunTiming::default(),
             elem: PhantomData,
         })
     }
@@ -402,6 +462,25 @@ impl<T: GpuScalar> GpuExecutor<T> {
     /// small tensors exercise the 2-D dispatch that large ones need. For tests.
     pub fn set_max_workgroups_per_dim(&mut self, n: u32) {
         self.max_workgroups_per_dim = n.clamp(1, self.limits.max_compute_workgroups_per_dimension);
+    }
+
+    /// Sums (ReduceSum, ReduceMax, the conv weight gradient) of at least `n` terms per output
+    /// element use one workgroup per element from now on, shorter ones one invocation per
+    /// element (default [`REDUCE_WORKGROUP_MIN`]; tests set 1 or `u32::MAX` to run each kernel
+    /// on every shape). Results agree within the same error bound either way.
+    pub fn set_workgroup_min(&mut self, n: u32) {
+        self.workgroup_min = n.max(1);
+    }
+
+    /// Whether chains of elementwise nodes run as one generated kernel ([`fusion`]; on by
+    /// default). Off, every node is its own dispatch of the single-op kernels.
+    pub fn set_fusion(&mut self, on: bool) {
+        self.fusion = on;
+    }
+
+    /// Fused kernels compiled so far (distinct generated sources).
+    pub fn fused_kernels(&self) -> usize {
+        self.cache.fused_count()
     }
 
     /// (x, y) workgroup counts covering `groups` workgroups: x = min(groups, L),
@@ -502,11 +581,43 @@ impl<T: GpuScalar> GpuExecutor<T> {
         if groups == 0 {
             return Ok(());
         }
-        let (gx, gy) = self.grid(groups, || at.to_string())?;
         let compiled = self
             .cache
             .get(&self.device, spec)
-            .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?;
+            .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?
+            .clone();
+        self.dispatch_compiled(
+            pass,
+            &compiled,
+            spec.bindings,
+            spec.name,
+            params,
+            reads,
+            write,
+            groups,
+            at,
+        )
+    }
+
+    /// Records one dispatch of a compiled kernel with `bindings` (see [`Self::dispatch`]).
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_compiled(
+        &mut self,
+        pass: &mut wgpu::ComputePass<'_>,
+        compiled: &kernels::Compiled,
+        bindings: &[(u32, Slot)],
+        name: &str,
+        params: &[u8],
+        reads: &[&wgpu::Buffer],
+        write: &wgpu::Buffer,
+        groups: u32,
+        at: &str,
+    ) -> Result<(), ExecError> {
+        if groups == 0 {
+            return Ok(());
+        }
+        let (gx, gy) = self.grid(groups, || at.to_string())?;
+        self.params.dispatches += 1;
         let scope = self
             .scope_each
             .then(|| self.device.push_error_scope(wgpu::ErrorFilter::Validation));
@@ -523,7 +634,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 Rc::new(
                     self.device
                         .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                            label: Some(spec.name),
+                            label: Some(name),
                             contents: params,
                             usage: wgpu::BufferUsages::UNIFORM,
                         }),
@@ -532,8 +643,8 @@ impl<T: GpuScalar> GpuExecutor<T> {
             ),
         };
         let mut next_read = reads.iter();
-        let mut entries = Vec::with_capacity(spec.bindings.len());
-        for &(binding, slot) in spec.bindings {
+        let mut entries = Vec::with_capacity(bindings.len());
+        for &(binding, slot) in bindings {
             let resource = match slot {
                 Slot::Params => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: &params_buf,
@@ -551,7 +662,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             entries.push(wgpu::BindGroupEntry { binding, resource });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(spec.name),
+            label: Some(name),
             layout: &compiled.layout,
             entries: &entries,
         });
@@ -562,6 +673,60 @@ impl<T: GpuScalar> GpuExecutor<T> {
             return Err(ExecError::Gpu(format!("{at}: {e}")));
         }
         Ok(())
+    }
+
+    /// Records the fused kernel `f` whose root is node `i` and returns its output buffer.
+    fn record_fused(
+        &mut self,
+        pass: &mut wgpu::ComputePass<'_>,
+        graph: &Graph,
+        i: usize,
+        f: &fusion::Fused,
+        vals: &[Option<Rc<wgpu::Buffer>>],
+    ) -> Result<Rc<wgpu::Buffer>, ExecError> {
+        let node = &graph.nodes()[i];
+        let shape = node.shape.dims();
+        let numel = node.shape.numel();
+        let at = format!(
+            "fused kernel of {} ops for node %{i} ({} at '{}')",
+            f.ops,
+            node.op.name(),
+            node.label
+        );
+        let mut p = kernels::FusedParams {
+            total: numel as u32,
+            rank: shape.len() as u32,
+            ..Default::default()
+        };
+        put(&mut p.shape, shape);
+        let mut reads = Vec::with_capacity(f.leaves.len());
+        for (l, &leaf) in f.leaves.iter().enumerate() {
+            put(
+                &mut p.strides[l],
+                &broadcast_strides(graph.shape(leaf).dims(), shape),
+            );
+            reads.push(vals[leaf.0].clone().ok_or(ExecError::UnknownNode(leaf))?);
+        }
+        let out = self.alloc(numel, &format!("%{i} fused at '{}'", node.label));
+        let compiled = self
+            .cache
+            .get_fused(&self.device, &f.source, f.leaves.len())
+            .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?
+            .clone();
+        let bindings = kernels::fused_bindings(f.leaves.len());
+        let refs: Vec<&wgpu::Buffer> = reads.iter().map(|b| b.as_ref()).collect();
+        self.dispatch_compiled(
+            pass,
+            &compiled,
+            &bindings,
+            "fused",
+            bytemuck::bytes_of(&p),
+            &refs,
+            &out,
+            (numel as u32).div_ceil(WORKGROUP_SIZE),
+            &at,
+        )?;
+        Ok(out)
     }
 
     /// Records the kernel for node `i` and returns its output buffer.
@@ -687,7 +852,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 } else {
                     (&kernels::REDUCE_MAX_WORKGROUP, &kernels::REDUCE_MAX_SERIAL)
                 };
-                let (spec, groups) = if p.n_red >= REDUCE_WORKGROUP_MIN {
+                let (spec, groups) = if p.n_red >= self.workgroup_min {
                     (workgroup, p.total_out)
                 } else {
                     (serial, p.total_out.div_ceil(WORKGROUP_SIZE))
@@ -839,6 +1004,16 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     Op::Conv2dInputGrad { .. } => (shape, s1, s0, &kernels::CONV2D_INPUT_GRAD),
                     _ => (s0, shape, s1, &kernels::CONV2D_WEIGHT_GRAD),
                 };
+                // A weight gradient sums n oh ow terms per element: a long sum gets a
+                // workgroup per element (see shaders/conv.wgsl).
+                let terms = (ys[0] * ys[2] * ys[3]) as u32;
+                let (spec, groups) = if matches!(node.op, Op::Conv2dWeightGrad { .. })
+                    && terms >= self.workgroup_min
+                {
+                    (&kernels::CONV2D_WEIGHT_GRAD_WORKGROUP, numel as u32)
+                } else {
+                    (spec, ew_groups)
+                };
                 let p = kernels::ConvParams {
                     total: numel as u32,
                     n: xs[0] as u32,
@@ -866,7 +1041,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     bytemuck::bytes_of(&p),
                     &[&a, &b],
                     &out,
-                    ew_groups,
+                    groups,
                     &at,
                 )?;
                 out
@@ -1000,9 +1175,16 @@ impl<T: GpuScalar> GpuExecutor<T> {
         outputs: &[NodeId],
         assign: &[(NodeId, String)],
         needed: &[bool],
-        last_use: &[usize],
+        plan: &fusion::FusionPlan,
     ) -> Result<RunOutcome<T>, ExecError> {
         let n = graph.len();
+        let mut timing = RunTiming::default();
+        let clock = std::time::Instant::now();
+        let lap = |t: &mut f64, since: &mut std::time::Instant| {
+            *t = since.elapsed().as_secs_f64();
+            *since = std::time::Instant::now();
+        };
+        let mut since = clock;
         let mut vals: Vec<Option<Rc<wgpu::Buffer>>> = vec![None; n];
         // Every input is uploaded before any kernel is recorded: queue writes land before the
         // encoder's commands, so a buffer written here must not be one a kernel of this run
@@ -1032,6 +1214,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             }
         }
         self.prepare_params_arena(graph, needed);
+        lap(&mut timing.upload, &mut since);
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -1043,13 +1226,16 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 timestamp_writes: None,
             });
             for (i, node) in graph.nodes().iter().enumerate() {
-                if !needed[i] || matches!(node.op, Op::Input { .. }) {
+                if !needed[i] || plan.skipped[i] || matches!(node.op, Op::Input { .. }) {
                     continue;
                 }
-                let out = self.record(&mut pass, graph, i, &vals)?;
+                let out = match plan.fused.get(&i) {
+                    Some(f) => self.record_fused(&mut pass, graph, i, f, &vals)?,
+                    None => self.record(&mut pass, graph, i, &vals)?,
+                };
                 vals[i] = Some(out);
-                for j in &node.inputs {
-                    if last_use[j.0] == i {
+                for j in plan.reads(graph, i) {
+                    if plan.last_use[j.0] == i {
                         if let Some(b) = vals[j.0].take() {
                             self.release(b);
                         }
@@ -1082,8 +1268,10 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 self.queue.write_buffer(arena, 0, &self.params.staging);
             }
         }
+        lap(&mut timing.record, &mut since);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         self.queue.submit([encoder.finish()]);
+        lap(&mut timing.submit, &mut since);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(ExecError::Gpu(format!(
                 "submitting the run's command encoder ({} nodes): {e}",
@@ -1104,6 +1292,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| ExecError::Gpu(format!("waiting for the run: {e}")))?;
+        lap(&mut timing.wait, &mut since);
         for (k, r) in rx.try_iter() {
             r.map_err(|e| {
                 ExecError::Gpu(format!("mapping output {} for reading: {e}", outputs[k]))
@@ -1140,6 +1329,9 @@ impl<T: GpuScalar> GpuExecutor<T> {
         for v in vals.into_iter().flatten() {
             self.release(v);
         }
+        lap(&mut timing.readback, &mut since);
+        timing.dispatches = self.params.dispatches;
+        self.timing = timing;
         Ok((result, assigned))
     }
 
@@ -1161,6 +1353,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             .sum();
         let bytes = (dispatches * stride).max(stride);
         self.params.staging.clear();
+        self.params.dispatches = 0;
         self.params.active = bytes <= self.limits.max_buffer_size;
         if self.params.active && (self.params.buffer.is_none() || self.params.capacity < bytes) {
             // Grow geometrically so a sequence of growing graphs reallocates rarely.
@@ -1387,15 +1580,28 @@ impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
         outputs: &[NodeId],
         assign: &[(NodeId, String)],
     ) -> Result<Vec<ArrayD<T>>, ExecError> {
+        let planning = std::time::Instant::now();
         check_assign(graph, assign, |n| self.var_shape(n))?;
         let mut keep = outputs.to_vec();
         keep.extend(assign.iter().map(|(n, _)| *n));
-        let (needed, last_use) = liveness(graph, &keep)?;
+        let (needed, _) = liveness(graph, &keep)?;
         self.check_supported(graph, &needed)?;
+        let max_leaves = (self.limits.max_storage_buffers_per_shader_stage as usize)
+            .saturating_sub(1)
+            .min(fusion::MAX_LEAVES);
+        let plan = fusion::plan(
+            graph,
+            &needed,
+            &keep,
+            |v| T::of(v).as_f64(),
+            max_leaves,
+            self.fusion && max_leaves >= 3,
+        );
         check_indices(graph, feeds, &self.vars, &needed)?;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let result = self.run_scoped(graph, feeds, outputs, assign, &needed, &last_use);
+        let plan_seconds = planning.elapsed().as_secs_f64();
+        let result = self.run_scoped(graph, feeds, outputs, assign, &needed, &plan);
         let v = pollster::block_on(validation.pop());
         let o = pollster::block_on(oom.pop());
         let (result, assigned) = result?;
@@ -1403,7 +1609,7 @@ impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
             // Name the kernel: run again with a validation scope around every dispatch (no
             // assignments: the variables stay as they were).
             self.scope_each = true;
-            let located = self.run_scoped(graph, feeds, outputs, &[], &needed, &last_use);
+            let located = self.run_scoped(graph, feeds, outputs, &[], &needed, &plan);
             self.scope_each = false;
             return Err(match located {
                 Err(at) => at,
@@ -1414,6 +1620,8 @@ impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
             return Err(ExecError::Gpu(format!("during the run: {e}")));
         }
         self.take_uncaptured()?;
+        self.timing.plan = plan_seconds;
+        self.timing.fused_away = plan.saved();
         for (name, buf, shape) in assigned {
             if let Some((old, _)) = self.vars.insert(name, (buf, shape)) {
                 self.release(old);
@@ -1449,6 +1657,10 @@ impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
         self.take_uncaptured()?;
         ArrayD::from_shape_vec(IxDyn(&shape), data)
             .map_err(|e| ExecError::Gpu(format!("variable '{name}' has the wrong length: {e}")))
+    }
+
+    fn last_run_timing(&self) -> Option<String> {
+        Some(self.timing.to_string())
     }
 
     fn var_shape(&self, name: &str) -> Option<Vec<usize>> {
@@ -1494,9 +1706,11 @@ mod tests {
             size_of::<GatherParams>(),
             size_of::<SoftmaxParams>(),
             size_of::<kernels::ProbeParams>(),
+            size_of::<kernels::FusedParams>(),
         ] {
             assert!(size as u64 <= MAX_PARAMS_BYTES, "{size}");
         }
+        assert_eq!(size_of::<kernels::FusedParams>() as u64, MAX_PARAMS_BYTES);
     }
 
     #[test]

@@ -1,0 +1,459 @@
+//! Elementwise fusion: chains of elementwise nodes run as one generated kernel.
+//!
+//! A DARTS search step is mostly small elementwise nodes (at the paper configuration the
+//! second-order step has 312,502 nodes, of which about 185,000 are unary, binary, select or
+//! broadcast and 27,000 constants; `cargo run --release --example op_census -- second`). On a
+//! real GPU each dispatch costs a fixed overhead (a pipeline barrier and a launch: about 20 us
+//! per dispatch measured on an NVIDIA H200, see benches/results/), which made that overhead,
+//! not arithmetic, the larger part of a step. This module plans which nodes share a kernel and
+//! writes that kernel's WGSL.
+//!
+//! # The plan
+//!
+//! Elementwise nodes are `Unary`, `Binary`, `Select` and `Broadcast` (an identity that reads
+//! its input with broadcast strides). A node `j` is *absorbed* into its consumer `c` when
+//! 1. both are elementwise,
+//! 2. `c` is `j`'s only use (counting repeats: `x * x` uses `x` twice) and `j` is not an
+//!    output or an assigned node of the run,
+//! 3. `j` has `c`'s shape (an absorbed value is never broadcast, so no element is computed
+//!    twice), and
+//! 4. the kernel stays within [`MAX_LEAVES`] buffers read and [`MAX_OPS`] operations.
+//!
+//! Absorbed nodes form, with the elementwise node that absorbed them (the *root*), a tree whose
+//! other inputs (the *leaves*) are buffers of any shape broadcastable to the root's. A constant
+//! whose every use is elementwise is never materialised: it becomes a literal in its consumers'
+//! kernels (written as a hexadecimal float of the value already rounded to the element type,
+//! so exact). Roots are found from the last node backwards, so a node that could not be
+//! absorbed (rule 4) becomes a root itself when its turn comes.
+//!
+//! # The kernel
+//!
+//! `out[i] = e(leaf_0[off_0(i)], ..., leaf_{L-1}[off_{L-1}(i)])`, with `off_l(i)` the NumPy
+//! broadcast offset of shaders/elementwise.wgsl (`i` itself for a leaf of the root's shape) and
+//! `e` the tree, each node evaluated by the same `unary_op` / `binary_op` functions as the
+//! single-op kernels (shaders/elementwise_ops.wgsl), so NaN handling and every special case
+//! are those of the unfused kernels. Each operation still rounds once to the element type (the
+//! intermediate values are WGSL `let`s of type `S`), so the error bounds of the unfused kernels
+//! hold per operation; a driver may contract a multiply and an add into a fused multiply-add,
+//! which rounds once instead of twice (never a larger error), so fused and unfused runs agree
+//! within those bounds but not necessarily bit for bit. The generated source (without its
+//! parameters) is the pipeline cache key: the network repeats a few hundred tree shapes.
+
+use crate::graph::{Graph, NodeId, Op};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// Most buffers one fused kernel reads (plus one it writes; WebGPU guarantees 8 storage
+/// buffers per shader stage).
+pub const MAX_LEAVES: usize = 6;
+
+/// Most operations (absorbed nodes and the root) in one fused kernel.
+pub const MAX_OPS: usize = 48;
+
+/// One fused kernel: the root node computes `source`'s expression over `leaves`.
+#[derive(Clone, Debug)]
+pub struct Fused {
+    /// Buffers read, in binding order (bindings 1 ..= L; the output is binding L + 1).
+    pub leaves: Vec<NodeId>,
+    /// The generated WGSL (bindings and entry point `fused`; the element prelude, the shared
+    /// header and the elementwise ops are prepended by the pipeline cache).
+    pub source: String,
+    /// Graph nodes computed by this kernel (the root and the absorbed nodes).
+    pub ops: usize,
+}
+
+/// Which nodes run as fused kernels, and when each buffer is last read.
+#[derive(Clone, Debug, Default)]
+pub struct FusionPlan {
+    /// Nodes computed inside another node's kernel, or never (literal constants).
+    pub skipped: Vec<bool>,
+    /// The fused kernel of each root, by node index.
+    pub fused: BTreeMap<usize, Fused>,
+    /// For each node, the index of the last dispatch that reads its buffer (`usize::MAX` for
+    /// outputs and assigned nodes).
+    pub last_use: Vec<usize>,
+}
+
+impl FusionPlan {
+    /// The buffers node `i`'s dispatch reads: the leaves of its fused kernel, else its inputs.
+    pub fn reads<'a>(&'a self, graph: &'a Graph, i: usize) -> &'a [NodeId] {
+        match self.fused.get(&i) {
+            Some(f) => &f.leaves,
+            None => &graph.nodes()[i].inputs,
+        }
+    }
+
+    /// Dispatches saved against one per node: nodes skipped.
+    pub fn saved(&self) -> usize {
+        self.skipped.iter().filter(|&&s| s).count()
+    }
+}
+
+fn elementwise(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Broadcast { .. }
+    )
+}
+
+/// `v` (already rounded to the element type) as an exact WGSL abstract-float literal in
+/// hexadecimal (`0x1.8p1` = 3), or a prelude call for NaN and the infinities.
+pub fn literal(v: f64) -> String {
+    if v.is_nan() {
+        return "nan_s()".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 {
+            "(-neg_inf_s())"
+        } else {
+            "neg_inf_s()"
+        }
+        .into();
+    }
+    let bits = v.to_bits();
+    let sign = if bits >> 63 == 1 { "-" } else { "" };
+    let exp = ((bits >> 52) & 0x7ff) as i64;
+    let frac = bits & ((1u64 << 52) - 1);
+    let body = if exp == 0 && frac == 0 {
+        "0x0p0".to_string()
+    } else if exp == 0 {
+        format!("0x0.{frac:013x}p-1022")
+    } else {
+        format!("0x1.{frac:013x}p{}", exp - 1023)
+    };
+    format!("S({sign}{body})")
+}
+
+/// Plans fusion for the `needed` nodes of `graph`; `keep` are the outputs and assigned nodes
+/// (never absorbed), `round` rounds a constant to the element type, `max_leaves` caps the
+/// buffers a kernel reads. With `enabled` false the plan fuses nothing (one dispatch per
+/// node, the single-op kernels).
+pub fn plan(
+    graph: &Graph,
+    needed: &[bool],
+    keep: &[NodeId],
+    round: impl Fn(f64) -> f64,
+    max_leaves: usize,
+    enabled: bool,
+) -> FusionPlan {
+    let nodes = graph.nodes();
+    let n = nodes.len();
+    let mut uses = vec![0usize; n];
+    let mut consumer = vec![usize::MAX; n];
+    let mut all_elementwise = vec![true; n];
+    for (i, node) in nodes.iter().enumerate() {
+        if !needed[i] {
+            continue;
+        }
+        for j in &node.inputs {
+            uses[j.0] += 1;
+            consumer[j.0] = i;
+            all_elementwise[j.0] &= elementwise(&node.op);
+        }
+    }
+    let mut external = vec![false; n];
+    for k in keep {
+        external[k.0] = true;
+    }
+    let mut skipped = vec![false; n];
+    let mut fused = BTreeMap::new();
+    if enabled {
+        // Constants read only by elementwise nodes become literals.
+        let literal_const = |j: usize| {
+            matches!(nodes[j].op, Op::Const { .. })
+                && needed[j]
+                && !external[j]
+                && uses[j] > 0
+                && all_elementwise[j]
+        };
+        for (j, s) in skipped.iter_mut().enumerate() {
+            *s = literal_const(j);
+        }
+        let absorbable = |j: usize, c: usize| {
+            elementwise(&nodes[j].op)
+                && needed[j]
+                && uses[j] == 1
+                && consumer[j] == c
+                && !external[j]
+                && nodes[j].shape == nodes[c].shape
+        };
+        for r in (0..n).rev() {
+            if !needed[r] || skipped[r] || !elementwise(&nodes[r].op) {
+                continue;
+            }
+            let mut b = Builder {
+                graph,
+                root: r,
+                leaves: Vec::new(),
+                body: String::new(),
+                temps: 0,
+                ops: 1,
+                max_leaves,
+            };
+            let mut absorbed = Vec::new();
+            let value = b.expr(r, 0, &absorbable, &literal_const, &round, &mut absorbed);
+            for j in absorbed {
+                skipped[j] = true;
+            }
+            let source = b.source(&value);
+            fused.insert(
+                r,
+                Fused {
+                    leaves: b.leaves,
+                    source,
+                    ops: b.ops,
+                },
+            );
+        }
+    }
+    // Liveness over dispatches: a buffer lives until the last dispatch that reads it.
+    let mut last_use = vec![0usize; n];
+    let plan = FusionPlan {
+        skipped,
+        fused,
+        last_use: Vec::new(),
+    };
+    for (i, &need) in needed.iter().enumerate() {
+        if need && !plan.skipped[i] {
+            for j in plan.reads(graph, i) {
+                last_use[j.0] = i;
+            }
+        }
+    }
+    for k in keep {
+        last_use[k.0] = usize::MAX;
+    }
+    FusionPlan { last_use, ..plan }
+}
+
+/// Writes one fused kernel, depth first from its root.
+struct Builder<'g> {
+    graph: &'g Graph,
+    root: usize,
+    leaves: Vec<NodeId>,
+    body: String,
+    temps: usize,
+    ops: usize,
+    max_leaves: usize,
+}
+
+impl Builder<'_> {
+    /// The WGSL value of node `j` (emitting the statements that compute it), absorbing what
+    /// the rules allow; absorbed nodes are pushed to `absorbed`. `reserve` counts the inputs
+    /// of the nodes above `j` still to be written, each of which may need a leaf.
+    ///
+    /// Invariant: leaves bound + inputs still to be written (here and above) <= max_leaves.
+    /// It holds at the root (at most 3 inputs, max_leaves >= 3); writing an input as a leaf or
+    /// literal keeps it; absorbing input `k` replaces one pending input by `k`'s inputs, which
+    /// [`Self::room_for`] allows only while the sum stays within the cap.
+    fn expr(
+        &mut self,
+        j: usize,
+        reserve: usize,
+        absorbable: &impl Fn(usize, usize) -> bool,
+        literal_const: &impl Fn(usize) -> bool,
+        round: &impl Fn(f64) -> f64,
+        absorbed: &mut Vec<usize>,
+    ) -> String {
+        let node = &self.graph.nodes()[j];
+        let mut args = Vec::with_capacity(node.inputs.len());
+        for (p, k) in node.inputs.iter().enumerate() {
+            let k = k.0;
+            let later = reserve + node.inputs.len() - p - 1;
+            let arg = if let (true, Op::Const { value, .. }) =
+                (literal_const(k), &self.graph.nodes()[k].op)
+            {
+                literal(round(*value))
+            } else if absorbable(k, j) && self.room_for(k, later) {
+                self.ops += 1;
+                absorbed.push(k);
+                self.expr(k, later, absorbable, literal_const, round, absorbed)
+            } else {
+                self.leaf(NodeId(k))
+            };
+            args.push(arg);
+        }
+        let value = match &node.op {
+            Op::Unary(u) => format!("unary_op({}u, {})", super::unary_code(*u), args[0]),
+            Op::Binary(b) => format!(
+                "binary_op({}u, {}, {})",
+                super::binary_code(*b),
+                args[0],
+                args[1]
+            ),
+            Op::Select => format!("select({}, {}, nonzero({}))", args[2], args[1], args[0]),
+            // Broadcast: its input already reads with broadcast strides.
+            _ => return args.swap_remove(0),
+        };
+        let t = format!("t{}", self.temps);
+        self.temps += 1;
+        let _ = writeln!(self.body, "    let {t}: S = {value};");
+        t
+    }
+
+    /// Whether absorbing node `k` keeps the kernel within its limits, counting each of `k`'s
+    /// inputs and the `later` inputs still to be written as a new leaf (the worst case).
+    fn room_for(&self, k: usize, later: usize) -> bool {
+        let inputs = self.graph.nodes()[k].inputs.len();
+        self.ops < MAX_OPS && self.leaves.len() + inputs + later <= self.max_leaves
+    }
+
+    /// The load of buffer `k` (bound once however often it is read).
+    fn leaf(&mut self, k: NodeId) -> String {
+        let slot = match self.leaves.iter().position(|&l| l == k) {
+            Some(s) => s,
+            None => {
+                self.leaves.push(k);
+                self.leaves.len() - 1
+            }
+        };
+        let full = self.graph.shape(k) == self.graph.shape(NodeId(self.root));
+        if full {
+            format!("in{slot}[i]")
+        } else {
+            format!("in{slot}[leaf_offset({slot}u, i)]")
+        }
+    }
+
+    /// The kernel's bindings and entry point around `value`, the root's value.
+    fn source(&self, value: &str) -> String {
+        let mut s = String::new();
+        for l in 0..self.leaves.len() {
+            let _ = writeln!(
+                s,
+                "@group(0) @binding({}) var<storage, read> in{l}: array<S>;",
+                l + 1
+            );
+        }
+        let _ = writeln!(
+            s,
+            "@group(0) @binding({}) var<storage, read_write> out: array<S>;\n",
+            self.leaves.len() + 1
+        );
+        s.push_str(
+            "@compute @workgroup_size(WORKGROUP_SIZE)\n\
+             fn fused(@builtin(workgroup_id) wid: vec3<u32>, \
+             @builtin(num_workgroups) nwg: vec3<u32>,\n         \
+             @builtin(local_invocation_index) lid: u32) {\n    \
+             let i = (wid.y * nwg.x + wid.x) * WORKGROUP_SIZE + lid;\n    \
+             if i >= params.total {\n        return;\n    }\n",
+        );
+        s.push_str(&self.body);
+        let _ = writeln!(s, "    out[i] = {value};\n}}");
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::UnaryOp;
+
+    fn f32_round(v: f64) -> f64 {
+        v as f32 as f64
+    }
+
+    #[test]
+    fn literals_are_exact_hex_floats() {
+        for v in [
+            0.0,
+            -0.0,
+            1.0,
+            -2.5,
+            0.1f32 as f64,
+            1e-8,
+            f64::MAX,
+            f64::MIN_POSITIVE / 8.0,
+            3.0e38,
+        ] {
+            let l = literal(v);
+            let inner = l.trim_start_matches("S(").trim_end_matches(')');
+            let (neg, hex) = match inner.strip_prefix('-') {
+                Some(h) => (true, h),
+                None => (false, inner),
+            };
+            let hex = hex.trim_start_matches("0x");
+            let (mant, exp) = hex.split_once('p').expect("exponent");
+            let (int, frac) = mant.split_once('.').unwrap_or((mant, ""));
+            let mut m = i64::from_str_radix(int, 16).unwrap() as f64;
+            for (k, ch) in frac.chars().enumerate() {
+                m += ch.to_digit(16).unwrap() as f64 * 16f64.powi(-(k as i32 + 1));
+            }
+            let e: i32 = exp.parse().unwrap();
+            let back = m * 2f64.powi(e.max(-1000)) * 2f64.powi((e + 1000).min(0));
+            let back = if neg { -back } else { back };
+            assert_eq!(back.to_bits(), v.to_bits(), "{v:e} -> {l}");
+        }
+        assert_eq!(literal(f64::NAN), "nan_s()");
+        assert_eq!(literal(f64::NEG_INFINITY), "neg_inf_s()");
+    }
+
+    /// relu(x * w + b) with a constant: one kernel, the constant a literal, x, w and b leaves.
+    #[test]
+    fn a_chain_becomes_one_kernel() {
+        let mut g = Graph::new();
+        let x = g.input("x", [2, 3]).unwrap();
+        let w = g.input("w", [3]).unwrap();
+        let b = g.input("b", [2, 3]).unwrap();
+        let two = g.constant(2.0, [2, 3]).unwrap();
+        let xw = g.mul(x, w).unwrap();
+        let s = g.add2(xw, b).unwrap();
+        let s2 = g.mul(s, two).unwrap();
+        let y = g.relu(s2).unwrap();
+        let needed = vec![true; g.len()];
+        let p = plan(&g, &needed, &[y], f32_round, MAX_LEAVES, true);
+        assert_eq!(p.fused.len(), 1);
+        let f = &p.fused[&y.0];
+        assert_eq!(f.leaves, vec![x, w, b]);
+        assert_eq!(f.ops, 4);
+        assert!(f.source.contains("S(0x1.0000000000000p1)"), "{}", f.source);
+        assert!(f.source.contains("in1[leaf_offset(1u, i)]"), "{}", f.source);
+        assert!(f.source.contains("in0[i]"), "{}", f.source);
+        assert_eq!(p.saved(), 4, "the constant and three absorbed nodes");
+        for k in [x, w, b] {
+            assert_eq!(p.last_use[k.0], y.0);
+        }
+        let off = plan(&g, &needed, &[y], f32_round, MAX_LEAVES, false);
+        assert!(off.fused.is_empty() && off.saved() == 0);
+        assert_eq!(off.last_use[x.0], xw.0);
+    }
+
+    /// A value with two uses, an output and a broadcast intermediate stay materialised.
+    #[test]
+    fn shared_kept_and_broadcast_values_are_not_absorbed() {
+        let mut g = Graph::new();
+        let x = g.input("x", [4]).unwrap();
+        let e = g.unary(UnaryOp::Exp, x).unwrap();
+        let a = g.mul(e, e).unwrap(); // e used twice
+        let small = g.unary(UnaryOp::Neg, x).unwrap();
+        let m = g.input("m", [3, 4]).unwrap();
+        let big = g.add2(m, small).unwrap(); // small is broadcast: not absorbed
+        let kept = g.unary(UnaryOp::Relu, a).unwrap();
+        let out = g.add2(kept, a).unwrap();
+        let needed = vec![true; g.len()];
+        let p = plan(&g, &needed, &[out, kept, big], f32_round, MAX_LEAVES, true);
+        for r in [e, a, small, big, kept, out] {
+            assert!(p.fused.contains_key(&r.0), "{r} is a root");
+        }
+        assert_eq!(p.saved(), 0);
+    }
+
+    /// A long sum of inputs splits at the leaf cap; the pieces are roots of their own.
+    #[test]
+    fn leaf_cap_splits_kernels() {
+        let mut g = Graph::new();
+        let xs: Vec<_> = (0..10)
+            .map(|k| g.input(format!("x{k}"), [5]).unwrap())
+            .collect();
+        let mut acc = xs[0];
+        for &x in &xs[1..] {
+            acc = g.add2(acc, x).unwrap();
+        }
+        let needed = vec![true; g.len()];
+        let p = plan(&g, &needed, &[acc], f32_round, 4, true);
+        assert!(p.fused.values().all(|f| f.leaves.len() <= 4));
+        assert!(p.fused.len() >= 3, "{} kernels", p.fused.len());
+        let computed: usize = p.fused.values().map(|f| f.ops).sum();
+        assert_eq!(computed, 9, "every add computed exactly once");
+    }
+}
