@@ -478,6 +478,11 @@ impl<T: GpuScalar> GpuExecutor<T> {
         self.fusion = on;
     }
 
+    /// Where the time of the last successful run went, and how many dispatches it made.
+    pub fn run_timing(&self) -> RunTiming {
+        self.timing
+    }
+
     /// Fused kernels compiled so far (distinct generated sources).
     pub fn fused_kernels(&self) -> usize {
         self.cache.fused_count()

@@ -1,0 +1,477 @@
+//! The GPU executor's kernel choices against the CPU reference (f64): fused elementwise
+//! kernels (src/exec/gpu/fusion.rs) against the single-op kernels, and the two weight-gradient
+//! kernels (one invocation per weight element, one workgroup per weight element;
+//! shaders/conv.wgsl).
+//!
+//! Inputs are f32 values fed unchanged to both sides (no input rounding), constants are
+//! exactly representable in f32, so every difference comes from arithmetic. Tolerances:
+//! * Random elementwise DAGs: a running error bound (Higham, *Accuracy and Stability of
+//!   Numerical Algorithms*, 2nd ed., sec. 3.3) carried through the DAG in f64 beside the
+//!   values. With e(x) >= |x_gpu - x| for each operand and u = 2^-24 + 2^-53 (both sides
+//!   round, each at most its unit roundoff per operation):
+//!   - a ± b:  e = (e_a + e_b)(1 + u) + u |a ± b|
+//!   - a * b:  e = (|a| e_b + |b| e_a + e_a e_b)(1 + u) + u |a b|   (square: b = a)
+//!   - -a, relu(a), broadcast(a): e = e_a;  max(a, b): e = max(e_a, e_b) (1-Lipschitz)
+//!   - select(c, a, b) with c an exact input: e = e_a or e_b as c picks.
+//!   A driver that contracts a * b + c into one fused multiply-add rounds once where the bound
+//!   allows two roundings, so the bound holds fused or not. Ops whose result jumps (step,
+//!   greater, equal) would turn a rounding difference into an O(1) one, so conditions are
+//!   exact inputs and those ops are left to the per-op tests of tests/gpu_vs_cpu.rs (which run
+//!   through the same `unary_op`/`binary_op` functions). Cases whose values leave
+//!   [1e-30, 1e30] in magnitude (overflow, or a subnormal flush) are skipped.
+//! * Weight gradients: a sum of K = n oh ow products, (gamma_K(2^-24) + gamma_K(2^-53)) times
+//!   the sum of |products| (Higham, ch. 3; any summation order, so either kernel).
+
+mod common;
+
+use darts::exec::cpu::CpuExecutor;
+use darts::exec::{Executor, Feeds};
+use darts::graph::{BinaryOp, ConvParams, Graph, NodeId, Op, UnaryOp};
+use ndarray::{ArrayD, IxDyn, Zip};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cell::RefCell;
+
+/// Unit roundoff of f32 plus that of f64: both sides round.
+const U: f64 = 5.960464477539063e-8 + 1.1102230246251565e-16;
+const U32: f64 = 5.960464477539063e-8;
+const U64: f64 = 1.1102230246251565e-16;
+
+fn runner(cases: u32) -> TestRunner {
+    TestRunner::new_with_rng(
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        },
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    )
+}
+
+/// Named f32 inputs, fed as they are to the GPU and widened exactly to f64 for the CPU.
+type Inputs = Vec<(String, ArrayD<f32>)>;
+
+fn feeds_f32(inputs: &Inputs) -> Feeds<f32> {
+    let mut f = Feeds::new();
+    for (k, v) in inputs {
+        f.insert(k.clone(), v.clone());
+    }
+    f
+}
+
+/// The inputs in f64 (exact), or their absolute values.
+fn feeds_f64(inputs: &Inputs, abs: bool) -> Feeds<f64> {
+    let mut f = Feeds::new();
+    for (k, v) in inputs {
+        let v = v.mapv(f64::from);
+        f.insert(k.clone(), if abs { v.mapv(f64::abs) } else { v });
+    }
+    f
+}
+
+/// A node of the random DAG as the test evaluates it: value and error bound per element.
+struct Val {
+    v: ArrayD<f64>,
+    e: ArrayD<f64>,
+}
+
+fn zip2(a: &Val, b: &Val, shape: &[usize], f: impl Fn(f64, f64, f64, f64) -> (f64, f64)) -> Val {
+    let sh = IxDyn(shape);
+    let (av, ae) = (
+        a.v.broadcast(sh.clone()).unwrap(),
+        a.e.broadcast(sh.clone()).unwrap(),
+    );
+    let (bv, be) = (
+        b.v.broadcast(sh.clone()).unwrap(),
+        b.e.broadcast(sh.clone()).unwrap(),
+    );
+    let mut v = ArrayD::zeros(sh.clone());
+    let mut e = ArrayD::zeros(sh);
+    Zip::from(&mut v)
+        .and(&mut e)
+        .and(&av)
+        .and(&ae)
+        .and(&bv)
+        .and(&be)
+        .for_each(|v, e, &x, &ex, &y, &ey| (*v, *e) = f(x, ex, y, ey));
+    Val { v, e }
+}
+
+fn map1(a: &Val, f: impl Fn(f64, f64) -> (f64, f64)) -> Val {
+    let mut v = a.v.clone();
+    let mut e = a.e.clone();
+    Zip::from(&mut v)
+        .and(&mut e)
+        .for_each(|v, e| (*v, *e) = f(*v, *e));
+    Val { v, e }
+}
+
+/// Draws a random elementwise DAG over three inputs broadcastable to one shape, and
+/// evaluates it with its error bound. Returns the graph, feeds, outputs and their bounds.
+fn random_dag(seed: u64) -> (Graph, Inputs, Vec<NodeId>, Vec<Val>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let rank = rng.random_range(1..=4usize);
+    let full: Vec<usize> = (0..rank).map(|_| rng.random_range(1..=5usize)).collect();
+    let mut g = Graph::new();
+    let mut feeds = Inputs::new();
+    let mut nodes: Vec<(NodeId, Val)> = Vec::new();
+    let draw = |rng: &mut ChaCha8Rng, shape: &[usize]| -> ArrayD<f32> {
+        ArrayD::from_shape_simple_fn(IxDyn(shape), || {
+            // Values in +-[0.25, 2): no subnormals, no overflow over a few dozen ops.
+            let m: f32 = rng.random_range(0.25..2.0);
+            if rng.random_bool(0.5) {
+                -m
+            } else {
+                m
+            }
+        })
+    };
+    for k in 0..3 {
+        // Drop some leading axes, set others to extent 1.
+        let drop = rng.random_range(0..rank);
+        let shape: Vec<usize> = full[drop..]
+            .iter()
+            .map(|&d| if rng.random_bool(0.3) { 1 } else { d })
+            .collect();
+        let name = format!("x{k}");
+        let x = g.input(name.clone(), shape.clone()).unwrap();
+        let value = draw(&mut rng, &shape);
+        let v = value.mapv(f64::from);
+        feeds.push((name, value));
+        let e = ArrayD::zeros(v.raw_dim());
+        nodes.push((x, Val { v, e }));
+    }
+    // An exact condition of the full shape for select.
+    let cond = g.input("cond", full.clone()).unwrap();
+    let cv = ArrayD::from_shape_simple_fn(IxDyn(&full), || {
+        if rng.random_bool(0.5) {
+            1.0f32
+        } else {
+            0.0
+        }
+    });
+    let cond_val = cv.mapv(f64::from);
+    feeds.push(("cond".into(), cv));
+    let ops = rng.random_range(3..=30usize);
+    for _ in 0..ops {
+        let pick = |rng: &mut ChaCha8Rng, n: usize| {
+            // Favour recent nodes: long chains, some shared values.
+            let lo = n.saturating_sub(4);
+            if rng.random_bool(0.75) {
+                rng.random_range(lo..n)
+            } else {
+                rng.random_range(0..n)
+            }
+        };
+        let a = pick(&mut rng, nodes.len());
+        let b = pick(&mut rng, nodes.len());
+        let (ia, ib) = (nodes[a].0, nodes[b].0);
+        let kind = rng.random_range(0..10);
+        let (id, val) = match kind {
+            0..=3 => {
+                let (op, f): (BinaryOp, fn(f64, f64, f64, f64) -> (f64, f64)) = match kind {
+                    0 => (BinaryOp::Add, |x, ex, y, ey| {
+                        (x + y, (ex + ey) * (1.0 + U) + U * (x + y).abs())
+                    }),
+                    1 => (BinaryOp::Sub, |x, ex, y, ey| {
+                        (x - y, (ex + ey) * (1.0 + U) + U * (x - y).abs())
+                    }),
+                    2 => (BinaryOp::Mul, |x, ex, y, ey| {
+                        (
+                            x * y,
+                            (x.abs() * ey + y.abs() * ex + ex * ey) * (1.0 + U) + U * (x * y).abs(),
+                        )
+                    }),
+                    _ => (BinaryOp::Max, |x, ex, y, ey| (x.max(y), ex.max(ey))),
+                };
+                let id = g.binary(op, ia, ib).unwrap();
+                let val = zip2(&nodes[a].1, &nodes[b].1, g.shape(id).dims(), f);
+                (id, val)
+            }
+            4..=6 => {
+                let (op, f): (UnaryOp, fn(f64, f64) -> (f64, f64)) = match kind {
+                    4 => (UnaryOp::Neg, |x, e| (-x, e)),
+                    5 => (UnaryOp::Relu, |x, e| (x.max(0.0), e)),
+                    _ => (UnaryOp::Square, |x, e| {
+                        (x * x, (2.0 * x.abs() * e + e * e) * (1.0 + U) + U * x * x)
+                    }),
+                };
+                let id = g.unary(op, ia).unwrap();
+                (id, map1(&nodes[a].1, f))
+            }
+            7 => {
+                let id = g.broadcast_to(ia, full.clone()).unwrap();
+                let sh = IxDyn(&full);
+                let val = Val {
+                    v: nodes[a].1.v.broadcast(sh.clone()).unwrap().to_owned(),
+                    e: nodes[a].1.e.broadcast(sh).unwrap().to_owned(),
+                };
+                (id, val)
+            }
+            8 => {
+                // select(cond, a, b) over the full shape (inputs broadcast first).
+                let fa = g.broadcast_to(ia, full.clone()).unwrap();
+                let fb = g.broadcast_to(ib, full.clone()).unwrap();
+                let id = g.select(cond, fa, fb).unwrap();
+                let sh = IxDyn(&full);
+                let pa = (
+                    nodes[a].1.v.broadcast(sh.clone()).unwrap(),
+                    nodes[a].1.e.broadcast(sh.clone()).unwrap(),
+                );
+                let pb = (
+                    nodes[b].1.v.broadcast(sh.clone()).unwrap(),
+                    nodes[b].1.e.broadcast(sh.clone()).unwrap(),
+                );
+                let mut v = ArrayD::zeros(sh.clone());
+                let mut e = ArrayD::zeros(sh);
+                Zip::from(&mut v)
+                    .and(&mut e)
+                    .and(&cond_val)
+                    .and(&pa.0)
+                    .and(&pa.1)
+                    .and(&pb.0)
+                    .for_each(|v, e, &c, &x, &ex, &y| {
+                        (*v, *e) = if c != 0.0 { (x, ex) } else { (y, 0.0) };
+                    });
+                Zip::from(&mut e)
+                    .and(&cond_val)
+                    .and(&pb.1)
+                    .for_each(|e, &c, &ey| {
+                        if c == 0.0 {
+                            *e = ey;
+                        }
+                    });
+                (id, Val { v, e })
+            }
+            _ => {
+                // A constant exactly representable in f32, then a product with it.
+                let c = [0.5, -1.25, 3.0, 0.0, 1.0][rng.random_range(0..5)];
+                let shape = g.shape(ia).dims().to_vec();
+                let k = g.constant(c, shape.clone()).unwrap();
+                let id = g.mul(ia, k).unwrap();
+                let val = map1(&nodes[a].1, |x, e| {
+                    (x * c, e * c.abs() * (1.0 + U) + U * (x * c).abs())
+                });
+                (id, val)
+            }
+        };
+        nodes.push((id, val));
+    }
+    // Outputs: the last node and, sometimes, an intermediate (kept from being absorbed).
+    let mut outputs = vec![nodes.len() - 1];
+    if rng.random_bool(0.5) && nodes.len() > 5 {
+        outputs.push(rng.random_range(4..nodes.len() - 1));
+    }
+    let ids = outputs.iter().map(|&k| nodes[k].0).collect();
+    let vals = outputs
+        .into_iter()
+        .map(|k| {
+            let (_, v) = &nodes[k];
+            Val {
+                v: v.v.clone(),
+                e: v.e.clone(),
+            }
+        })
+        .collect();
+    (g, feeds, ids, vals)
+}
+
+/// Random DAGs of adds, subs, products, squares, negations, relus, maxes, broadcasts,
+/// selects and constants: fused and unfused GPU runs both within the running error bound of
+/// the CPU f64 run. Also reports how often fused and unfused agree bit for bit and how many
+/// dispatches fusion saved (asserted to be some: the plan must actually fuse).
+#[test]
+fn gpu_fused_elementwise_dags_match_cpu() {
+    let Some(gpu) = common::gpu_executor("gpu_fused_elementwise_dags_match_cpu") else {
+        return;
+    };
+    let gpu = RefCell::new(gpu);
+    let stats = RefCell::new((0usize, 0usize, 0usize, 0usize)); // cases, saved, equal, total
+    runner(64)
+        .run(&any::<u64>(), |seed| {
+            let (g, inputs, outs, bounds) = random_dag(seed);
+            if bounds.iter().any(|b| {
+                b.v.iter()
+                    .any(|v| v.abs() > 1e30 || (*v != 0.0 && v.abs() < 1e-30))
+            }) {
+                return Ok(());
+            }
+            let feeds = feeds_f32(&inputs);
+            let want = CpuExecutor::<f64>::new()
+                .run(&g, &feeds_f64(&inputs, false), &outs)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut gpu = gpu.borrow_mut();
+            let mut runs = Vec::new();
+            for fusion in [true, false] {
+                gpu.set_fusion(fusion);
+                let got = gpu
+                    .run(&g, &feeds, &outs)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                if fusion {
+                    stats.borrow_mut().1 += gpu.run_timing().fused_away;
+                }
+                for (k, b) in bounds.iter().enumerate() {
+                    for (idx, ((&x, &w), &e)) in got[k]
+                        .iter()
+                        .zip(want[k].iter())
+                        .zip(b.e.iter())
+                        .enumerate()
+                    {
+                        // The bound's own f64 evaluation differs from the CPU executor's
+                        // by at most a few ulps of the value: 8 U64 |w| covers it.
+                        let tol = e + 8.0 * U64 * w.abs();
+                        prop_assert!(
+                            (f64::from(x) - w).abs() <= tol,
+                            "fusion {fusion}, output {k} element {idx}: gpu {x:e} cpu {w:e} \
+                             bound {tol:e} (seed {seed})"
+                        );
+                    }
+                }
+                runs.push(got);
+            }
+            let mut s = stats.borrow_mut();
+            s.0 += 1;
+            for (a, b) in runs[0].iter().zip(&runs[1]) {
+                s.3 += a.len();
+                s.2 += a
+                    .iter()
+                    .zip(b.iter())
+                    .filter(|(x, y)| x.to_bits() == y.to_bits())
+                    .count();
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    gpu.borrow_mut().set_fusion(true);
+    let (cases, saved, equal, total) = *stats.borrow();
+    println!(
+        "{cases} DAGs: fusion saved {saved} dispatches; fused and unfused equal bit for bit on \
+         {equal} of {total} elements ({} fused kernels compiled)",
+        gpu.borrow().fused_kernels()
+    );
+    assert!(cases >= 32, "only {cases} cases ran");
+    assert!(
+        saved > cases,
+        "fusion saved only {saved} dispatches over {cases} DAGs"
+    );
+}
+
+/// The weight gradient of random convolutions with long sums (n oh ow up to 2048 terms, past
+/// several workgroup strides of 256), by the serial kernel and by the workgroup kernel, each
+/// within gamma_K (f32 + f64) times the sum of |products|; the workgroup kernel repeats
+/// exactly.
+#[test]
+fn gpu_weight_grad_kernels_match_cpu() {
+    let Some(gpu) = common::gpu_executor("gpu_weight_grad_kernels_match_cpu") else {
+        return;
+    };
+    let gpu = RefCell::new(gpu);
+    let case = (
+        1usize..=8,
+        prop::sample::select(vec![1usize, 2, 4]),
+        prop::sample::select(vec![1usize, 3, 5]),
+        (1usize..=2, 0usize..=2, 1usize..=2, any::<bool>()),
+        (4usize..=16, 4usize..=16),
+        any::<u64>(),
+    );
+    runner(24)
+        .run(
+            &case,
+            |(n, c, k, (stride, pad, dil, depthwise), (h, w), seed)| {
+                let groups = if depthwise { c } else { 1 };
+                let o = if depthwise { c } else { 2 };
+                let p = ConvParams::new(stride, pad, dil, groups);
+                let (Some(oh), Some(ow)) = (p.out_len(0, h, k), p.out_len(1, w, k)) else {
+                    return Ok(());
+                };
+                let (xs, ys) = (vec![n, c, h, w], vec![n, o, oh, ow]);
+                let mut g = Graph::new();
+                let x = g.input("x", xs.clone()).unwrap();
+                let gy = g.input("gy", ys.clone()).unwrap();
+                let gw = g
+                    .add(Op::Conv2dWeightGrad { p, kernel: [k, k] }, &[x, gy])
+                    .unwrap();
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let mut inputs = Inputs::new();
+                for (name, s) in [("x", &xs), ("gy", &ys)] {
+                    let v =
+                        ArrayD::from_shape_simple_fn(IxDyn(s), || rng.random_range(-1.0f32..1.0));
+                    inputs.push((name.into(), v));
+                }
+                let feeds = feeds_f32(&inputs);
+                let mut cpu = CpuExecutor::<f64>::new();
+                let want = cpu
+                    .run(&g, &feeds_f64(&inputs, false), &[gw])
+                    .unwrap()
+                    .remove(0);
+                let abs = cpu
+                    .run(&g, &feeds_f64(&inputs, true), &[gw])
+                    .unwrap()
+                    .remove(0);
+                let terms = n * oh * ow;
+                let gamma = |u: f64| terms as f64 * u / (1.0 - terms as f64 * u);
+                let mut gpu = gpu.borrow_mut();
+                let mut workgroup_runs = Vec::new();
+                for (kernel, min) in [("serial", u32::MAX), ("workgroup", 1), ("workgroup", 1)] {
+                    gpu.set_workgroup_min(min);
+                    let got = gpu
+                        .run(&g, &feeds, &[gw])
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?
+                        .remove(0);
+                    for ((&x, &w), &a) in got.iter().zip(want.iter()).zip(abs.iter()) {
+                        let tol = (gamma(U32) + gamma(U64)) * a;
+                        prop_assert!(
+                            (f64::from(x) - w).abs() <= tol,
+                            "{kernel} kernel, x {xs:?} gy {ys:?} stride {stride} pad {pad} dil \
+                         {dil} groups {groups}: gpu {x:e} cpu {w:e} tolerance {tol:e} \
+                         (K = {terms})"
+                        );
+                    }
+                    if kernel == "workgroup" {
+                        workgroup_runs.push(got);
+                    }
+                }
+                prop_assert!(
+                    workgroup_runs[0]
+                        .iter()
+                        .zip(workgroup_runs[1].iter())
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "the workgroup kernel did not repeat exactly"
+                );
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    gpu.borrow_mut()
+        .set_workgroup_min(darts::exec::gpu::kernels::REDUCE_WORKGROUP_MIN);
+}
+
+/// Fusion is on by default: relu(x * y) + 2 is one dispatch (the constant a literal), four
+/// with fusion off, and both give relu(3) + 2 = 5.
+#[test]
+fn gpu_fusion_is_on_by_default() {
+    let Some(mut gpu) = common::gpu_executor("gpu_fusion_is_on_by_default") else {
+        return;
+    };
+    let mut g = Graph::new();
+    let x = g.input("x", [2, 3, 4]).unwrap();
+    let y = g.input("y", [4]).unwrap();
+    let s = g.mul(x, y).unwrap();
+    let t = g.unary(UnaryOp::Relu, s).unwrap();
+    let c = g.constant(2.0, [2, 3, 4]).unwrap();
+    let out = g.add2(t, c).unwrap();
+    let mut feeds = Feeds::<f32>::new();
+    feeds.insert("x", ArrayD::from_elem(IxDyn(&[2, 3, 4]), -1.5f32));
+    feeds.insert("y", ArrayD::from_elem(IxDyn(&[4]), -2.0f32));
+    let got = gpu.run(&g, &feeds, &[out]).unwrap().remove(0);
+    assert!(got.iter().all(|&v| v == 5.0), "relu(3) + 2 = 5: {got:?}");
+    let t = gpu.run_timing();
+    assert_eq!(t.dispatches, 1, "one fused kernel: {t}");
+    assert_eq!(t.fused_away, 3, "mul, relu and the constant: {t}");
+    gpu.set_fusion(false);
+    let unfused = gpu.run(&g, &feeds, &[out]).unwrap().remove(0);
+    assert_eq!(unfused, got);
+    assert_eq!(gpu.run_timing().dispatches, 4);
+}
