@@ -13,6 +13,7 @@
 //!   - a * b:  e = (|a| e_b + |b| e_a + e_a e_b)(1 + u) + u |a b|   (square: b = a)
 //!   - -a, relu(a), broadcast(a): e = e_a;  max(a, b): e = max(e_a, e_b) (1-Lipschitz)
 //!   - select(c, a, b) with c an exact input: e = e_a or e_b as c picks.
+//!
 //!   A driver that contracts a * b + c into one fused multiply-add rounds once where the bound
 //!   allows two roundings, so the bound holds fused or not. Ops whose result jumps (step,
 //!   greater, equal) would turn a rounding difference into an O(1) one, so conditions are
