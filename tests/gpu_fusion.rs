@@ -72,6 +72,11 @@ fn feeds_f64(inputs: &Inputs, abs: bool) -> Feeds<f64> {
     f
 }
 
+/// (value, bound) of a binary op from its operands' (value, bound) pairs.
+type BinaryRule = fn(f64, f64, f64, f64) -> (f64, f64);
+/// (value, bound) of a unary op from its operand's (value, bound).
+type UnaryRule = fn(f64, f64) -> (f64, f64);
+
 /// A node of the random DAG as the test evaluates it: value and error bound per element.
 struct Val {
     v: ArrayD<f64>,
@@ -172,7 +177,7 @@ fn random_dag(seed: u64) -> (Graph, Inputs, Vec<NodeId>, Vec<Val>) {
         let kind = rng.random_range(0..10);
         let (id, val) = match kind {
             0..=3 => {
-                let (op, f): (BinaryOp, fn(f64, f64, f64, f64) -> (f64, f64)) = match kind {
+                let (op, f): (BinaryOp, BinaryRule) = match kind {
                     0 => (BinaryOp::Add, |x, ex, y, ey| {
                         (x + y, (ex + ey) * (1.0 + U) + U * (x + y).abs())
                     }),
@@ -192,7 +197,7 @@ fn random_dag(seed: u64) -> (Graph, Inputs, Vec<NodeId>, Vec<Val>) {
                 (id, val)
             }
             4..=6 => {
-                let (op, f): (UnaryOp, fn(f64, f64) -> (f64, f64)) = match kind {
+                let (op, f): (UnaryOp, UnaryRule) = match kind {
                     4 => (UnaryOp::Neg, |x, e| (-x, e)),
                     5 => (UnaryOp::Relu, |x, e| (x.max(0.0), e)),
                     _ => (UnaryOp::Square, |x, e| {
