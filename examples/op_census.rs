@@ -5,6 +5,7 @@
 //! (defaults: 16 8 64, the paper configuration).
 
 use darts::darts::network::SearchConfig;
+use darts::exec::gpu::fusion;
 use darts::graph::Op;
 use darts::search::architect::Order;
 use darts::search::step_graph::{StepGraph, StepHyper};
@@ -42,6 +43,52 @@ fn main() {
         e.0 += 1;
         e.1 += n.shape.numel() as u64;
     }
+    // Dispatches the GPU executor records: one per node, less inputs, reshapes (aliases) and
+    // the nodes fusion saves (src/exec/gpu/fusion.rs).
+    let mut keep = vec![sg.loss_train];
+    keep.extend(sg.assign.iter().map(|(n, _)| *n));
+    let (needed, _) = darts::exec::liveness(&sg.graph, &keep).unwrap();
+    let plan = fusion::plan(
+        &sg.graph,
+        &needed,
+        &keep,
+        |v| v as f32 as f64,
+        fusion::MAX_LEAVES,
+        true,
+    );
+    let free = |op: &Op| matches!(op, Op::Input { .. } | Op::Reshape { .. });
+    let unfused = sg
+        .graph
+        .nodes()
+        .iter()
+        .zip(&needed)
+        .filter(|(n, &k)| k && !free(&n.op))
+        .count();
+    let kernels: std::collections::BTreeSet<&str> =
+        plan.fused.values().map(|f| f.source.as_str()).collect();
+    println!(
+        "dispatches: {unfused} unfused, {} fused ({} distinct fused kernels, largest {} ops)",
+        unfused - plan.saved(),
+        kernels.len(),
+        plan.fused.values().map(|f| f.ops).max().unwrap_or(0)
+    );
+    let mut remaining: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, n) in sg.graph.nodes().iter().enumerate() {
+        if needed[i] && !free(&n.op) && !plan.skipped[i] {
+            let kind = match plan.fused.get(&i) {
+                Some(f) if f.ops > 1 => "fused (2 or more ops)".to_string(),
+                Some(_) => "fused (1 op)".to_string(),
+                None => kind_of(&n.op),
+            };
+            *remaining.entry(kind).or_default() += 1;
+        }
+    }
+    let mut rem: Vec<_> = remaining.into_iter().collect();
+    rem.sort_by_key(|r| std::cmp::Reverse(r.1));
+    println!("dispatches by kind with fusion:");
+    for (k, n) in rem {
+        println!("  {k:30} {n:8}");
+    }
     let mut rows: Vec<_> = by.into_iter().collect();
     rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
     println!(
@@ -50,5 +97,19 @@ fn main() {
     );
     for (k, (n, el)) in rows {
         println!("{k:32} {n:8} nodes {:10.1} M elements", el as f64 / 1e6);
+    }
+}
+
+/// The op's kind without its parameters.
+fn kind_of(op: &Op) -> String {
+    match op {
+        Op::Unary(u) => format!("unary {u:?}"),
+        Op::Binary(b) => format!("binary {b:?}"),
+        op => op
+            .name()
+            .split(['(', '[', ' '])
+            .next()
+            .unwrap_or("?")
+            .to_string(),
     }
 }

@@ -11,21 +11,24 @@
 //! # The plan
 //!
 //! Elementwise nodes are `Unary`, `Binary`, `Select` and `Broadcast` (an identity that reads
-//! its input with broadcast strides). A node `j` is *absorbed* into its consumer `c` when
-//! 1. both are elementwise,
-//! 2. `c` is `j`'s only use (counting repeats: `x * x` uses `x` twice) and `j` is not an
-//!    output or an assigned node of the run,
-//! 3. `j` has `c`'s shape (an absorbed value is never broadcast, so no element is computed
-//!    twice), and
-//! 4. the kernel stays within [`MAX_LEAVES`] buffers read and [`MAX_OPS`] operations.
+//! its input with broadcast strides). A node `j` may be *absorbed*, that is computed inside the
+//! kernel of a consumer, when
+//! 1. `j` is elementwise and every use of `j` is by an elementwise node,
+//! 2. `j` is not an output or an assigned node of the run, and
+//! 3. the kernel stays within [`MAX_LEAVES`] buffers read and [`MAX_OPS`] operations.
 //!
-//! Absorbed nodes form, with the elementwise node that absorbed them (the *root*), a tree whose
-//! other inputs (the *leaves*) are buffers of any shape broadcastable to the root's. A constant
-//! whose every use is elementwise is never materialised: it becomes a literal in its consumers'
-//! kernels (written as a hexadecimal float of the value already rounded to the element type,
-//! so exact). Roots are found from the last node backwards, so a node that could not be
-//! absorbed (rule 4) becomes a root itself when its turn comes.
-//!
+//! A value with several uses is recomputed by each kernel that absorbs it, and a value of a
+//! smaller shape than its consumer (a per-channel statistic, say) is recomputed per element,
+//! but only for cheap ops (`+ - *`, max, comparisons, negation, square, relu, step, select,
+//! broadcast): a few arithmetic operations cost less on a GPU than a dispatch and a round trip
+//! through memory. Any elementwise node with a single use of its own shape may be absorbed. Each kernel is a tree written depth first from its *root*, the node whose value it
+//! stores; its other inputs (the *leaves*) are buffers of any shape broadcastable to the
+//! root's. A constant whose every use is elementwise is never materialised: it becomes a
+//! literal (a hexadecimal float of the value already rounded to the element type, so exact).
+//! Roots are taken from the last node backwards, so every kernel that reads a node is written
+//! before the node's turn comes: the node is then skipped if some kernel computed it and none
+//! bound it as a leaf (rule 3 can force that), and is a root of its own otherwise.
+
 //! # The kernel
 //!
 //! `out[i] = e(leaf_0[off_0(i)], ..., leaf_{L-1}[off_{L-1}(i)])`, with `off_l(i)` the NumPy
@@ -96,6 +99,19 @@ fn elementwise(op: &Op) -> bool {
     )
 }
 
+/// Ops cheap enough to recompute (rule 1's recomputation): no transcendental function, no
+/// division. A software adapter runs the kernels on the CPU, where recomputing exp or rsqrt per
+/// element of a large tensor costs more than the dispatch it saves.
+fn cheap(op: &Op) -> bool {
+    use crate::graph::{BinaryOp as B, UnaryOp as U};
+    match op {
+        Op::Unary(u) => matches!(u, U::Neg | U::Square | U::Relu | U::Step),
+        Op::Binary(b) => matches!(b, B::Add | B::Sub | B::Mul | B::Max | B::Greater | B::Equal),
+        Op::Select | Op::Broadcast { .. } => true,
+        _ => false,
+    }
+}
+
 /// `v` (already rounded to the element type) as an exact WGSL abstract-float literal in
 /// hexadecimal (`0x1.8p1` = 3), or a prelude call for NaN and the infinities.
 pub fn literal(v: f64) -> String {
@@ -139,7 +155,6 @@ pub fn plan(
     let nodes = graph.nodes();
     let n = nodes.len();
     let mut uses = vec![0usize; n];
-    let mut consumer = vec![usize::MAX; n];
     let mut all_elementwise = vec![true; n];
     for (i, node) in nodes.iter().enumerate() {
         if !needed[i] {
@@ -147,7 +162,6 @@ pub fn plan(
         }
         for j in &node.inputs {
             uses[j.0] += 1;
-            consumer[j.0] = i;
             all_elementwise[j.0] &= elementwise(&node.op);
         }
     }
@@ -169,16 +183,29 @@ pub fn plan(
         for (j, s) in skipped.iter_mut().enumerate() {
             *s = literal_const(j);
         }
+        // An elementwise node whose every use is elementwise may be computed inside each
+        // consumer's kernel (rule 2 of the module documentation, relaxed: a value with several
+        // uses is recomputed by each kernel that absorbs it, cheaper on a GPU than a dispatch
+        // and a round trip through memory; a value of a smaller shape is recomputed per
+        // element of the consumer).
         let absorbable = |j: usize, c: usize| {
+            let once = uses[j] == 1 && nodes[j].shape == nodes[c].shape;
             elementwise(&nodes[j].op)
                 && needed[j]
-                && uses[j] == 1
-                && consumer[j] == c
                 && !external[j]
-                && nodes[j].shape == nodes[c].shape
+                && all_elementwise[j]
+                && (once || cheap(&nodes[j].op))
         };
+        // How often each node was bound as a leaf, and whether some kernel computed it inline.
+        let mut leaf_reads = vec![0usize; n];
+        let mut inlined = vec![false; n];
         for r in (0..n).rev() {
             if !needed[r] || skipped[r] || !elementwise(&nodes[r].op) {
+                continue;
+            }
+            // Every kernel that reads r has been written (readers come later in the graph).
+            if inlined[r] && leaf_reads[r] == 0 {
+                skipped[r] = true;
                 continue;
             }
             let mut b = Builder {
@@ -193,7 +220,10 @@ pub fn plan(
             let mut absorbed = Vec::new();
             let value = b.expr(r, 0, &absorbable, &literal_const, &round, &mut absorbed);
             for j in absorbed {
-                skipped[j] = true;
+                inlined[j] = true;
+            }
+            for l in &b.leaves {
+                leaf_reads[l.0] += 1;
             }
             let source = b.source(&value);
             fused.insert(
@@ -418,24 +448,51 @@ mod tests {
         assert_eq!(off.last_use[x.0], xw.0);
     }
 
-    /// A value with two uses, an output and a broadcast intermediate stay materialised.
+    /// Outputs stay materialised; a cheap value whose uses are all elementwise is recomputed by
+    /// each kernel (even at a larger shape), an expensive one (exp) is not; a value a
+    /// non-elementwise node reads is materialised.
     #[test]
-    fn shared_kept_and_broadcast_values_are_not_absorbed() {
+    fn kept_values_stay_and_shared_values_are_recomputed() {
         let mut g = Graph::new();
         let x = g.input("x", [4]).unwrap();
         let e = g.unary(UnaryOp::Exp, x).unwrap();
-        let a = g.mul(e, e).unwrap(); // e used twice
+        let a = g.mul(e, e).unwrap(); // e used twice, a used twice
         let small = g.unary(UnaryOp::Neg, x).unwrap();
         let m = g.input("m", [3, 4]).unwrap();
-        let big = g.add2(m, small).unwrap(); // small is broadcast: not absorbed
+        let big = g.add2(m, small).unwrap(); // small recomputed per element of big
         let kept = g.unary(UnaryOp::Relu, a).unwrap();
         let out = g.add2(kept, a).unwrap();
+        let sq = g.unary(UnaryOp::Square, x).unwrap();
+        let r = g.reduce_sum(sq, &[0]).unwrap(); // a non-elementwise use
+        let z = g.add2(sq, x).unwrap();
         let needed = vec![true; g.len()];
-        let p = plan(&g, &needed, &[out, kept, big], f32_round, MAX_LEAVES, true);
-        for r in [e, a, small, big, kept, out] {
-            assert!(p.fused.contains_key(&r.0), "{r} is a root");
-        }
-        assert_eq!(p.saved(), 0);
+        let p = plan(
+            &g,
+            &needed,
+            &[out, kept, big, r, z],
+            f32_round,
+            MAX_LEAVES,
+            true,
+        );
+        let roots: Vec<usize> = p.fused.keys().copied().collect();
+        assert_eq!(roots, vec![e.0, big.0, kept.0, out.0, sq.0, z.0]);
+        assert_eq!(
+            p.fused[&out.0].leaves,
+            vec![kept, e],
+            "a = e * e recomputed"
+        );
+        assert_eq!(p.fused[&out.0].ops, 2, "add, mul");
+        assert_eq!(p.fused[&kept.0].leaves, vec![e]);
+        assert_eq!(p.fused[&big.0].leaves, vec![m, x]);
+        assert!(p.fused[&big.0].source.contains("in1[leaf_offset(1u, i)]"));
+        assert_eq!(
+            p.fused[&z.0].leaves,
+            vec![sq, x],
+            "sq is a buffer: reduce_sum reads it"
+        );
+        assert_eq!(p.saved(), 2, "a and small");
+        assert_eq!(p.last_use[x.0], z.0);
+        assert_eq!(p.last_use[sq.0], z.0);
     }
 
     /// A long sum of inputs splits at the leaf cap; the pieces are roots of their own.
