@@ -576,9 +576,32 @@ fn run_both<T: GpuScalar>(
     feeds: &Feeds<T>,
     outs: &[NodeId],
 ) -> Result<GpuAndCpu<T>, TestCaseError> {
-    let got = gpu
+    // The single-op kernels (fusion off), the values the per-primitive tolerances speak about.
+    gpu.set_fusion(false);
+    let got = gpu.run(g, feeds, outs);
+    gpu.set_fusion(true);
+    let got = got.map_err(|e| TestCaseError::fail(format!("gpu run failed: {e}")))?;
+    // The fused kernels (the default path). Where fusion merged no two nodes, each fused
+    // kernel evaluates one op with the same WGSL function as its single-op kernel, so the
+    // values agree bit for bit; chains of ops are checked against their own error bound in
+    // tests/gpu_fusion.rs.
+    let fused = gpu
         .run(g, feeds, outs)
-        .map_err(|e| TestCaseError::fail(format!("gpu run failed: {e}")))?;
+        .map_err(|e| TestCaseError::fail(format!("gpu run (fused kernels) failed: {e}")))?;
+    if gpu.run_timing().fused_away == 0 {
+        for (k, (a, b)) in got.iter().zip(&fused).enumerate() {
+            if let Some((i, (x, y))) = a
+                .iter()
+                .zip(b.iter())
+                .enumerate()
+                .find(|(_, (x, y))| x.as_f64().to_bits() != y.as_f64().to_bits())
+            {
+                return Err(TestCaseError::fail(format!(
+                    "output {k} element {i}: single-op kernel {x:e}, fused kernel {y:e}"
+                )));
+            }
+        }
+    }
     let want = CpuExecutor::<f64>::new()
         .run(g, &feeds.cast::<f64>(), outs)
         .map_err(|e| TestCaseError::fail(format!("cpu run failed: {e}")))?;
@@ -1776,10 +1799,11 @@ fn gpu_search_network_gradients_match_cpu() {
     search_network_matches_cpu(&mut gpu, false, (3, 4), true, false);
 }
 
-/// Run `outs` of `g` on the GPU (element type T, unit roundoff u_T) and the CPU (f64, same
-/// inputs) and assert each output agrees within evaluation_bound(K, depth, M, u_T) +
-/// evaluation_bound(K, depth, M, 2^-53) (see `search_network_matches_cpu`).
-/// Returns the worst error/bound ratio.
+/// Run `outs` of `g` on the GPU (element type T, unit roundoff u_T; with fused kernels and
+/// with single-op kernels) and the CPU (f64, same inputs) and assert each output agrees within
+/// evaluation_bound(K, depth, M, u_T) + evaluation_bound(K, depth, M, 2^-53) (see
+/// `search_network_matches_cpu`; fusion keeps one rounding per node, or fewer where a driver
+/// contracts a multiply-add, so the bound holds for both). Returns the worst error/bound ratio.
 fn assert_gpu_matches_cpu<T: GpuScalar>(
     gpu: &mut GpuExecutor<T>,
     g: &Graph,
@@ -1788,7 +1812,12 @@ fn assert_gpu_matches_cpu<T: GpuScalar>(
     names: &[String],
 ) -> f64 {
     use darts::check::tolerance::evaluation_bound;
-    let got = gpu.run(g, feeds, outs).expect("gpu run");
+    let mut runs = Vec::new();
+    for fusion in [true, false] {
+        gpu.set_fusion(fusion);
+        runs.push((fusion, gpu.run(g, feeds, outs)));
+    }
+    gpu.set_fusion(true);
     let f64_feeds = feeds.cast::<f64>();
     let want = CpuExecutor::<f64>::new()
         .run(g, &f64_feeds, outs)
@@ -1822,23 +1851,26 @@ fn assert_gpu_matches_cpu<T: GpuScalar>(
     for (j, &o) in outs.iter().enumerate() {
         let tol = evaluation_bound(k, depth[o.0], upstream[o.0], T::UNIT_ROUNDOFF)
             + evaluation_bound(k, depth[o.0], upstream[o.0], U64);
-        let name = &names[j];
-        let err = got[j]
-            .iter()
-            .zip(want[j].iter())
-            .map(|(&a, &b)| (a.as_f64() - b).abs())
-            .fold(0.0f64, f64::max);
-        assert!(
-            got[j].iter().all(|v| v.as_f64().is_finite()),
-            "{name}: non-finite GPU value"
-        );
-        worst = worst.max(err / tol);
-        assert!(
-            err <= tol,
-            "{name}: max |gpu - cpu| {err:e} > tol {tol:e} (K = {k}, depth {}, M = {:e})",
-            depth[o.0],
-            upstream[o.0]
-        );
+        for (fusion, got) in &runs {
+            let got = got.as_ref().expect("gpu run");
+            let name = format!("{} (fused kernels: {fusion})", names[j]);
+            let err = got[j]
+                .iter()
+                .zip(want[j].iter())
+                .map(|(&a, &b)| (a.as_f64() - b).abs())
+                .fold(0.0f64, f64::max);
+            assert!(
+                got[j].iter().all(|v| v.as_f64().is_finite()),
+                "{name}: non-finite GPU value"
+            );
+            worst = worst.max(err / tol);
+            assert!(
+                err <= tol,
+                "{name}: max |gpu - cpu| {err:e} > tol {tol:e} (K = {k}, depth {}, M = {:e})",
+                depth[o.0],
+                upstream[o.0]
+            );
+        }
     }
     worst
 }
