@@ -1,0 +1,141 @@
+//! The fusion plan of the GPU executor (src/exec/gpu/fusion.rs), without a GPU: which nodes
+//! share a kernel, what each kernel reads, and when buffers die (proofs/gpu-kernel-choices.md,
+//! claim 1).
+
+use darts::exec::gpu::fusion::{literal, plan, MAX_LEAVES};
+use darts::graph::{Graph, UnaryOp};
+
+fn f32_round(v: f64) -> f64 {
+    v as f32 as f64
+}
+
+#[test]
+fn literals_are_exact_hex_floats() {
+    for v in [
+        0.0,
+        -0.0,
+        1.0,
+        -2.5,
+        0.1f32 as f64,
+        1e-8,
+        f64::MAX,
+        f64::MIN_POSITIVE / 8.0,
+        3.0e38,
+    ] {
+        let l = literal(v);
+        let inner = l.trim_start_matches("S(").trim_end_matches(')');
+        let (neg, hex) = match inner.strip_prefix('-') {
+            Some(h) => (true, h),
+            None => (false, inner),
+        };
+        let hex = hex.trim_start_matches("0x");
+        let (mant, exp) = hex.split_once('p').expect("exponent");
+        let (int, frac) = mant.split_once('.').unwrap_or((mant, ""));
+        let mut m = i64::from_str_radix(int, 16).unwrap() as f64;
+        for (k, ch) in frac.chars().enumerate() {
+            m += ch.to_digit(16).unwrap() as f64 * 16f64.powi(-(k as i32 + 1));
+        }
+        let e: i32 = exp.parse().unwrap();
+        let back = m * 2f64.powi(e.max(-1000)) * 2f64.powi((e + 1000).min(0));
+        let back = if neg { -back } else { back };
+        assert_eq!(back.to_bits(), v.to_bits(), "{v:e} -> {l}");
+    }
+    assert_eq!(literal(f64::NAN), "nan_s()");
+    assert_eq!(literal(f64::NEG_INFINITY), "neg_inf_s()");
+}
+
+/// relu(x * w + b) with a constant: one kernel, the constant a literal, x, w and b leaves.
+#[test]
+fn a_chain_becomes_one_kernel() {
+    let mut g = Graph::new();
+    let x = g.input("x", [2, 3]).unwrap();
+    let w = g.input("w", [3]).unwrap();
+    let b = g.input("b", [2, 3]).unwrap();
+    let two = g.constant(2.0, [2, 3]).unwrap();
+    let xw = g.mul(x, w).unwrap();
+    let s = g.add2(xw, b).unwrap();
+    let s2 = g.mul(s, two).unwrap();
+    let y = g.relu(s2).unwrap();
+    let needed = vec![true; g.len()];
+    let p = plan(&g, &needed, &[y], f32_round, MAX_LEAVES, true);
+    assert_eq!(p.fused.len(), 1);
+    let f = &p.fused[&y.0];
+    assert_eq!(f.leaves, vec![x, w, b]);
+    assert_eq!(f.ops, 4);
+    assert!(f.source.contains("S(0x1.0000000000000p1)"), "{}", f.source);
+    assert!(f.source.contains("in1[leaf_offset(1u, i)]"), "{}", f.source);
+    assert!(f.source.contains("in0[i]"), "{}", f.source);
+    assert_eq!(p.saved(), 4, "the constant and three absorbed nodes");
+    for k in [x, w, b] {
+        assert_eq!(p.last_use[k.0], y.0);
+    }
+    let off = plan(&g, &needed, &[y], f32_round, MAX_LEAVES, false);
+    assert!(off.fused.is_empty() && off.saved() == 0);
+    assert_eq!(off.last_use[x.0], xw.0);
+}
+
+/// Outputs stay materialised; a cheap value whose uses are all elementwise is recomputed by
+/// each kernel (even at a larger shape), an expensive one (exp) is not; a value a
+/// non-elementwise node reads is materialised.
+#[test]
+fn kept_values_stay_and_shared_values_are_recomputed() {
+    let mut g = Graph::new();
+    let x = g.input("x", [4]).unwrap();
+    let e = g.unary(UnaryOp::Exp, x).unwrap();
+    let a = g.mul(e, e).unwrap(); // e used twice, a used twice
+    let small = g.unary(UnaryOp::Neg, x).unwrap();
+    let m = g.input("m", [3, 4]).unwrap();
+    let big = g.add2(m, small).unwrap(); // small recomputed per element of big
+    let kept = g.unary(UnaryOp::Relu, a).unwrap();
+    let out = g.add2(kept, a).unwrap();
+    let sq = g.unary(UnaryOp::Square, x).unwrap();
+    let r = g.reduce_sum(sq, &[0]).unwrap(); // a non-elementwise use
+    let z = g.add2(sq, x).unwrap();
+    let needed = vec![true; g.len()];
+    let p = plan(
+        &g,
+        &needed,
+        &[out, kept, big, r, z],
+        f32_round,
+        MAX_LEAVES,
+        true,
+    );
+    let roots: Vec<usize> = p.fused.keys().copied().collect();
+    assert_eq!(roots, vec![e.0, big.0, kept.0, out.0, sq.0, z.0]);
+    assert_eq!(
+        p.fused[&out.0].leaves,
+        vec![kept, e],
+        "a = e * e recomputed"
+    );
+    assert_eq!(p.fused[&out.0].ops, 2, "add, mul");
+    assert_eq!(p.fused[&kept.0].leaves, vec![e]);
+    assert_eq!(p.fused[&big.0].leaves, vec![m, x]);
+    assert!(p.fused[&big.0].source.contains("in1[leaf_offset(1u, i)]"));
+    assert_eq!(
+        p.fused[&z.0].leaves,
+        vec![sq, x],
+        "sq is a buffer: reduce_sum reads it"
+    );
+    assert_eq!(p.saved(), 2, "a and small");
+    assert_eq!(p.last_use[x.0], z.0);
+    assert_eq!(p.last_use[sq.0], z.0);
+}
+
+/// A long sum of inputs splits at the leaf cap; the pieces are roots of their own.
+#[test]
+fn leaf_cap_splits_kernels() {
+    let mut g = Graph::new();
+    let xs: Vec<_> = (0..10)
+        .map(|k| g.input(format!("x{k}"), [5]).unwrap())
+        .collect();
+    let mut acc = xs[0];
+    for &x in &xs[1..] {
+        acc = g.add2(acc, x).unwrap();
+    }
+    let needed = vec![true; g.len()];
+    let p = plan(&g, &needed, &[acc], f32_round, 4, true);
+    assert!(p.fused.values().all(|f| f.leaves.len() <= 4));
+    assert!(p.fused.len() >= 3, "{} kernels", p.fused.len());
+    let computed: usize = p.fused.values().map(|f| f.ops).sum();
+    assert_eq!(computed, 9, "every add computed exactly once");
+}
