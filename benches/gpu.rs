@@ -19,14 +19,16 @@
 //! criterion's `elem/s` reads as FLOP/s; each bench also prints a plain `GFLOP/s` line at the
 //! median of criterion's own samples.
 //!
-//! What one iteration is: one `Executor::run` of the graph, which uploads the feeds (one
-//! 4 MiB activation and the small weight; the weight grad uploads two 4 MiB activations),
-//! records and submits the kernels, and reads the requested outputs back. To keep the readback
-//! of a 4 MiB result out of the measurement, the requested output is the scalar
-//! `sum_all(conv result)`, so each iteration also runs one sum reduction over the result
-//! (1 Mi elements for forward and input grad, 144 to 400 for the weight grad) and reads back
-//! 4 bytes. `gpu_executor_floor/upload_sum_readback` times exactly that overhead without a conv
-//! (upload one 4 MiB tensor, sum it, read back the scalar), to be set against the conv times.
+//! What one iteration is: one `Executor::run` of the graph whose inputs are device variables
+//! (`Executor::set_var`, uploaded once before the case's measurement, as a search step keeps
+//! its state), so an iteration records and submits the kernels and reads the requested output
+//! back. To keep the readback of a 4 MiB result out of the measurement, the requested output is
+//! the scalar `sum_all(conv result)`, so each iteration also runs one sum reduction over the
+//! result (1 Mi elements for forward and input grad, 144 to 400 for the weight grad) and reads
+//! back 4 bytes. `gpu_executor_floor/sum_readback` times exactly that overhead without a conv
+//! (sum one 4 MiB variable, read back the scalar), to be set against the conv times. (Before
+//! 2026-11-28 every iteration also uploaded its inputs, 4 to 8 MiB; on an H200 that upload,
+//! not the kernels, set the ~3.7 ms floor of benches/results/h200-2026-11-28.md.)
 //!
 //! # Search step
 //!
@@ -243,11 +245,11 @@ fn conv_cases(o: usize, k: usize, p: ConvParams, rng: &mut ChaCha8Rng) -> Vec<Ca
     vec![fwd, input_grad, weight_grad]
 }
 
-/// The run overhead the conv cases carry: upload one 64x16x32x32 tensor, `sum_all` it, read
-/// back the scalar. Throughput: the bytes uploaded.
+/// The run overhead the conv cases carry: `sum_all` one 64x16x32x32 variable, read back the
+/// scalar. Throughput: the bytes the sum reads.
 fn floor_case(rng: &mut ChaCha8Rng) -> Case {
     let xs = [N, C, H, W];
-    let (mut c, _) = case("upload_sum_readback", &[("x", &xs)], |_, i| i[0], rng);
+    let (mut c, _) = case("sum_readback", &[("x", &xs)], |_, i| i[0], rng);
     c.throughput = Throughput::Bytes((N * C * H * W * std::mem::size_of::<f32>()) as u64);
     c
 }
@@ -285,16 +287,25 @@ fn conv_benches(c: &mut Criterion, ex: &mut GpuExecutor) {
         for case in &cases {
             group.throughput(case.throughput.clone());
             let outputs = [case.output];
+            // The inputs become device variables: nothing is uploaded per iteration.
+            ex.clear_vars();
+            for node in case.graph.nodes() {
+                if let Op::Input { name, .. } = &node.op {
+                    let value = case.feeds.get(name).expect("bench feed");
+                    ex.set_var(name, value).expect("upload a bench input");
+                }
+            }
+            let no_feeds = Feeds::new();
             let median = bench_median(&mut group, case.name, || {
                 black_box(
-                    ex.run(&case.graph, &case.feeds, &outputs)
+                    ex.run(&case.graph, &no_feeds, &outputs)
                         .expect("bench graph runs on the GPU"),
                 );
             });
             if let Some(t) = median {
                 let rate = match case.throughput {
                     Throughput::Elements(flop) => format!("{:.2} GFLOP/s", flop as f64 / t / 1e9),
-                    Throughput::Bytes(b) => format!("{:.2} GB/s uploaded", b as f64 / t / 1e9),
+                    Throughput::Bytes(b) => format!("{:.2} GB/s summed", b as f64 / t / 1e9),
                     _ => String::new(),
                 };
                 println!(

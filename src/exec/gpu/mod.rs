@@ -1218,7 +1218,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 vals[i] = Some(buf);
             }
         }
-        self.prepare_params_arena(graph, needed);
+        self.prepare_params_arena(graph, needed, plan);
         lap(&mut timing.upload, &mut since);
         let mut encoder = self
             .device
@@ -1341,16 +1341,17 @@ impl<T: GpuScalar> GpuExecutor<T> {
     }
 
     /// Makes the parameter arena large enough for every dispatch `graph` can record (one per
-    /// needed node, one per input of a Concat), unless that exceeds the device's largest
-    /// buffer, in which case this run falls back to a buffer per dispatch.
-    fn prepare_params_arena(&mut self, graph: &Graph, needed: &[bool]) {
+    /// needed node that fusion does not skip, one per input of a Concat), unless that exceeds
+    /// the device's largest buffer, in which case this run falls back to a buffer per
+    /// dispatch.
+    fn prepare_params_arena(&mut self, graph: &Graph, needed: &[bool], plan: &fusion::FusionPlan) {
         let align = self.limits.min_uniform_buffer_offset_alignment.max(4) as u64;
         let stride = MAX_PARAMS_BYTES.next_multiple_of(align);
         let dispatches: u64 = graph
             .nodes()
             .iter()
             .enumerate()
-            .filter(|(i, _)| needed[*i])
+            .filter(|(i, _)| needed[*i] && !plan.skipped[*i])
             .map(|(_, n)| match n.op {
                 Op::Concat { .. } => n.inputs.len() as u64,
                 _ => 1,
