@@ -1,7 +1,9 @@
 // reduce.wgsl: ReduceSum (graph::Op::ReduceSum) and ReduceMax (graph::Op::ReduceMax) over any set
 // of axes, reduced axes kept as 1, in the element type S (f32, or f64 where the adapter offers
 // SHADER_F64). The scalar prelude (scalar_f32.wgsl or scalar_f64.wgsl) is prepended and defines S,
-// is_nan and neg_inf_s.
+// is_nan and neg_inf_s. This file holds the parameters and bindings; the entry points are in
+// reduce_core.wgsl, appended after it, and read the input through reduce_input (below), which a
+// fused reduction (fused_reduce.wgsl) replaces by an elementwise expression.
 //
 // Equation: with the input's axes split into kept axes K and reduced axes R,
 //   out[o] = sum_{r = 0}^{n_red - 1} x[base(o) + roff(r)]
@@ -64,117 +66,8 @@ struct ReduceParams {
 @group(0) @binding(1) var<storage, read> x: array<S>;
 @group(0) @binding(2) var<storage, read_write> out: array<S>;
 
-var<workgroup> partial: array<S, WORKGROUP_SIZE>;
-
-fn base_offset(o: u32) -> u32 {
-    var rem = o;
-    var off = 0u;
-    let rank = min(params.kept_rank, MAX_RANK);
-    for (var k = 0u; k < rank; k++) {
-        let d = rank - 1u - k;
-        let n = params.kept_shape[d / 4u][d % 4u];
-        off += (rem % n) * params.kept_strides[d / 4u][d % 4u];
-        rem = rem / n;
-    }
-    return off;
-}
-
-fn red_offset(r: u32) -> u32 {
-    var rem = r;
-    var off = 0u;
-    let rank = min(params.red_rank, MAX_RANK);
-    for (var k = 0u; k < rank; k++) {
-        let d = rank - 1u - k;
-        let n = params.red_shape[d / 4u][d % 4u];
-        off += (rem % n) * params.red_strides[d / 4u][d % 4u];
-        rem = rem / n;
-    }
-    return off;
-}
-
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn reduce_sum_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                     @builtin(local_invocation_index) lid: u32) {
-    let o = (wid.y * nwg.x + wid.x) * WORKGROUP_SIZE + lid;
-    if o >= params.total_out {
-        return;
-    }
-    let base = base_offset(o);
-    var acc: S = 0.0;
-    for (var r = 0u; r < params.n_red; r++) {
-        acc += x[base + red_offset(r)];
-    }
-    out[o] = acc;
-}
-
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn reduce_sum_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                        @builtin(local_invocation_index) lid: u32) {
-    let o = wid.y * nwg.x + wid.x;
-    if o >= params.total_out {
-        return;
-    }
-    let base = base_offset(o);
-    var acc: S = 0.0;
-    for (var r = lid; r < params.n_red; r += WORKGROUP_SIZE) {
-        acc += x[base + red_offset(r)];
-    }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var s = WORKGROUP_SIZE / 2u; s > 0u; s = s / 2u) {
-        if lid < s {
-            partial[lid] += partial[lid + s];
-        }
-        workgroupBarrier();
-    }
-    if lid == 0u {
-        out[o] = partial[0];
-    }
-}
-
-fn max_nan(m: S, v: S) -> S {
-    if is_nan(v) || v > m {
-        return v;
-    }
-    return m;
-}
-
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn reduce_max_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                     @builtin(local_invocation_index) lid: u32) {
-    let o = (wid.y * nwg.x + wid.x) * WORKGROUP_SIZE + lid;
-    if o >= params.total_out {
-        return;
-    }
-    let base = base_offset(o);
-    var m = neg_inf_s();
-    for (var r = 0u; r < params.n_red; r++) {
-        m = max_nan(m, x[base + red_offset(r)]);
-    }
-    out[o] = m;
-}
-
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn reduce_max_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                        @builtin(local_invocation_index) lid: u32) {
-    let o = wid.y * nwg.x + wid.x;
-    if o >= params.total_out {
-        return;
-    }
-    let base = base_offset(o);
-    var m = neg_inf_s();
-    for (var r = lid; r < params.n_red; r += WORKGROUP_SIZE) {
-        m = max_nan(m, x[base + red_offset(r)]);
-    }
-    partial[lid] = m;
-    workgroupBarrier();
-    for (var s = WORKGROUP_SIZE / 2u; s > 0u; s = s / 2u) {
-        if lid < s {
-            partial[lid] = max_nan(partial[lid], partial[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    if lid == 0u {
-        out[o] = partial[0];
-    }
+// The value of input element i: here the input buffer itself; a fused reduction
+// (src/exec/gpu/fusion.rs, fused_reduce.wgsl) computes it from its leaves instead.
+fn reduce_input(i: u32) -> S {
+    return x[i];
 }

@@ -76,7 +76,7 @@ fn a_chain_becomes_one_kernel() {
 
 /// Outputs stay materialised; a cheap value whose uses are all elementwise is recomputed by
 /// each kernel (even at a larger shape), an expensive one (exp) is not; a value a
-/// non-elementwise node reads is materialised.
+/// non-fusable node (here a reshape) reads is materialised.
 #[test]
 fn kept_values_stay_and_shared_values_are_recomputed() {
     let mut g = Graph::new();
@@ -89,13 +89,13 @@ fn kept_values_stay_and_shared_values_are_recomputed() {
     let kept = g.unary(UnaryOp::Relu, a).unwrap();
     let out = g.add2(kept, a).unwrap();
     let sq = g.unary(UnaryOp::Square, x).unwrap();
-    let r = g.reduce_sum(sq, &[0]).unwrap(); // a non-elementwise use
+    let rs = g.reshape(sq, [2, 2]).unwrap(); // a non-fusable use
     let z = g.add2(sq, x).unwrap();
     let needed = vec![true; g.len()];
     let p = plan(
         &g,
         &needed,
-        &[out, kept, big, r, z],
+        &[out, kept, big, rs, z],
         f32_round,
         MAX_LEAVES,
         true,
@@ -114,11 +114,60 @@ fn kept_values_stay_and_shared_values_are_recomputed() {
     assert_eq!(
         p.fused[&z.0].leaves,
         vec![sq, x],
-        "sq is a buffer: reduce_sum reads it"
+        "sq is a buffer: the reshape reads it"
     );
     assert_eq!(p.saved(), 2, "a and small");
     assert_eq!(p.last_use[x.0], z.0);
+    // The reshape is an alias: the executor keeps the buffer alive while the kept reshape
+    // holds it; as a read, sq's last one is z's kernel.
     assert_eq!(p.last_use[sq.0], z.0);
+    assert_eq!(p.last_use[rs.0], usize::MAX);
+    assert!(p.fused.values().all(|f| f.reduce.is_none()));
+}
+
+/// A reduction absorbs its input expression (sum((x - mean)^2) with mean per row: one kernel
+/// reading x and mean), also a literal constant and a cheap shared input, but not an
+/// expensive shared one; a max reduction is marked as such.
+#[test]
+fn reductions_absorb_their_input() {
+    let mut g = Graph::new();
+    let x = g.input("x", [3, 4]).unwrap();
+    let mean = g.input("mean", [3, 1]).unwrap();
+    let d = g.sub(x, mean).unwrap();
+    let d2 = g.unary(UnaryOp::Square, d).unwrap();
+    let var = g.reduce_sum(d2, &[1]).unwrap();
+    let c = g.constant(2.0, [3, 4]).unwrap();
+    let cs = g.reduce_sum(c, &[0, 1]).unwrap();
+    let e = g.unary(UnaryOp::Exp, x).unwrap();
+    let em = g.reduce_max(e, &[0]).unwrap();
+    let e2 = g.add2(e, x).unwrap(); // e has two uses: materialised
+    let needed = vec![true; g.len()];
+    let p = plan(&g, &needed, &[var, cs, em, e2], f32_round, MAX_LEAVES, true);
+    let v = &p.fused[&var.0];
+    assert_eq!(v.leaves, vec![x, mean]);
+    assert_eq!(v.ops, 3, "reduce, square, sub");
+    let r = v.reduce.expect("a fused reduction");
+    assert!(!r.max);
+    assert_eq!(r.input, d2);
+    assert!(
+        v.source.contains("fn reduce_input(i: u32) -> S"),
+        "{}",
+        v.source
+    );
+    assert!(v.source.contains("in1[leaf_offset(1u, i)]"), "{}", v.source);
+    let k = &p.fused[&cs.0];
+    assert!(k.leaves.is_empty() && k.source.contains("S(0x1.0000000000000p1)"));
+    assert!(
+        !p.fused.contains_key(&em.0),
+        "exp is shared: em reads its buffer"
+    );
+    assert!(p.fused.contains_key(&e.0));
+    assert!(p.skipped[d.0] && p.skipped[d2.0] && p.skipped[c.0]);
+    assert!(!p.skipped[e.0]);
+    // Running only em, e has one use.
+    let (only_em, _) = darts::exec::liveness(&g, &[em]).unwrap();
+    let m = plan(&g, &only_em, &[em], f32_round, MAX_LEAVES, true);
+    assert!(m.fused[&em.0].reduce.expect("fused").max, "e used once now");
 }
 
 /// A long sum of inputs splits at the leaf cap; the pieces are roots of their own.

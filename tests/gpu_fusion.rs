@@ -12,7 +12,8 @@
 //!   - a ± b:  e = (e_a + e_b)(1 + u) + u |a ± b|
 //!   - a * b:  e = (|a| e_b + |b| e_a + e_a e_b)(1 + u) + u |a b|   (square: b = a)
 //!   - -a, relu(a), broadcast(a): e = e_a;  max(a, b): e = max(e_a, e_b) (1-Lipschitz)
-//!   - select(c, a, b) with c an exact input: e = e_a or e_b as c picks.
+//!   - select(c, a, b) with c an exact input: e = e_a or e_b as c picks;
+//!   - a sum of K values: e = sum e_k + gamma_K(u)(sum |x_k| + sum e_k); a max: max e_k.
 //!
 //!   A driver that contracts a * b + c into one fused multiply-add rounds once where the bound
 //!   allows two roundings, so the bound holds fused or not. Ops whose result jumps (step,
@@ -26,6 +27,7 @@
 mod common;
 
 use darts::exec::cpu::CpuExecutor;
+use darts::exec::gpu::fusion;
 use darts::exec::{Executor, Feeds};
 use darts::graph::{BinaryOp, ConvParams, Graph, NodeId, Op, UnaryOp};
 use ndarray::{ArrayD, IxDyn, Zip};
@@ -114,6 +116,36 @@ fn map1(a: &Val, f: impl Fn(f64, f64) -> (f64, f64)) -> Val {
     Val { v, e }
 }
 
+/// ReduceSum or ReduceMax of `a` over `axes` (kept as 1) with its bound: for a sum of K
+/// values each known within e_k, |fl(sum x^_k) - sum x_k| <= sum e_k + gamma_K(u) sum |x^_k|
+/// <= sum e_k + gamma_K(u) (sum |x_k| + sum e_k) in any summation order (Higham, Lemma 3.1,
+/// sec. 4.2); a max is 1-Lipschitz in the largest error: e = max e_k.
+fn reduce_val(a: &Val, axes: &[usize], max: bool) -> Val {
+    let k: usize = axes.iter().map(|&d| a.v.shape()[d]).product();
+    let gamma = k as f64 * U / (1.0 - k as f64 * U);
+    let mut v = a.v.clone();
+    let mut e = a.e.clone();
+    let mut abs = a.v.mapv(f64::abs);
+    for &d in axes.iter().rev() {
+        let ax = ndarray::Axis(d);
+        if max {
+            v = v.map_axis(ax, |l| l.fold(f64::NEG_INFINITY, |m, &x| m.max(x)));
+            e = e.map_axis(ax, |l| l.fold(0.0f64, |m, &x| m.max(x)));
+        } else {
+            v = v.sum_axis(ax);
+            e = e.sum_axis(ax);
+            abs = abs.sum_axis(ax);
+        }
+        v.insert_axis_inplace(ax);
+        e.insert_axis_inplace(ax);
+        abs.insert_axis_inplace(ax);
+    }
+    if !max {
+        e = &e + &((&abs + &e) * gamma);
+    }
+    Val { v, e }
+}
+
 /// Draws a random elementwise DAG over three inputs broadcastable to one shape, and
 /// evaluates it with its error bound. Returns the graph, feeds, outputs and their bounds.
 fn random_dag(seed: u64) -> (Graph, Inputs, Vec<NodeId>, Vec<Val>) {
@@ -174,7 +206,7 @@ fn random_dag(seed: u64) -> (Graph, Inputs, Vec<NodeId>, Vec<Val>) {
         let a = pick(&mut rng, nodes.len());
         let b = pick(&mut rng, nodes.len());
         let (ia, ib) = (nodes[a].0, nodes[b].0);
-        let kind = rng.random_range(0..10);
+        let kind = rng.random_range(0..12);
         let (id, val) = match kind {
             0..=3 => {
                 let (op, f): (BinaryOp, BinaryRule) = match kind {
@@ -251,6 +283,19 @@ fn random_dag(seed: u64) -> (Graph, Inputs, Vec<NodeId>, Vec<Val>) {
                     });
                 (id, Val { v, e })
             }
+            10 | 11 => {
+                // A reduction over a random subset of the axes (kept as 1, so later ops
+                // broadcast it back).
+                let rank = g.shape(ia).rank();
+                let axes: Vec<usize> = (0..rank).filter(|_| rng.random_bool(0.5)).collect();
+                let max = kind == 11;
+                let id = if max {
+                    g.reduce_max(ia, &axes).unwrap()
+                } else {
+                    g.reduce_sum(ia, &axes).unwrap()
+                };
+                (id, reduce_val(&nodes[a].1, &axes, max))
+            }
             _ => {
                 // A constant exactly representable in f32, then a product with it.
                 let c = [0.5, -1.25, 3.0, 0.0, 1.0][rng.random_range(0..5)];
@@ -285,7 +330,8 @@ fn random_dag(seed: u64) -> (Graph, Inputs, Vec<NodeId>, Vec<Val>) {
 }
 
 /// Random DAGs of adds, subs, products, squares, negations, relus, maxes, broadcasts,
-/// selects and constants: fused and unfused GPU runs both within the running error bound of
+/// selects, constants and sum/max reductions (fused with their inputs when the plan can): fused
+/// and unfused GPU runs both within the running error bound of
 /// the CPU f64 run. Also reports how often fused and unfused agree bit for bit and how many
 /// dispatches fusion saved (asserted to be some: the plan must actually fuse).
 #[test]
@@ -295,6 +341,7 @@ fn gpu_fused_elementwise_dags_match_cpu() {
     };
     let gpu = RefCell::new(gpu);
     let stats = RefCell::new((0usize, 0usize, 0usize, 0usize)); // cases, saved, equal, total
+    let fused_reductions = RefCell::new(0usize);
     runner(64)
         .run(&any::<u64>(), |seed| {
             let (g, inputs, outs, bounds) = random_dag(seed);
@@ -305,6 +352,11 @@ fn gpu_fused_elementwise_dags_match_cpu() {
                 return Ok(());
             }
             let feeds = feeds_f32(&inputs);
+            // How many reductions the executor's plan fuses with their input.
+            let (needed, _) = darts::exec::liveness(&g, &outs).unwrap();
+            let p = fusion::plan(&g, &needed, &outs, |v| v, fusion::MAX_LEAVES, true);
+            *fused_reductions.borrow_mut() +=
+                p.fused.values().filter(|f| f.reduce.is_some()).count();
             let want = CpuExecutor::<f64>::new()
                 .run(&g, &feeds_f64(&inputs, false), &outs)
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -352,11 +404,14 @@ fn gpu_fused_elementwise_dags_match_cpu() {
         .unwrap_or_else(|e| panic!("{e}"));
     gpu.borrow_mut().set_fusion(true);
     let (cases, saved, equal, total) = *stats.borrow();
+    let fused_reductions = *fused_reductions.borrow();
     println!(
-        "{cases} DAGs: fusion saved {saved} dispatches; fused and unfused equal bit for bit on \
-         {equal} of {total} elements ({} fused kernels compiled)",
+        "{cases} DAGs: fusion saved {saved} dispatches, {fused_reductions} reductions fused with \
+         their input; fused and unfused equal bit for bit on {equal} of {total} elements ({} \
+         fused kernels compiled)",
         gpu.borrow().fused_kernels()
     );
+    assert!(fused_reductions > 0, "no reduction was fused");
     assert!(cases >= 32, "only {cases} cases ran");
     assert!(
         saved > cases,

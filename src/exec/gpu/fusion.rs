@@ -13,26 +13,35 @@
 //! Elementwise nodes are `Unary`, `Binary`, `Select` and `Broadcast` (an identity that reads
 //! its input with broadcast strides). A node `j` may be *absorbed*, that is computed inside the
 //! kernel of a consumer, when
-//! 1. `j` is elementwise and every use of `j` is by an elementwise node,
+//! 1. `j` is elementwise and every use of `j` is by an elementwise node or a reduction
+//!    (`ReduceSum`, `ReduceMax`),
 //! 2. `j` is not an output or an assigned node of the run, and
 //! 3. the kernel stays within [`MAX_LEAVES`] buffers read and [`MAX_OPS`] operations.
 //!
+//! Any elementwise node with a single use of its own shape (or by a reduction) may be absorbed.
 //! A value with several uses is recomputed by each kernel that absorbs it, and a value of a
 //! smaller shape than its consumer (a per-channel statistic, say) is recomputed per element,
 //! but only for cheap ops (`+ - *`, max, comparisons, negation, square, relu, step, select,
 //! broadcast): a few arithmetic operations cost less on a GPU than a dispatch and a round trip
-//! through memory. Any elementwise node with a single use of its own shape may be absorbed. Each kernel is a tree written depth first from its *root*, the node whose value it
-//! stores; its other inputs (the *leaves*) are buffers of any shape broadcastable to the
-//! root's. A constant whose every use is elementwise is never materialised: it becomes a
-//! literal (a hexadecimal float of the value already rounded to the element type, so exact).
-//! Roots are taken from the last node backwards, so every kernel that reads a node is written
-//! before the node's turn comes: the node is then skipped if some kernel computed it and none
-//! bound it as a leaf (rule 3 can force that), and is a root of its own otherwise.
-
+//! through memory.
+//!
+//! Each kernel is a tree written depth first from its *root*, the node whose value it stores:
+//! an elementwise node (a *map*), or a reduction whose input is absorbed (the reduction then
+//! reads its input's elements from the expression, never stored: `sum((x - mean)^2)` is one
+//! kernel). The tree's other inputs (the *leaves*) are buffers of any shape broadcastable to
+//! the expression's (the map's output, the reduction's input). A constant whose every use is
+//! elementwise or a reduction is never materialised: it becomes a literal (a hexadecimal float
+//! of the value already rounded to the element type, so exact). Roots are taken from the last
+//! node backwards, so every kernel that reads a node is written before the node's turn comes:
+//! the node is then skipped if some kernel computed it and none read it as a buffer (rule 3, or
+//! a reduction that could not absorb it, can force that), and is a root of its own otherwise.
+//!
 //! # The kernel
 //!
-//! `out[i] = e(leaf_0[off_0(i)], ..., leaf_{L-1}[off_{L-1}(i)])`, with `off_l(i)` the NumPy
-//! broadcast offset of shaders/elementwise.wgsl (`i` itself for a leaf of the root's shape) and
+//! A map stores `out[i] = e(leaf_0[off_0(i)], ..., leaf_{L-1}[off_{L-1}(i)])`; a reduction
+//! sums (or maxes) `e` at the flat indices of reduce.wgsl, in the same order as the single-op
+//! reduction would read a stored `e`. `off_l(i)` is the NumPy broadcast offset of
+//! shaders/elementwise.wgsl (`i` itself for a leaf of the expression's shape) and
 //! `e` the tree, each node evaluated by the same `unary_op` / `binary_op` functions as the
 //! single-op kernels (shaders/elementwise_ops.wgsl), so NaN handling and every special case
 //! are those of the unfused kernels. Each operation still rounds once to the element type (the
@@ -53,6 +62,15 @@ pub const MAX_LEAVES: usize = 6;
 /// Most operations (absorbed nodes and the root) in one fused kernel.
 pub const MAX_OPS: usize = 48;
 
+/// A fused reduction: the root is a ReduceSum or ReduceMax whose input is computed inside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FusedReduce {
+    /// ReduceMax (else ReduceSum).
+    pub max: bool,
+    /// The reduction's input node: the expression has its shape, and the leaves broadcast to it.
+    pub input: NodeId,
+}
+
 /// One fused kernel: the root node computes `source`'s expression over `leaves`.
 #[derive(Clone, Debug)]
 pub struct Fused {
@@ -63,6 +81,8 @@ pub struct Fused {
     pub source: String,
     /// Graph nodes computed by this kernel (the root and the absorbed nodes).
     pub ops: usize,
+    /// Set when the root is a reduction of the expression (else an elementwise map).
+    pub reduce: Option<FusedReduce>,
 }
 
 /// Which nodes run as fused kernels, and when each buffer is last read.
@@ -97,6 +117,10 @@ fn elementwise(op: &Op) -> bool {
         op,
         Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Broadcast { .. }
     )
+}
+
+fn reduction(op: &Op) -> bool {
+    matches!(op, Op::ReduceSum { .. } | Op::ReduceMax { .. })
 }
 
 /// Ops cheap enough to recompute (rule 1's recomputation): no transcendental function, no
@@ -155,14 +179,15 @@ pub fn plan(
     let nodes = graph.nodes();
     let n = nodes.len();
     let mut uses = vec![0usize; n];
-    let mut all_elementwise = vec![true; n];
+    // Whether every use of a node is by a node that can compute it inline.
+    let mut all_fusable = vec![true; n];
     for (i, node) in nodes.iter().enumerate() {
         if !needed[i] {
             continue;
         }
         for j in &node.inputs {
             uses[j.0] += 1;
-            all_elementwise[j.0] &= elementwise(&node.op);
+            all_fusable[j.0] &= elementwise(&node.op) || reduction(&node.op);
         }
     }
     let mut external = vec![false; n];
@@ -172,13 +197,13 @@ pub fn plan(
     let mut skipped = vec![false; n];
     let mut fused = BTreeMap::new();
     if enabled {
-        // Constants read only by elementwise nodes become literals.
+        // Constants read only by elementwise nodes and reductions become literals.
         let literal_const = |j: usize| {
             matches!(nodes[j].op, Op::Const { .. })
                 && needed[j]
                 && !external[j]
                 && uses[j] > 0
-                && all_elementwise[j]
+                && all_fusable[j]
         };
         for (j, s) in skipped.iter_mut().enumerate() {
             *s = literal_const(j);
@@ -188,29 +213,48 @@ pub fn plan(
         // uses is recomputed by each kernel that absorbs it, cheaper on a GPU than a dispatch
         // and a round trip through memory; a value of a smaller shape is recomputed per
         // element of the consumer).
+        // A reduction reads each element of its input once, whatever its own shape.
         let absorbable = |j: usize, c: usize| {
-            let once = uses[j] == 1 && nodes[j].shape == nodes[c].shape;
+            let once =
+                uses[j] == 1 && (nodes[j].shape == nodes[c].shape || reduction(&nodes[c].op));
             elementwise(&nodes[j].op)
                 && needed[j]
                 && !external[j]
-                && all_elementwise[j]
+                && all_fusable[j]
                 && (once || cheap(&nodes[j].op))
         };
         // How often each node was bound as a leaf, and whether some kernel computed it inline.
         let mut leaf_reads = vec![0usize; n];
         let mut inlined = vec![false; n];
         for r in (0..n).rev() {
-            if !needed[r] || skipped[r] || !elementwise(&nodes[r].op) {
+            if !needed[r] || skipped[r] {
                 continue;
             }
+            // A reduction fuses its input when that is a literal or can be absorbed; it is
+            // then a root whose expression has the input's shape.
+            let reduce = match &nodes[r].op {
+                op if reduction(op) => {
+                    let j = nodes[r].inputs[0].0;
+                    if !(literal_const(j) || absorbable(j, r)) {
+                        leaf_reads[j] += 1; // a plain reduction reads j's buffer
+                        continue;
+                    }
+                    Some(FusedReduce {
+                        max: matches!(op, Op::ReduceMax { .. }),
+                        input: NodeId(j),
+                    })
+                }
+                op if elementwise(op) => None,
+                _ => continue,
+            };
             // Every kernel that reads r has been written (readers come later in the graph).
-            if inlined[r] && leaf_reads[r] == 0 {
+            if reduce.is_none() && inlined[r] && leaf_reads[r] == 0 {
                 skipped[r] = true;
                 continue;
             }
             let mut b = Builder {
                 graph,
-                root: r,
+                shape_node: reduce.map_or(r, |f| f.input.0),
                 leaves: Vec::new(),
                 body: String::new(),
                 temps: 0,
@@ -218,20 +262,41 @@ pub fn plan(
                 max_leaves,
             };
             let mut absorbed = Vec::new();
-            let value = b.expr(r, 0, &absorbable, &literal_const, &round, &mut absorbed);
+            let value = match reduce {
+                None => b.expr(r, 0, &absorbable, &literal_const, &round, &mut absorbed),
+                Some(f) => match &nodes[f.input.0].op {
+                    Op::Const { value, .. } if literal_const(f.input.0) => literal(round(*value)),
+                    _ => {
+                        b.ops += 1;
+                        absorbed.push(f.input.0);
+                        b.expr(
+                            f.input.0,
+                            0,
+                            &absorbable,
+                            &literal_const,
+                            &round,
+                            &mut absorbed,
+                        )
+                    }
+                },
+            };
             for j in absorbed {
                 inlined[j] = true;
             }
             for l in &b.leaves {
                 leaf_reads[l.0] += 1;
             }
-            let source = b.source(&value);
+            let source = match reduce {
+                None => b.source_map(&value),
+                Some(_) => b.source_reduce(&value),
+            };
             fused.insert(
                 r,
                 Fused {
                     leaves: b.leaves,
                     source,
                     ops: b.ops,
+                    reduce,
                 },
             );
         }
@@ -259,7 +324,8 @@ pub fn plan(
 /// Writes one fused kernel, depth first from its root.
 struct Builder<'g> {
     graph: &'g Graph,
-    root: usize,
+    /// The node whose shape the expression has: the root of a map, the input of a reduction.
+    shape_node: usize,
     leaves: Vec<NodeId>,
     body: String,
     temps: usize,
@@ -337,7 +403,7 @@ impl Builder<'_> {
                 self.leaves.len() - 1
             }
         };
-        let full = self.graph.shape(k) == self.graph.shape(NodeId(self.root));
+        let full = self.graph.shape(k) == self.graph.shape(NodeId(self.shape_node));
         if full {
             format!("in{slot}[i]")
         } else {
@@ -345,8 +411,8 @@ impl Builder<'_> {
         }
     }
 
-    /// The kernel's bindings and entry point around `value`, the root's value.
-    fn source(&self, value: &str) -> String {
+    /// The bindings of the leaves and the output.
+    fn bindings(&self) -> String {
         let mut s = String::new();
         for l in 0..self.leaves.len() {
             let _ = writeln!(
@@ -360,6 +426,12 @@ impl Builder<'_> {
             "@group(0) @binding({}) var<storage, read_write> out: array<S>;\n",
             self.leaves.len() + 1
         );
+        s
+    }
+
+    /// A map kernel: bindings and the entry point `fused` storing `value`, the root's value.
+    fn source_map(&self, value: &str) -> String {
+        let mut s = self.bindings();
         s.push_str(
             "@compute @workgroup_size(WORKGROUP_SIZE)\n\
              fn fused(@builtin(workgroup_id) wid: vec3<u32>, \
@@ -370,6 +442,16 @@ impl Builder<'_> {
         );
         s.push_str(&self.body);
         let _ = writeln!(s, "    out[i] = {value};\n}}");
+        s
+    }
+
+    /// A reduction kernel: bindings and `reduce_input(i)`, the expression's element i, which
+    /// the entry points of shaders/reduce_core.wgsl reduce.
+    fn source_reduce(&self, value: &str) -> String {
+        let mut s = self.bindings();
+        s.push_str("fn reduce_input(i: u32) -> S {\n");
+        s.push_str(&self.body);
+        let _ = writeln!(s, "    return {value};\n}}");
         s
     }
 }

@@ -41,9 +41,27 @@ pub const ELEMENTWISE_WGSL: &str = concat!(
 pub const FUSED_WGSL: &str = concat!(
     include_str!("../../../shaders/elementwise_ops.wgsl"),
     "\n",
-    include_str!("../../../shaders/fused.wgsl")
+    include_str!("../../../shaders/fused.wgsl"),
+    "\n",
+    include_str!("../../../shaders/fused_map.wgsl")
 );
-pub const REDUCE_WGSL: &str = include_str!("../../../shaders/reduce.wgsl");
+/// The shared part of every fused reduction: the elementwise ops, fused.wgsl, the parameters
+/// of shaders/fused_reduce.wgsl and the reduction entry points of shaders/reduce_core.wgsl;
+/// the generated bindings and `reduce_input` follow.
+pub const FUSED_REDUCE_WGSL: &str = concat!(
+    include_str!("../../../shaders/elementwise_ops.wgsl"),
+    "\n",
+    include_str!("../../../shaders/fused.wgsl"),
+    "\n",
+    include_str!("../../../shaders/fused_reduce.wgsl"),
+    "\n",
+    include_str!("../../../shaders/reduce_core.wgsl")
+);
+pub const REDUCE_WGSL: &str = concat!(
+    include_str!("../../../shaders/reduce.wgsl"),
+    "\n",
+    include_str!("../../../shaders/reduce_core.wgsl")
+);
 pub const MATMUL_WGSL: &str = include_str!("../../../shaders/matmul.wgsl");
 pub const MOVEMENT_WGSL: &str = include_str!("../../../shaders/movement.wgsl");
 pub const CONV_WGSL: &str = include_str!("../../../shaders/conv.wgsl");
@@ -74,6 +92,15 @@ impl Default for FusedParams {
     fn default() -> Self {
         Zeroable::zeroed()
     }
+}
+
+/// `FusedReduceParams` of shaders/fused_reduce.wgsl: the reduction's parameters, then the
+/// expression's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct FusedReduceParams {
+    pub reduce: ReduceParams,
+    pub map: FusedParams,
 }
 
 /// `MoveParams` of shaders/movement.wgsl, field for field.
@@ -547,21 +574,31 @@ impl PipelineCache {
     }
 
     /// The compiled fused kernel of generated `source` reading `leaves` buffers (see
-    /// src/exec/gpu/fusion.rs), compiling it on first use.
+    /// src/exec/gpu/fusion.rs): an elementwise map (`reduce` false, entry point `fused`) or a
+    /// reduction of one (entry point `entry` of shaders/reduce_core.wgsl), compiled on first
+    /// use.
     pub fn get_fused(
         &mut self,
         device: &wgpu::Device,
         source: &str,
         leaves: usize,
+        reduce: bool,
+        entry: &str,
     ) -> Result<&Compiled, String> {
-        if !self.fused.contains_key(source) {
+        let key = format!("{entry}\n{source}");
+        if !self.fused.contains_key(&key) {
             let bindings = fused_bindings(leaves);
-            let code = format!("{}\n{FUSED_WGSL}\n{source}", self.prelude);
-            let compiled = compile(device, "fused", &code, "fused", &bindings)
+            let shared = if reduce {
+                FUSED_REDUCE_WGSL
+            } else {
+                FUSED_WGSL
+            };
+            let code = format!("{}\n{shared}\n{source}", self.prelude);
+            let compiled = compile(device, "fused", &code, entry, &bindings)
                 .map_err(|e| format!("{e}\ngenerated source:\n{source}"))?;
-            self.fused.insert(source.to_string(), compiled);
+            self.fused.insert(key.clone(), compiled);
         }
-        Ok(&self.fused[source])
+        Ok(&self.fused[&key])
     }
 
     /// The compiled kernel for `spec`, compiling it on first use. Errors (caught in a
@@ -657,6 +694,7 @@ mod tests {
     fn params_structs_match_wgsl_sizes() {
         assert_eq!(std::mem::size_of::<EwParams>(), 128);
         assert_eq!(std::mem::size_of::<FusedParams>(), 240);
+        assert_eq!(std::mem::size_of::<FusedReduceParams>(), 384);
         assert_eq!(std::mem::size_of::<ProbeParams>(), 16);
         assert_eq!(std::mem::size_of::<ReduceParams>(), 144);
         assert_eq!(std::mem::size_of::<MatmulParams>(), 16);
@@ -668,7 +706,8 @@ mod tests {
     }
 
     /// The sizes above are also what naga computes for the structs in the shader files, with
-    /// either prelude (f32 and f64); EwParams's `value` sits at byte 112 in both.
+    /// either prelude (f32 and f64); EwParams's `value` sits at byte 112 in both. Every shared
+    /// part parses (a fused reduction's with a stub for its generated part).
     #[test]
     fn params_structs_match_naga_layout() {
         let f64_only = [(
@@ -703,6 +742,11 @@ mod tests {
                 "FusedParams",
                 std::mem::size_of::<FusedParams>(),
             ),
+            (
+                FUSED_REDUCE_WGSL,
+                "FusedReduceParams",
+                std::mem::size_of::<FusedReduceParams>(),
+            ),
             (POOL_WGSL, "PoolParams", std::mem::size_of::<PoolParams>()),
             (
                 GATHER_WGSL,
@@ -720,8 +764,16 @@ mod tests {
             .flat_map(|c| [(SCALAR_F32_WGSL, *c), (SCALAR_F64_WGSL, *c)])
             .chain(f64_only.iter().map(|c| (SCALAR_F64_WGSL, *c)));
         for (prelude, (src, name, size)) in cases {
-            let module =
-                naga::front::wgsl::parse_str(&compose(prelude, src)).expect("shader parses");
+            // A fused reduction's shared part needs its generated `out` and `reduce_input`.
+            let stub = "@group(0) @binding(1) var<storage, read_write> out: array<S>;\n\
+                        fn reduce_input(i: u32) -> S { return S(0.0); }\n";
+            let src = if std::ptr::eq(src, FUSED_REDUCE_WGSL) {
+                format!("{src}\n{stub}")
+            } else {
+                src.to_string()
+            };
+            let module = naga::front::wgsl::parse_str(&compose(prelude, &src))
+                .unwrap_or_else(|e| panic!("{name}'s shader does not parse: {e}"));
             let mut layouter = naga::proc::Layouter::default();
             layouter
                 .update(module.to_ctx())
@@ -752,6 +804,7 @@ mod tests {
         assert!(MATMUL_WGSL.contains(&format!("const TILE: u32 = {MATMUL_TILE}u;")));
         for src in [
             FUSED_WGSL,
+            FUSED_REDUCE_WGSL,
             MOVEMENT_WGSL,
             CONV_WGSL,
             POOL_WGSL,

@@ -169,8 +169,8 @@ struct ParamsArena {
 /// A run's outputs and the (variable, buffer, shape) assignments it produced.
 type RunOutcome<T> = (Vec<ArrayD<T>>, Vec<(String, Rc<wgpu::Buffer>, Vec<usize>)>);
 
-/// The largest parameter block of any kernel (`FusedParams`), in bytes.
-const MAX_PARAMS_BYTES: u64 = 240;
+/// The largest parameter block of any kernel (`FusedReduceParams`), in bytes.
+const MAX_PARAMS_BYTES: u64 = 384;
 
 /// Where a kernel runs, for error messages: "kernel 'k' for node %i (op at 'label')".
 fn site(spec: &KernelSpec, id: usize, node: &Node) -> String {
@@ -690,7 +690,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
         vals: &[Option<Rc<wgpu::Buffer>>],
     ) -> Result<Rc<wgpu::Buffer>, ExecError> {
         let node = &graph.nodes()[i];
-        let shape = node.shape.dims();
         let numel = node.shape.numel();
         let at = format!(
             "fused kernel of {} ops for node %{i} ({} at '{}')",
@@ -698,38 +697,72 @@ impl<T: GpuScalar> GpuExecutor<T> {
             node.op.name(),
             node.label
         );
-        let mut p = kernels::FusedParams {
-            total: numel as u32,
-            rank: shape.len() as u32,
+        // The expression's shape: the map's output, or the reduction's input.
+        let expr_shape = match &f.reduce {
+            None => node.shape.dims(),
+            Some(r) => graph.shape(r.input).dims(),
+        };
+        let mut map = kernels::FusedParams {
+            total: expr_shape.iter().product::<usize>() as u32,
+            rank: expr_shape.len() as u32,
             ..Default::default()
         };
-        put(&mut p.shape, shape);
+        put(&mut map.shape, expr_shape);
         let mut reads = Vec::with_capacity(f.leaves.len());
         for (l, &leaf) in f.leaves.iter().enumerate() {
             put(
-                &mut p.strides[l],
-                &broadcast_strides(graph.shape(leaf).dims(), shape),
+                &mut map.strides[l],
+                &broadcast_strides(graph.shape(leaf).dims(), expr_shape),
             );
             reads.push(vals[leaf.0].clone().ok_or(ExecError::UnknownNode(leaf))?);
         }
+        let fused_reduce_params;
+        let (params, entry, groups): (&[u8], &str, u32) = match (&f.reduce, &node.op) {
+            (None, _) => (
+                bytemuck::bytes_of(&map),
+                "fused",
+                (numel as u32).div_ceil(WORKGROUP_SIZE),
+            ),
+            (Some(r), Op::ReduceSum { axes } | Op::ReduceMax { axes }) => {
+                let p = reduce_params(expr_shape, axes, numel);
+                let workgroup = p.n_red >= self.workgroup_min;
+                let entry = match (r.max, workgroup) {
+                    (false, false) => "reduce_sum_serial",
+                    (false, true) => "reduce_sum_workgroup",
+                    (true, false) => "reduce_max_serial",
+                    (true, true) => "reduce_max_workgroup",
+                };
+                let groups = if workgroup {
+                    p.total_out
+                } else {
+                    p.total_out.div_ceil(WORKGROUP_SIZE)
+                };
+                fused_reduce_params = kernels::FusedReduceParams { reduce: p, map };
+                (bytemuck::bytes_of(&fused_reduce_params), entry, groups)
+            }
+            (Some(_), op) => {
+                return Err(ExecError::Gpu(format!(
+                    "{at}: a fused reduction's root is {}, not a reduction",
+                    op.name()
+                )))
+            }
+        };
         let out = self.alloc(numel, &format!("%{i} fused at '{}'", node.label));
         let compiled = self
             .cache
-            .get_fused(&self.device, &f.source, f.leaves.len())
+            .get_fused(
+                &self.device,
+                &f.source,
+                f.leaves.len(),
+                f.reduce.is_some(),
+                entry,
+            )
             .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?
             .clone();
         let bindings = kernels::fused_bindings(f.leaves.len());
         let refs: Vec<&wgpu::Buffer> = reads.iter().map(|b| b.as_ref()).collect();
         self.dispatch_compiled(
-            pass,
-            &compiled,
-            &bindings,
-            "fused",
-            bytemuck::bytes_of(&p),
-            &refs,
-            &out,
-            (numel as u32).div_ceil(WORKGROUP_SIZE),
-            &at,
+            pass, &compiled, &bindings, "fused", params, &refs, &out, groups, &at,
         )?;
         Ok(out)
     }
@@ -1713,10 +1746,14 @@ mod tests {
             size_of::<SoftmaxParams>(),
             size_of::<kernels::ProbeParams>(),
             size_of::<kernels::FusedParams>(),
+            size_of::<kernels::FusedReduceParams>(),
         ] {
             assert!(size as u64 <= MAX_PARAMS_BYTES, "{size}");
         }
-        assert_eq!(size_of::<kernels::FusedParams>() as u64, MAX_PARAMS_BYTES);
+        assert_eq!(
+            size_of::<kernels::FusedReduceParams>() as u64,
+            MAX_PARAMS_BYTES
+        );
     }
 
     #[test]

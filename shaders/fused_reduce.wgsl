@@ -1,0 +1,26 @@
+// fused_reduce.wgsl: the parameters of a fused reduction: ReduceSum or ReduceMax (reduce.wgsl's
+// equations and dispatch, entry points in reduce_core.wgsl) of an elementwise expression e
+// (fused.wgsl), computed element by element as the reduction reads it.
+//
+// FusedReduceParams (384 bytes; mirrored by `FusedReduceParams` in src/exec/gpu/kernels.rs as a
+// ReduceParams followed by a FusedParams): the ReduceParams fields of reduce.wgsl (over the
+// shape of e, which is the reduction's input), then the fields of e (fused.wgsl's header).
+
+struct FusedReduceParams {
+    total_out: u32,
+    n_red: u32,
+    kept_rank: u32,
+    red_rank: u32,
+    kept_shape: array<vec4<u32>, 2>,
+    kept_strides: array<vec4<u32>, 2>,
+    red_shape: array<vec4<u32>, 2>,
+    red_strides: array<vec4<u32>, 2>,
+    total: u32,
+    rank: u32,
+    _pad0: u32,
+    _pad1: u32,
+    shape: array<vec4<u32>, 2>,
+    strides: array<vec4<u32>, 12>,
+}
+
+@group(0) @binding(0) var<uniform> params: FusedReduceParams;
