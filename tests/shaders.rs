@@ -1,6 +1,9 @@
-//! Every WGSL kernel file in `shaders/`, composed with each scalar prelude its executor uses
-//! (scalar_f32.wgsl, and scalar_f64.wgsl for the f64 executor), parses and validates with naga,
-//! so a broken shader is caught by a plain `cargo test` on a machine without a GPU. The f32
+//! Every WGSL module the executor compiles, composed as it composes them (each scalar prelude
+//! its executor uses: scalar_f32.wgsl, and scalar_f64.wgsl for the f64 executor; the kernel
+//! files, some of which are pieces shared by several modules; for the fused kernels, a
+//! generated part made by the fusion plan of a small graph), parses and validates with naga,
+//! so a broken shader is caught by a plain `cargo test` on a machine without a GPU. Every file
+//! in `shaders/` is part of some module checked here. The f32
 //! modules validate without naga's FLOAT64 capability (no f64 anywhere); the f64 modules need
 //! it, and call no f64 math builtin but sqrt and abs (SPIR-V defines exp, log, tanh, ... for
 //! 32-bit floats only; the f64 prelude builds them from + - * /).
@@ -40,6 +43,71 @@ fn shader_files() -> (Vec<(String, String)>, String, String) {
     )
 }
 
+/// The modules the executor compiles (without the prelude), by name; names ending in `_f64`
+/// exist in f64 only. The fused ones carry the generated part of a small graph's plan: a map
+/// over every unary op, a select, a broadcast and literals, and a reduction of such a map.
+fn modules() -> Vec<(String, String)> {
+    use darts::exec::gpu::fusion;
+    use darts::exec::gpu::kernels as k;
+    use darts::graph::{BinaryOp, Graph, UnaryOp};
+    let mut g = Graph::new();
+    let x = g.input("x", [2, 3]).unwrap();
+    let y = g.input("y", [3]).unwrap();
+    let mut acc = x;
+    for op in [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Recip,
+        UnaryOp::Square,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+        UnaryOp::Softplus,
+        UnaryOp::Step,
+    ] {
+        let u = g.unary(op, acc).unwrap();
+        acc = g.binary(BinaryOp::Max, u, y).unwrap();
+    }
+    let yb = g.broadcast_to(y, [2, 3]).unwrap();
+    let half = g.constant(0.5, [2, 3]).unwrap();
+    let c = g.binary(BinaryOp::Greater, acc, half).unwrap();
+    let map = g.select(c, acc, yb).unwrap();
+    let d = g.sub(x, y).unwrap();
+    let d2 = g.unary(UnaryOp::Square, d).unwrap();
+    let red = g.reduce_sum(d2, &[0]).unwrap();
+    let needed = vec![true; g.len()];
+    let plan = fusion::plan(&g, &needed, &[map, red], |v| v, fusion::MAX_LEAVES, true);
+    let generated = |root: darts::graph::NodeId| plan.fused[&root.0].source.clone();
+    assert!(
+        plan.fused[&map.0].ops > 20,
+        "the map fused: {}",
+        plan.fused[&map.0].ops
+    );
+    assert!(plan.fused[&red.0].reduce.is_some(), "the reduction fused");
+    vec![
+        ("elementwise".into(), k::ELEMENTWISE_WGSL.into()),
+        ("reduce".into(), k::REDUCE_WGSL.into()),
+        ("matmul".into(), k::MATMUL_WGSL.into()),
+        ("movement".into(), k::MOVEMENT_WGSL.into()),
+        ("conv".into(), k::CONV_WGSL.into()),
+        ("pool".into(), k::POOL_WGSL.into()),
+        ("gather".into(), k::GATHER_WGSL.into()),
+        ("softmax".into(), k::SOFTMAX_WGSL.into()),
+        ("probe_f64".into(), k::PROBE_F64_WGSL.into()),
+        (
+            "fused map".into(),
+            format!("{}\n{}", k::FUSED_WGSL, generated(map)),
+        ),
+        (
+            "fused reduction".into(),
+            format!("{}\n{}", k::FUSED_REDUCE_WGSL, generated(red)),
+        ),
+    ]
+}
+
 /// Parses and validates `prelude` + `src` (as the executor composes them), panicking with
 /// naga's message (line numbers count the prelude first).
 fn validate(
@@ -59,13 +127,13 @@ fn validate(
 
 #[test]
 fn every_shader_parses_and_validates() {
-    let (kernels, f32_prelude, f64_prelude) = shader_files();
-    let mut checked = Vec::new();
+    let (files, f32_prelude, f64_prelude) = shader_files();
     // The preludes alone (no entry point).
     validate("scalar_f32.wgsl", &f32_prelude, "", Capabilities::default());
     validate("scalar_f64.wgsl", &f64_prelude, "", Capabilities::FLOAT64);
-    for (name, src) in &kernels {
-        if !name.ends_with("_f64.wgsl") {
+    let modules = modules();
+    for (name, src) in &modules {
+        if !name.ends_with("_f64") {
             let (m, _) = validate(
                 &format!("{name} (f32)"),
                 &f32_prelude,
@@ -81,24 +149,15 @@ fn every_shader_parses_and_validates() {
             Capabilities::FLOAT64,
         );
         assert!(!m.entry_points.is_empty(), "{name} has no entry point");
-        checked.push(name.clone());
     }
-    for want in [
-        "elementwise.wgsl",
-        "matmul.wgsl",
-        "reduce.wgsl",
-        "conv.wgsl",
-        "pool.wgsl",
-        "gather.wgsl",
-        "movement.wgsl",
-        "softmax.wgsl",
-        "probe_f64.wgsl",
-    ] {
+    // Every file is part of a module checked above.
+    for (file, text) in &files {
         assert!(
-            checked.iter().any(|c| c == want),
-            "shaders/{want} was not found among {checked:?}"
+            modules.iter().any(|(_, src)| src.contains(text.trim())),
+            "shaders/{file} is in no module the executor compiles"
         );
     }
+    assert!(files.len() >= 14, "only {} shader files found", files.len());
 }
 
 /// The f64 math builtins the f64 kernels may call: sqrt (IEEE 754 correctly rounded) and abs
@@ -130,9 +189,9 @@ fn f64_math_calls(module: &naga::Module, info: &ModuleInfo) -> Vec<naga::MathFun
 
 #[test]
 fn f64_kernels_call_no_f64_transcendental_builtin() {
-    let (kernels, _, f64_prelude) = shader_files();
+    let (_, _, f64_prelude) = shader_files();
     let mut all = Vec::new();
-    for (name, src) in &kernels {
+    for (name, src) in &modules() {
         let (module, info) = validate(name, &f64_prelude, src, Capabilities::FLOAT64);
         let calls = f64_math_calls(&module, &info);
         for fun in &calls {
