@@ -338,10 +338,11 @@ impl Builder<'_> {
     /// the rules allow; absorbed nodes are pushed to `absorbed`. `reserve` counts the inputs
     /// of the nodes above `j` still to be written, each of which may need a leaf.
     ///
-    /// Invariant: leaves bound + inputs still to be written (here and above) <= max_leaves.
-    /// It holds at the root (at most 3 inputs, max_leaves >= 3); writing an input as a leaf or
-    /// literal keeps it; absorbing input `k` replaces one pending input by `k`'s inputs, which
-    /// [`Self::room_for`] allows only while the sum stays within the cap.
+    /// Invariant: leaves bound + inputs still to be written (here and above) that may need a
+    /// new leaf <= max_leaves. It holds at the root (at most 3 inputs, max_leaves >= 3);
+    /// writing an input as a literal or as an already bound leaf takes no slot, as a new leaf
+    /// one slot it was counted for; absorbing input `k` replaces one pending input by `k`'s
+    /// inputs, which [`Self::room_for`] allows only while the sum stays within the cap.
     fn expr(
         &mut self,
         j: usize,
@@ -355,7 +356,15 @@ impl Builder<'_> {
         let mut args = Vec::with_capacity(node.inputs.len());
         for (p, k) in node.inputs.iter().enumerate() {
             let k = k.0;
-            let later = reserve + node.inputs.len() - p - 1;
+            // Inputs still to be written after this one that may need a new leaf: not a
+            // literal, not a buffer bound already (counted once if repeated).
+            let mut pending: Vec<NodeId> = Vec::new();
+            for q in &node.inputs[p + 1..] {
+                if !literal_const(q.0) && !self.leaves.contains(q) && !pending.contains(q) {
+                    pending.push(*q);
+                }
+            }
+            let later = reserve + pending.len();
             let arg = if let (true, Op::Const { value, .. }) =
                 (literal_const(k), &self.graph.nodes()[k].op)
             {
