@@ -48,6 +48,7 @@ fn main() {
     let mut keep = vec![sg.loss_train];
     keep.extend(sg.assign.iter().map(|(n, _)| *n));
     let (needed, _) = darts::exec::liveness(&sg.graph, &keep).unwrap();
+    let t = std::time::Instant::now();
     let plan = fusion::plan(
         &sg.graph,
         &needed,
@@ -56,6 +57,7 @@ fn main() {
         fusion::MAX_LEAVES,
         true,
     );
+    let plan_seconds = t.elapsed().as_secs_f64();
     let free = |op: &Op| matches!(op, Op::Input { .. } | Op::Reshape { .. });
     let unfused = sg
         .graph
@@ -67,7 +69,8 @@ fn main() {
     let kernels: std::collections::BTreeSet<&str> =
         plan.fused.values().map(|f| f.source.as_str()).collect();
     println!(
-        "dispatches: {unfused} unfused, {} fused ({} distinct fused kernels, largest {} ops)",
+        "dispatches: {unfused} unfused, {} fused ({} distinct fused kernels, largest {} ops; \
+         planned in {plan_seconds:.3} s)",
         unfused - plan.saved(),
         kernels.len(),
         plan.fused.values().map(|f| f.ops).max().unwrap_or(0)

@@ -23,21 +23,22 @@
 //   total:   u32                       number of elements of e's shape
 //   rank:    u32                       number of axes used in shape/strides (<= MAX_RANK)
 //   shape:   array<vec4<u32>, 2>       e's extents, axis d at [d / 4][d % 4]
-//   strides: array<vec4<u32>, 12>      strides of leaf l, axis d at [2 l + d / 4][d % 4]
-//                                      (MAX_LEAVES = 6 leaves)
+//   strides: array<vec4<u32>, 12>      strides of the s-th strided leaf, axis d at
+//                                      [2 s + d / 4][d % 4] (MAX_STRIDED = 6; a leaf of e's shape
+//                                      needs none)
 
 const WORKGROUP_SIZE: u32 = 256u;
 const MAX_RANK: u32 = 8u;
 
-// off_l(i) for leaf l.
-fn leaf_offset(l: u32, i: u32) -> u32 {
+// off(i) for the s-th strided leaf.
+fn leaf_offset(s: u32, i: u32) -> u32 {
     var rem = i;
     var off = 0u;
     let rank = min(params.rank, MAX_RANK);
     for (var k = 0u; k < rank; k++) {
         let d = rank - 1u - k;
         let n = params.shape[d / 4u][d % 4u];
-        off += (rem % n) * params.strides[2u * l + d / 4u][d % 4u];
+        off += (rem % n) * params.strides[2u * s + d / 4u][d % 4u];
         rem = rem / n;
     }
     return off;

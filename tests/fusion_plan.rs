@@ -61,9 +61,10 @@ fn a_chain_becomes_one_kernel() {
     assert_eq!(p.fused.len(), 1);
     let f = &p.fused[&y.0];
     assert_eq!(f.leaves, vec![x, w, b]);
+    assert_eq!(f.strided, vec![1], "only w is broadcast: stride slot 0");
     assert_eq!(f.ops, 4);
     assert!(f.source.contains("S(0x1.0000000000000p1)"), "{}", f.source);
-    assert!(f.source.contains("in1[leaf_offset(1u, i)]"), "{}", f.source);
+    assert!(f.source.contains("in1[leaf_offset(0u, i)]"), "{}", f.source);
     assert!(f.source.contains("in0[i]"), "{}", f.source);
     assert_eq!(p.saved(), 4, "the constant and three absorbed nodes");
     for k in [x, w, b] {
@@ -110,7 +111,7 @@ fn kept_values_stay_and_shared_values_are_recomputed() {
     assert_eq!(p.fused[&out.0].ops, 2, "add, mul");
     assert_eq!(p.fused[&kept.0].leaves, vec![e]);
     assert_eq!(p.fused[&big.0].leaves, vec![m, x]);
-    assert!(p.fused[&big.0].source.contains("in1[leaf_offset(1u, i)]"));
+    assert!(p.fused[&big.0].source.contains("in1[leaf_offset(0u, i)]"));
     assert_eq!(
         p.fused[&z.0].leaves,
         vec![sq, x],
@@ -154,7 +155,7 @@ fn reductions_absorb_their_input() {
         "{}",
         v.source
     );
-    assert!(v.source.contains("in1[leaf_offset(1u, i)]"), "{}", v.source);
+    assert!(v.source.contains("in1[leaf_offset(0u, i)]"), "{}", v.source);
     let k = &p.fused[&cs.0];
     assert!(k.leaves.is_empty() && k.source.contains("S(0x1.0000000000000p1)"));
     assert!(

@@ -536,3 +536,55 @@ fn gpu_fusion_is_on_by_default() {
     assert_eq!(unfused, got);
     assert_eq!(gpu.run_timing().dispatches, 4);
 }
+
+/// A sum of 11 inputs, 8 of them broadcast: more buffers than WebGPU's guaranteed 7 reads and
+/// more broadcast leaves than the 6 stride slots, so the plan fills a kernel to the adapter's
+/// limits and splits the rest. Small integers make every sum exact: the GPU must equal the
+/// CPU bit for bit, and it takes far fewer dispatches than the 10 additions.
+#[test]
+fn gpu_wide_kernels_bind_many_leaves() {
+    let Some(mut gpu) = common::gpu_executor("gpu_wide_kernels_bind_many_leaves") else {
+        return;
+    };
+    let shapes: [&[usize]; 11] = [
+        &[2, 3, 4],
+        &[4],
+        &[3, 1],
+        &[2, 3, 4],
+        &[1, 4],
+        &[2, 1, 1],
+        &[3, 4],
+        &[2, 3, 4],
+        &[1, 1, 4],
+        &[2, 1, 4],
+        &[1],
+    ];
+    let mut g = Graph::new();
+    let mut inputs = Inputs::new();
+    let mut acc = None;
+    for (k, s) in shapes.iter().enumerate() {
+        let name = format!("x{k}");
+        let x = g.input(name.clone(), s.to_vec()).unwrap();
+        let n: usize = s.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 7 + k * 3) % 11) as f32 - 5.0)
+            .collect();
+        inputs.push((name, ArrayD::from_shape_vec(IxDyn(s), v).unwrap()));
+        acc = Some(match acc {
+            None => x,
+            Some(a) => g.add2(a, x).unwrap(),
+        });
+    }
+    let y = acc.unwrap();
+    let want = CpuExecutor::<f64>::new()
+        .run(&g, &feeds_f64(&inputs, false), &[y])
+        .unwrap()
+        .remove(0);
+    let got = gpu.run(&g, &feeds_f32(&inputs), &[y]).unwrap().remove(0);
+    for (a, b) in got.iter().zip(want.iter()) {
+        assert_eq!(f64::from(*a), *b);
+    }
+    let t = gpu.run_timing();
+    println!("11-input sum: {t}");
+    assert!(t.dispatches <= 3, "{t}");
+}

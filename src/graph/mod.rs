@@ -58,14 +58,47 @@ pub type Result<T> = std::result::Result<T, GraphError>;
 /// A computation graph of primitive ops.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
+    /// Unique to this graph value (a clone gets its own); with [`Graph::len`] it names the
+    /// node list exactly, since nodes are only ever appended.
+    id: GraphId,
     nodes: Vec<Node>,
     scope: Vec<String>,
     inputs: HashMap<String, NodeId>,
 }
 
+/// A process-unique graph identity: every new or cloned graph draws the next number.
+#[derive(Debug, PartialEq, Eq)]
+struct GraphId(u64);
+
+impl GraphId {
+    fn next() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        GraphId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Default for GraphId {
+    fn default() -> Self {
+        GraphId::next()
+    }
+}
+
+impl Clone for GraphId {
+    fn clone(&self) -> Self {
+        GraphId::next()
+    }
+}
+
 impl Graph {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// `(identity, length)`: equal for two calls exactly when they see the same graph value
+    /// with the same nodes (graphs only grow, and a clone has its own identity), so an
+    /// executor may cache what it derives from a graph under this key.
+    pub fn version(&self) -> (u64, usize) {
+        (self.id.0, self.nodes.len())
     }
 
     pub fn len(&self) -> usize {

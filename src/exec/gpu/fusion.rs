@@ -16,7 +16,8 @@
 //! 1. `j` is elementwise and every use of `j` is by an elementwise node or a reduction
 //!    (`ReduceSum`, `ReduceMax`),
 //! 2. `j` is not an output or an assigned node of the run, and
-//! 3. the kernel stays within [`MAX_LEAVES`] buffers read and [`MAX_OPS`] operations.
+//! 3. the kernel stays within [`MAX_LEAVES`] buffers read (at most [`MAX_STRIDED`] of them
+//!    broadcast) and [`MAX_OPS`] operations.
 //!
 //! Any elementwise node with a single use of its own shape (or by a reduction) may be absorbed.
 //! A value with several uses is recomputed by each kernel that absorbs it, and a value of a
@@ -55,9 +56,13 @@ use crate::graph::{Graph, NodeId, Op};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-/// Most buffers one fused kernel reads (plus one it writes; WebGPU guarantees 8 storage
-/// buffers per shader stage).
-pub const MAX_LEAVES: usize = 6;
+/// Most buffers one fused kernel reads (plus one it writes), where the adapter allows
+/// (WebGPU guarantees 8 storage buffers per shader stage, so 7 there; lavapipe offers 32).
+pub const MAX_LEAVES: usize = 12;
+
+/// Most leaves of a kernel read with broadcast strides (the rest have the expression's shape
+/// and are read at the element's own index): the stride slots of `FusedParams`.
+pub const MAX_STRIDED: usize = 6;
 
 /// Most operations (absorbed nodes and the root) in one fused kernel.
 pub const MAX_OPS: usize = 48;
@@ -76,6 +81,8 @@ pub struct FusedReduce {
 pub struct Fused {
     /// Buffers read, in binding order (bindings 1 ..= L; the output is binding L + 1).
     pub leaves: Vec<NodeId>,
+    /// The leaves (indices into `leaves`) read with broadcast strides, in stride-slot order.
+    pub strided: Vec<usize>,
     /// The generated WGSL (bindings and entry point `fused`; the element prelude, the shared
     /// header and the elementwise ops are prepended by the pipeline cache).
     pub source: String,
@@ -260,10 +267,18 @@ pub fn plan(
                 temps: 0,
                 ops: 1,
                 max_leaves,
+                strided: Vec::new(),
             };
             let mut absorbed = Vec::new();
             let value = match reduce {
-                None => b.expr(r, 0, &absorbable, &literal_const, &round, &mut absorbed),
+                None => b.expr(
+                    r,
+                    (0, 0),
+                    &absorbable,
+                    &literal_const,
+                    &round,
+                    &mut absorbed,
+                ),
                 Some(f) => match &nodes[f.input.0].op {
                     Op::Const { value, .. } if literal_const(f.input.0) => literal(round(*value)),
                     _ => {
@@ -271,7 +286,7 @@ pub fn plan(
                         absorbed.push(f.input.0);
                         b.expr(
                             f.input.0,
-                            0,
+                            (0, 0),
                             &absorbable,
                             &literal_const,
                             &round,
@@ -294,6 +309,7 @@ pub fn plan(
                 r,
                 Fused {
                     leaves: b.leaves,
+                    strided: b.strided,
                     source,
                     ops: b.ops,
                     reduce,
@@ -331,22 +347,27 @@ struct Builder<'g> {
     temps: usize,
     ops: usize,
     max_leaves: usize,
+    /// Leaves read with broadcast strides (indices into `leaves`), in stride-slot order.
+    strided: Vec<usize>,
 }
 
 impl Builder<'_> {
     /// The WGSL value of node `j` (emitting the statements that compute it), absorbing what
     /// the rules allow; absorbed nodes are pushed to `absorbed`. `reserve` counts the inputs
-    /// of the nodes above `j` still to be written, each of which may need a leaf.
+    /// of the nodes above `j` still to be written that may need a new leaf, and of those the
+    /// ones that would be read with strides (not of the expression's shape).
     ///
-    /// Invariant: leaves bound + inputs still to be written (here and above) that may need a
-    /// new leaf <= max_leaves. It holds at the root (at most 3 inputs, max_leaves >= 3);
-    /// writing an input as a literal or as an already bound leaf takes no slot, as a new leaf
-    /// one slot it was counted for; absorbing input `k` replaces one pending input by `k`'s
-    /// inputs, which [`Self::room_for`] allows only while the sum stays within the cap.
+    /// Invariant: leaves bound + pending inputs that may need a new leaf <= max_leaves, and
+    /// strided leaves bound + pending inputs that would need a new strided leaf <=
+    /// MAX_STRIDED. It holds at the root (at most 3 inputs, max_leaves >= 3); writing an input
+    /// as a literal or an already bound leaf takes no slot, as a new leaf the slot it was
+    /// counted for (an input of the expression's shape is never strided); absorbing input `k`
+    /// replaces one pending input by `k`'s inputs, which [`Self::room_for`] allows only while
+    /// both sums stay within their caps.
     fn expr(
         &mut self,
         j: usize,
-        reserve: usize,
+        reserve: (usize, usize),
         absorbable: &impl Fn(usize, usize) -> bool,
         literal_const: &impl Fn(usize) -> bool,
         round: &impl Fn(f64) -> f64,
@@ -364,7 +385,8 @@ impl Builder<'_> {
                     pending.push(*q);
                 }
             }
-            let later = reserve + pending.len();
+            let strided = pending.iter().filter(|q| !self.full(**q)).count();
+            let later = (reserve.0 + pending.len(), reserve.1 + strided);
             let arg = if let (true, Op::Const { value, .. }) =
                 (literal_const(k), &self.graph.nodes()[k].op)
             {
@@ -397,10 +419,19 @@ impl Builder<'_> {
     }
 
     /// Whether absorbing node `k` keeps the kernel within its limits, counting each of `k`'s
-    /// inputs and the `later` inputs still to be written as a new leaf (the worst case).
-    fn room_for(&self, k: usize, later: usize) -> bool {
-        let inputs = self.graph.nodes()[k].inputs.len();
-        self.ops < MAX_OPS && self.leaves.len() + inputs + later <= self.max_leaves
+    /// inputs and the `later` inputs still to be written as a new leaf, strided unless of the
+    /// expression's shape (the worst case).
+    fn room_for(&self, k: usize, later: (usize, usize)) -> bool {
+        let inputs = &self.graph.nodes()[k].inputs;
+        let strided = inputs.iter().filter(|q| !self.full(**q)).count();
+        self.ops < MAX_OPS
+            && self.leaves.len() + inputs.len() + later.0 <= self.max_leaves
+            && self.strided.len() + strided + later.1 <= MAX_STRIDED
+    }
+
+    /// Whether node `k` has the expression's shape (a leaf of it is read at index i).
+    fn full(&self, k: NodeId) -> bool {
+        self.graph.shape(k) == self.graph.shape(NodeId(self.shape_node))
     }
 
     /// The load of buffer `k` (bound once however often it is read).
@@ -412,12 +443,17 @@ impl Builder<'_> {
                 self.leaves.len() - 1
             }
         };
-        let full = self.graph.shape(k) == self.graph.shape(NodeId(self.shape_node));
-        if full {
-            format!("in{slot}[i]")
-        } else {
-            format!("in{slot}[leaf_offset({slot}u, i)]")
+        if self.full(k) {
+            return format!("in{slot}[i]");
         }
+        let ordinal = match self.strided.iter().position(|&l| l == slot) {
+            Some(o) => o,
+            None => {
+                self.strided.push(slot);
+                self.strided.len() - 1
+            }
+        };
+        format!("in{slot}[leaf_offset({ordinal}u, i)]")
     }
 
     /// The bindings of the leaves and the output.

@@ -85,7 +85,7 @@ pub struct FusedParams {
     pub rank: u32,
     pub _pad: [u32; 2],
     pub shape: [u32; MAX_RANK],
-    pub strides: [[u32; MAX_RANK]; super::fusion::MAX_LEAVES],
+    pub strides: [[u32; MAX_RANK]; super::fusion::MAX_STRIDED],
 }
 
 impl Default for FusedParams {
@@ -818,7 +818,7 @@ mod tests {
         assert!(FUSED_WGSL.contains(&format!("const MAX_RANK: u32 = {MAX_RANK}u;")));
         assert!(FUSED_WGSL.contains(&format!(
             "strides: array<vec4<u32>, {}>,",
-            2 * super::super::fusion::MAX_LEAVES
+            2 * super::super::fusion::MAX_STRIDED
         )));
     }
 }

@@ -89,6 +89,8 @@ pub struct GpuExecutor<T: GpuScalar = f32> {
     workgroup_min: u32,
     /// Run chains of elementwise nodes as fused kernels (see [`fusion`]; on by default).
     fusion: bool,
+    /// The liveness and fusion plan of the last graph run, reused while it is run again.
+    plan_cache: Option<(PlanKey, Rc<Vec<bool>>, Rc<fusion::FusionPlan>)>,
     /// Errors wgpu reports outside any error scope (there should be none).
     uncaptured: Arc<Mutex<Vec<String>>>,
     /// Variables (see [`Executor`]): device buffers and their shapes, kept between runs.
@@ -101,6 +103,16 @@ pub struct GpuExecutor<T: GpuScalar = f32> {
     /// Where the time of the last run went (see [`RunTiming`]).
     timing: RunTiming,
     elem: PhantomData<T>,
+}
+
+/// What a run's plan depends on: the graph's nodes (`Graph::version`), the nodes kept
+/// (outputs and assigned) and whether fusion is on. The adapter's limits and the element type
+/// are fixed for an executor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PlanKey {
+    graph: (u64, usize),
+    keep: Vec<NodeId>,
+    fusion: bool,
 }
 
 /// Where the wall-clock time of one run went, host side: uploading the feeds, recording the
@@ -427,6 +439,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             max_workgroups_per_dim,
             workgroup_min: REDUCE_WORKGROUP_MIN,
             fusion: true,
+            plan_cache: None,
             uncaptured,
             vars: HashMap::new(),
             params: ParamsArena::default(),
@@ -709,12 +722,14 @@ impl<T: GpuScalar> GpuExecutor<T> {
         };
         put(&mut map.shape, expr_shape);
         let mut reads = Vec::with_capacity(f.leaves.len());
-        for (l, &leaf) in f.leaves.iter().enumerate() {
-            put(
-                &mut map.strides[l],
-                &broadcast_strides(graph.shape(leaf).dims(), expr_shape),
-            );
+        for &leaf in &f.leaves {
             reads.push(vals[leaf.0].clone().ok_or(ExecError::UnknownNode(leaf))?);
+        }
+        for (ordinal, &l) in f.strided.iter().enumerate() {
+            put(
+                &mut map.strides[ordinal],
+                &broadcast_strides(graph.shape(f.leaves[l]).dims(), expr_shape),
+            );
         }
         let fused_reduce_params;
         let (params, entry, groups): (&[u8], &str, u32) = match (&f.reduce, &node.op) {
@@ -1623,19 +1638,33 @@ impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
         check_assign(graph, assign, |n| self.var_shape(n))?;
         let mut keep = outputs.to_vec();
         keep.extend(assign.iter().map(|(n, _)| *n));
-        let (needed, _) = liveness(graph, &keep)?;
-        self.check_supported(graph, &needed)?;
-        let max_leaves = (self.limits.max_storage_buffers_per_shader_stage as usize)
-            .saturating_sub(1)
-            .min(fusion::MAX_LEAVES);
-        let plan = fusion::plan(
-            graph,
-            &needed,
-            &keep,
-            |v| T::of(v).as_f64(),
-            max_leaves,
-            self.fusion && max_leaves >= 3,
-        );
+        // The same graph with the same outputs every step: plan once (see `PlanKey`).
+        let key = PlanKey {
+            graph: graph.version(),
+            keep: keep.clone(),
+            fusion: self.fusion,
+        };
+        let cached = match self.plan_cache.take() {
+            Some((k, needed, plan)) if k == key => (needed, plan),
+            _ => {
+                let (needed, _) = liveness(graph, &keep)?;
+                self.check_supported(graph, &needed)?;
+                let max_leaves = (self.limits.max_storage_buffers_per_shader_stage as usize)
+                    .saturating_sub(1)
+                    .min(fusion::MAX_LEAVES);
+                let plan = fusion::plan(
+                    graph,
+                    &needed,
+                    &keep,
+                    |v| T::of(v).as_f64(),
+                    max_leaves,
+                    self.fusion && max_leaves >= 3,
+                );
+                (Rc::new(needed), Rc::new(plan))
+            }
+        };
+        self.plan_cache = Some((key, cached.0.clone(), cached.1.clone()));
+        let (needed, plan) = cached;
         check_indices(graph, feeds, &self.vars, &needed)?;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
