@@ -189,3 +189,19 @@ fn leaf_cap_splits_kernels() {
     let computed: usize = p.fused.values().map(|f| f.ops).sum();
     assert_eq!(computed, 9, "every add computed exactly once");
 }
+
+/// `Graph::version`, the key the GPU executor caches plans under: the same while nothing is
+/// appended, one longer per node, and a clone has its own identity.
+#[test]
+fn graph_version_names_the_node_list() {
+    let mut g = Graph::new();
+    let x = g.input("x", [2]).unwrap();
+    let v = g.version();
+    assert_eq!(g.version(), v);
+    g.unary(UnaryOp::Neg, x).unwrap();
+    assert_eq!(g.version(), (v.0, v.1 + 1));
+    let h = g.clone();
+    assert_ne!(h.version().0, g.version().0);
+    assert_eq!(h.version().1, g.version().1);
+    assert_ne!(Graph::new().version().0, Graph::new().version().0);
+}

@@ -588,3 +588,56 @@ fn gpu_wide_kernels_bind_many_leaves() {
     println!("11-input sum: {t}");
     assert!(t.dispatches <= 3, "{t}");
 }
+
+/// The executor plans a graph once and reuses the plan while the same graph runs again
+/// (`Graph::version`): a node appended to the graph, a clone grown differently, other outputs
+/// and fusion turned off each get a fresh plan, so every run returns its own graph's values.
+#[test]
+fn gpu_plan_cache_follows_graph_changes() {
+    let Some(mut gpu) = common::gpu_executor("gpu_plan_cache_follows_graph_changes") else {
+        return;
+    };
+    let mut g = Graph::new();
+    let x = g.input("x", [4]).unwrap();
+    let y = g.unary(UnaryOp::Square, x).unwrap();
+    let mut feeds = Feeds::<f32>::new();
+    feeds.insert(
+        "x",
+        ArrayD::from_shape_vec(IxDyn(&[4]), vec![1.0, -2.0, 3.0, 0.5]).unwrap(),
+    );
+    let run = |gpu: &mut darts::exec::gpu::GpuExecutor, g: &Graph, out: NodeId| -> Vec<f32> {
+        gpu.run(g, &feeds, &[out])
+            .unwrap()
+            .remove(0)
+            .iter()
+            .copied()
+            .collect()
+    };
+    assert_eq!(run(&mut gpu, &g, y), vec![1.0, 4.0, 9.0, 0.25]);
+    assert_eq!(
+        run(&mut gpu, &g, y),
+        vec![1.0, 4.0, 9.0, 0.25],
+        "the cached plan"
+    );
+    let (id, len) = g.version();
+    let mut h = g.clone();
+    assert_ne!(h.version().0, id, "a clone has its own identity");
+    let z = g.unary(UnaryOp::Neg, y).unwrap();
+    assert_eq!(g.version(), (id, len + 1));
+    assert_eq!(
+        run(&mut gpu, &g, y),
+        vec![1.0, 4.0, 9.0, 0.25],
+        "the grown graph"
+    );
+    assert_eq!(
+        run(&mut gpu, &g, z),
+        vec![-1.0, -4.0, -9.0, -0.25],
+        "other outputs"
+    );
+    let w = h.unary(UnaryOp::Relu, x).unwrap(); // same length as g's z, other node
+    assert_eq!(w, z);
+    assert_eq!(run(&mut gpu, &h, w), vec![1.0, 0.0, 3.0, 0.5]);
+    gpu.set_fusion(false);
+    assert_eq!(run(&mut gpu, &h, w), vec![1.0, 0.0, 3.0, 0.5]);
+    assert_eq!(gpu.run_timing().fused_away, 0, "fusion off: a fresh plan");
+}
