@@ -29,17 +29,7 @@ fn main() {
     let sg = StepGraph::build(&cfg, &shape, &shape, order, &StepHyper::reference()).unwrap();
     let mut by: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     for n in sg.graph.nodes() {
-        let kind = match &n.op {
-            Op::Unary(u) => format!("unary {u:?}"),
-            Op::Binary(b) => format!("binary {b:?}"),
-            op => op
-                .name()
-                .split(['(', '[', ' '])
-                .next()
-                .unwrap_or("?")
-                .to_string(),
-        };
-        let e = by.entry(kind).or_default();
+        let e = by.entry(kind_of(&n.op)).or_default();
         e.0 += 1;
         e.1 += n.shape.numel() as u64;
     }

@@ -27,7 +27,8 @@
 //   r = (nb * oh + y) * ow + x,   nb = r / (oh ow),  y = (r / ow) % oh,  x = r % ow,
 // invocation t sums r = t, t + WORKGROUP_SIZE, t + 2 WORKGROUP_SIZE, ... (consecutive
 // invocations read consecutive x: coalesced), then a binary tree over workgroup memory adds the
-// WORKGROUP_SIZE partial sums. Still a fixed order (runs repeat exactly), and still a summation
+// WORKGROUP_SIZE partial sums (workgroup_sum of workgroup_tree.wgsl, appended to this file).
+// Still a fixed order (runs repeat exactly), and still a summation
 // tree of the same K products, so the error bound gamma_K(u) sum |a b| holds unchanged
 // (Higham, ch. 4; the tree is in fact shallower: depth K / WORKGROUP_SIZE + log2 WORKGROUP_SIZE).
 //
@@ -84,8 +85,6 @@ struct ConvParams {
 @group(0) @binding(1) var<storage, read> a: array<S>;
 @group(0) @binding(2) var<storage, read> b: array<S>;
 @group(0) @binding(3) var<storage, read_write> out: array<S>;
-
-var<workgroup> partial: array<S, WORKGROUP_SIZE>;
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WORKGROUP_SIZE + lid;
@@ -255,15 +254,8 @@ fn conv2d_weight_grad_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
         let gv = b[(nb * params.o + oc) * plane + r % plane];
         acc += xv * gv;
     }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var s = WORKGROUP_SIZE / 2u; s > 0u; s = s / 2u) {
-        if lid < s {
-            partial[lid] += partial[lid + s];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(lid, acc);
     if lid == 0u {
-        out[idx] = partial[0];
+        out[idx] = total;
     }
 }

@@ -2,9 +2,8 @@
 // the header of reduce.wgsl). Appended to reduce.wgsl (input from a buffer) or to
 // fused_reduce.wgsl (input computed by a generated reduce_input); either defines WORKGROUP_SIZE,
 // MAX_RANK, `params` with the ReduceParams fields, `out` and reduce_input(i), the value of the
-// input's element of flat index i.
-
-var<workgroup> partial: array<S, WORKGROUP_SIZE>;
+// input's element of flat index i; workgroup_tree.wgsl (workgroup_sum, workgroup_max) comes
+// with it.
 
 fn base_offset(o: u32) -> u32 {
     var rem = o;
@@ -59,24 +58,10 @@ fn reduce_sum_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     for (var r = lid; r < params.n_red; r += WORKGROUP_SIZE) {
         acc += reduce_input(base + red_offset(r));
     }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var s = WORKGROUP_SIZE / 2u; s > 0u; s = s / 2u) {
-        if lid < s {
-            partial[lid] += partial[lid + s];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(lid, acc);
     if lid == 0u {
-        out[o] = partial[0];
+        out[o] = total;
     }
-}
-
-fn max_nan(m: S, v: S) -> S {
-    if is_nan(v) || v > m {
-        return v;
-    }
-    return m;
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -106,15 +91,8 @@ fn reduce_max_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     for (var r = lid; r < params.n_red; r += WORKGROUP_SIZE) {
         m = max_nan(m, reduce_input(base + red_offset(r)));
     }
-    partial[lid] = m;
-    workgroupBarrier();
-    for (var s = WORKGROUP_SIZE / 2u; s > 0u; s = s / 2u) {
-        if lid < s {
-            partial[lid] = max_nan(partial[lid], partial[lid + s]);
-        }
-        workgroupBarrier();
-    }
+    let top = workgroup_max(lid, m);
     if lid == 0u {
-        out[o] = partial[0];
+        out[o] = top;
     }
 }

@@ -55,16 +55,24 @@ pub const FUSED_REDUCE_WGSL: &str = concat!(
     "\n",
     include_str!("../../../shaders/fused_reduce.wgsl"),
     "\n",
-    include_str!("../../../shaders/reduce_core.wgsl")
+    include_str!("../../../shaders/reduce_core.wgsl"),
+    "\n",
+    include_str!("../../../shaders/workgroup_tree.wgsl")
 );
 pub const REDUCE_WGSL: &str = concat!(
     include_str!("../../../shaders/reduce.wgsl"),
     "\n",
-    include_str!("../../../shaders/reduce_core.wgsl")
+    include_str!("../../../shaders/reduce_core.wgsl"),
+    "\n",
+    include_str!("../../../shaders/workgroup_tree.wgsl")
 );
 pub const MATMUL_WGSL: &str = include_str!("../../../shaders/matmul.wgsl");
 pub const MOVEMENT_WGSL: &str = include_str!("../../../shaders/movement.wgsl");
-pub const CONV_WGSL: &str = include_str!("../../../shaders/conv.wgsl");
+pub const CONV_WGSL: &str = concat!(
+    include_str!("../../../shaders/conv.wgsl"),
+    "\n",
+    include_str!("../../../shaders/workgroup_tree.wgsl")
+);
 pub const POOL_WGSL: &str = include_str!("../../../shaders/pool.wgsl");
 pub const GATHER_WGSL: &str = include_str!("../../../shaders/gather.wgsl");
 pub const SOFTMAX_WGSL: &str = include_str!("../../../shaders/softmax.wgsl");
