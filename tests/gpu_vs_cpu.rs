@@ -51,20 +51,7 @@ const FLUSH: f64 = 1.1754943508222875e-38;
 /// Workgroups per dispatch dimension in the 2-D dispatch cases.
 const TEST_DISPATCH_CAP: u32 = 16;
 
-const UNARY_OPS: [UnaryOp; 12] = [
-    UnaryOp::Neg,
-    UnaryOp::Exp,
-    UnaryOp::Log,
-    UnaryOp::Sqrt,
-    UnaryOp::Rsqrt,
-    UnaryOp::Recip,
-    UnaryOp::Square,
-    UnaryOp::Tanh,
-    UnaryOp::Sigmoid,
-    UnaryOp::Relu,
-    UnaryOp::Softplus,
-    UnaryOp::Step,
-];
+const UNARY_OPS: [UnaryOp; 12] = UnaryOp::ALL;
 
 const BINARY_OPS: [BinaryOp; 7] = [
     BinaryOp::Add,

@@ -58,20 +58,7 @@ fn broadcast_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
     })
 }
 
-const UNARY: [UnaryOp; 12] = [
-    UnaryOp::Neg,
-    UnaryOp::Exp,
-    UnaryOp::Log,
-    UnaryOp::Sqrt,
-    UnaryOp::Rsqrt,
-    UnaryOp::Recip,
-    UnaryOp::Square,
-    UnaryOp::Tanh,
-    UnaryOp::Sigmoid,
-    UnaryOp::Relu,
-    UnaryOp::Softplus,
-    UnaryOp::Step,
-];
+const UNARY: [UnaryOp; 12] = UnaryOp::ALL;
 
 const BINARY: [BinaryOp; 7] = [
     BinaryOp::Add,

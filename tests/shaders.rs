@@ -54,20 +54,7 @@ fn modules() -> Vec<(String, String)> {
     let x = g.input("x", [2, 3]).unwrap();
     let y = g.input("y", [3]).unwrap();
     let mut acc = x;
-    for op in [
-        UnaryOp::Neg,
-        UnaryOp::Exp,
-        UnaryOp::Log,
-        UnaryOp::Sqrt,
-        UnaryOp::Rsqrt,
-        UnaryOp::Recip,
-        UnaryOp::Square,
-        UnaryOp::Tanh,
-        UnaryOp::Sigmoid,
-        UnaryOp::Relu,
-        UnaryOp::Softplus,
-        UnaryOp::Step,
-    ] {
+    for op in UnaryOp::ALL {
         let u = g.unary(op, acc).unwrap();
         acc = g.binary(BinaryOp::Max, u, y).unwrap();
     }

@@ -30,6 +30,24 @@ pub enum UnaryOp {
     Step,
 }
 
+impl UnaryOp {
+    /// Every unary op, in declaration order (for tests and tables that cover them all).
+    pub const ALL: [UnaryOp; 12] = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Recip,
+        UnaryOp::Square,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+        UnaryOp::Softplus,
+        UnaryOp::Step,
+    ];
+}
+
 /// Elementwise functions of two tensors, with NumPy broadcasting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BinaryOp {

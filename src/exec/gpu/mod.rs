@@ -1796,10 +1796,10 @@ mod tests {
     /// The op codes are the ones listed in the header of shaders/elementwise.wgsl.
     #[test]
     fn op_codes_match_shader_header() {
-        use UnaryOp::*;
-        for u in [
-            Neg, Exp, Log, Sqrt, Rsqrt, Recip, Square, Tanh, Sigmoid, Relu, Softplus, Step,
-        ] {
+        // UnaryOp::ALL holds every op once: its codes are 0, 1, ..., 11 in order.
+        let codes: Vec<u32> = UnaryOp::ALL.iter().map(|&u| unary_code(u)).collect();
+        assert_eq!(codes, (0..UnaryOp::ALL.len() as u32).collect::<Vec<_>>());
+        for u in UnaryOp::ALL {
             let tag = format!("{} {}", unary_code(u), format!("{u:?}").to_lowercase());
             assert!(kernels::ELEMENTWISE_WGSL.contains(&tag), "{tag}");
         }
