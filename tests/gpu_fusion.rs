@@ -641,3 +641,49 @@ fn gpu_plan_cache_follows_graph_changes() {
     assert_eq!(run(&mut gpu, &h, w), vec![1.0, 0.0, 3.0, 0.5]);
     assert_eq!(gpu.run_timing().fused_away, 0, "fusion off: a fresh plan");
 }
+
+/// A run split into many submits (every 3 dispatches: parameters flushed per chunk, pooled
+/// buffers reused across submits) gives, bit for bit, what one submit per 2048 dispatches
+/// gives, on the search network's loss and gradients (a few thousand dispatches).
+#[test]
+fn gpu_chunked_submits_change_nothing() {
+    use darts::darts::network::SearchConfig;
+    use darts::search::architect::NetGraph;
+    let Some(mut gpu) = common::gpu_executor("gpu_chunked_submits_change_nothing") else {
+        return;
+    };
+    let cfg = SearchConfig {
+        c: 2,
+        layers: 3,
+        ..SearchConfig::paper()
+    };
+    let net = NetGraph::build(&cfg, &[2, 3, 8, 8]).unwrap();
+    let st = common::state(&cfg, 5);
+    let point = common::point(&cfg, &st);
+    let batch = common::batch(2, 8, cfg.num_classes, 6);
+    let mut feeds = Feeds::<f32>::new();
+    for (n, a) in &point.weights {
+        feeds.insert(n.clone(), a.mapv(|v| v as f32));
+    }
+    feeds.insert("alpha/normal", point.alpha[0].mapv(|v| v as f32));
+    feeds.insert("alpha/reduce", point.alpha[1].mapv(|v| v as f32));
+    feeds.insert("x", batch.x.mapv(|v| v as f32));
+    feeds.insert("onehot", batch.onehot.mapv(|v| v as f32));
+    let mut outs = vec![net.loss, net.grad_alpha[0], net.grad_alpha[1]];
+    outs.extend(&net.grad_w);
+    let mut runs = Vec::new();
+    for every in [darts::exec::gpu::SUBMIT_EVERY, 3] {
+        gpu.set_submit_every(every);
+        runs.push(gpu.run(&net.graph, &feeds, &outs).unwrap());
+        println!("submit every {every}: {}", gpu.run_timing());
+    }
+    assert!(gpu.run_timing().dispatches > 100);
+    for (k, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
+        assert!(
+            a.iter()
+                .zip(b.iter())
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "output {k} differs between chunkings"
+        );
+    }
+}

@@ -89,6 +89,8 @@ pub struct GpuExecutor<T: GpuScalar = f32> {
     workgroup_min: u32,
     /// Run chains of elementwise nodes as fused kernels (see [`fusion`]; on by default).
     fusion: bool,
+    /// Dispatches per submitted command buffer ([`SUBMIT_EVERY`] unless set).
+    submit_every: usize,
     /// The liveness and fusion plan of the last graph run, reused while it is run again.
     plan_cache: Option<(PlanKey, Rc<Vec<bool>>, Rc<fusion::FusionPlan>)>,
     /// Errors wgpu reports outside any error scope (there should be none).
@@ -132,9 +134,10 @@ pub struct RunTiming {
     pub upload: f64,
     /// Seconds recording the compute pass.
     pub record: f64,
-    /// Seconds finishing the encoder and submitting it (wgpu's resource tracking).
+    /// Seconds finishing and submitting the command buffers (wgpu's resource tracking; where
+    /// a driver's submit waits for the previous one, as lavapipe's does, also device time).
     pub submit: f64,
-    /// Seconds waiting for the device (the kernels) to finish.
+    /// Seconds waiting, after the last submit, for the device (the kernels) to finish.
     pub wait: f64,
     /// Seconds mapping and copying the requested outputs.
     pub readback: f64,
@@ -176,10 +179,18 @@ struct ParamsArena {
     active: bool,
     /// Dispatches recorded in this run.
     dispatches: usize,
+    /// Bytes of `staging` already written to the buffer (by earlier submits of this run).
+    flushed: usize,
 }
 
 /// A run's outputs and the (variable, buffer, shape) assignments it produced.
 type RunOutcome<T> = (Vec<ArrayD<T>>, Vec<(String, Rc<wgpu::Buffer>, Vec<usize>)>);
+
+/// Dispatches per submitted command buffer within a run (the default of
+/// `GpuExecutor::set_submit_every`): the device starts on a chunk while the host records the
+/// next one (one submit per run would leave the device idle while all of a large graph's
+/// dispatches are recorded).
+pub const SUBMIT_EVERY: usize = 2048;
 
 /// The largest parameter block of any kernel (`FusedReduceParams`), in bytes.
 const MAX_PARAMS_BYTES: u64 = 384;
@@ -440,6 +451,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             workgroup_min: REDUCE_WORKGROUP_MIN,
             fusion: true,
             plan_cache: None,
+            submit_every: SUBMIT_EVERY,
             uncaptured,
             vars: HashMap::new(),
             params: ParamsArena::default(),
@@ -489,6 +501,12 @@ impl<T: GpuScalar> GpuExecutor<T> {
     /// default). Off, every node is its own dispatch of the single-op kernels.
     pub fn set_fusion(&mut self, on: bool) {
         self.fusion = on;
+    }
+
+    /// Submit a run's commands every `n` dispatches (at least 1; default [`SUBMIT_EVERY`]).
+    /// Results do not depend on it: the same kernels run in the same order.
+    pub fn set_submit_every(&mut self, n: usize) {
+        self.submit_every = n.max(1);
     }
 
     /// Where the time of the last successful run went, and how many dispatches it made.
@@ -1268,34 +1286,51 @@ impl<T: GpuScalar> GpuExecutor<T> {
         }
         self.prepare_params_arena(graph, needed, plan);
         lap(&mut timing.upload, &mut since);
-        let mut encoder = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+        let new_encoder = |device: &wgpu::Device| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("darts run"),
-            });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("darts graph"),
-                timestamp_writes: None,
-            });
-            for (i, node) in graph.nodes().iter().enumerate() {
-                if !needed[i] || plan.skipped[i] || matches!(node.op, Op::Input { .. }) {
-                    continue;
-                }
-                let out = match plan.fused.get(&i) {
-                    Some(f) => self.record_fused(&mut pass, graph, i, f, &vals)?,
-                    None => self.record(&mut pass, graph, i, &vals)?,
-                };
-                vals[i] = Some(out);
-                for j in plan.reads(graph, i) {
-                    if plan.last_use[j.0] == i {
-                        if let Some(b) = vals[j.0].take() {
-                            self.release(b);
-                        }
+            })
+        };
+        let begin = |encoder: &mut wgpu::CommandEncoder| {
+            encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("darts graph"),
+                    timestamp_writes: None,
+                })
+                .forget_lifetime()
+        };
+        let mut encoder = new_encoder(&self.device);
+        let mut pass = begin(&mut encoder);
+        let mut submitted_at = 0;
+        let mut submit_seconds = 0.0;
+        for (i, node) in graph.nodes().iter().enumerate() {
+            if !needed[i] || plan.skipped[i] || matches!(node.op, Op::Input { .. }) {
+                continue;
+            }
+            let out = match plan.fused.get(&i) {
+                Some(f) => self.record_fused(&mut pass, graph, i, f, &vals)?,
+                None => self.record(&mut pass, graph, i, &vals)?,
+            };
+            vals[i] = Some(out);
+            for j in plan.reads(graph, i) {
+                if plan.last_use[j.0] == i {
+                    if let Some(b) = vals[j.0].take() {
+                        self.release(b);
                     }
                 }
             }
+            // Submit in chunks, so the device runs one chunk while the next is recorded.
+            if self.params.dispatches - submitted_at >= self.submit_every {
+                drop(pass);
+                let t = std::time::Instant::now();
+                self.submit(encoder, needed)?;
+                submit_seconds += t.elapsed().as_secs_f64();
+                submitted_at = self.params.dispatches;
+                encoder = new_encoder(&self.device);
+                pass = begin(&mut encoder);
+            }
         }
+        drop(pass);
         // Only the requested outputs come back, through MAP_READ staging buffers.
         let mut staging = Vec::with_capacity(outputs.len());
         for &o in outputs {
@@ -1315,22 +1350,12 @@ impl<T: GpuScalar> GpuExecutor<T> {
             encoder.copy_buffer_to_buffer(src, 0, &dst, 0, Some(bytes));
             staging.push(Some(dst));
         }
-        if let (Some(arena), true) = (&self.params.buffer, self.params.active) {
-            if !self.params.staging.is_empty() {
-                // Lands before this submit's commands and after every earlier submit's.
-                self.queue.write_buffer(arena, 0, &self.params.staging);
-            }
-        }
         lap(&mut timing.record, &mut since);
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        self.queue.submit([encoder.finish()]);
+        self.submit(encoder, needed)?;
         lap(&mut timing.submit, &mut since);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(ExecError::Gpu(format!(
-                "submitting the run's command encoder ({} nodes): {e}",
-                needed.iter().filter(|&&x| x).count()
-            )));
-        }
+        // Earlier chunks' submits happened inside the recording loop.
+        timing.record -= submit_seconds;
+        timing.submit += submit_seconds;
         let (tx, rx) = std::sync::mpsc::channel();
         for (k, s) in staging.iter().enumerate() {
             if let Some(b) = s {
@@ -1388,6 +1413,29 @@ impl<T: GpuScalar> GpuExecutor<T> {
         Ok((result, assigned))
     }
 
+    /// Writes the parameters recorded since the last submit into the arena, then submits
+    /// `encoder` (the arena write lands before its commands and after every earlier
+    /// submit's, and touches only bytes no earlier command reads).
+    fn submit(&mut self, encoder: wgpu::CommandEncoder, needed: &[bool]) -> Result<(), ExecError> {
+        if let (Some(arena), true) = (&self.params.buffer, self.params.active) {
+            let from = self.params.flushed;
+            if self.params.staging.len() > from {
+                self.queue
+                    .write_buffer(arena, from as u64, &self.params.staging[from..]);
+            }
+        }
+        self.params.flushed = self.params.staging.len();
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        self.queue.submit([encoder.finish()]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(ExecError::Gpu(format!(
+                "submitting the run's command encoder ({} nodes): {e}",
+                needed.iter().filter(|&&x| x).count()
+            )));
+        }
+        Ok(())
+    }
+
     /// Makes the parameter arena large enough for every dispatch `graph` can record (one per
     /// needed node that fusion does not skip, one per input of a Concat), unless that exceeds
     /// the device's largest buffer, in which case this run falls back to a buffer per
@@ -1408,6 +1456,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
         let bytes = (dispatches * stride).max(stride);
         self.params.staging.clear();
         self.params.dispatches = 0;
+        self.params.flushed = 0;
         self.params.active = bytes <= self.limits.max_buffer_size;
         if self.params.active && (self.params.buffer.is_none() || self.params.capacity < bytes) {
             // Grow geometrically so a sequence of growing graphs reallocates rarely.
