@@ -644,7 +644,8 @@ fn gpu_plan_cache_follows_graph_changes() {
 
 /// A run split into many submits (every 3 dispatches: parameters flushed per chunk, pooled
 /// buffers reused across submits) gives, bit for bit, what one submit per 2048 dispatches
-/// gives, on the search network's loss and gradients (a few thousand dispatches).
+/// gives, on the search network's loss and gradients (a few thousand dispatches); and the
+/// second run allocates no device buffer (the pool kept the first one's).
 #[test]
 fn gpu_chunked_submits_change_nothing() {
     use darts::darts::network::SearchConfig;
@@ -678,6 +679,8 @@ fn gpu_chunked_submits_change_nothing() {
         println!("submit every {every}: {}", gpu.run_timing());
     }
     assert!(gpu.run_timing().dispatches > 100);
+    // The pool holds the first run's working set: a repeated run creates no buffer.
+    assert_eq!(gpu.run_timing().fresh_buffers, 0, "{}", gpu.run_timing());
     for (k, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
         assert!(
             a.iter()

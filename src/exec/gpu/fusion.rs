@@ -86,6 +86,8 @@ pub struct Fused {
     /// The generated WGSL (bindings and entry point `fused`; the element prelude, the shared
     /// header and the elementwise ops are prepended by the pipeline cache).
     pub source: String,
+    /// A hash of `source` (the pipeline cache's key, computed once per plan).
+    pub hash: u64,
     /// Graph nodes computed by this kernel (the root and the absorbed nodes).
     pub ops: usize,
     /// Set when the root is a reduction of the expression (else an elementwise map).
@@ -310,6 +312,12 @@ pub fn plan(
                 Fused {
                     leaves: b.leaves,
                     strided: b.strided,
+                    hash: {
+                        use std::hash::{Hash, Hasher};
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        source.hash(&mut h);
+                        h.finish()
+                    },
                     source,
                     ops: b.ops,
                     reduce,

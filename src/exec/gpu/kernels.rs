@@ -560,8 +560,9 @@ pub struct PipelineCache {
     /// Composed source of each shader file.
     modules: HashMap<&'static str, String>,
     kernels: HashMap<&'static str, Compiled>,
-    /// Fused kernels by their generated source.
-    fused: HashMap<String, Compiled>,
+    /// Fused kernels by the hash of their generated source and their entry point, with the
+    /// source (a hash collision recompiles rather than reuse another kernel).
+    fused: HashMap<(u64, &'static str), (String, Compiled)>,
 }
 
 impl PipelineCache {
@@ -581,20 +582,23 @@ impl PipelineCache {
         self.fused.len()
     }
 
-    /// The compiled fused kernel of generated `source` reading `leaves` buffers (see
-    /// src/exec/gpu/fusion.rs): an elementwise map (`reduce` false, entry point `fused`) or a
-    /// reduction of one (entry point `entry` of shaders/reduce_core.wgsl), compiled on first
-    /// use.
+    /// The compiled fused kernel of generated `source` (whose hash is `hash`) reading `leaves`
+    /// buffers (see src/exec/gpu/fusion.rs): an elementwise map (`reduce` false, entry point
+    /// `fused`) or a reduction of one (entry point `entry` of shaders/reduce_core.wgsl),
+    /// compiled on first use. Looked up by hash and entry, then confirmed by the source.
     pub fn get_fused(
         &mut self,
         device: &wgpu::Device,
-        source: &str,
+        (source, hash): (&str, u64),
         leaves: usize,
         reduce: bool,
-        entry: &str,
+        entry: &'static str,
     ) -> Result<&Compiled, String> {
-        let key = format!("{entry}\n{source}");
-        if !self.fused.contains_key(&key) {
+        let hit = self
+            .fused
+            .get(&(hash, entry))
+            .is_some_and(|(src, _)| src == source);
+        if !hit {
             let bindings = fused_bindings(leaves);
             let shared = if reduce {
                 FUSED_REDUCE_WGSL
@@ -604,9 +608,10 @@ impl PipelineCache {
             let code = format!("{}\n{shared}\n{source}", self.prelude);
             let compiled = compile(device, "fused", &code, entry, &bindings)
                 .map_err(|e| format!("{e}\ngenerated source:\n{source}"))?;
-            self.fused.insert(key.clone(), compiled);
+            self.fused
+                .insert((hash, entry), (source.to_string(), compiled));
         }
-        Ok(&self.fused[&key])
+        Ok(&self.fused[&(hash, entry)].1)
     }
 
     /// The compiled kernel for `spec`, compiling it on first use. Errors (caught in a

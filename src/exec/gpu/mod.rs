@@ -49,8 +49,11 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
-/// Pooled buffers kept per byte size.
-const POOL_PER_SIZE: usize = 8;
+/// Pooled buffers kept per byte size. A buffer is created only when none of its size is free,
+/// so the buffers of one size never outnumber the most that were alive at once (in any run):
+/// the pool holds at most the working set of the runs so far, and a repeated run (a search
+/// step) creates none. (A cap of 8 made a third of a step's allocations fresh buffers.)
+const POOL_PER_SIZE: usize = 1024;
 
 /// Element types the GPU executor runs in: f32 on every adapter, f64 where the adapter offers
 /// `SHADER_F64`.
@@ -91,6 +94,8 @@ pub struct GpuExecutor<T: GpuScalar = f32> {
     fusion: bool,
     /// Dispatches per submitted command buffer ([`SUBMIT_EVERY`] unless set).
     submit_every: usize,
+    /// Buffers created since the executor was made (see [`RunTiming::fresh_buffers`]).
+    fresh_buffers: usize,
     /// The liveness and fusion plan of the last graph run, reused while it is run again.
     plan_cache: Option<(PlanKey, Rc<Vec<bool>>, Rc<fusion::FusionPlan>)>,
     /// Errors wgpu reports outside any error scope (there should be none).
@@ -128,6 +133,8 @@ pub struct RunTiming {
     pub dispatches: usize,
     /// Nodes the fusion plan saved a dispatch for (absorbed nodes and literal constants).
     pub fused_away: usize,
+    /// Device buffers created (the pool had none of the size free).
+    pub fresh_buffers: usize,
     /// Seconds planning the run (liveness and fusion, before any device work).
     pub plan: f64,
     /// Seconds writing feeds into device buffers.
@@ -148,11 +155,12 @@ impl std::fmt::Display for RunTiming {
         let per = |s: f64| 1e6 * s / self.dispatches.max(1) as f64;
         write!(
             f,
-            "{} dispatches ({} nodes fused away): plan {:.3} s, upload {:.3} s, record {:.3} s \
+            "{} dispatches ({} nodes fused away, {} fresh buffers): plan {:.3} s, upload {:.3} s, record {:.3} s \
              ({:.1} us/dispatch), submit {:.3} s ({:.1} us/dispatch), wait {:.3} s, readback \
              {:.3} s",
             self.dispatches,
             self.fused_away,
+            self.fresh_buffers,
             self.plan,
             self.upload,
             self.record,
@@ -195,14 +203,58 @@ pub const SUBMIT_EVERY: usize = 2048;
 /// The largest parameter block of any kernel (`FusedReduceParams`), in bytes.
 const MAX_PARAMS_BYTES: u64 = 384;
 
-/// Where a kernel runs, for error messages: "kernel 'k' for node %i (op at 'label')".
-fn site(spec: &KernelSpec, id: usize, node: &Node) -> String {
-    format!(
-        "kernel '{}' for node %{id} ({} at '{}')",
-        spec.name,
-        node.op.name(),
-        node.label
-    )
+/// Where a kernel runs, for error messages: "kernel 'k' for node %i (op at 'label')", or
+/// "fused kernel of n ops for node %i (op at 'label')". Formatted only when a message needs
+/// it (a run records a dispatch every few microseconds).
+struct Site<'a> {
+    kernel: &'a str,
+    /// Operations of a fused kernel.
+    fused_ops: Option<usize>,
+    id: usize,
+    node: &'a Node,
+}
+
+impl std::fmt::Display for Site<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.fused_ops {
+            Some(n) => write!(f, "fused kernel of {n} ops")?,
+            None => write!(f, "kernel '{}'", self.kernel)?,
+        }
+        write!(
+            f,
+            " for node %{} ({} at '{}')",
+            self.id,
+            self.node.op.name(),
+            self.node.label
+        )
+    }
+}
+
+fn site<'a>(spec: &KernelSpec, id: usize, node: &'a Node) -> Site<'a> {
+    Site {
+        kernel: spec.name,
+        fused_ops: None,
+        id,
+        node,
+    }
+}
+
+/// A buffer's label: "%i op at 'label'", formatted only when a fresh buffer is created.
+struct BufferLabel<'a> {
+    id: usize,
+    node: &'a Node,
+}
+
+impl std::fmt::Display for BufferLabel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "%{} {} at '{}'",
+            self.id,
+            self.node.op.name(),
+            self.node.label
+        )
+    }
 }
 
 /// The wgpu instance for the backends `WGPU_BACKEND` names (every backend wgpu was built with
@@ -452,6 +504,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             fusion: true,
             plan_cache: None,
             submit_every: SUBMIT_EVERY,
+            fresh_buffers: 0,
             uncaptured,
             vars: HashMap::new(),
             params: ParamsArena::default(),
@@ -576,13 +629,14 @@ impl<T: GpuScalar> GpuExecutor<T> {
 
     /// A storage buffer of `numel` elements (at least one), from the pool when one of that
     /// size is free. Fresh buffers carry the node's label.
-    fn alloc(&mut self, numel: usize, label: &str) -> Rc<wgpu::Buffer> {
+    fn alloc(&mut self, numel: usize, label: &dyn std::fmt::Display) -> Rc<wgpu::Buffer> {
         let size = (numel as u64 * Self::ELEM).max(Self::ELEM);
         if let Some(b) = self.pool.get_mut(&size).and_then(|v| v.pop()) {
             return Rc::new(b);
         }
+        self.fresh_buffers += 1;
         Rc::new(self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
+            label: Some(&label.to_string()),
             size,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
@@ -612,7 +666,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
         reads: &[&wgpu::Buffer],
         write: &wgpu::Buffer,
         groups: u32,
-        at: &str,
+        at: &dyn std::fmt::Display,
     ) -> Result<(), ExecError> {
         if groups == 0 {
             return Ok(());
@@ -647,7 +701,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
         reads: &[&wgpu::Buffer],
         write: &wgpu::Buffer,
         groups: u32,
-        at: &str,
+        at: &dyn std::fmt::Display,
     ) -> Result<(), ExecError> {
         if groups == 0 {
             return Ok(());
@@ -722,12 +776,12 @@ impl<T: GpuScalar> GpuExecutor<T> {
     ) -> Result<Rc<wgpu::Buffer>, ExecError> {
         let node = &graph.nodes()[i];
         let numel = node.shape.numel();
-        let at = format!(
-            "fused kernel of {} ops for node %{i} ({} at '{}')",
-            f.ops,
-            node.op.name(),
-            node.label
-        );
+        let at = Site {
+            kernel: "fused",
+            fused_ops: Some(f.ops),
+            id: i,
+            node,
+        };
         // The expression's shape: the map's output, or the reduction's input.
         let expr_shape = match &f.reduce {
             None => node.shape.dims(),
@@ -750,7 +804,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             );
         }
         let fused_reduce_params;
-        let (params, entry, groups): (&[u8], &str, u32) = match (&f.reduce, &node.op) {
+        let (params, entry, groups): (&[u8], &'static str, u32) = match (&f.reduce, &node.op) {
             (None, _) => (
                 bytemuck::bytes_of(&map),
                 "fused",
@@ -780,12 +834,12 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 )))
             }
         };
-        let out = self.alloc(numel, &format!("%{i} fused at '{}'", node.label));
+        let out = self.alloc(numel, &BufferLabel { id: i, node });
         let compiled = self
             .cache
             .get_fused(
                 &self.device,
-                &f.source,
+                (&f.source, f.hash),
                 f.leaves.len(),
                 f.reduce.is_some(),
                 entry,
@@ -816,7 +870,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
         };
         let shape = node.shape.dims();
         let numel = node.shape.numel();
-        let label = format!("%{i} {} at '{}'", node.op.name(), node.label);
+        let label = BufferLabel { id: i, node };
         let ew_groups = (numel as u32).div_ceil(WORKGROUP_SIZE);
         let out = match &node.op {
             Op::Reshape { .. } => return input(0),
@@ -1250,6 +1304,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
     ) -> Result<RunOutcome<T>, ExecError> {
         let n = graph.len();
         let mut timing = RunTiming::default();
+        let fresh_before = self.fresh_buffers;
         let clock = std::time::Instant::now();
         let lap = |t: &mut f64, since: &mut std::time::Instant| {
             *t = since.elapsed().as_secs_f64();
@@ -1409,6 +1464,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
         }
         lap(&mut timing.readback, &mut since);
         timing.dispatches = self.params.dispatches;
+        timing.fresh_buffers = self.fresh_buffers - fresh_before;
         self.timing = timing;
         Ok((result, assigned))
     }
