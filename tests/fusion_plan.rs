@@ -205,3 +205,27 @@ fn graph_version_names_the_node_list() {
     assert_eq!(h.version().1, g.version().1);
     assert_ne!(Graph::new().version().0, Graph::new().version().0);
 }
+
+/// Leaves of one broadcast shape share a stride slot (their strides are equal), so a kernel
+/// reads up to MAX_LEAVES buffers even when all of them are broadcast from a few shapes.
+#[test]
+fn broadcast_leaves_of_one_shape_share_a_stride_slot() {
+    let mut g = Graph::new();
+    let x = g.input("x", [2, 3]).unwrap();
+    let mut acc = x;
+    let mut per_row = Vec::new();
+    for k in 0..8 {
+        let shape: &[usize] = if k % 2 == 0 { &[3] } else { &[2, 1] };
+        let v = g.input(format!("v{k}"), shape.to_vec()).unwrap();
+        per_row.push(v);
+        acc = g.add2(acc, v).unwrap();
+    }
+    let needed = vec![true; g.len()];
+    let p = plan(&g, &needed, &[acc], f32_round, MAX_LEAVES, true);
+    let f = &p.fused[&acc.0];
+    assert_eq!(p.fused.len(), 1, "one kernel: 9 leaves, 2 stride slots");
+    assert_eq!(f.leaves.len(), 9);
+    assert_eq!(f.strided.len(), 2);
+    assert!(f.source.contains("leaf_offset(0u, i)") && f.source.contains("leaf_offset(1u, i)"));
+    assert!(!f.source.contains("leaf_offset(2u, i)"), "{}", f.source);
+}

@@ -52,7 +52,7 @@
 //! within those bounds but not necessarily bit for bit. The generated source (without its
 //! parameters) is the pipeline cache key: the network repeats a few hundred tree shapes.
 
-use crate::graph::{Graph, NodeId, Op};
+use crate::graph::{Graph, NodeId, Op, Shape};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -81,7 +81,8 @@ pub struct FusedReduce {
 pub struct Fused {
     /// Buffers read, in binding order (bindings 1 ..= L; the output is binding L + 1).
     pub leaves: Vec<NodeId>,
-    /// The leaves (indices into `leaves`) read with broadcast strides, in stride-slot order.
+    /// One leaf (an index into `leaves`) per stride slot, in slot order: every leaf of that
+    /// leaf's shape reads with that slot's broadcast strides.
     pub strided: Vec<usize>,
     /// The generated WGSL (bindings and entry point `fused`; the element prelude, the shared
     /// header and the elementwise ops are prepended by the pipeline cache).
@@ -275,7 +276,7 @@ pub fn plan(
             let value = match reduce {
                 None => b.expr(
                     r,
-                    (0, 0),
+                    (0, &[]),
                     &absorbable,
                     &literal_const,
                     &round,
@@ -288,7 +289,7 @@ pub fn plan(
                         absorbed.push(f.input.0);
                         b.expr(
                             f.input.0,
-                            (0, 0),
+                            (0, &[]),
                             &absorbable,
                             &literal_const,
                             &round,
@@ -355,27 +356,27 @@ struct Builder<'g> {
     temps: usize,
     ops: usize,
     max_leaves: usize,
-    /// Leaves read with broadcast strides (indices into `leaves`), in stride-slot order.
+    /// One leaf (index into `leaves`) per stride slot: leaves of one shape share a slot.
     strided: Vec<usize>,
 }
 
 impl Builder<'_> {
     /// The WGSL value of node `j` (emitting the statements that compute it), absorbing what
     /// the rules allow; absorbed nodes are pushed to `absorbed`. `reserve` counts the inputs
-    /// of the nodes above `j` still to be written that may need a new leaf, and of those the
-    /// ones that would be read with strides (not of the expression's shape).
+    /// of the nodes above `j` still to be written that may need a new leaf, and lists the
+    /// shapes among them that may need a new stride slot.
     ///
     /// Invariant: leaves bound + pending inputs that may need a new leaf <= max_leaves, and
-    /// strided leaves bound + pending inputs that would need a new strided leaf <=
-    /// MAX_STRIDED. It holds at the root (at most 3 inputs, max_leaves >= 3); writing an input
-    /// as a literal or an already bound leaf takes no slot, as a new leaf the slot it was
-    /// counted for (an input of the expression's shape is never strided); absorbing input `k`
-    /// replaces one pending input by `k`'s inputs, which [`Self::room_for`] allows only while
-    /// both sums stay within their caps.
+    /// stride slots used + distinct shapes of pending inputs that may need a new slot (not the
+    /// expression's shape nor a shape that has a slot) <= MAX_STRIDED. It holds at the root (at most 3
+    /// inputs, max_leaves >= 3); writing an input as a literal or an already bound leaf takes
+    /// nothing, as a new leaf at most what it was counted for; absorbing input `k` replaces
+    /// one pending input by `k`'s inputs, which [`Self::room_for`] allows only while both sums
+    /// stay within their caps.
     fn expr(
         &mut self,
         j: usize,
-        reserve: (usize, usize),
+        reserve: (usize, &[Shape]),
         absorbable: &impl Fn(usize, usize) -> bool,
         literal_const: &impl Fn(usize) -> bool,
         round: &impl Fn(f64) -> f64,
@@ -393,8 +394,9 @@ impl Builder<'_> {
                     pending.push(*q);
                 }
             }
-            let strided = pending.iter().filter(|q| !self.full(**q)).count();
-            let later = (reserve.0 + pending.len(), reserve.1 + strided);
+            let mut shapes = reserve.1.to_vec();
+            self.new_slots(&pending, &mut shapes);
+            let later = (reserve.0 + pending.len(), shapes.as_slice());
             let arg = if let (true, Op::Const { value, .. }) =
                 (literal_const(k), &self.graph.nodes()[k].op)
             {
@@ -429,12 +431,32 @@ impl Builder<'_> {
     /// Whether absorbing node `k` keeps the kernel within its limits, counting each of `k`'s
     /// inputs and the `later` inputs still to be written as a new leaf, strided unless of the
     /// expression's shape (the worst case).
-    fn room_for(&self, k: usize, later: (usize, usize)) -> bool {
+    fn room_for(&self, k: usize, later: (usize, &[Shape])) -> bool {
         let inputs = &self.graph.nodes()[k].inputs;
-        let strided = inputs.iter().filter(|q| !self.full(**q)).count();
+        let mut shapes = later.1.to_vec();
+        self.new_slots(inputs, &mut shapes);
         self.ops < MAX_OPS
             && self.leaves.len() + inputs.len() + later.0 <= self.max_leaves
-            && self.strided.len() + strided + later.1 <= MAX_STRIDED
+            && self.strided.len() + shapes.len() <= MAX_STRIDED
+    }
+
+    /// Adds to `shapes` the stride slots `nodes` could need: their shapes that are neither the
+    /// expression's nor already given a slot (each shape once).
+    fn new_slots(&self, nodes: &[NodeId], shapes: &mut Vec<Shape>) {
+        for &q in nodes {
+            let shape = self.graph.shape(q);
+            if !self.full(q) && self.slot_of(q).is_none() && !shapes.contains(shape) {
+                shapes.push(shape.clone());
+            }
+        }
+    }
+
+    /// The stride slot of `k`'s shape, if one exists.
+    fn slot_of(&self, k: NodeId) -> Option<usize> {
+        let shape = self.graph.shape(k);
+        self.strided
+            .iter()
+            .position(|&l| self.graph.shape(self.leaves[l]) == shape)
     }
 
     /// Whether node `k` has the expression's shape (a leaf of it is read at index i).
@@ -454,7 +476,7 @@ impl Builder<'_> {
         if self.full(k) {
             return format!("in{slot}[i]");
         }
-        let ordinal = match self.strided.iter().position(|&l| l == slot) {
+        let ordinal = match self.slot_of(k) {
             Some(o) => o,
             None => {
                 self.strided.push(slot);
