@@ -218,12 +218,10 @@ pub fn plan(
         for (j, s) in skipped.iter_mut().enumerate() {
             *s = literal_const(j);
         }
-        // An elementwise node whose every use is elementwise may be computed inside each
-        // consumer's kernel (rule 2 of the module documentation, relaxed: a value with several
-        // uses is recomputed by each kernel that absorbs it, cheaper on a GPU than a dispatch
-        // and a round trip through memory; a value of a smaller shape is recomputed per
-        // element of the consumer).
-        // A reduction reads each element of its input once, whatever its own shape.
+        // Whether consumer `c` may compute `j` inside its kernel (rules 1 and 2 of the module
+        // documentation; rule 3 is the builder's `room_for`). Without recomputation: `j`'s
+        // only use, at `c`'s shape, or by a reduction (which reads each element once, whatever
+        // its own shape); with it, any cheap op.
         let absorbable = |j: usize, c: usize| {
             let once =
                 uses[j] == 1 && (nodes[j].shape == nodes[c].shape || reduction(&nodes[c].op));

@@ -122,11 +122,11 @@ struct PlanKey {
     fusion: bool,
 }
 
-/// Where the wall-clock time of one run went, host side: uploading the feeds, recording the
-/// dispatches (bind groups, pipeline lookups, buffer pooling), finishing and submitting the
-/// command buffer, waiting for the device to finish, and copying the outputs out. On a real GPU
-/// `wait` is mostly kernel time and the rest is per-dispatch overhead on the CPU; on a software
-/// adapter `wait` is the kernels running on the CPU.
+/// Where the wall-clock time of one run went, host side: planning (once per graph, then a
+/// cache lookup), uploading the feeds, recording the dispatches (bind groups, pipeline lookups,
+/// buffer pooling), finishing and submitting the command buffers (one per `SUBMIT_EVERY`
+/// dispatches, so the device works while the host records), waiting for the device to finish,
+/// and copying the outputs out.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunTiming {
     /// Dispatches recorded.
