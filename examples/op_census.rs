@@ -57,7 +57,7 @@ fn main() {
         .filter(|(n, &k)| k && !free(&n.op))
         .count();
     let kernels: std::collections::BTreeSet<&str> =
-        plan.fused.values().map(|f| f.source.as_str()).collect();
+        plan.fused.values().map(|f| &*f.source).collect();
     println!(
         "dispatches: {unfused} unfused, {} fused ({} distinct fused kernels, largest {} ops; \
          planned in {plan_seconds:.3} s)",

@@ -67,7 +67,7 @@ fn modules() -> Vec<(String, String)> {
     let red = g.reduce_sum(d2, &[0]).unwrap();
     let needed = vec![true; g.len()];
     let plan = fusion::plan(&g, &needed, &[map, red], |v| v, fusion::MAX_LEAVES, true);
-    let generated = |root: darts::graph::NodeId| plan.fused[&root.0].source.clone();
+    let generated = |root: darts::graph::NodeId| plan.fused[&root.0].source.to_string();
     assert!(
         plan.fused[&map.0].ops > 20,
         "the map fused: {}",

@@ -53,8 +53,9 @@
 //! parameters) is the pipeline cache key: the network repeats a few hundred tree shapes.
 
 use crate::graph::{Graph, NodeId, Op, Shape};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::rc::Rc;
 
 /// Most buffers one fused kernel reads (plus one it writes), where the adapter allows
 /// (WebGPU guarantees 8 storage buffers per shader stage, so 7 there; lavapipe offers 32).
@@ -85,9 +86,10 @@ pub struct Fused {
     /// leaf's shape reads with that slot's broadcast strides.
     pub strided: Vec<usize>,
     /// The generated WGSL (bindings and entry point `fused`; the element prelude, the shared
-    /// header and the elementwise ops are prepended by the pipeline cache).
-    pub source: String,
-    /// A hash of `source` (the pipeline cache's key, computed once per plan).
+    /// header and the elementwise ops are prepended by the pipeline cache), shared by every
+    /// kernel of the plan with the same text (a step graph has ~10^5 kernels, ~10^2 texts).
+    pub source: Rc<str>,
+    /// A hash of `source` (the pipeline cache's key, computed once per distinct text).
     pub hash: u64,
     /// Graph nodes computed by this kernel (the root and the absorbed nodes).
     pub ops: usize,
@@ -231,6 +233,8 @@ pub fn plan(
                 && all_fusable[j]
                 && (once || cheap(&nodes[j].op))
         };
+        // Each distinct kernel text once, with its hash.
+        let mut texts: HashMap<String, (Rc<str>, u64)> = HashMap::new();
         // How often each node was bound as a leaf, and whether some kernel computed it inline.
         let mut leaf_reads = vec![0usize; n];
         let mut inlined = vec![false; n];
@@ -306,18 +310,22 @@ pub fn plan(
                 None => b.source_map(&value),
                 Some(_) => b.source_reduce(&value),
             };
+            let (source, hash) = texts
+                .entry(source)
+                .or_insert_with_key(|text| {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    text.hash(&mut h);
+                    (Rc::from(text.as_str()), h.finish())
+                })
+                .clone();
             fused.insert(
                 r,
                 Fused {
                     leaves: b.leaves,
                     strided: b.strided,
-                    hash: {
-                        use std::hash::{Hash, Hasher};
-                        let mut h = std::collections::hash_map::DefaultHasher::new();
-                        source.hash(&mut h);
-                        h.finish()
-                    },
                     source,
+                    hash,
                     ops: b.ops,
                     reduce,
                 },
