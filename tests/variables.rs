@@ -142,3 +142,70 @@ fn gpu_variables_match_cpu_bit_for_bit() {
     gpu.clear_vars();
     assert!(matches!(gpu.var("w"), Err(ExecError::NoVar(_))));
 }
+
+/// Assignments act after every read of the run, all at once: two variables swapped through one
+/// run, one value assigned to two variables (which then live apart), and an output reading a
+/// variable the same run assigns (it sees the old value). The run is made twice (the GPU
+/// replays its tape the second time, src/exec/gpu/tape.rs) and then a second graph updates
+/// one of the two copies. Returns the outputs and variables in order.
+fn assignment_script<T: Scalar, E: Executor<T> + ?Sized>(exec: &mut E) -> Vec<Vec<f64>> {
+    let mut g = Graph::new();
+    let a = g.input("a", [3]).unwrap();
+    let b = g.input("b", [3]).unwrap();
+    let s = g.add2(a, b).unwrap();
+    let assign = [
+        (b, "a".to_string()),
+        (a, "b".to_string()),
+        (s, "c".to_string()),
+        (s, "d".to_string()),
+    ];
+    let mut h = Graph::new();
+    let c = h.input("c", [3]).unwrap();
+    let c2 = h.scale(c, 2.0).unwrap();
+    exec.clear_vars();
+    exec.set_var("a", &arr(&[3], |i| i as f64 + 1.0)).unwrap();
+    exec.set_var("b", &arr(&[3], |i| 10.0 * (i as f64 + 1.0)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let flat = |v: ArrayD<T>| v.iter().map(|x| x.as_f64()).collect::<Vec<f64>>();
+    for _ in 0..2 {
+        let out = exec.run_assign(&g, &Feeds::new(), &[a], &assign).unwrap();
+        seen.push(flat(out[0].clone()));
+        for name in ["a", "b", "c", "d"] {
+            seen.push(flat(exec.var(name).unwrap()));
+        }
+    }
+    exec.run_assign(&h, &Feeds::new(), &[], &[(c2, "c".to_string())])
+        .unwrap();
+    seen.push(flat(exec.var("c").unwrap()));
+    seen.push(flat(exec.var("d").unwrap()));
+    seen
+}
+
+#[test]
+fn assignments_swap_alias_and_see_old_values() {
+    let (one, ten, sum) = (
+        vec![1.0, 2.0, 3.0],
+        vec![10.0, 20.0, 30.0],
+        vec![11.0, 22.0, 33.0],
+    );
+    let want = vec![
+        one.clone(),
+        ten.clone(),
+        one.clone(),
+        sum.clone(),
+        sum.clone(),
+        ten.clone(),
+        one.clone(),
+        ten.clone(),
+        sum.clone(),
+        sum.clone(),
+        vec![22.0, 44.0, 66.0],
+        sum.clone(),
+    ];
+    assert_eq!(assignment_script(&mut CpuExecutor::<f64>::new()), want);
+    let Some(mut gpu) = common::gpu_executor("assignments_swap_alias_and_see_old_values") else {
+        return;
+    };
+    assert_eq!(assignment_script(&mut gpu), want);
+}

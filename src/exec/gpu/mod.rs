@@ -23,17 +23,22 @@
 //! [`Executor::run_assign`]) stay on the device, so a search step uploads only its batches and
 //! a few scalars and reads back only losses and logits.
 //!
-//! Within a run, values stay on the device: inputs are uploaded once, every kernel is recorded
-//! into one command encoder, and only the requested outputs are copied to MAP_READ staging
-//! buffers and read back. A node's buffer goes back to a size-keyed pool right after its last
-//! reader ([`crate::exec::liveness`]); a reshape aliases its input's buffer. Pipelines and bind
-//! group layouts are created once per kernel and cached by name ([`kernels::PipelineCache`]).
+//! Within a run, values stay on the device: inputs are uploaded once, the kernels are submitted
+//! in chunks of [`SUBMIT_EVERY`] dispatches, and only the requested outputs are copied to
+//! MAP_READ staging buffers and read back. A node's buffer goes back to a size-keyed pool right
+//! after its last reader ([`crate::exec::liveness`]); a reshape aliases its input's buffer.
+//! Pipelines and bind group layouts are created once per kernel and cached by name
+//! ([`kernels::PipelineCache`]). A run is recorded once into a [`tape`] (bind groups,
+//! parameters, grids) and replayed while the same graph runs again with inputs from the same
+//! places, so a search step after the first only writes its batches and encodes. Assigned
+//! values are copied on the device into the variables' own buffers once the run succeeded.
 //! wgpu validation errors are caught in error scopes and returned as [`ExecError::Gpu`] naming
 //! the kernel and the node.
 
 pub mod fusion;
 pub mod kernels;
 pub mod probe;
+pub mod tape;
 
 use super::{check_assign, check_feed, liveness, ExecError, Executor, Feeds, Scalar};
 use crate::graph::{BinaryOp, Graph, Node, NodeId, Op, UnaryOp};
@@ -101,8 +106,15 @@ pub struct GpuExecutor<T: GpuScalar = f32> {
     /// Errors wgpu reports outside any error scope (there should be none).
     uncaptured: Arc<Mutex<Vec<String>>>,
     /// Variables (see [`Executor`]): device buffers and their shapes, kept between runs.
-    vars: HashMap<String, (Rc<wgpu::Buffer>, Vec<usize>)>,
-    /// Every dispatch's parameters of a run, in one uniform buffer (see [`ParamsArena`]).
+    vars: HashMap<String, Var>,
+    /// The serial the next new variable buffer gets (see [`tape::Source::Var`]).
+    next_serial: u64,
+    /// Recorded runs, least recently used first (see [`tape`]).
+    tapes: Vec<tape::Tape>,
+    /// While a tape is built: the dispatches recorded so far.
+    commands: Vec<tape::Command>,
+    /// Every dispatch's parameters of the tape being built, in one uniform buffer (see
+    /// [`ParamsArena`]).
     params: ParamsArena,
     /// Wrap every dispatch in its own validation scope (to name the kernel of an error; set
     /// while re-running a run that failed validation).
@@ -112,37 +124,50 @@ pub struct GpuExecutor<T: GpuScalar = f32> {
     elem: PhantomData<T>,
 }
 
+/// A variable: its device buffer (made once, then written in place), shape and serial.
+struct Var {
+    buf: Rc<wgpu::Buffer>,
+    shape: Vec<usize>,
+    serial: u64,
+}
+
 /// What a run's plan depends on: the graph's nodes (`Graph::version`), the nodes kept
 /// (outputs and assigned) and whether fusion is on. The adapter's limits and the element type
 /// are fixed for an executor.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct PlanKey {
+pub(crate) struct PlanKey {
     graph: (u64, usize),
     keep: Vec<NodeId>,
     fusion: bool,
 }
 
 /// Where the wall-clock time of one run went, host side: planning (once per graph, then a
-/// cache lookup), uploading the feeds, recording the dispatches (bind groups, pipeline lookups,
-/// buffer pooling), finishing and submitting the command buffers (one per `SUBMIT_EVERY`
-/// dispatches, so the device works while the host records), waiting for the device to finish,
+/// cache lookup), building the run's tape (once per graph and inputs: bind groups, pipeline
+/// lookups, buffer pooling, parameters; see [`tape`]), uploading the feeds, encoding the
+/// tape's dispatches, finishing and submitting the command buffers (one per `SUBMIT_EVERY`
+/// dispatches, so the device works while the host encodes), waiting for the device to finish,
 /// and copying the outputs out.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunTiming {
-    /// Dispatches recorded.
+    /// Dispatches run.
     pub dispatches: usize,
+    /// Whether the run replayed a cached tape (else it built one).
+    pub replayed: bool,
     /// Nodes the fusion plan saved a dispatch for (absorbed nodes and literal constants).
     pub fused_away: usize,
     /// Device buffers created (the pool had none of the size free).
     pub fresh_buffers: usize,
     /// Seconds planning the run (liveness and fusion, before any device work).
     pub plan: f64,
+    /// Seconds building the tape (zero when replayed).
+    pub build: f64,
     /// Seconds writing feeds into device buffers.
     pub upload: f64,
-    /// Seconds recording the compute pass.
+    /// Seconds encoding the tape's dispatches into compute passes and finishing the command
+    /// buffers (wgpu's validation and resource tracking: the host's share per dispatch).
     pub record: f64,
-    /// Seconds finishing and submitting the command buffers (wgpu's resource tracking; where
-    /// a driver's submit waits for the previous one, as lavapipe's does, also device time).
+    /// Seconds in the driver's submits (where a submit waits for the device, as lavapipe's
+    /// does, also device time).
     pub submit: f64,
     /// Seconds waiting, after the last submit, for the device (the kernels) to finish.
     pub wait: f64,
@@ -155,13 +180,19 @@ impl std::fmt::Display for RunTiming {
         let per = |s: f64| 1e6 * s / self.dispatches.max(1) as f64;
         write!(
             f,
-            "{} dispatches ({} nodes fused away, {} fresh buffers): plan {:.3} s, upload {:.3} s, record {:.3} s \
-             ({:.1} us/dispatch), submit {:.3} s ({:.1} us/dispatch), wait {:.3} s, readback \
-             {:.3} s",
+            "{} dispatches ({} nodes fused away, {} fresh buffers, {}): plan {:.3} s, build \
+             {:.3} s, upload {:.3} s, record {:.3} s ({:.1} us/dispatch), submit {:.3} s ({:.1} \
+             us/dispatch), wait {:.3} s, readback {:.3} s",
             self.dispatches,
             self.fused_away,
             self.fresh_buffers,
+            if self.replayed {
+                "replayed"
+            } else {
+                "recorded"
+            },
             self.plan,
+            self.build,
             self.upload,
             self.record,
             per(self.record),
@@ -173,26 +204,21 @@ impl std::fmt::Display for RunTiming {
     }
 }
 
-/// The parameters of every dispatch of a run, packed at the device's uniform-offset alignment
-/// into one buffer written once before the run's submit (instead of a buffer per dispatch:
-/// creating those dominated the time of a run of a large graph on a real GPU).
+/// The parameters of every dispatch of a tape, packed at the device's uniform-offset
+/// alignment into one buffer written once when the tape is built (instead of a buffer per
+/// dispatch: creating those dominated the time of a run of a large graph on a real GPU). The
+/// buffer then belongs to the tape.
 #[derive(Default)]
 struct ParamsArena {
-    buffer: Option<Rc<wgpu::Buffer>>,
-    capacity: u64,
-    /// Host copy of this run's parameters, uploaded before the submit.
+    buffer: Option<wgpu::Buffer>,
+    /// Host copy of the tape's parameters, written into `buffer` when the tape is complete.
     staging: Vec<u8>,
-    /// Whether this run uses the arena (false: one buffer per dispatch, when the run would
+    /// Whether this tape uses the arena (false: one buffer per dispatch, when the tape would
     /// need more than the device's largest buffer).
     active: bool,
-    /// Dispatches recorded in this run.
+    /// Dispatches recorded in this tape.
     dispatches: usize,
-    /// Bytes of `staging` already written to the buffer (by earlier submits of this run).
-    flushed: usize,
 }
-
-/// A run's outputs and the (variable, buffer, shape) assignments it produced.
-type RunOutcome<T> = (Vec<ArrayD<T>>, Vec<(String, Rc<wgpu::Buffer>, Vec<usize>)>);
 
 /// Dispatches per submitted command buffer within a run (the default of
 /// `GpuExecutor::set_submit_every`): the device starts on a chunk while the host records the
@@ -381,22 +407,21 @@ impl GpuExecutor<f64> {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("darts probe"),
             });
-        let recorded = {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("darts probe"),
-                timestamp_writes: None,
-            });
-            self.dispatch(
-                &mut pass,
-                &kernels::PROBE_F64,
-                bytemuck::bytes_of(&p),
-                &[&ba, &bb],
-                &out,
-                (n as u32).div_ceil(WORKGROUP_SIZE),
-                &at,
-            )
-        };
+        // One dispatch with a parameter buffer of its own, encoded and submitted at once.
+        self.params.active = false;
+        self.params.buffer = None;
+        self.commands.clear();
+        let recorded = self.dispatch(
+            &kernels::PROBE_F64,
+            bytemuck::bytes_of(&p),
+            &[&ba, &bb],
+            &out,
+            (n as u32).div_ceil(WORKGROUP_SIZE),
+            &at,
+        );
+        let commands = std::mem::take(&mut self.commands);
         if recorded.is_ok() {
+            Self::encode(&mut encoder, &commands);
             self.queue.submit([encoder.finish()]);
         }
         let result = recorded.and_then(|_| self.read_back(&out, n, &at));
@@ -507,6 +532,9 @@ impl<T: GpuScalar> GpuExecutor<T> {
             fresh_buffers: 0,
             uncaptured,
             vars: HashMap::new(),
+            next_serial: 0,
+            tapes: Vec::new(),
+            commands: Vec::new(),
             params: ParamsArena::default(),
             scope_each: false,
             timing: RunTiming::default(),
@@ -540,6 +568,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
     /// small tensors exercise the 2-D dispatch that large ones need. For tests.
     pub fn set_max_workgroups_per_dim(&mut self, n: u32) {
         self.max_workgroups_per_dim = n.clamp(1, self.limits.max_compute_workgroups_per_dimension);
+        self.forget_tapes();
     }
 
     /// Sums (ReduceSum, ReduceMax, the conv weight gradient) of at least `n` terms per output
@@ -548,6 +577,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
     /// on every shape). Results agree within the same error bound either way.
     pub fn set_workgroup_min(&mut self, n: u32) {
         self.workgroup_min = n.max(1);
+        self.forget_tapes();
     }
 
     /// Whether chains of elementwise nodes run as one generated kernel ([`fusion`]; on by
@@ -634,6 +664,12 @@ impl<T: GpuScalar> GpuExecutor<T> {
         if let Some(b) = self.pool.get_mut(&size).and_then(|v| v.pop()) {
             return Rc::new(b);
         }
+        self.fresh_buffer(size, label)
+    }
+
+    /// A new storage buffer of `size` bytes, never from the pool: every variable gets one,
+    /// since a pooled buffer may be bound by a cached tape (see [`tape`]).
+    fn fresh_buffer(&mut self, size: u64, label: &dyn std::fmt::Display) -> Rc<wgpu::Buffer> {
         self.fresh_buffers += 1;
         Rc::new(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(&label.to_string()),
@@ -660,7 +696,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
     #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &mut self,
-        pass: &mut wgpu::ComputePass<'_>,
         spec: &KernelSpec,
         params: &[u8],
         reads: &[&wgpu::Buffer],
@@ -677,7 +712,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
             .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?
             .clone();
         self.dispatch_compiled(
-            pass,
             &compiled,
             spec.bindings,
             spec.name,
@@ -689,11 +723,11 @@ impl<T: GpuScalar> GpuExecutor<T> {
         )
     }
 
-    /// Records one dispatch of a compiled kernel with `bindings` (see [`Self::dispatch`]).
+    /// Records one dispatch of a compiled kernel with `bindings` (see [`Self::dispatch`]) into
+    /// the tape being built.
     #[allow(clippy::too_many_arguments)]
     fn dispatch_compiled(
         &mut self,
-        pass: &mut wgpu::ComputePass<'_>,
         compiled: &kernels::Compiled,
         bindings: &[(u32, Slot)],
         name: &str,
@@ -711,7 +745,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
         let scope = self
             .scope_each
             .then(|| self.device.push_error_scope(wgpu::ErrorFilter::Validation));
-        // The parameters: a slice of the run's arena, or (fallback) a buffer of their own.
+        // The parameters: a slice of the tape's arena, or (fallback) a buffer of their own.
         let (params_buf, params_offset) = match (&self.params.buffer, self.params.active) {
             (Some(arena), true) => {
                 let align = self.limits.min_uniform_buffer_offset_alignment.max(4) as usize;
@@ -721,14 +755,12 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 (arena.clone(), offset as u64)
             }
             _ => (
-                Rc::new(
-                    self.device
-                        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                            label: Some(name),
-                            contents: params,
-                            usage: wgpu::BufferUsages::UNIFORM,
-                        }),
-                ),
+                self.device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some(name),
+                        contents: params,
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    }),
                 0,
             ),
         };
@@ -756,19 +788,30 @@ impl<T: GpuScalar> GpuExecutor<T> {
             layout: &compiled.layout,
             entries: &entries,
         });
-        pass.set_pipeline(&compiled.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
-        if let Some(e) = scope.and_then(|s| pollster::block_on(s.pop())) {
-            return Err(ExecError::Gpu(format!("{at}: {e}")));
+        let command = tape::Command {
+            pipeline: compiled.pipeline.clone(),
+            bind_group,
+            grid: (gx, gy),
+        };
+        if let Some(scope) = scope {
+            // Encode this dispatch on its own (never submitted): a pass's errors surface when
+            // its encoder finishes.
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(name) });
+            Self::encode(&mut encoder, std::slice::from_ref(&command));
+            drop(encoder.finish());
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                return Err(ExecError::Gpu(format!("{at}: {e}")));
+            }
         }
+        self.commands.push(command);
         Ok(())
     }
 
     /// Records the fused kernel `f` whose root is node `i` and returns its output buffer.
     fn record_fused(
         &mut self,
-        pass: &mut wgpu::ComputePass<'_>,
         graph: &Graph,
         i: usize,
         f: &fusion::Fused,
@@ -849,7 +892,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
         let bindings = kernels::fused_bindings(f.leaves.len());
         let refs: Vec<&wgpu::Buffer> = reads.iter().map(|b| b.as_ref()).collect();
         self.dispatch_compiled(
-            pass, &compiled, &bindings, "fused", params, &refs, &out, groups, &at,
+            &compiled, &bindings, "fused", params, &refs, &out, groups, &at,
         )?;
         Ok(out)
     }
@@ -857,7 +900,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
     /// Records the kernel for node `i` and returns its output buffer.
     fn record(
         &mut self,
-        pass: &mut wgpu::ComputePass<'_>,
         graph: &Graph,
         i: usize,
         vals: &[Option<Rc<wgpu::Buffer>>],
@@ -883,7 +925,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 p.set_value(T::of(*value));
                 let at = site(&kernels::FILL, i, node);
                 self.dispatch(
-                    pass,
                     &kernels::FILL,
                     bytemuck::bytes_of(&p),
                     &[],
@@ -903,7 +944,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 };
                 let at = site(&kernels::UNARY, i, node);
                 self.dispatch(
-                    pass,
                     &kernels::UNARY,
                     bytemuck::bytes_of(&p),
                     &[&x],
@@ -933,7 +973,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 );
                 let at = site(&kernels::BINARY, i, node);
                 self.dispatch(
-                    pass,
                     &kernels::BINARY,
                     bytemuck::bytes_of(&p),
                     &[&x, &y],
@@ -958,7 +997,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 );
                 let at = site(&kernels::BROADCAST, i, node);
                 self.dispatch(
-                    pass,
                     &kernels::BROADCAST,
                     bytemuck::bytes_of(&p),
                     &[&x],
@@ -983,7 +1021,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     (serial, p.total_out.div_ceil(WORKGROUP_SIZE))
                 };
                 let at = site(spec, i, node);
-                self.dispatch(pass, spec, bytemuck::bytes_of(&p), &[&x], &out, groups, &at)?;
+                self.dispatch(spec, bytemuck::bytes_of(&p), &[&x], &out, groups, &at)?;
                 out
             }
             Op::MatMul => {
@@ -1012,7 +1050,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     })?;
                 let at = site(&kernels::MATMUL, i, node);
                 self.dispatch(
-                    pass,
                     &kernels::MATMUL,
                     bytemuck::bytes_of(&p),
                     &[&a, &b],
@@ -1037,7 +1074,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 };
                 let at = site(&kernels::SELECT, i, node);
                 self.dispatch(
-                    pass,
                     &kernels::SELECT,
                     bytemuck::bytes_of(&p),
                     &[&c, &a, &b],
@@ -1081,7 +1117,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 }
                 let at = site(&kernels::COPY, i, node);
                 self.dispatch(
-                    pass,
                     &kernels::COPY,
                     bytemuck::bytes_of(&p),
                     &[&x],
@@ -1105,7 +1140,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     p.extent[*axis] = in_shape.dims()[*axis] as u32;
                     off += in_shape.dims()[*axis];
                     self.dispatch(
-                        pass,
                         &kernels::COPY,
                         bytemuck::bytes_of(&p),
                         &[&x],
@@ -1160,15 +1194,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     ..Default::default()
                 };
                 let at = site(spec, i, node);
-                self.dispatch(
-                    pass,
-                    spec,
-                    bytemuck::bytes_of(&p),
-                    &[&a, &b],
-                    &out,
-                    groups,
-                    &at,
-                )?;
+                self.dispatch(spec, bytemuck::bytes_of(&p), &[&a, &b], &out, groups, &at)?;
                 out
             }
             Op::AvgPool2d(pp)
@@ -1219,15 +1245,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 };
                 let refs: Vec<&wgpu::Buffer> = reads.iter().map(|b| b.as_ref()).collect();
                 let at = site(spec, i, node);
-                self.dispatch(
-                    pass,
-                    spec,
-                    bytemuck::bytes_of(&p),
-                    &refs,
-                    &out,
-                    ew_groups,
-                    &at,
-                )?;
+                self.dispatch(spec, bytemuck::bytes_of(&p), &refs, &out, ew_groups, &at)?;
                 out
             }
             Op::Gather | Op::ScatterAdd { .. } => {
@@ -1254,7 +1272,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 };
                 let at = site(spec, i, node);
                 self.dispatch(
-                    pass,
                     spec,
                     bytemuck::bytes_of(&p),
                     &[&a, &b],
@@ -1278,7 +1295,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 };
                 let at = site(&kernels::LOG_SOFTMAX, i, node);
                 self.dispatch(
-                    pass,
                     &kernels::LOG_SOFTMAX,
                     bytemuck::bytes_of(&p),
                     &[&x],
@@ -1292,79 +1308,80 @@ impl<T: GpuScalar> GpuExecutor<T> {
         Ok(out)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn run_scoped(
+    /// Records `graph`'s run into a new tape: the feeds' buffers, every dispatch (pipeline,
+    /// bind group, grid) and its parameters, the output staging buffers and the assigned
+    /// values. Nothing runs; [`Self::execute_tape`] does. With `scope_each` set, each dispatch
+    /// is also encoded on its own inside a validation scope, to name the kernel of an error.
+    fn build_tape(
         &mut self,
         graph: &Graph,
-        feeds: &Feeds<T>,
-        outputs: &[NodeId],
-        assign: &[(NodeId, String)],
+        key: tape::TapeKey,
+        needed: Rc<Vec<bool>>,
+        plan: Rc<fusion::FusionPlan>,
+    ) -> Result<tape::Tape, ExecError> {
+        self.commands.clear();
+        let built = self.record_tape(graph, &key, &needed, &plan);
+        let commands = std::mem::take(&mut self.commands);
+        let (feeds, outputs, assigned) = built?;
+        // The arena is written once; the tape's bind groups keep it alive.
+        if let (Some(arena), true) = (self.params.buffer.take(), self.params.active) {
+            self.queue.write_buffer(&arena, 0, &self.params.staging);
+        }
+        Ok(tape::Tape {
+            key,
+            needed,
+            plan,
+            commands,
+            feeds,
+            outputs,
+            assigned,
+        })
+    }
+
+    /// The body of [`Self::build_tape`]: returns the feeds, outputs and assigned buffers.
+    #[allow(clippy::type_complexity)]
+    fn record_tape(
+        &mut self,
+        graph: &Graph,
+        key: &tape::TapeKey,
         needed: &[bool],
         plan: &fusion::FusionPlan,
-    ) -> Result<RunOutcome<T>, ExecError> {
-        let n = graph.len();
-        let mut timing = RunTiming::default();
-        let fresh_before = self.fresh_buffers;
-        let clock = std::time::Instant::now();
-        let lap = |t: &mut f64, since: &mut std::time::Instant| {
-            *t = since.elapsed().as_secs_f64();
-            *since = std::time::Instant::now();
-        };
-        let mut since = clock;
-        let mut vals: Vec<Option<Rc<wgpu::Buffer>>> = vec![None; n];
-        // Every input is uploaded before any kernel is recorded: queue writes land before the
-        // encoder's commands, so a buffer written here must not be one a kernel of this run
-        // has used. The pool holds only buffers of finished runs at this point.
+    ) -> Result<
+        (
+            Vec<(String, crate::graph::Shape, wgpu::Buffer)>,
+            Vec<tape::Output>,
+            Vec<wgpu::Buffer>,
+        ),
+        ExecError,
+    > {
+        let mut vals: Vec<Option<Rc<wgpu::Buffer>>> = vec![None; graph.len()];
+        let mut feeds = Vec::new();
+        let mut sources = key.inputs.iter();
         for (i, node) in graph.nodes().iter().enumerate() {
             if let (true, Op::Input { name, shape }) = (needed[i], &node.op) {
-                if feeds.get(name).is_none() {
-                    if let Some((buf, s)) = self.vars.get(name) {
-                        // A variable: already on the device, nothing travels.
-                        if s.as_slice() != shape.dims() {
-                            return Err(ExecError::FeedShape {
-                                name: format!("{name} (variable)"),
-                                expected: shape.clone(),
-                                got: crate::graph::Shape::from(s.as_slice()),
-                            });
-                        }
-                        vals[i] = Some(buf.clone());
-                        continue;
+                vals[i] = Some(match sources.next() {
+                    // A variable: already on the device, bound where it is.
+                    Some(tape::Source::Var(_)) => self
+                        .vars
+                        .get(name)
+                        .map(|v| v.buf.clone())
+                        .ok_or_else(|| ExecError::NoVar(name.clone()))?,
+                    _ => {
+                        let buf = self.alloc(shape.numel(), &format!("%{i} input '{name}'"));
+                        feeds.push((name.clone(), shape.clone(), (*buf).clone()));
+                        buf
                     }
-                }
-                let v = check_feed(name, shape, feeds)?;
-                let buf = self.alloc(v.len(), &format!("%{i} input '{name}'"));
-                if let Some(s) = v.as_slice().filter(|s| !s.is_empty()) {
-                    self.queue.write_buffer(&buf, 0, bytemuck::cast_slice(s));
-                }
-                vals[i] = Some(buf);
+                });
             }
         }
-        self.prepare_params_arena(graph, needed, plan);
-        lap(&mut timing.upload, &mut since);
-        let new_encoder = |device: &wgpu::Device| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("darts run"),
-            })
-        };
-        let begin = |encoder: &mut wgpu::CommandEncoder| {
-            encoder
-                .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("darts graph"),
-                    timestamp_writes: None,
-                })
-                .forget_lifetime()
-        };
-        let mut encoder = new_encoder(&self.device);
-        let mut pass = begin(&mut encoder);
-        let mut submitted_at = 0;
-        let mut submit_seconds = 0.0;
+        self.prepare_params_arena(graph, needed, plan, key.assign.len());
         for (i, node) in graph.nodes().iter().enumerate() {
             if !needed[i] || plan.skipped[i] || matches!(node.op, Op::Input { .. }) {
                 continue;
             }
             let out = match plan.fused.get(&i) {
-                Some(f) => self.record_fused(&mut pass, graph, i, f, &vals)?,
-                None => self.record(&mut pass, graph, i, &vals)?,
+                Some(f) => self.record_fused(graph, i, f, &vals)?,
+                None => self.record(graph, i, &vals)?,
             };
             vals[i] = Some(out);
             for j in plan.reads(graph, i) {
@@ -1374,49 +1391,124 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     }
                 }
             }
-            // Submit in chunks, so the device runs one chunk while the next is recorded.
-            if self.params.dispatches - submitted_at >= self.submit_every {
-                drop(pass);
-                let t = std::time::Instant::now();
-                self.submit(encoder, needed)?;
-                submit_seconds += t.elapsed().as_secs_f64();
-                submitted_at = self.params.dispatches;
-                encoder = new_encoder(&self.device);
-                pass = begin(&mut encoder);
-            }
         }
-        drop(pass);
         // Only the requested outputs come back, through MAP_READ staging buffers.
-        let mut staging = Vec::with_capacity(outputs.len());
-        for &o in outputs {
+        let mut outputs = Vec::with_capacity(key.outputs.len());
+        for &o in &key.outputs {
             let numel = graph.shape(o).numel();
-            if numel == 0 {
-                staging.push(None);
+            let src = vals[o.0].as_ref().ok_or(ExecError::UnknownNode(o))?;
+            let staged = (numel > 0).then(|| {
+                let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("darts readback"),
+                    size: numel as u64 * Self::ELEM,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                ((**src).clone(), staging)
+            });
+            outputs.push((graph.shape(o).dims().to_vec(), staged));
+        }
+        // Assigned values are tape buffers; an assigned variable (an Input left as it is) is
+        // first copied into one, so that the assignments, copies into variables, commute.
+        let mut assigned = Vec::with_capacity(key.assign.len());
+        for (node, _) in &key.assign {
+            let buf = vals[node.0].clone().ok_or(ExecError::UnknownNode(*node))?;
+            let is_var = self.vars.values().any(|v| *v.buf == *buf);
+            if !is_var {
+                assigned.push((*buf).clone());
                 continue;
             }
-            let src = vals[o.0].as_ref().ok_or(ExecError::UnknownNode(o))?;
-            let bytes = numel as u64 * Self::ELEM;
-            let dst = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("darts readback"),
-                size: bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            encoder.copy_buffer_to_buffer(src, 0, &dst, 0, Some(bytes));
-            staging.push(Some(dst));
+            let numel = graph.shape(*node).numel();
+            let n = &graph.nodes()[node.0];
+            let copy = self.alloc(
+                numel,
+                &BufferLabel {
+                    id: node.0,
+                    node: n,
+                },
+            );
+            let mut p = copy_params(graph.shape(*node).dims());
+            put(&mut p.in_strides, &graph.shape(*node).strides());
+            let at = site(&kernels::COPY, node.0, n);
+            self.dispatch(
+                &kernels::COPY,
+                bytemuck::bytes_of(&p),
+                &[&buf],
+                &copy,
+                (numel as u32).div_ceil(WORKGROUP_SIZE),
+                &format!("{at}, copied for assignment"),
+            )?;
+            assigned.push((*copy).clone());
+        }
+        Ok((feeds, outputs, assigned))
+    }
+
+    /// Runs a tape: writes the feeds, submits the dispatches in chunks of `submit_every` (the
+    /// device starts on a chunk while the host encodes the next), copies the outputs to their
+    /// staging buffers and reads them back.
+    fn execute_tape(
+        &mut self,
+        tape: &tape::Tape,
+        feeds: &Feeds<T>,
+        timing: &mut RunTiming,
+    ) -> Result<Vec<ArrayD<T>>, ExecError> {
+        let mut since = std::time::Instant::now();
+        let lap = |t: &mut f64, since: &mut std::time::Instant| {
+            *t = since.elapsed().as_secs_f64();
+            *since = std::time::Instant::now();
+        };
+        // Queue writes land before the next submit's commands; nothing of an earlier run is
+        // still reading these buffers except assignment copies, which the queue orders first.
+        for (name, shape, buf) in &tape.feeds {
+            let v = check_feed(name, shape, feeds)?;
+            if let Some(s) = v.as_slice().filter(|s| !s.is_empty()) {
+                self.queue.write_buffer(buf, 0, bytemuck::cast_slice(s));
+            }
+        }
+        lap(&mut timing.upload, &mut since);
+        let chunks: Vec<&[tape::Command]> = if tape.commands.is_empty() {
+            vec![&[]]
+        } else {
+            tape.commands.chunks(self.submit_every.max(1)).collect()
+        };
+        let mut submit_seconds = 0.0;
+        for (k, chunk) in chunks.iter().enumerate() {
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("darts run"),
+                });
+            Self::encode(&mut encoder, chunk);
+            if k + 1 == chunks.len() {
+                for (src, staging) in tape.outputs.iter().filter_map(|o| o.1.as_ref()) {
+                    encoder.copy_buffer_to_buffer(src, 0, staging, 0, Some(staging.size()));
+                }
+            }
+            let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            // Finishing (wgpu's validation and resource tracking of the pass) is host work of
+            // the recording; the submit is the driver's.
+            let commands = encoder.finish();
+            let t = std::time::Instant::now();
+            self.queue.submit([commands]);
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                return Err(ExecError::Gpu(format!(
+                    "submitting chunk {} of {} of the run ({} dispatches): {e}",
+                    k + 1,
+                    chunks.len(),
+                    tape.commands.len()
+                )));
+            }
+            submit_seconds += t.elapsed().as_secs_f64();
         }
         lap(&mut timing.record, &mut since);
-        self.submit(encoder, needed)?;
-        lap(&mut timing.submit, &mut since);
-        // Earlier chunks' submits happened inside the recording loop.
         timing.record -= submit_seconds;
-        timing.submit += submit_seconds;
+        timing.submit = submit_seconds;
         let (tx, rx) = std::sync::mpsc::channel();
-        for (k, s) in staging.iter().enumerate() {
-            if let Some(b) = s {
+        for (k, (_, out)) in tape.outputs.iter().enumerate() {
+            if let Some((_, staging)) = out {
                 let tx = tx.clone();
                 // map_async completes only inside device.poll below.
-                b.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
                     let _ = tx.send((k, r));
                 });
             }
@@ -1428,75 +1520,48 @@ impl<T: GpuScalar> GpuExecutor<T> {
         lap(&mut timing.wait, &mut since);
         for (k, r) in rx.try_iter() {
             r.map_err(|e| {
-                ExecError::Gpu(format!("mapping output {} for reading: {e}", outputs[k]))
+                ExecError::Gpu(format!(
+                    "mapping output {} for reading: {e}",
+                    tape.key.outputs[k]
+                ))
             })?;
         }
-        let mut result = Vec::with_capacity(outputs.len());
-        for (k, &o) in outputs.iter().enumerate() {
-            let shape = IxDyn(graph.shape(o).dims());
-            let data = match &staging[k] {
+        let mut result = Vec::with_capacity(tape.outputs.len());
+        for ((shape, out), &o) in tape.outputs.iter().zip(&tape.key.outputs) {
+            let data = match out {
                 None => Vec::new(),
-                Some(b) => {
-                    let view = b
+                Some((_, staging)) => {
+                    let view = staging
                         .slice(..)
                         .get_mapped_range()
                         .map_err(|e| ExecError::Gpu(format!("reading output {o}: {e}")))?;
                     let v = bytemuck::pod_collect_to_vec::<u8, T>(&view);
                     drop(view);
-                    b.unmap();
+                    staging.unmap();
                     v
                 }
             };
             result
-                .push(ArrayD::from_shape_vec(shape, data).map_err(|e| {
+                .push(ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| {
                     ExecError::Gpu(format!("output {o} has the wrong length: {e}"))
                 })?);
         }
-        // Assigned values become variables where they are (no copy, no readback), once the
-        // caller has seen the run succeed.
-        let mut assigned = Vec::with_capacity(assign.len());
-        for (node, name) in assign {
-            let buf = vals[node.0].clone().ok_or(ExecError::UnknownNode(*node))?;
-            assigned.push((name.clone(), buf, graph.shape(*node).dims().to_vec()));
-        }
-        for v in vals.into_iter().flatten() {
-            self.release(v);
-        }
         lap(&mut timing.readback, &mut since);
-        timing.dispatches = self.params.dispatches;
-        timing.fresh_buffers = self.fresh_buffers - fresh_before;
-        self.timing = timing;
-        Ok((result, assigned))
+        timing.dispatches = tape.commands.len();
+        Ok(result)
     }
 
-    /// Writes the parameters recorded since the last submit into the arena, then submits
-    /// `encoder` (the arena write lands before its commands and after every earlier
-    /// submit's, and touches only bytes no earlier command reads).
-    fn submit(&mut self, encoder: wgpu::CommandEncoder, needed: &[bool]) -> Result<(), ExecError> {
-        if let (Some(arena), true) = (&self.params.buffer, self.params.active) {
-            let from = self.params.flushed;
-            if self.params.staging.len() > from {
-                self.queue
-                    .write_buffer(arena, from as u64, &self.params.staging[from..]);
-            }
-        }
-        self.params.flushed = self.params.staging.len();
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        self.queue.submit([encoder.finish()]);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(ExecError::Gpu(format!(
-                "submitting the run's command encoder ({} nodes): {e}",
-                needed.iter().filter(|&&x| x).count()
-            )));
-        }
-        Ok(())
-    }
-
-    /// Makes the parameter arena large enough for every dispatch `graph` can record (one per
-    /// needed node that fusion does not skip, one per input of a Concat), unless that exceeds
-    /// the device's largest buffer, in which case this run falls back to a buffer per
-    /// dispatch.
-    fn prepare_params_arena(&mut self, graph: &Graph, needed: &[bool], plan: &fusion::FusionPlan) {
+    /// Makes a parameter arena for the tape being built, large enough for every dispatch
+    /// `graph` can record (one per needed node that fusion does not skip, one per input of a
+    /// Concat, one per assignment), unless that exceeds the device's largest buffer, in which
+    /// case each dispatch gets a buffer of its own.
+    fn prepare_params_arena(
+        &mut self,
+        graph: &Graph,
+        needed: &[bool],
+        plan: &fusion::FusionPlan,
+        assignments: usize,
+    ) {
         let align = self.limits.min_uniform_buffer_offset_alignment.max(4) as u64;
         let stride = MAX_PARAMS_BYTES.next_multiple_of(align);
         let dispatches: u64 = graph
@@ -1509,26 +1574,18 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 _ => 1,
             })
             .sum();
-        let bytes = (dispatches * stride).max(stride);
+        let bytes = ((dispatches + assignments as u64) * stride).max(stride);
         self.params.staging.clear();
         self.params.dispatches = 0;
-        self.params.flushed = 0;
         self.params.active = bytes <= self.limits.max_buffer_size;
-        if self.params.active && (self.params.buffer.is_none() || self.params.capacity < bytes) {
-            // Grow geometrically so a sequence of growing graphs reallocates rarely.
-            let capacity = bytes
-                .max(self.params.capacity * 2)
-                .min(self.limits.max_buffer_size);
-            self.params.buffer = Some(Rc::new(self.device.create_buffer(
-                &wgpu::BufferDescriptor {
-                    label: Some("darts kernel parameters"),
-                    size: capacity,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                },
-            )));
-            self.params.capacity = capacity;
-        }
+        self.params.buffer = self.params.active.then(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("darts kernel parameters"),
+                size: bytes,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
     }
 
     /// Copies `numel` elements from `src` into a MAP_READ buffer and reads them (one submit).
@@ -1743,14 +1800,21 @@ impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
         check_assign(graph, assign, |n| self.var_shape(n))?;
         let mut keep = outputs.to_vec();
         keep.extend(assign.iter().map(|(n, _)| *n));
-        // The same graph with the same outputs every step: plan once (see `PlanKey`).
+        // The same graph with the same outputs every step: plan once (see `PlanKey`), from a
+        // cached tape of the graph, or the last plan, or afresh.
         let key = PlanKey {
             graph: graph.version(),
             keep: keep.clone(),
             fusion: self.fusion,
         };
-        let cached = match self.plan_cache.take() {
-            Some((k, needed, plan)) if k == key => (needed, plan),
+        let from_tape = self
+            .tapes
+            .iter()
+            .find(|t| t.key.plan == key)
+            .map(|t| (t.needed.clone(), t.plan.clone()));
+        let (needed, plan) = match (from_tape, self.plan_cache.take()) {
+            (Some(cached), _) => cached,
+            (None, Some((k, needed, plan))) if k == key => (needed, plan),
             _ => {
                 let (needed, _) = liveness(graph, &keep)?;
                 self.check_supported(graph, &needed)?;
@@ -1768,54 +1832,109 @@ impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
                 (Rc::new(needed), Rc::new(plan))
             }
         };
-        self.plan_cache = Some((key, cached.0.clone(), cached.1.clone()));
-        let (needed, plan) = cached;
+        self.plan_cache = Some((key.clone(), needed.clone(), plan.clone()));
         check_indices(graph, feeds, &self.vars, &needed)?;
+        // Where each needed input comes from: a feed wins over a variable of the same name.
+        let inputs = graph
+            .nodes()
+            .iter()
+            .zip(needed.iter())
+            .filter_map(|(node, &k)| match (&node.op, k) {
+                (Op::Input { name, .. }, true) => Some(match self.vars.get(name) {
+                    Some(v) if feeds.get(name).is_none() => tape::Source::Var(v.serial),
+                    _ => tape::Source::Feed,
+                }),
+                _ => None,
+            })
+            .collect();
+        let tape_key = tape::TapeKey {
+            plan: key,
+            outputs: outputs.to_vec(),
+            assign: assign.to_vec(),
+            inputs,
+        };
+        let mut located_key = tape_key.clone();
+        located_key.assign.clear();
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let plan_seconds = planning.elapsed().as_secs_f64();
-        let result = self.run_scoped(graph, feeds, outputs, assign, &needed, &plan);
+        let mut timing = RunTiming {
+            plan: planning.elapsed().as_secs_f64(),
+            fused_away: plan.saved(),
+            ..Default::default()
+        };
+        let fresh_before = self.fresh_buffers;
+        let found = self.tapes.iter().position(|t| t.key == tape_key);
+        timing.replayed = found.is_some();
+        let built = match found {
+            Some(k) => Ok(self.tapes.remove(k)),
+            None => {
+                let t = std::time::Instant::now();
+                let built = self.build_tape(graph, tape_key, needed.clone(), plan.clone());
+                timing.build = t.elapsed().as_secs_f64();
+                built
+            }
+        };
+        let result = built.map(|tape| {
+            let r = self.execute_tape(&tape, feeds, &mut timing);
+            (tape, r)
+        });
         let v = pollster::block_on(validation.pop());
         let o = pollster::block_on(oom.pop());
-        let (result, assigned) = result?;
-        if let Some(e) = v {
-            // Name the kernel: run again with a validation scope around every dispatch (no
-            // assignments: the variables stay as they were).
-            self.scope_each = true;
-            let located = self.run_scoped(graph, feeds, outputs, &[], &needed, &plan);
-            self.scope_each = false;
-            return Err(match located {
-                Err(at) => at,
-                Ok(_) => ExecError::Gpu(format!("during the run: {e}")),
-            });
-        }
-        if let Some(e) = o {
-            return Err(ExecError::Gpu(format!("during the run: {e}")));
-        }
-        self.take_uncaptured()?;
-        self.timing.plan = plan_seconds;
-        self.timing.fused_away = plan.saved();
-        for (name, buf, shape) in assigned {
-            if let Some((old, _)) = self.vars.insert(name, (buf, shape)) {
-                self.release(old);
+        let (tape, result) = result?;
+        let failed = match (v, o) {
+            (Some(e), _) => {
+                // Name the kernel: record again with a validation scope around every dispatch.
+                drop(tape);
+                self.scope_each = true;
+                let located = self.build_tape(graph, located_key, needed, plan);
+                self.scope_each = false;
+                Some(match located {
+                    Err(at) => at,
+                    Ok(t) => {
+                        drop(t);
+                        ExecError::Gpu(format!("during the run: {e}"))
+                    }
+                })
             }
-        }
-        Ok(result)
+            (None, Some(e)) => {
+                drop(tape);
+                Some(ExecError::Gpu(format!("during the run: {e}")))
+            }
+            (None, None) => {
+                let r = result.and_then(|r| {
+                    self.take_uncaptured()?;
+                    let shapes: Vec<Vec<usize>> = assign
+                        .iter()
+                        .map(|(n, _)| graph.shape(*n).dims().to_vec())
+                        .collect();
+                    self.commit(&tape, assign, &shapes)?;
+                    Ok(r)
+                });
+                self.keep_tape(tape);
+                timing.fresh_buffers = self.fresh_buffers - fresh_before;
+                self.timing = timing;
+                return r;
+            }
+        };
+        Err(failed.unwrap_or_else(|| ExecError::Gpu("the run failed".into())))
     }
 
-    /// Uploads `value` into a fresh (or pooled) device buffer labelled with the name; the old
-    /// buffer of the variable, if any, goes back to the pool.
+    /// Writes `value` into the variable's buffer when it has that shape; otherwise makes a
+    /// new buffer (from the pool) and gives the old one back (tapes that bound it are
+    /// dropped).
     fn set_var(&mut self, name: &str, value: &ArrayD<T>) -> Result<(), ExecError> {
         let v = value.as_standard_layout();
-        let buf = self.alloc(v.len(), &format!("variable '{name}'"));
+        let buf = match self.vars.get(name) {
+            Some(var) if var.shape == value.shape() => var.buf.clone(),
+            _ => {
+                let size = (v.len() as u64 * Self::ELEM).max(Self::ELEM);
+                let buf = self.fresh_buffer(size, &format!("variable '{name}'"));
+                self.new_var(name, buf.clone(), value.shape().to_vec());
+                buf
+            }
+        };
         if let Some(s) = v.as_slice().filter(|s| !s.is_empty()) {
             self.queue.write_buffer(&buf, 0, bytemuck::cast_slice(s));
-        }
-        if let Some((old, _)) = self
-            .vars
-            .insert(name.to_string(), (buf, value.shape().to_vec()))
-        {
-            self.release(old);
         }
         Ok(())
     }
@@ -1824,7 +1943,7 @@ impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
         let (buf, shape) = self
             .vars
             .get(name)
-            .cloned()
+            .map(|v| (v.buf.clone(), v.shape.clone()))
             .ok_or_else(|| ExecError::NoVar(name.to_string()))?;
         let data = self.read_back(&buf, shape.iter().product(), &format!("variable '{name}'"))?;
         self.take_uncaptured()?;
@@ -1837,17 +1956,30 @@ impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
     }
 
     fn var_shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.vars.get(name).map(|(_, s)| s.clone())
+        self.vars.get(name).map(|v| v.shape.clone())
     }
 
     fn clear_vars(&mut self) {
-        for (_, (b, _)) in std::mem::take(&mut self.vars) {
-            self.release(b);
+        self.forget_tapes();
+        for (_, v) in std::mem::take(&mut self.vars) {
+            self.release(v.buf);
         }
     }
 }
 
 impl<T: GpuScalar> GpuExecutor<T> {
+    /// Makes `buf` the variable `name`'s buffer with a new serial; the old buffer, if any,
+    /// goes back to the pool and the tapes that bound it are dropped.
+    fn new_var(&mut self, name: &str, buf: Rc<wgpu::Buffer>, shape: Vec<usize>) {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let var = Var { buf, shape, serial };
+        if let Some(old) = self.vars.insert(name.to_string(), var) {
+            self.forget_tapes_reading(old.serial);
+            self.release(old.buf);
+        }
+    }
+
     /// Errors wgpu reported outside any scope since the last call, as one error.
     fn take_uncaptured(&self) -> Result<(), ExecError> {
         if let Ok(mut u) = self.uncaptured.lock() {
