@@ -642,10 +642,11 @@ fn gpu_plan_cache_follows_graph_changes() {
     assert_eq!(gpu.run_timing().fused_away, 0, "fusion off: a fresh plan");
 }
 
-/// A run split into many submits (every 3 dispatches: parameters flushed per chunk, pooled
-/// buffers reused across submits) gives, bit for bit, what one submit per 2048 dispatches
-/// gives, on the search network's loss and gradients (a few thousand dispatches); and the
-/// second run allocates no device buffer (the pool kept the first one's).
+/// A run split into many submits (every 3 or 7 dispatches: pooled buffers reused across
+/// submits), encoded on 1 to 4 threads (chunks finished out of order, submitted in order),
+/// gives, bit for bit, what one thread and one submit per 2048 dispatches give, on the search
+/// network's loss and gradients (a few thousand dispatches); the runs after the first replay
+/// its tape and allocate no device buffer.
 #[test]
 fn gpu_chunked_submits_change_nothing() {
     use darts::darts::network::SearchConfig;
@@ -673,20 +674,26 @@ fn gpu_chunked_submits_change_nothing() {
     let mut outs = vec![net.loss, net.grad_alpha[0], net.grad_alpha[1]];
     outs.extend(&net.grad_w);
     let mut runs = Vec::new();
-    for every in [darts::exec::gpu::SUBMIT_EVERY, 3] {
+    let ways = [(darts::exec::gpu::SUBMIT_EVERY, 1), (3, 1), (3, 4), (7, 2)];
+    for (every, threads) in ways {
         gpu.set_submit_every(every);
+        gpu.set_encode_threads(threads);
         runs.push(gpu.run(&net.graph, &feeds, &outs).unwrap());
-        println!("submit every {every}: {}", gpu.run_timing());
+        let t = gpu.run_timing();
+        println!("submit every {every}, {threads} encoding threads: {t}");
+        if runs.len() > 1 {
+            assert!(t.replayed && t.fresh_buffers == 0, "{t}");
+        }
     }
     assert!(gpu.run_timing().dispatches > 100);
-    // The pool holds the first run's working set: a repeated run creates no buffer.
-    assert_eq!(gpu.run_timing().fresh_buffers, 0, "{}", gpu.run_timing());
-    for (k, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
-        assert!(
-            a.iter()
-                .zip(b.iter())
-                .all(|(x, y)| x.to_bits() == y.to_bits()),
-            "output {k} differs between chunkings"
-        );
+    for (w, run) in ways.iter().zip(&runs).skip(1) {
+        for (k, (a, b)) in runs[0].iter().zip(run).enumerate() {
+            assert!(
+                a.iter()
+                    .zip(b.iter())
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "output {k} differs with (submit every, threads) = {w:?}"
+            );
+        }
     }
 }

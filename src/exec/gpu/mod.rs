@@ -99,6 +99,9 @@ pub struct GpuExecutor<T: GpuScalar = f32> {
     fusion: bool,
     /// Dispatches per submitted command buffer ([`SUBMIT_EVERY`] unless set).
     submit_every: usize,
+    /// Threads encoding a run's command buffers (the host's cores, at most
+    /// [`ENCODE_THREADS_MAX`], unless set).
+    encode_threads: usize,
     /// Buffers created since the executor was made (see [`RunTiming::fresh_buffers`]).
     fresh_buffers: usize,
     /// The liveness and fusion plan of the last graph run, reused while it is run again.
@@ -164,8 +167,13 @@ pub struct RunTiming {
     /// Seconds writing feeds into device buffers.
     pub upload: f64,
     /// Seconds encoding the tape's dispatches into compute passes and finishing the command
-    /// buffers (wgpu's validation and resource tracking: the host's share per dispatch).
+    /// buffers (wgpu's validation and resource tracking: the host's share per dispatch), not
+    /// counting the submits; with several encoding threads, the time the submitting thread
+    /// waited for the next chunk (the encoding not hidden behind submits).
     pub record: f64,
+    /// Seconds of encoding and finishing, summed over the encoding threads (what encoding
+    /// costs the host, hidden or not: `encode / dispatches` is the host's cost per dispatch).
+    pub encode: f64,
     /// Seconds in the driver's submits (where a submit waits for the device, as lavapipe's
     /// does, also device time).
     pub submit: f64,
@@ -182,7 +190,8 @@ impl std::fmt::Display for RunTiming {
             f,
             "{} dispatches ({} nodes fused away, {} fresh buffers, {}): plan {:.3} s, build \
              {:.3} s, upload {:.3} s, record {:.3} s ({:.1} us/dispatch), submit {:.3} s ({:.1} \
-             us/dispatch), wait {:.3} s, readback {:.3} s",
+             us/dispatch; encoding {:.1} us/dispatch over all threads), wait {:.3} s, readback \
+             {:.3} s",
             self.dispatches,
             self.fused_away,
             self.fresh_buffers,
@@ -198,6 +207,7 @@ impl std::fmt::Display for RunTiming {
             per(self.record),
             self.submit,
             per(self.submit),
+            per(self.encode),
             self.wait,
             self.readback
         )
@@ -225,6 +235,14 @@ struct ParamsArena {
 /// next one (one submit per run would leave the device idle while all of a large graph's
 /// dispatches are recorded).
 pub const SUBMIT_EVERY: usize = 2048;
+
+/// A chunk of a run encoded and finished: its command buffer, the validation error of its
+/// encoding thread, and the seconds it took.
+type Built = (wgpu::CommandBuffer, Option<wgpu::Error>, f64);
+
+/// Most threads encoding one run's command buffers by default (see
+/// `GpuExecutor::set_encode_threads`).
+pub const ENCODE_THREADS_MAX: usize = 8;
 
 /// The largest parameter block of any kernel (`FusedReduceParams`), in bytes.
 const MAX_PARAMS_BYTES: u64 = 384;
@@ -529,6 +547,9 @@ impl<T: GpuScalar> GpuExecutor<T> {
             fusion: true,
             plan_cache: None,
             submit_every: SUBMIT_EVERY,
+            encode_threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(ENCODE_THREADS_MAX),
             fresh_buffers: 0,
             uncaptured,
             vars: HashMap::new(),
@@ -590,6 +611,12 @@ impl<T: GpuScalar> GpuExecutor<T> {
     /// Results do not depend on it: the same kernels run in the same order.
     pub fn set_submit_every(&mut self, n: usize) {
         self.submit_every = n.max(1);
+    }
+
+    /// Encode a run's command buffers on up to `n` threads (at least 1; default: the host's
+    /// cores, at most [`ENCODE_THREADS_MAX`]). Results do not depend on it.
+    pub fn set_encode_threads(&mut self, n: usize) {
+        self.encode_threads = n.max(1);
     }
 
     /// Where the time of the last successful run went, and how many dispatches it made.
@@ -1471,35 +1498,8 @@ impl<T: GpuScalar> GpuExecutor<T> {
         } else {
             tape.commands.chunks(self.submit_every.max(1)).collect()
         };
-        let mut submit_seconds = 0.0;
-        for (k, chunk) in chunks.iter().enumerate() {
-            let mut encoder = self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("darts run"),
-                });
-            Self::encode(&mut encoder, chunk);
-            if k + 1 == chunks.len() {
-                for (src, staging) in tape.outputs.iter().filter_map(|o| o.1.as_ref()) {
-                    encoder.copy_buffer_to_buffer(src, 0, staging, 0, Some(staging.size()));
-                }
-            }
-            let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-            // Finishing (wgpu's validation and resource tracking of the pass) is host work of
-            // the recording; the submit is the driver's.
-            let commands = encoder.finish();
-            let t = std::time::Instant::now();
-            self.queue.submit([commands]);
-            if let Some(e) = pollster::block_on(scope.pop()) {
-                return Err(ExecError::Gpu(format!(
-                    "submitting chunk {} of {} of the run ({} dispatches): {e}",
-                    k + 1,
-                    chunks.len(),
-                    tape.commands.len()
-                )));
-            }
-            submit_seconds += t.elapsed().as_secs_f64();
-        }
+        let (submit_seconds, encode_seconds) = self.encode_and_submit(tape, &chunks)?;
+        timing.encode = encode_seconds;
         lap(&mut timing.record, &mut since);
         timing.record -= submit_seconds;
         timing.submit = submit_seconds;
@@ -1549,6 +1549,94 @@ impl<T: GpuScalar> GpuExecutor<T> {
         lap(&mut timing.readback, &mut since);
         timing.dispatches = tape.commands.len();
         Ok(result)
+    }
+
+    /// Encodes and finishes `chunks` (the output copies after the last) on up to
+    /// `encode_threads` threads, and submits them in order as they become ready, so the device
+    /// runs one chunk while the host encodes the next ones. Returns the seconds spent in the
+    /// driver's submits and the seconds of encoding summed over the threads. The chunks' commands and their order are those of one thread, so the
+    /// results are identical (claim 6 of proofs/gpu-kernel-choices.md).
+    fn encode_and_submit(
+        &self,
+        tape: &tape::Tape,
+        chunks: &[&[tape::Command]],
+    ) -> Result<(f64, f64), ExecError> {
+        let (device, queue) = (&self.device, &self.queue);
+        let (n, outputs) = (chunks.len(), &tape.outputs);
+        // Encodes and finishes chunk k inside a validation scope of the encoding thread
+        // (wgpu's error scopes are per thread).
+        let build = |k: usize| -> Built {
+            let t = std::time::Instant::now();
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("darts run"),
+            });
+            Self::encode(&mut encoder, chunks[k]);
+            if k + 1 == n {
+                for (src, staging) in outputs.iter().filter_map(|o| o.1.as_ref()) {
+                    encoder.copy_buffer_to_buffer(src, 0, staging, 0, Some(staging.size()));
+                }
+            }
+            let commands = encoder.finish();
+            let error = pollster::block_on(scope.pop());
+            (commands, error, t.elapsed().as_secs_f64())
+        };
+        let (mut submit_seconds, mut encode_seconds) = (0.0, 0.0);
+        let mut submit = |k: usize, built: Built| {
+            encode_seconds += built.2;
+            let at = || {
+                format!(
+                    "chunk {} of {n} of the run ({} dispatches)",
+                    k + 1,
+                    tape.commands.len()
+                )
+            };
+            if let Some(e) = built.1 {
+                return Err(ExecError::Gpu(format!("encoding {}: {e}", at())));
+            }
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let t = std::time::Instant::now();
+            queue.submit([built.0]);
+            submit_seconds += t.elapsed().as_secs_f64();
+            match pollster::block_on(scope.pop()) {
+                Some(e) => Err(ExecError::Gpu(format!("submitting {}: {e}", at()))),
+                None => Ok(()),
+            }
+        };
+        let threads = self.encode_threads.min(n);
+        if threads <= 1 {
+            for k in 0..n {
+                submit(k, build(k))?;
+            }
+            return Ok((submit_seconds, encode_seconds));
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| -> Result<(), ExecError> {
+            let (tx, rx) = std::sync::mpsc::channel();
+            for _ in 0..threads {
+                let (tx, next, build) = (tx.clone(), &next, &build);
+                s.spawn(move || loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // A closed channel: the submitting side failed and stopped.
+                    if k >= n || tx.send((k, build(k))).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(tx);
+            // Chunks finish in any order; they are submitted in order.
+            let mut ready = std::collections::BTreeMap::new();
+            let mut due = 0;
+            for (k, built) in rx {
+                ready.insert(k, built);
+                while let Some(b) = ready.remove(&due) {
+                    submit(due, b)?;
+                    due += 1;
+                }
+            }
+            Ok(())
+        })?;
+        Ok((submit_seconds, encode_seconds))
     }
 
     /// Makes a parameter arena for the tape being built, large enough for every dispatch
