@@ -201,7 +201,7 @@ type RunOutcome<T> = (Vec<ArrayD<T>>, Vec<(String, Rc<wgpu::Buffer>, Vec<usize>)
 pub const SUBMIT_EVERY: usize = 2048;
 
 /// The largest parameter block of any kernel (`FusedReduceParams`), in bytes.
-const MAX_PARAMS_BYTES: u64 = 384;
+const MAX_PARAMS_BYTES: u64 = 512;
 
 /// Where a kernel runs, for error messages: "kernel 'k' for node %i (op at 'label')", or
 /// "fused kernel of n ops for node %i (op at 'label')". Formatted only when a message needs
@@ -797,12 +797,8 @@ impl<T: GpuScalar> GpuExecutor<T> {
         for &leaf in &f.leaves {
             reads.push(vals[leaf.0].clone().ok_or(ExecError::UnknownNode(leaf))?);
         }
-        for (ordinal, &l) in f.strided.iter().enumerate() {
-            put(
-                &mut map.strides[ordinal],
-                &broadcast_strides(graph.shape(f.leaves[l]).dims(), expr_shape),
-            );
-        }
+        map.views = f.views.len() as u32;
+        map.words = f.words(expr_shape.len());
         let fused_reduce_params;
         let (params, entry, groups): (&[u8], &'static str, u32) = match (&f.reduce, &node.op) {
             (None, _) => (
