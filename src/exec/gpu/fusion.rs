@@ -16,8 +16,20 @@
 //! 1. `j` is elementwise and every use of `j` is by an elementwise node or a reduction
 //!    (`ReduceSum`, `ReduceMax`),
 //! 2. `j` is not an output or an assigned node of the run, and
-//! 3. the kernel stays within [`MAX_LEAVES`] buffers read (at most [`MAX_STRIDED`] of them
-//!    broadcast) and [`MAX_OPS`] operations.
+//! 3. the kernel stays within [`MAX_LEAVES`] buffers read, [`VIEW_WORDS`] words of view
+//!    parameters (see below) and [`MAX_OPS`] operations.
+//!
+//! A kernel may also read a leaf *through views* instead of reading a view node's buffer:
+//! 4. a `Slice` (any start, end, step), a `Pad` without interior zeros, or a `Reshape` (and a
+//!    `Broadcast` below one of them) is read through when it is not an output or an assigned
+//!    node and every use of it is by an elementwise node, a reduction or another such view op.
+//!    The chain of views down to a buffer composes into one affine read plus bounds,
+//!    `value(c) = lo <= c < hi ? leaf[offset + sum_d c_d strides_d] : 0` (a [`View`]; claim 7 of
+//!    proofs/gpu-kernel-choices.md), where a reshape composes only where the strides allow it
+//!    (PyTorch's `computeStride`) and never after a pad (bounds do not survive merged axes);
+//!    where a link does not compose, the chain stops there and that node is the buffer. A view
+//!    node that every reader read through is never dispatched. A reduction reads through a
+//!    slice or pad input the same way.
 //!
 //! Any elementwise node with a single use of its own shape (or by a reduction) may be absorbed.
 //! A value with several uses is recomputed by each kernel that absorbs it, and a value of a
@@ -41,8 +53,13 @@
 //!
 //! A map stores `out[i] = e(leaf_0[off_0(i)], ..., leaf_{L-1}[off_{L-1}(i)])`; a reduction
 //! sums (or maxes) `e` at the flat indices of reduce.wgsl, in the same order as the single-op
-//! reduction would read a stored `e`. `off_l(i)` is the NumPy broadcast offset of
-//! shaders/elementwise.wgsl (`i` itself for a leaf of the expression's shape) and
+//! reduction would read a stored `e`. `off_l(i)` is the leaf's view: the NumPy broadcast
+//! offset of shaders/elementwise.wgsl for a plain leaf (`i` itself for a leaf of the
+//! expression's shape), composed with the slices, pads and reshapes read through, and a read
+//! outside a pad's bounds is 0 (shaders/fused.wgsl). Offsets, strides and bounds are
+//! parameters ([`VIEW_WORDS`] words: `1 + rank` per plain view, `1 + 3 rank` per bounded one,
+//! shared by reads with equal words), not kernel text, so kernels that differ only in where
+//! they slice share a pipeline; and
 //! `e` the tree, each node evaluated by the same `unary_op` / `binary_op` functions as the
 //! single-op kernels (shaders/elementwise_ops.wgsl), so NaN handling and every special case
 //! are those of the unfused kernels. Each operation still rounds once to the element type (the
