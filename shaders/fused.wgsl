@@ -7,7 +7,9 @@
 //   a reduction of a map: fused_reduce.wgsl (FusedReduceParams, `params`), reduce_core.wgsl
 //     (the entry points of reduce.wgsl), then the generated bindings as above and
 //       fn reduce_input(i) = e(in_0[off_0(i)], ..., in_{L-1}[off_{L-1}(i)]),
-//     so the reduction sums (or maxes) e over the reduced elements without storing it;
+//     so the reduction sums (or maxes) e over the reduced elements without storing it, and
+//       fn reduce_output(o, v) = v, or f(v, in_l[o]) / f(v, literal) for an epilogue f (one
+//     unary or binary op of the reduced value v of output o; fusion.rs, rule 5);
 // where e is a tree of unary_op / binary_op / select calls and exact literals, every
 // intermediate a `let` of type S (rounded once per operation, as the single-op kernels), and i
 // the flat index in the shape of e (the map's output, or the reduction's input).

@@ -402,3 +402,71 @@ fn interior_pads_and_non_affine_reshapes_are_buffers() {
     );
     assert!(!p2.skipped[sp.0] && !p2.skipped[st.0]);
 }
+
+/// Batch-norm statistics: `mul(reduce_sum(x), 1/n)` whose value a reshape also reads (so it is
+/// stored) runs as one reduction kernel with the multiply as its epilogue, the sum never
+/// stored; `sub(reduce_max(x), b)` with `b` of the output's shape reads `b` at the output's
+/// index. No epilogue where the reduction has another use, is kept, or the other operand is
+/// broadcast. Claim 8.
+#[test]
+fn reductions_take_an_elementwise_epilogue() {
+    let mut g = Graph::new();
+    let x = g.input("x", [4, 6]).unwrap();
+    let s = g.reduce_sum(x, &[1]).unwrap();
+    let inv = g.constant(1.0 / 6.0, [4, 1]).unwrap();
+    let mean = g.mul(s, inv).unwrap();
+    let flat = g.reshape(mean, [4]).unwrap();
+    let centred = g.sub(x, mean).unwrap();
+    let b = g.input("b", [4, 1]).unwrap();
+    let mx = g.reduce_max(x, &[1]).unwrap();
+    let top = g.sub(mx, b).unwrap();
+    // Not epilogues: a reduction used twice, a kept one, a broadcast operand.
+    let s2 = g.reduce_sum(x, &[0]).unwrap();
+    let twice = g.add2(s2, s2).unwrap();
+    let s3 = g.reduce_sum(x, &[0]).unwrap();
+    let kept = g.unary(UnaryOp::Neg, s3).unwrap();
+    let s4 = g.reduce_sum(x, &[1]).unwrap();
+    let c = g.input("c", [1]).unwrap();
+    let bc = g.add2(s4, c).unwrap();
+    let outs = [flat, centred, top, twice, kept, s3, bc];
+    let needed = vec![true; g.len()];
+    let p = plan(&g, &needed, &outs, f32_round, MAX_LEAVES, true);
+    let f = &p.fused[&mean.0];
+    let r = f.reduce.expect("a fused reduction");
+    assert_eq!((r.node, r.input, r.max), (s, x, false));
+    assert_eq!(f.leaves, vec![x]);
+    assert_eq!(f.ops, 2, "the sum and the multiply");
+    assert!(p.skipped[s.0], "the sum is never stored");
+    assert!(
+        f.source
+            .contains("fn reduce_output(o: u32, v: S) -> S {\n    return binary_op("),
+        "{}",
+        f.source
+    );
+    assert!(
+        f.source.contains(", v, S(0x1.5555560000000p-3))"),
+        "{}",
+        f.source
+    );
+    let t = &p.fused[&top.0];
+    assert_eq!(t.reduce.map(|r| (r.node, r.max)), Some((mx, true)));
+    assert_eq!(t.leaves, vec![b, x], "the epilogue's leaf first");
+    assert!(t.source.contains(", v, in0[o])"), "{}", t.source);
+    assert!(t.source.contains("return in1[i];"), "{}", t.source);
+    assert!(p.skipped[mx.0]);
+    for (red, root) in [(s2, twice), (s3, kept), (s4, bc)] {
+        assert!(!p.skipped[red.0], "{red:?} stored");
+        assert!(p.fused[&root.0].reduce.is_none());
+    }
+    assert!(
+        !p.fused.contains_key(&s3.0),
+        "a plain reduction keeps reduce.wgsl"
+    );
+    // Without an epilogue the output function is the identity.
+    let mut h = Graph::new();
+    let y = h.input("y", [3, 5]).unwrap();
+    let sq = h.unary(UnaryOp::Square, y).unwrap();
+    let ss = h.reduce_sum(sq, &[0]).unwrap();
+    let q = plan(&h, &vec![true; h.len()], &[ss], f32_round, MAX_LEAVES, true);
+    assert!(q.fused[&ss.0].source.contains("S {\n    return v;\n}"));
+}

@@ -889,3 +889,87 @@ fn gpu_views_match_cpu_exactly() {
         "interior pads and non-affine chains stay dispatched"
     );
 }
+
+/// Reduction epilogues (proofs/gpu-kernel-choices.md, claim 8): batch-norm-like statistics,
+/// `mul(reduce_sum(x), 0.25)` read by a reshape and by `x - mean`, and `sub(reduce_max(x), b)`,
+/// `sub(b, reduce_sum(x))` with `b` of the output's shape, over random shapes and axes. Small
+/// integers and power-of-two factors make every value exact: fused and unfused GPU runs (f32,
+/// and f64 where the adapter has it) equal the CPU f64 run bit for bit. Asserts that the plans
+/// used epilogues.
+#[test]
+fn gpu_reduction_epilogues_match_cpu_exactly() {
+    let Some(mut gpu) = common::gpu_executor("gpu_reduction_epilogues_match_cpu_exactly") else {
+        return;
+    };
+    let mut gpu64 = common::gpu_f64_executor("gpu_reduction_epilogues_match_cpu_exactly");
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut epilogues = 0;
+    for case in 0..24 {
+        let rank = rng.random_range(1..=3);
+        let shape: Vec<usize> = (0..rank).map(|_| rng.random_range(1..=6)).collect();
+        let axes: Vec<usize> = (0..rank).filter(|_| rng.random_bool(0.6)).collect();
+        let axes = if axes.is_empty() { vec![0] } else { axes };
+        let mut g = Graph::new();
+        let mut inputs = Inputs::new();
+        let mut input = |g: &mut Graph, name: &str, s: &[usize]| {
+            let n: usize = s.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-4..=4) as f32).collect();
+            inputs.push((name.into(), ArrayD::from_shape_vec(IxDyn(s), v).unwrap()));
+            g.input(name, s.to_vec()).unwrap()
+        };
+        let x = input(&mut g, "x", &shape);
+        let sum = g.reduce_sum(x, &axes).unwrap();
+        let out_shape = g.shape(sum).dims().to_vec();
+        let b = input(&mut g, "b", &out_shape);
+        let quarter = g.constant(0.25, out_shape.clone()).unwrap();
+        let mean = g.mul(sum, quarter).unwrap();
+        let flat = g
+            .reshape(mean, vec![out_shape.iter().product::<usize>()])
+            .unwrap();
+        let centred = g.sub(x, mean).unwrap();
+        let mx = g.reduce_max(x, &axes).unwrap();
+        let top = g.sub(mx, b).unwrap();
+        let sum2 = g.reduce_sum(centred, &axes).unwrap();
+        let rest = g.sub(b, sum2).unwrap();
+        let outs = [flat, centred, top, rest];
+        let (needed, _) = darts::exec::liveness(&g, &outs).unwrap();
+        let p = fusion::plan(&g, &needed, &outs, |v| v, fusion::MAX_LEAVES, true);
+        epilogues += p
+            .fused
+            .iter()
+            .filter(|(r, f)| f.reduce.is_some_and(|x| x.node.0 != **r))
+            .count();
+        let want = CpuExecutor::<f64>::new()
+            .run(&g, &feeds_f64(&inputs, false), &outs)
+            .unwrap();
+        for fusion in [true, false] {
+            gpu.set_fusion(fusion);
+            let got = gpu.run(&g, &feeds_f32(&inputs), &outs).unwrap();
+            for (k, (a, w)) in got.iter().zip(&want).enumerate() {
+                for (idx, (x, w)) in a.iter().zip(w.iter()).enumerate() {
+                    assert_eq!(
+                        f64::from(*x),
+                        *w,
+                        "case {case}, fusion {fusion}, output {k} element {idx}, {shape:?} {axes:?}"
+                    );
+                }
+            }
+            if let Some(gpu64) = gpu64.as_mut() {
+                gpu64.set_fusion(fusion);
+                let got = gpu64.run(&g, &feeds_f64(&inputs, false), &outs).unwrap();
+                for (k, (a, w)) in got.iter().zip(&want).enumerate() {
+                    for (idx, (x, w)) in a.iter().zip(w.iter()).enumerate() {
+                        assert_eq!(
+                            x.to_bits(),
+                            w.to_bits(),
+                            "f64 case {case} {fusion} {k} {idx}"
+                        );
+                    }
+                }
+            }
+        }
+        gpu.set_fusion(true);
+    }
+    println!("{epilogues} reductions with an epilogue");
+    assert!(epilogues >= 48, "{epilogues} epilogues");
+}

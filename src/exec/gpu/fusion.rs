@@ -31,6 +31,14 @@
 //!    node that every reader read through is never dispatched. A reduction reads through a
 //!    slice or pad input the same way.
 //!
+//! And a reduction may take an *epilogue*:
+//! 5. a unary or binary node `r` one of whose inputs is a reduction of `r`'s shape used only
+//!    by `r` (and not kept), the others literals or buffers of `r`'s shape that `r` would not
+//!    absorb anyway, is computed inside the reduction's kernel: the kernel reduces, applies
+//!    `r`'s op to the reduced value (`reduce_output(o, v)`, the other operands read at output
+//!    index `o`), and stores only `r` (`mean = sum(x) * (1/n)` is one dispatch even where a
+//!    reshape reads the mean).
+//!
 //! Any elementwise node with a single use of its own shape (or by a reduction) may be absorbed.
 //! A value with several uses is recomputed by each kernel that absorbs it, and a value of a
 //! smaller shape than its consumer (a per-channel statistic, say) is recomputed per element,
@@ -87,13 +95,17 @@ pub const VIEW_WORDS: usize = 80;
 /// Most operations (absorbed nodes and the root) in one fused kernel.
 pub const MAX_OPS: usize = 48;
 
-/// A fused reduction: the root is a ReduceSum or ReduceMax whose input is computed inside it.
+/// A fused reduction: a ReduceSum or ReduceMax whose input is computed inside it; the root is
+/// the reduction, or an elementwise node of it computed on the reduced value (an epilogue,
+/// rule 5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FusedReduce {
     /// ReduceMax (else ReduceSum).
     pub max: bool,
     /// The reduction's input node: the expression has its shape, and the leaves broadcast to it.
     pub input: NodeId,
+    /// The reduction node (the root, unless the kernel has an epilogue).
+    pub node: NodeId,
 }
 
 /// How a kernel reads a leaf: at coordinate `c` of the expression's shape, element
@@ -464,6 +476,35 @@ impl Rules<'_> {
             && self.graph.shape(node.inputs[0]).numel() > 0
     }
 
+    /// The reduction whose value elementwise node `r` may compute inside the reduction's kernel
+    /// (rule 5): `r` is unary or binary; one input is a reduction of `r`'s shape used only by
+    /// `r` (and not kept); every other input is a literal or a buffer of `r`'s shape that `r`
+    /// would not absorb anyway (read at the output's index).
+    fn epilogue(&self, r: usize) -> Option<usize> {
+        let nodes = self.graph.nodes();
+        let node = &nodes[r];
+        if !matches!(node.op, Op::Unary(_) | Op::Binary(_)) {
+            return None;
+        }
+        let j = node.inputs.iter().map(|q| q.0).find(|&q| {
+            reduction(&nodes[q].op)
+                && self.needed[q]
+                && !self.external[q]
+                && self.uses[q] == 1
+                && nodes[q].shape == node.shape
+        })?;
+        node.inputs
+            .iter()
+            .all(|q| {
+                q.0 == j
+                    || self.literal_const(q.0)
+                    || (nodes[q.0].shape == node.shape
+                        && !self.absorbable(q.0, r)
+                        && !(view_op(&nodes[q.0].op) && self.viewable(q.0)))
+            })
+            .then_some(j)
+    }
+
     /// The buffer a read of view node `k` reads, the view nodes composed (top down) and the
     /// composed read: the longest chain of viewable nodes below `k` whose composition is affine.
     fn view_chain(&self, k: usize) -> (usize, Vec<usize>, Affine) {
@@ -555,7 +596,22 @@ pub fn plan(
             // A reduction fuses its input when that is a literal, can be absorbed, or is a
             // slice or pad it can read through; it is then a root whose expression has the
             // input's shape.
+            // An epilogue binds at most one leaf before the reduction's input expression (which
+            // the builder's invariant allows 3).
+            let epilogue = rules.epilogue(r).filter(|_| max_leaves >= 4);
             let reduce = match &nodes[r].op {
+                op if (reduction(op) || elementwise(op)) && unread => {
+                    skipped[r] = true;
+                    continue;
+                }
+                _ if epilogue.is_some() => {
+                    let j = epilogue.unwrap_or(r);
+                    Some(FusedReduce {
+                        max: matches!(nodes[j].op, Op::ReduceMax { .. }),
+                        input: nodes[j].inputs[0],
+                        node: NodeId(j),
+                    })
+                }
                 op if reduction(op) => {
                     let j = nodes[r].inputs[0].0;
                     let through = matches!(nodes[j].op, Op::Slice { .. } | Op::Pad { .. })
@@ -567,11 +623,8 @@ pub fn plan(
                     Some(FusedReduce {
                         max: matches!(op, Op::ReduceMax { .. }),
                         input: NodeId(j),
+                        node: NodeId(r),
                     })
-                }
-                op if elementwise(op) && unread => {
-                    skipped[r] = true;
-                    continue;
                 }
                 op if elementwise(op) => None,
                 op if view_op(op) && unread => {
@@ -587,9 +640,11 @@ pub fn plan(
                 }
             };
             let shape_node = reduce.map_or(r, |f| f.input.0);
+            let shape = nodes[shape_node].shape.dims().to_vec();
             let mut b = Builder {
                 rules: &rules,
-                shape: nodes[shape_node].shape.dims().to_vec(),
+                full: Affine::identity(&shape).canonical().strides,
+                shape,
                 leaves: Vec::new(),
                 body: String::new(),
                 temps: 0,
@@ -599,18 +654,29 @@ pub fn plan(
                 bounded: Vec::new(),
             };
             let mut absorbed = Vec::new();
+            // The epilogue first (its leaves have the output's shape, read at o).
+            let output = match epilogue {
+                Some(j) => {
+                    b.ops += 1;
+                    absorbed.push(j);
+                    b.epilogue(r, j)
+                }
+                None => "v".to_string(),
+            };
             let value = match reduce {
                 None => b.expr(r, (0, 0), &mut absorbed),
                 Some(f) => {
-                    let j = f.input.0;
+                    let (j, red) = (f.input.0, f.node.0);
                     match &nodes[j].op {
                         Op::Const { value, .. } if rules.literal_const(j) => literal(round(*value)),
-                        op if elementwise(op) => {
+                        op if elementwise(op) && rules.absorbable(j, red) => {
                             b.ops += 1;
                             absorbed.push(j);
                             b.expr(j, (0, 0), &mut absorbed)
                         }
-                        _ => b.view_read(j, &mut absorbed),
+                        op if view_op(op) && rules.viewable(j) => b.view_read(j, &mut absorbed),
+                        // A plain reduction with an epilogue reads its input's buffer.
+                        _ => b.read(NodeId(j), Affine::identity(nodes[j].shape.dims())),
                     }
                 }
             };
@@ -622,7 +688,7 @@ pub fn plan(
             }
             let source = match reduce {
                 None => b.source_map(&value),
-                Some(_) => b.source_reduce(&value),
+                Some(_) => b.source_reduce(&value, &output),
             };
             let (source, hash) = texts
                 .entry(source)
@@ -677,6 +743,8 @@ struct Builder<'g> {
     rules: &'g Rules<'g>,
     /// The expression's shape: the root's (a map), the input's (a reduction).
     shape: Vec<usize>,
+    /// Row-major strides of `shape` (0 on axes of extent 1): a read at the element's own index.
+    full: Vec<usize>,
     leaves: Vec<NodeId>,
     body: String,
     temps: usize,
@@ -785,8 +853,7 @@ impl Builder<'_> {
 
     /// Whether `v` reads element i at coordinate i (the leaf then reads `in[i]`).
     fn is_full(&self, v: &View) -> bool {
-        let id = Affine::identity(&self.shape).canonical();
-        v.bounds.is_none() && v.offset == 0 && v.strides == id.strides
+        v.bounds.is_none() && v.offset == 0 && v.strides == self.full
     }
 
     /// Worst-case (leaves, view words) reading `q` may take: none for a literal; for a view node
@@ -910,14 +977,56 @@ impl Builder<'_> {
         s
     }
 
-    /// A reduction kernel: bindings and `reduce_input(i)`, the expression's element i, which
-    /// the entry points of shaders/reduce_core.wgsl reduce.
-    fn source_reduce(&self, value: &str) -> String {
+    /// A reduction kernel: bindings, `reduce_input(i)`, the expression's element i, which
+    /// the entry points of shaders/reduce_core.wgsl reduce, and `reduce_output(o, v)`, the
+    /// value stored at output o whose reduction is v (`output`, an expression of v).
+    fn source_reduce(&self, value: &str, output: &str) -> String {
         let mut s = self.bindings();
         s.push_str("fn reduce_input(i: u32) -> S {\n");
         s.push_str(&self.body);
-        let _ = writeln!(s, "    return {value};\n}}");
+        let _ = writeln!(s, "    return {value};\n}}\n");
+        let _ = writeln!(
+            s,
+            "fn reduce_output(o: u32, v: S) -> S {{\n    return {output};\n}}"
+        );
         s
+    }
+
+    /// The epilogue of root `r` applied to `v`, the reduction `j`'s value at output o: `r`'s op
+    /// with `j` replaced by `v`, literals, and leaves of the output's shape read at o.
+    fn epilogue(&mut self, r: usize, j: usize) -> String {
+        let rules = self.rules;
+        let node = &rules.graph.nodes()[r];
+        let args: Vec<String> = node
+            .inputs
+            .iter()
+            .map(|q| match &rules.graph.nodes()[q.0].op {
+                _ if q.0 == j => "v".to_string(),
+                Op::Const { value, .. } if rules.literal_const(q.0) => {
+                    literal((rules.round)(*value))
+                }
+                _ => {
+                    let slot = match self.leaves.iter().position(|l| l == q) {
+                        Some(s) => s,
+                        None => {
+                            self.leaves.push(*q);
+                            self.leaves.len() - 1
+                        }
+                    };
+                    format!("in{slot}[o]")
+                }
+            })
+            .collect();
+        match &node.op {
+            Op::Unary(u) => format!("unary_op({}u, {})", super::unary_code(*u), args[0]),
+            Op::Binary(b) => format!(
+                "binary_op({}u, {}, {})",
+                super::binary_code(*b),
+                args[0],
+                args[1]
+            ),
+            _ => unreachable!("an epilogue is a unary or binary op"),
+        }
     }
 }
 

@@ -781,7 +781,8 @@ mod tests {
         for (prelude, (src, name, size)) in cases {
             // A fused reduction's shared part needs its generated `out` and `reduce_input`.
             let stub = "@group(0) @binding(1) var<storage, read_write> out: array<S>;\n\
-                        fn reduce_input(i: u32) -> S { return S(0.0); }\n";
+                        fn reduce_input(i: u32) -> S { return S(0.0); }\n\
+                        fn reduce_output(o: u32, v: S) -> S { return v; }\n";
             let src = if std::ptr::eq(src, FUSED_REDUCE_WGSL) {
                 format!("{src}\n{stub}")
             } else {

@@ -800,13 +800,15 @@ impl<T: GpuScalar> GpuExecutor<T> {
         map.views = f.views.len() as u32;
         map.words = f.words(expr_shape.len());
         let fused_reduce_params;
-        let (params, entry, groups): (&[u8], &'static str, u32) = match (&f.reduce, &node.op) {
+        // A fused reduction's axes are its reduction node's (the root, or below an epilogue).
+        let reduce_op = f.reduce.as_ref().map(|r| &graph.nodes()[r.node.0].op);
+        let (params, entry, groups): (&[u8], &'static str, u32) = match (&f.reduce, reduce_op) {
             (None, _) => (
                 bytemuck::bytes_of(&map),
                 "fused",
                 (numel as u32).div_ceil(WORKGROUP_SIZE),
             ),
-            (Some(r), Op::ReduceSum { axes } | Op::ReduceMax { axes }) => {
+            (Some(r), Some(Op::ReduceSum { axes } | Op::ReduceMax { axes })) => {
                 let p = reduce_params(expr_shape, axes, numel);
                 let workgroup = p.n_red >= self.workgroup_min;
                 let entry = match (r.max, workgroup) {
@@ -825,8 +827,8 @@ impl<T: GpuScalar> GpuExecutor<T> {
             }
             (Some(_), op) => {
                 return Err(ExecError::Gpu(format!(
-                    "{at}: a fused reduction's root is {}, not a reduction",
-                    op.name()
+                    "{at}: a fused reduction's node is {}, not a reduction",
+                    op.map_or("none".into(), |op| op.name())
                 )))
             }
         };
