@@ -538,8 +538,8 @@ fn gpu_fusion_is_on_by_default() {
 }
 
 /// A sum of 11 inputs, 8 of them broadcast: more buffers than WebGPU's guaranteed 7 reads and
-/// more broadcast leaves than the 6 stride slots, so the plan fills a kernel to the adapter's
-/// limits and splits the rest. Small integers make every sum exact: the GPU must equal the
+/// 8 broadcast leaves (each a view slot in the kernel's parameter words), so the plan fills a
+/// kernel to the adapter's limits and splits the rest. Small integers make every sum exact: the GPU must equal the
 /// CPU bit for bit, and it takes far fewer dispatches than the 10 additions.
 #[test]
 fn gpu_wide_kernels_bind_many_leaves() {
