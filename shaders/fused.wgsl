@@ -14,7 +14,7 @@
 // intermediate a `let` of type S (rounded once per operation, as the single-op kernels), and i
 // the flat index in the shape of e (the map's output, or the reduction's input).
 //
-// Equation of the offsets (views; proofs/gpu-kernel-choices.md, claims 1 and 7): with
+// Equation of the offsets (views; proofs/gpu-kernel-choices.md, claims 1 and 8): with
 // (c_0, ..., c_{rank-1}) the row-major coordinate of flat index i in `shape`, leaf l is read
 // through a view (offset o_l, strides st_l, and for a read through a pad bounds lo_l, hi_l):
 //   in_bounds_l(i) = for every d: lo_l[d] <= c_d < hi_l[d]

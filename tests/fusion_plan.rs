@@ -233,7 +233,7 @@ fn broadcast_leaves_of_one_shape_share_a_stride_slot() {
 /// The mixed-op weight of DARTS: `exp(alpha)[e, k]` by two slices and a reshape, broadcast onto
 /// a feature map and multiplied: one kernel reading exp's buffer through one view (offset
 /// e * 8 + k, strides 0), the slices and the reshape never dispatched. Another (e, k) gives the
-/// same kernel text (the offset is a parameter). Claim 7.
+/// same kernel text (the offset is a parameter). Claim 8.
 #[test]
 fn slices_reshape_and_broadcast_read_through_one_view() {
     let mut g = Graph::new();
@@ -407,7 +407,7 @@ fn interior_pads_and_non_affine_reshapes_are_buffers() {
 /// stored) runs as one reduction kernel with the multiply as its epilogue, the sum never
 /// stored; `sub(reduce_max(x), b)` with `b` of the output's shape reads `b` at the output's
 /// index. No epilogue where the reduction has another use, is kept, or the other operand is
-/// broadcast. Claim 8.
+/// broadcast. Claim 9.
 #[test]
 fn reductions_take_an_elementwise_epilogue() {
     let mut g = Graph::new();

@@ -806,7 +806,7 @@ fn random_view_term(
     x
 }
 
-/// Reads through views (proofs/gpu-kernel-choices.md, claim 7): random sums of terms that are
+/// Reads through views (proofs/gpu-kernel-choices.md, claim 8): random sums of terms that are
 /// inputs carried by random slices, pads, reshapes and broadcasts to one shape, times another
 /// such term, and a sum over axis 0 of a third. Small integers make every value exact, so the
 /// fused and unfused GPU runs (f32, and f64 where the adapter has it) must equal the CPU f64
@@ -890,7 +890,7 @@ fn gpu_views_match_cpu_exactly() {
     );
 }
 
-/// Reduction epilogues (proofs/gpu-kernel-choices.md, claim 8): batch-norm-like statistics,
+/// Reduction epilogues (proofs/gpu-kernel-choices.md, claim 9): batch-norm-like statistics,
 /// `mul(reduce_sum(x), 0.25)` read by a reshape and by `x - mean`, and `sub(reduce_max(x), b)`,
 /// `sub(b, reduce_sum(x))` with `b` of the output's shape, over random shapes and axes. Small
 /// integers and power-of-two factors make every value exact: fused and unfused GPU runs (f32,

@@ -24,7 +24,7 @@
 //!    `Broadcast` below one of them) is read through when it is not an output or an assigned
 //!    node and every use of it is by an elementwise node, a reduction or another such view op.
 //!    The chain of views down to a buffer composes into one affine read plus bounds,
-//!    `value(c) = lo <= c < hi ? leaf[offset + sum_d c_d strides_d] : 0` (a [`View`]; claim 7 of
+//!    `value(c) = lo <= c < hi ? leaf[offset + sum_d c_d strides_d] : 0` (a [`View`]; claim 8 of
 //!    proofs/gpu-kernel-choices.md), where a reshape composes only where the strides allow it
 //!    (PyTorch's `computeStride`) and never after a pad (bounds do not survive merged axes);
 //!    where a link does not compose, the chain stops there and that node is the buffer. A view
@@ -111,7 +111,7 @@ pub struct FusedReduce {
 /// How a kernel reads a leaf: at coordinate `c` of the expression's shape, element
 /// `offset + sum_d c_d strides[d]` of the leaf's buffer when `lo[d] <= c_d < hi[d]` on every
 /// axis (`bounds`, absent when every coordinate is inside), else 0 (proofs/gpu-kernel-choices.md,
-/// claim 7).
+/// claim 8).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct View {
     /// The leaf read (an index into `Fused::leaves`).
