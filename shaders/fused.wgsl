@@ -7,39 +7,76 @@
 //   a reduction of a map: fused_reduce.wgsl (FusedReduceParams, `params`), reduce_core.wgsl
 //     (the entry points of reduce.wgsl), then the generated bindings as above and
 //       fn reduce_input(i) = e(in_0[off_0(i)], ..., in_{L-1}[off_{L-1}(i)]),
-//     so the reduction sums (or maxes) e over the reduced elements without storing it;
+//     so the reduction sums (or maxes) e over the reduced elements without storing it, and
+//       fn reduce_output(o, v) = v, or f(v, in_l[o]) / f(v, literal) for an epilogue f (one
+//     unary or binary op of the reduced value v of output o; fusion.rs, rule 5);
 // where e is a tree of unary_op / binary_op / select calls and exact literals, every
 // intermediate a `let` of type S (rounded once per operation, as the single-op kernels), and i
 // the flat index in the shape of e (the map's output, or the reduction's input).
 //
-// Equation of the offsets (NumPy broadcasting, as elementwise.wgsl): with (c_0, ..., c_{rank-1})
-// the row-major coordinate of flat output index i in `shape`,
-//   off_l(i) = sum_d c_d * strides_l[d],
-// strides_l[d] = 0 on every axis that leaf l lacks or has extent 1. A leaf of the output's
-// shape reads in_l[i] directly (the generated code then never calls leaf_offset for it).
+// Equation of the offsets (views; proofs/gpu-kernel-choices.md, claims 1 and 8): with
+// (c_0, ..., c_{rank-1}) the row-major coordinate of flat index i in `shape`, leaf l is read
+// through a view (offset o_l, strides st_l, and for a read through a pad bounds lo_l, hi_l):
+//   in_bounds_l(i) = for every d: lo_l[d] <= c_d < hi_l[d]
+//   value_l(i)     = in_bounds_l(i) ? in_l[o_l + sum_d c_d * st_l[d]] : 0,
+// the composition of the slices (start + step c), pads without interior zeros (c - before,
+// bounded), reshapes and broadcasts (stride 0 on axes the leaf lacks or has extent 1) between
+// the leaf's buffer and the expression. The sum is taken modulo 2^32 (u32 arithmetic wraps, so
+// a negative o_l of a padded read is fine: the sum is a valid index wherever in_bounds holds).
+// A leaf read at the element's own index (offset 0, row-major strides of `shape`) reads in_l[i]
+// directly; any other unbounded view is a plain slot s, read by leaf_offset(s, i); a bounded
+// one a bounded slot b, read by bounded_offset(b, i), which returns (offset, 1) inside the
+// bounds and (0, 0) outside (the generated code then selects S(0.0) instead of the load).
 //
 // The parameters of e (fields of FusedParams, fused_map.wgsl, and of FusedReduceParams,
 // fused_reduce.wgsl, by the same names):
 //   total:   u32                       number of elements of e's shape
 //   rank:    u32                       number of axes used in shape/strides (<= MAX_RANK)
+//   views:   u32                       number of plain slots
 //   shape:   array<vec4<u32>, 2>       e's extents, axis d at [d / 4][d % 4]
-//   strides: array<vec4<u32>, 12>      strides of the s-th strided leaf, axis d at
-//                                      [2 s + d / 4][d % 4] (MAX_STRIDED = 6; a leaf of e's shape
-//                                      needs none)
+//   words:   array<vec4<u32>, 20>      the views' words, word w at [w / 4][w % 4]
+//                                      (VIEW_WORDS = 80): plain slot s at (1 + rank) s:
+//                                      o, st[0..rank]; bounded slot b at
+//                                      (1 + rank) views + (1 + 3 rank) b: o, st[0..rank],
+//                                      lo[0..rank], hi[0..rank]
 
 const WORKGROUP_SIZE: u32 = 256u;
 const MAX_RANK: u32 = 8u;
 
-// off(i) for the s-th strided leaf.
+fn view_word(w: u32) -> u32 {
+    return params.words[w / 4u][w % 4u];
+}
+
+// o_s + sum_d c_d * st_s[d] for plain slot s.
 fn leaf_offset(s: u32, i: u32) -> u32 {
-    var rem = i;
-    var off = 0u;
     let rank = min(params.rank, MAX_RANK);
+    let base = (1u + rank) * s;
+    var rem = i;
+    var off = view_word(base);
     for (var k = 0u; k < rank; k++) {
         let d = rank - 1u - k;
         let n = params.shape[d / 4u][d % 4u];
-        off += (rem % n) * params.strides[2u * s + d / 4u][d % 4u];
+        off += (rem % n) * view_word(base + 1u + d);
         rem = rem / n;
     }
     return off;
+}
+
+// (o_b + sum_d c_d * st_b[d], 1) if lo_b[d] <= c_d < hi_b[d] on every axis d, else (0, 0), for
+// bounded slot b.
+fn bounded_offset(b: u32, i: u32) -> vec2<u32> {
+    let rank = min(params.rank, MAX_RANK);
+    let base = (1u + rank) * params.views + (1u + 3u * rank) * b;
+    var rem = i;
+    var off = view_word(base);
+    var inside = true;
+    for (var k = 0u; k < rank; k++) {
+        let d = rank - 1u - k;
+        let n = params.shape[d / 4u][d % 4u];
+        let c = rem % n;
+        off += c * view_word(base + 1u + d);
+        inside = inside && c >= view_word(base + 1u + rank + d) && c < view_word(base + 1u + 2u * rank + d);
+        rem = rem / n;
+    }
+    return select(vec2<u32>(0u, 0u), vec2<u32>(off, 1u), inside);
 }

@@ -2,7 +2,7 @@
 // equations and dispatch, entry points in reduce_core.wgsl) of an elementwise expression e
 // (fused.wgsl), computed element by element as the reduction reads it.
 //
-// FusedReduceParams (384 bytes; mirrored by `FusedReduceParams` in src/exec/gpu/kernels.rs as a
+// FusedReduceParams (512 bytes; mirrored by `FusedReduceParams` in src/exec/gpu/kernels.rs as a
 // ReduceParams followed by a FusedParams): the ReduceParams fields of reduce.wgsl (over the
 // shape of e, which is the reduction's input), then the fields of e (fused.wgsl's header).
 
@@ -17,10 +17,10 @@ struct FusedReduceParams {
     red_strides: array<vec4<u32>, 2>,
     total: u32,
     rank: u32,
+    views: u32,
     _pad0: u32,
-    _pad1: u32,
     shape: array<vec4<u32>, 2>,
-    strides: array<vec4<u32>, 12>,
+    words: array<vec4<u32>, 20>,
 }
 
 @group(0) @binding(0) var<uniform> params: FusedReduceParams;

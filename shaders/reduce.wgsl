@@ -71,3 +71,9 @@ struct ReduceParams {
 fn reduce_input(i: u32) -> S {
     return x[i];
 }
+
+// The value stored at output o whose sum (or max) is v: v itself; a fused reduction may apply
+// an epilogue instead.
+fn reduce_output(o: u32, v: S) -> S {
+    return v;
+}

@@ -1,9 +1,11 @@
 // reduce_core.wgsl: the entry points of the reductions (the equations, dispatch and bounds are in
 // the header of reduce.wgsl). Appended to reduce.wgsl (input from a buffer) or to
 // fused_reduce.wgsl (input computed by a generated reduce_input); either defines WORKGROUP_SIZE,
-// MAX_RANK, `params` with the ReduceParams fields, `out` and reduce_input(i), the value of the
-// input's element of flat index i; workgroup_tree.wgsl (workgroup_sum, workgroup_max) comes
-// with it.
+// MAX_RANK, `params` with the ReduceParams fields, `out`, reduce_input(i), the value of the
+// input's element of flat index i, and reduce_output(o, v), the value stored at output o whose
+// sum (or max) is v: v itself for a reduction, an elementwise epilogue of v for a fused
+// reduction whose root is an elementwise node of the reduction (src/exec/gpu/fusion.rs, rule
+// 5); workgroup_tree.wgsl (workgroup_sum, workgroup_max) comes with it.
 
 fn base_offset(o: u32) -> u32 {
     var rem = o;
@@ -43,7 +45,7 @@ fn reduce_sum_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     for (var r = 0u; r < params.n_red; r++) {
         acc += reduce_input(base + red_offset(r));
     }
-    out[o] = acc;
+    out[o] = reduce_output(o, acc);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -60,7 +62,7 @@ fn reduce_sum_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     }
     let total = workgroup_sum(lid, acc);
     if lid == 0u {
-        out[o] = total;
+        out[o] = reduce_output(o, total);
     }
 }
 
@@ -76,7 +78,7 @@ fn reduce_max_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     for (var r = 0u; r < params.n_red; r++) {
         m = max_nan(m, reduce_input(base + red_offset(r)));
     }
-    out[o] = m;
+    out[o] = reduce_output(o, m);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -93,6 +95,6 @@ fn reduce_max_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     }
     let top = workgroup_max(lid, m);
     if lid == 0u {
-        out[o] = top;
+        out[o] = reduce_output(o, top);
     }
 }

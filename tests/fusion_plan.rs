@@ -229,3 +229,244 @@ fn broadcast_leaves_of_one_shape_share_a_stride_slot() {
     assert!(f.source.contains("leaf_offset(0u, i)") && f.source.contains("leaf_offset(1u, i)"));
     assert!(!f.source.contains("leaf_offset(2u, i)"), "{}", f.source);
 }
+
+/// The mixed-op weight of DARTS: `exp(alpha)[e, k]` by two slices and a reshape, broadcast onto
+/// a feature map and multiplied: one kernel reading exp's buffer through one view (offset
+/// e * 8 + k, strides 0), the slices and the reshape never dispatched. Another (e, k) gives the
+/// same kernel text (the offset is a parameter). Claim 8.
+#[test]
+fn slices_reshape_and_broadcast_read_through_one_view() {
+    let mut g = Graph::new();
+    let alpha = g.input("alpha", [14, 8]).unwrap();
+    let h = g.input("h", [2, 3, 4, 4]).unwrap();
+    let w = g.unary(UnaryOp::Exp, alpha).unwrap();
+    let mut outs = Vec::new();
+    let mut views = Vec::new();
+    for (e, k) in [(3, 5), (13, 0)] {
+        let s0 = g.slice(w, 0, e, e + 1, 1).unwrap();
+        let s1 = g.slice(s0, 1, k, k + 1, 1).unwrap();
+        let r = g.reshape(s1, Vec::<usize>::new()).unwrap();
+        let b = g.broadcast_to(r, [2, 3, 4, 4]).unwrap();
+        let y = g.mul(b, h).unwrap();
+        outs.push(y);
+        views.push((s0, s1, r, b, e * 8 + k));
+    }
+    let needed = vec![true; g.len()];
+    let p = plan(&g, &needed, &outs, f32_round, MAX_LEAVES, true);
+    for (&y, &(s0, s1, r, b, offset)) in outs.iter().zip(&views) {
+        let f = &p.fused[&y.0];
+        assert_eq!(f.leaves, vec![w, h], "{}", f.source);
+        assert_eq!(f.ops, 2, "mul and the absorbed broadcast");
+        assert_eq!(f.views.len(), 1);
+        assert!(f.bounded.is_empty());
+        assert_eq!(f.views[0].offset, offset as i64);
+        assert_eq!(f.views[0].strides, vec![0, 0, 0, 0]);
+        assert_eq!(f.views[0].bounds, None);
+        assert!(f.source.contains("in0[leaf_offset(0u, i)]"), "{}", f.source);
+        assert!(f.source.contains("in1[i]"), "{}", f.source);
+        for v in [s0, s1, r, b] {
+            assert!(p.skipped[v.0], "{v:?} read through, not dispatched");
+        }
+        assert_eq!(p.last_use[w.0], outs[1].0);
+        // Words: offset, then the four strides.
+        assert_eq!(f.words(4)[..5], [offset as u32, 0, 0, 0, 0]);
+    }
+    assert_eq!(p.fused[&outs[0].0].source, p.fused[&outs[1].0].source);
+    assert!(!p.skipped[w.0], "exp is a buffer: a view reads it");
+    assert_eq!(
+        p.saved(),
+        6,
+        "two slices and a broadcast per weight (reshapes are aliases)"
+    );
+}
+
+/// The gradient of those weights: `pad(pad(reshape(g_k)))` placed at (e, k) of a [14, 8] grid
+/// and summed: one kernel whose leaves are the g_k, each read through a bounded view that is
+/// g_k's element inside its cell and 0 elsewhere; the pads and reshapes never dispatched.
+#[test]
+fn pads_of_an_add_chain_fuse_into_one_kernel() {
+    let mut g = Graph::new();
+    let mut acc = None;
+    let mut gs = Vec::new();
+    let cells = [(0, 0), (0, 7), (5, 3), (13, 7), (13, 0), (7, 1)];
+    let mut pads = Vec::new();
+    for (n, &(e, k)) in cells.iter().enumerate() {
+        let gk = g.input(format!("g{n}"), [1, 1, 1, 1]).unwrap();
+        gs.push(gk);
+        let r = g.reshape(gk, [1, 1]).unwrap();
+        let p1 = g.pad(r, 1, k, 7 - k, 0).unwrap();
+        let p0 = g.pad(p1, 0, e, 13 - e, 0).unwrap();
+        pads.extend([r, p1, p0]);
+        acc = Some(match acc {
+            None => p0,
+            Some(a) => g.add2(a, p0).unwrap(),
+        });
+    }
+    let y = acc.unwrap();
+    let needed = vec![true; g.len()];
+    let p = plan(&g, &needed, &[y], f32_round, MAX_LEAVES, true);
+    assert_eq!(p.fused.len(), 1, "{:?}", p.fused.keys());
+    let f = &p.fused[&y.0];
+    assert_eq!(f.leaves, gs);
+    assert_eq!(f.ops, 5, "the five adds");
+    assert!(f.views.is_empty());
+    assert_eq!(f.bounded.len(), cells.len());
+    for (v, &(e, k)) in f.bounded.iter().zip(&cells) {
+        assert_eq!(v.bounds, Some(vec![(e, e + 1), (k, k + 1)]));
+        // Row-major strides of [1, 1] are (1, 1): element 0 at (e, k).
+        assert_eq!(v.strides, vec![1, 1]);
+        assert_eq!(v.offset, -((e + k) as i64));
+    }
+    assert!(f.source.contains("bounded_offset(5u, i)"), "{}", f.source);
+    assert!(
+        f.source.contains("select(S(0.0), in0[v0.x], v0.y != 0u)"),
+        "{}",
+        f.source
+    );
+    for v in pads {
+        assert!(p.skipped[v.0]);
+    }
+    // Words: slot b at 7 b: offset (mod 2^32), strides, lo, hi.
+    let words = f.words(2);
+    let (e, k) = cells[2];
+    assert_eq!(
+        words[14..21],
+        [
+            (-((e + k) as i64)) as u32,
+            1,
+            1,
+            e as u32,
+            k as u32,
+            e as u32 + 1,
+            k as u32 + 1
+        ]
+    );
+}
+
+/// What a kernel cannot read through stays a buffer: a pad with interior zeros, a reshape
+/// whose strides do not merge (a column slice flattened) or of a padded value, and a view
+/// that is kept. Through a slice with a step and a pad, a reduction reads its input.
+#[test]
+fn interior_pads_and_non_affine_reshapes_are_buffers() {
+    let mut g = Graph::new();
+    let x = g.input("x", [3, 10]).unwrap();
+    let z = g.input("z", [3, 7]).unwrap();
+    // Interior pad: [3, 4] -> [3, 7] with a zero between neighbours.
+    let s = g.slice(x, 1, 1, 5, 1).unwrap();
+    let ip = g.pad(s, 1, 0, 0, 1).unwrap();
+    let a = g.add2(ip, z).unwrap();
+    // Every other column of rows of 10, flattened: not one stride.
+    let cols = g.slice(x, 1, 0, 8, 2).unwrap();
+    let flat = g.reshape(cols, [12]).unwrap();
+    let m = g.input("m", [12]).unwrap();
+    let b = g.mul(flat, m).unwrap();
+    // A padded value reshaped: the bounds would not survive the reshape.
+    let px = g.pad(x, 0, 1, 0, 0).unwrap();
+    let pr = g.reshape(px, [40]).unwrap();
+    let q = g.input("q", [40]).unwrap();
+    let c = g.add2(pr, q).unwrap();
+    // A reduction through a strided slice and a pad.
+    let st = g.slice(x, 1, 1, 10, 3).unwrap(); // columns 1, 4, 7
+    let sp = g.pad(st, 0, 2, 1, 0).unwrap(); // [6, 3]
+    let red = g.reduce_sum(sp, &[0]).unwrap();
+    let outs = [a, b, c, red];
+    let needed = vec![true; g.len()];
+    let p = plan(&g, &needed, &outs, f32_round, MAX_LEAVES, true);
+    assert!(
+        !p.skipped[ip.0] && !p.fused.contains_key(&ip.0),
+        "interior pad dispatched"
+    );
+    assert!(!p.skipped[s.0], "the interior pad reads the slice's buffer");
+    assert_eq!(p.fused[&a.0].leaves, vec![ip, z]);
+    assert!(!p.skipped[flat.0] && !p.skipped[cols.0]);
+    assert_eq!(p.fused[&b.0].leaves, vec![flat, m]);
+    assert!(!p.skipped[pr.0] && !p.skipped[px.0]);
+    assert_eq!(p.fused[&c.0].leaves, vec![pr, q]);
+    let r = &p.fused[&red.0];
+    assert_eq!(r.reduce.map(|f| f.input), Some(sp));
+    assert_eq!(r.leaves, vec![x]);
+    assert_eq!(r.bounded.len(), 1);
+    let v = &r.bounded[0];
+    assert_eq!(v.strides, vec![10, 3]);
+    assert_eq!(v.offset, 1 - 2 * 10);
+    assert_eq!(v.bounds, Some(vec![(2, 5), (0, 3)]));
+    assert!(p.skipped[st.0] && p.skipped[sp.0]);
+    // Kept views are dispatched, and their own reads stay.
+    let p2 = plan(
+        &g,
+        &needed,
+        &[a, b, c, red, sp],
+        f32_round,
+        MAX_LEAVES,
+        true,
+    );
+    assert!(!p2.skipped[sp.0] && !p2.skipped[st.0]);
+}
+
+/// Batch-norm statistics: `mul(reduce_sum(x), 1/n)` whose value a reshape also reads (so it is
+/// stored) runs as one reduction kernel with the multiply as its epilogue, the sum never
+/// stored; `sub(reduce_max(x), b)` with `b` of the output's shape reads `b` at the output's
+/// index. No epilogue where the reduction has another use, is kept, or the other operand is
+/// broadcast. Claim 9.
+#[test]
+fn reductions_take_an_elementwise_epilogue() {
+    let mut g = Graph::new();
+    let x = g.input("x", [4, 6]).unwrap();
+    let s = g.reduce_sum(x, &[1]).unwrap();
+    let inv = g.constant(1.0 / 6.0, [4, 1]).unwrap();
+    let mean = g.mul(s, inv).unwrap();
+    let flat = g.reshape(mean, [4]).unwrap();
+    let centred = g.sub(x, mean).unwrap();
+    let b = g.input("b", [4, 1]).unwrap();
+    let mx = g.reduce_max(x, &[1]).unwrap();
+    let top = g.sub(mx, b).unwrap();
+    // Not epilogues: a reduction used twice, a kept one, a broadcast operand.
+    let s2 = g.reduce_sum(x, &[0]).unwrap();
+    let twice = g.add2(s2, s2).unwrap();
+    let s3 = g.reduce_sum(x, &[0]).unwrap();
+    let kept = g.unary(UnaryOp::Neg, s3).unwrap();
+    let s4 = g.reduce_sum(x, &[1]).unwrap();
+    let c = g.input("c", [1]).unwrap();
+    let bc = g.add2(s4, c).unwrap();
+    let outs = [flat, centred, top, twice, kept, s3, bc];
+    let needed = vec![true; g.len()];
+    let p = plan(&g, &needed, &outs, f32_round, MAX_LEAVES, true);
+    let f = &p.fused[&mean.0];
+    let r = f.reduce.expect("a fused reduction");
+    assert_eq!((r.node, r.input, r.max), (s, x, false));
+    assert_eq!(f.leaves, vec![x]);
+    assert_eq!(f.ops, 2, "the sum and the multiply");
+    assert!(p.skipped[s.0], "the sum is never stored");
+    assert!(
+        f.source
+            .contains("fn reduce_output(o: u32, v: S) -> S {\n    return binary_op("),
+        "{}",
+        f.source
+    );
+    assert!(
+        f.source.contains(", v, S(0x1.5555560000000p-3))"),
+        "{}",
+        f.source
+    );
+    let t = &p.fused[&top.0];
+    assert_eq!(t.reduce.map(|r| (r.node, r.max)), Some((mx, true)));
+    assert_eq!(t.leaves, vec![b, x], "the epilogue's leaf first");
+    assert!(t.source.contains(", v, in0[o])"), "{}", t.source);
+    assert!(t.source.contains("return in1[i];"), "{}", t.source);
+    assert!(p.skipped[mx.0]);
+    for (red, root) in [(s2, twice), (s3, kept), (s4, bc)] {
+        assert!(!p.skipped[red.0], "{red:?} stored");
+        assert!(p.fused[&root.0].reduce.is_none());
+    }
+    assert!(
+        !p.fused.contains_key(&s3.0),
+        "a plain reduction keeps reduce.wgsl"
+    );
+    // Without an epilogue the output function is the identity.
+    let mut h = Graph::new();
+    let y = h.input("y", [3, 5]).unwrap();
+    let sq = h.unary(UnaryOp::Square, y).unwrap();
+    let ss = h.reduce_sum(sq, &[0]).unwrap();
+    let q = plan(&h, &vec![true; h.len()], &[ss], f32_round, MAX_LEAVES, true);
+    assert!(q.fused[&ss.0].source.contains("S {\n    return v;\n}"));
+}

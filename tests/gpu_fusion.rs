@@ -538,8 +538,8 @@ fn gpu_fusion_is_on_by_default() {
 }
 
 /// A sum of 11 inputs, 8 of them broadcast: more buffers than WebGPU's guaranteed 7 reads and
-/// more broadcast leaves than the 6 stride slots, so the plan fills a kernel to the adapter's
-/// limits and splits the rest. Small integers make every sum exact: the GPU must equal the
+/// 8 broadcast leaves (each a view slot in the kernel's parameter words), so the plan fills a
+/// kernel to the adapter's limits and splits the rest. Small integers make every sum exact: the GPU must equal the
 /// CPU bit for bit, and it takes far fewer dispatches than the 10 additions.
 #[test]
 fn gpu_wide_kernels_bind_many_leaves() {
@@ -696,4 +696,287 @@ fn gpu_chunked_submits_change_nothing() {
             );
         }
     }
+}
+
+/// One random term of shape `t`: an input (or its negation, a buffer a view reads) carried to
+/// `t` by one to three random slices (start, end, step), pads (before, after; some with
+/// interior zeros, never read through), reshapes and broadcasts. Built backwards from `t`.
+fn random_view_term(
+    rng: &mut ChaCha8Rng,
+    g: &mut Graph,
+    inputs: &mut Inputs,
+    t: &[usize],
+) -> NodeId {
+    let mut shape = t.to_vec();
+    let mut ops: Vec<Op> = Vec::new();
+    for _ in 0..rng.random_range(1..=3) {
+        let rank = shape.len();
+        let a = if rank > 0 {
+            rng.random_range(0..rank)
+        } else {
+            0
+        };
+        match rng.random_range(0..6) {
+            0 | 1 if rank > 0 => {
+                let n = shape[a];
+                let (start, step) = (rng.random_range(0..=2), rng.random_range(1..=3));
+                let end = start + (n - 1) * step + 1 + rng.random_range(0..step);
+                ops.push(Op::Slice {
+                    axis: a,
+                    start,
+                    end,
+                    step,
+                });
+                shape[a] = end + rng.random_range(0..=2);
+            }
+            2 if rank > 0 && shape[a] > 1 => {
+                let before = rng.random_range(0..shape[a]);
+                let after = rng.random_range(0..shape[a] - before);
+                ops.push(Op::Pad {
+                    axis: a,
+                    before,
+                    after,
+                    interior: 0,
+                });
+                shape[a] -= before + after;
+            }
+            3 if rank > 0 && shape[a] >= 3 && shape[a] % 2 == 1 => {
+                // m elements with one zero between neighbours: 2 m - 1 = extent.
+                ops.push(Op::Pad {
+                    axis: a,
+                    before: 0,
+                    after: 0,
+                    interior: 1,
+                });
+                shape[a] = shape[a].div_ceil(2);
+            }
+            4 => {
+                let from = if rng.random_bool(0.5) {
+                    vec![shape.iter().product()]
+                } else {
+                    let mut s = shape.clone();
+                    s.insert(rng.random_range(0..=rank), 1);
+                    s
+                };
+                ops.push(Op::Reshape {
+                    shape: shape.clone().into(),
+                });
+                shape = from;
+            }
+            _ => {
+                let mut from: Vec<usize> = shape
+                    .iter()
+                    .map(|&n| if rng.random_bool(0.4) { 1 } else { n })
+                    .collect();
+                if !from.is_empty() && rng.random_bool(0.3) {
+                    from.remove(0);
+                }
+                ops.push(Op::Broadcast {
+                    shape: shape.clone().into(),
+                });
+                shape = from;
+            }
+        }
+    }
+    let name = format!("x{}", inputs.len());
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-3..=3) as f32).collect();
+    inputs.push((
+        name.clone(),
+        ArrayD::from_shape_vec(IxDyn(&shape), v).unwrap(),
+    ));
+    let mut x = g.input(name, shape).unwrap();
+    if rng.random_bool(0.3) {
+        x = g.unary(UnaryOp::Neg, x).unwrap();
+    }
+    for op in ops.into_iter().rev() {
+        x = match op {
+            Op::Slice {
+                axis,
+                start,
+                end,
+                step,
+            } => g.slice(x, axis, start, end, step),
+            Op::Pad {
+                axis,
+                before,
+                after,
+                interior,
+            } => g.pad(x, axis, before, after, interior),
+            Op::Reshape { shape } => g.reshape(x, shape),
+            Op::Broadcast { shape } => g.broadcast_to(x, shape),
+            _ => unreachable!(),
+        }
+        .unwrap();
+    }
+    assert_eq!(g.shape(x).dims(), t);
+    x
+}
+
+/// Reads through views (proofs/gpu-kernel-choices.md, claim 8): random sums of terms that are
+/// inputs carried by random slices, pads, reshapes and broadcasts to one shape, times another
+/// such term, and a sum over axis 0 of a third. Small integers make every value exact, so the
+/// fused and unfused GPU runs (f32, and f64 where the adapter has it) must equal the CPU f64
+/// run bit for bit. Asserts that the plans did read through slices and pads (bounded views).
+#[test]
+fn gpu_views_match_cpu_exactly() {
+    let Some(mut gpu) = common::gpu_executor("gpu_views_match_cpu_exactly") else {
+        return;
+    };
+    let mut gpu64 = common::gpu_f64_executor("gpu_views_match_cpu_exactly");
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let (mut through, mut bounded, mut dispatched) = (0usize, 0usize, 0usize);
+    for case in 0..48 {
+        let rank = rng.random_range(1..=4);
+        let t: Vec<usize> = (0..rank).map(|_| rng.random_range(1..=5)).collect();
+        let mut g = Graph::new();
+        let mut inputs = Inputs::new();
+        let mut sum = random_view_term(&mut rng, &mut g, &mut inputs, &t);
+        for _ in 0..rng.random_range(1..=5) {
+            let x = random_view_term(&mut rng, &mut g, &mut inputs, &t);
+            sum = g.add2(sum, x).unwrap();
+        }
+        let w = random_view_term(&mut rng, &mut g, &mut inputs, &t);
+        let y = g.mul(sum, w).unwrap();
+        let r = random_view_term(&mut rng, &mut g, &mut inputs, &t);
+        let red = g.reduce_sum(r, &[0]).unwrap();
+        let outs = [y, red];
+        let (needed, _) = darts::exec::liveness(&g, &outs).unwrap();
+        let p = fusion::plan(&g, &needed, &outs, |v| v, fusion::MAX_LEAVES, true);
+        for (i, n) in g.nodes().iter().enumerate() {
+            if matches!(n.op, Op::Slice { .. } | Op::Pad { .. }) && needed[i] {
+                if p.skipped[i] {
+                    through += 1;
+                } else {
+                    dispatched += 1;
+                }
+            }
+        }
+        bounded += p.fused.values().map(|f| f.bounded.len()).sum::<usize>();
+        let want = CpuExecutor::<f64>::new()
+            .run(&g, &feeds_f64(&inputs, false), &outs)
+            .unwrap();
+        for fusion in [true, false] {
+            gpu.set_fusion(fusion);
+            let got = gpu.run(&g, &feeds_f32(&inputs), &outs).unwrap();
+            for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(a.shape(), b.shape());
+                for (idx, (x, w)) in a.iter().zip(b.iter()).enumerate() {
+                    assert_eq!(
+                        f64::from(*x),
+                        *w,
+                        "case {case}, fusion {fusion}, output {k} element {idx}, t {t:?}"
+                    );
+                }
+            }
+            if let Some(gpu64) = gpu64.as_mut() {
+                gpu64.set_fusion(fusion);
+                let got = gpu64.run(&g, &feeds_f64(&inputs, false), &outs).unwrap();
+                for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                    for (idx, (x, w)) in a.iter().zip(b.iter()).enumerate() {
+                        assert_eq!(
+                            x.to_bits(),
+                            w.to_bits(),
+                            "f64 case {case}, fusion {fusion}, output {k} element {idx}"
+                        );
+                    }
+                }
+            }
+        }
+        gpu.set_fusion(true);
+    }
+    println!(
+        "views: {through} slices and pads read through, {dispatched} dispatched, {bounded} \
+         bounded views"
+    );
+    assert!(through > 48, "{through} read through");
+    assert!(bounded > 10, "{bounded} bounded views");
+    assert!(
+        dispatched > 0,
+        "interior pads and non-affine chains stay dispatched"
+    );
+}
+
+/// Reduction epilogues (proofs/gpu-kernel-choices.md, claim 9): batch-norm-like statistics,
+/// `mul(reduce_sum(x), 0.25)` read by a reshape and by `x - mean`, and `sub(reduce_max(x), b)`,
+/// `sub(b, reduce_sum(x))` with `b` of the output's shape, over random shapes and axes. Small
+/// integers and power-of-two factors make every value exact: fused and unfused GPU runs (f32,
+/// and f64 where the adapter has it) equal the CPU f64 run bit for bit. Asserts that the plans
+/// used epilogues.
+#[test]
+fn gpu_reduction_epilogues_match_cpu_exactly() {
+    let Some(mut gpu) = common::gpu_executor("gpu_reduction_epilogues_match_cpu_exactly") else {
+        return;
+    };
+    let mut gpu64 = common::gpu_f64_executor("gpu_reduction_epilogues_match_cpu_exactly");
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut epilogues = 0;
+    for case in 0..24 {
+        let rank = rng.random_range(1..=3);
+        let shape: Vec<usize> = (0..rank).map(|_| rng.random_range(1..=6)).collect();
+        let axes: Vec<usize> = (0..rank).filter(|_| rng.random_bool(0.6)).collect();
+        let axes = if axes.is_empty() { vec![0] } else { axes };
+        let mut g = Graph::new();
+        let mut inputs = Inputs::new();
+        let mut input = |g: &mut Graph, name: &str, s: &[usize]| {
+            let n: usize = s.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-4..=4) as f32).collect();
+            inputs.push((name.into(), ArrayD::from_shape_vec(IxDyn(s), v).unwrap()));
+            g.input(name, s.to_vec()).unwrap()
+        };
+        let x = input(&mut g, "x", &shape);
+        let sum = g.reduce_sum(x, &axes).unwrap();
+        let out_shape = g.shape(sum).dims().to_vec();
+        let b = input(&mut g, "b", &out_shape);
+        let quarter = g.constant(0.25, out_shape.clone()).unwrap();
+        let mean = g.mul(sum, quarter).unwrap();
+        let flat = g
+            .reshape(mean, vec![out_shape.iter().product::<usize>()])
+            .unwrap();
+        let centred = g.sub(x, mean).unwrap();
+        let mx = g.reduce_max(x, &axes).unwrap();
+        let top = g.sub(mx, b).unwrap();
+        let sum2 = g.reduce_sum(centred, &axes).unwrap();
+        let rest = g.sub(b, sum2).unwrap();
+        let outs = [flat, centred, top, rest];
+        let (needed, _) = darts::exec::liveness(&g, &outs).unwrap();
+        let p = fusion::plan(&g, &needed, &outs, |v| v, fusion::MAX_LEAVES, true);
+        epilogues += p
+            .fused
+            .iter()
+            .filter(|(r, f)| f.reduce.is_some_and(|x| x.node.0 != **r))
+            .count();
+        let want = CpuExecutor::<f64>::new()
+            .run(&g, &feeds_f64(&inputs, false), &outs)
+            .unwrap();
+        for fusion in [true, false] {
+            gpu.set_fusion(fusion);
+            let got = gpu.run(&g, &feeds_f32(&inputs), &outs).unwrap();
+            for (k, (a, w)) in got.iter().zip(&want).enumerate() {
+                for (idx, (x, w)) in a.iter().zip(w.iter()).enumerate() {
+                    assert_eq!(
+                        f64::from(*x),
+                        *w,
+                        "case {case}, fusion {fusion}, output {k} element {idx}, {shape:?} {axes:?}"
+                    );
+                }
+            }
+            if let Some(gpu64) = gpu64.as_mut() {
+                gpu64.set_fusion(fusion);
+                let got = gpu64.run(&g, &feeds_f64(&inputs, false), &outs).unwrap();
+                for (k, (a, w)) in got.iter().zip(&want).enumerate() {
+                    for (idx, (x, w)) in a.iter().zip(w.iter()).enumerate() {
+                        assert_eq!(
+                            x.to_bits(),
+                            w.to_bits(),
+                            "f64 case {case} {fusion} {k} {idx}"
+                        );
+                    }
+                }
+            }
+        }
+        gpu.set_fusion(true);
+    }
+    println!("{epilogues} reductions with an epilogue");
+    assert!(epilogues >= 48, "{epilogues} epilogues");
 }

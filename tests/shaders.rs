@@ -65,8 +65,28 @@ fn modules() -> Vec<(String, String)> {
     let d = g.sub(x, y).unwrap();
     let d2 = g.unary(UnaryOp::Square, d).unwrap();
     let red = g.reduce_sum(d2, &[0]).unwrap();
+    // Reads through views (a plain slice, a bounded pad) and a reduction with an epilogue.
+    let sl = g.slice(x, 1, 0, 3, 2).unwrap();
+    let pd = g.pad(sl, 1, 1, 0, 0).unwrap();
+    let xs = g.slice(x, 0, 1, 2, 1).unwrap(); // row 1, broadcast
+    let views = g.add2(pd, xs).unwrap();
+    let s = g.reduce_max(d2, &[1]).unwrap();
+    let b = g.input("b", [2, 1]).unwrap();
+    let epilogue = g.sub(s, b).unwrap();
     let needed = vec![true; g.len()];
-    let plan = fusion::plan(&g, &needed, &[map, red], |v| v, fusion::MAX_LEAVES, true);
+    let plan = fusion::plan(
+        &g,
+        &needed,
+        &[map, red, views, epilogue],
+        |v| v,
+        fusion::MAX_LEAVES,
+        true,
+    );
+    assert!(plan.fused[&views.0].bounded.len() == 1 && plan.fused[&views.0].views.len() == 1);
+    assert!(
+        plan.fused[&epilogue.0].reduce.is_some(),
+        "the epilogue fused"
+    );
     let generated = |root: darts::graph::NodeId| plan.fused[&root.0].source.to_string();
     assert!(
         plan.fused[&map.0].ops > 20,
@@ -91,6 +111,14 @@ fn modules() -> Vec<(String, String)> {
         (
             "fused reduction".into(),
             format!("{}\n{}", k::FUSED_REDUCE_WGSL, generated(red)),
+        ),
+        (
+            "fused views".into(),
+            format!("{}\n{}", k::FUSED_WGSL, generated(views)),
+        ),
+        (
+            "fused reduction with an epilogue".into(),
+            format!("{}\n{}", k::FUSED_REDUCE_WGSL, generated(epilogue)),
         ),
     ]
 }

@@ -91,9 +91,11 @@ pub fn compose(prelude: &str, source: &str) -> String {
 pub struct FusedParams {
     pub total: u32,
     pub rank: u32,
-    pub _pad: [u32; 2],
+    /// Plain view slots (the bounded slots' words follow theirs).
+    pub views: u32,
+    pub _pad: u32,
     pub shape: [u32; MAX_RANK],
-    pub strides: [[u32; MAX_RANK]; super::fusion::MAX_STRIDED],
+    pub words: [u32; super::fusion::VIEW_WORDS],
 }
 
 impl Default for FusedParams {
@@ -698,16 +700,16 @@ mod tests {
     use super::*;
 
     /// The Rust mirrors have the byte sizes of the WGSL structs: uniform layout rounds
-    /// `array<vec4<u32>, 2>` to 32 bytes, so 16 + 32 + 6 * 32 = 240 (FusedParams: shape and
-    /// six leaves' strides), 16 + 3 * 32 + 16 = 128 (EwParams: the value `S`
+    /// `array<vec4<u32>, 2>` to 32 bytes, so 16 + 32 + 4 * 80 = 368 (FusedParams: shape and
+    /// 80 view words), 144 + 368 = 512 (FusedReduceParams), 16 + 3 * 32 + 16 = 128 (EwParams: the value `S`
     /// at 112, the struct rounded up to its 16-byte alignment), 16 + 4 * 32 = 144, 16,
     /// 16 + 5 * 32 = 176 (MoveParams); the scalar structs are 4 bytes per u32: 20 * 4 = 80
     /// (ConvParams), 12 * 4 = 48 (PoolParams), 16 (GatherParams, SoftmaxParams, ProbeParams).
     #[test]
     fn params_structs_match_wgsl_sizes() {
         assert_eq!(std::mem::size_of::<EwParams>(), 128);
-        assert_eq!(std::mem::size_of::<FusedParams>(), 240);
-        assert_eq!(std::mem::size_of::<FusedReduceParams>(), 384);
+        assert_eq!(std::mem::size_of::<FusedParams>(), 368);
+        assert_eq!(std::mem::size_of::<FusedReduceParams>(), 512);
         assert_eq!(std::mem::size_of::<ProbeParams>(), 16);
         assert_eq!(std::mem::size_of::<ReduceParams>(), 144);
         assert_eq!(std::mem::size_of::<MatmulParams>(), 16);
@@ -779,7 +781,8 @@ mod tests {
         for (prelude, (src, name, size)) in cases {
             // A fused reduction's shared part needs its generated `out` and `reduce_input`.
             let stub = "@group(0) @binding(1) var<storage, read_write> out: array<S>;\n\
-                        fn reduce_input(i: u32) -> S { return S(0.0); }\n";
+                        fn reduce_input(i: u32) -> S { return S(0.0); }\n\
+                        fn reduce_output(o: u32, v: S) -> S { return v; }\n";
             let src = if std::ptr::eq(src, FUSED_REDUCE_WGSL) {
                 format!("{src}\n{stub}")
             } else {
@@ -830,8 +833,8 @@ mod tests {
         assert!(MOVEMENT_WGSL.contains(&format!("const MAX_RANK: u32 = {MAX_RANK}u;")));
         assert!(FUSED_WGSL.contains(&format!("const MAX_RANK: u32 = {MAX_RANK}u;")));
         assert!(FUSED_WGSL.contains(&format!(
-            "strides: array<vec4<u32>, {}>,",
-            2 * super::super::fusion::MAX_STRIDED
+            "words: array<vec4<u32>, {}>,",
+            super::super::fusion::VIEW_WORDS / 4
         )));
     }
 }

@@ -245,7 +245,7 @@ type Built = (wgpu::CommandBuffer, Option<wgpu::Error>, f64);
 pub const ENCODE_THREADS_MAX: usize = 8;
 
 /// The largest parameter block of any kernel (`FusedReduceParams`), in bytes.
-const MAX_PARAMS_BYTES: u64 = 384;
+const MAX_PARAMS_BYTES: u64 = 512;
 
 /// Where a kernel runs, for error messages: "kernel 'k' for node %i (op at 'label')", or
 /// "fused kernel of n ops for node %i (op at 'label')". Formatted only when a message needs
@@ -867,20 +867,18 @@ impl<T: GpuScalar> GpuExecutor<T> {
         for &leaf in &f.leaves {
             reads.push(vals[leaf.0].clone().ok_or(ExecError::UnknownNode(leaf))?);
         }
-        for (ordinal, &l) in f.strided.iter().enumerate() {
-            put(
-                &mut map.strides[ordinal],
-                &broadcast_strides(graph.shape(f.leaves[l]).dims(), expr_shape),
-            );
-        }
+        map.views = f.views.len() as u32;
+        map.words = f.words(expr_shape.len());
         let fused_reduce_params;
-        let (params, entry, groups): (&[u8], &'static str, u32) = match (&f.reduce, &node.op) {
+        // A fused reduction's axes are its reduction node's (the root, or below an epilogue).
+        let reduce_op = f.reduce.as_ref().map(|r| &graph.nodes()[r.node.0].op);
+        let (params, entry, groups): (&[u8], &'static str, u32) = match (&f.reduce, reduce_op) {
             (None, _) => (
                 bytemuck::bytes_of(&map),
                 "fused",
                 (numel as u32).div_ceil(WORKGROUP_SIZE),
             ),
-            (Some(r), Op::ReduceSum { axes } | Op::ReduceMax { axes }) => {
+            (Some(r), Some(Op::ReduceSum { axes } | Op::ReduceMax { axes })) => {
                 let p = reduce_params(expr_shape, axes, numel);
                 let workgroup = p.n_red >= self.workgroup_min;
                 let entry = match (r.max, workgroup) {
@@ -899,8 +897,8 @@ impl<T: GpuScalar> GpuExecutor<T> {
             }
             (Some(_), op) => {
                 return Err(ExecError::Gpu(format!(
-                    "{at}: a fused reduction's root is {}, not a reduction",
-                    op.name()
+                    "{at}: a fused reduction's node is {}, not a reduction",
+                    op.map_or("none".into(), |op| op.name())
                 )))
             }
         };
