@@ -6,7 +6,8 @@
 //! `cargo run --release --example resident_step -- <cpu|gpu> <first|second|exact> [C] [layers]
 //! [batch] [steps]` (defaults: 16 8 64 3). One untimed step first (pipeline compilation on the
 //! GPU, buffer pool warm-up on the CPU), then `steps` timed steps; prints each, the median and
-//! the peak resident memory of the process.
+//! the peak resident memory of the process. With `DARTS_GPU_PROFILE=1` the GPU also times every
+//! dispatch (timestamps between dispatches) and prints the device time by kernel.
 
 use darts::darts::init::init_state;
 use darts::darts::network::SearchConfig;
@@ -46,8 +47,19 @@ fn main() {
     let mut exec: Box<dyn Executor<f32>> = match args.first().map(String::as_str) {
         Some("cpu") | None => Box::new(CpuExecutor::<f32>::new()),
         Some("gpu") => match GpuExecutor::new() {
-            Ok(g) => {
+            Ok(mut g) => {
                 println!("adapter: {}", g.adapter_info());
+                if std::env::var("DARTS_GPU_PROFILE").is_ok_and(|v| v == "1") {
+                    let on = g.set_profile(true);
+                    println!(
+                        "profile: {}",
+                        if on {
+                            "device time of every dispatch, by kernel"
+                        } else {
+                            "unavailable (no timestamps inside passes on this adapter)"
+                        }
+                    );
+                }
                 Box::new(g)
             }
             Err(e) => usage(&format!("no GPU: {e}")),

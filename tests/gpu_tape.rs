@@ -182,3 +182,40 @@ fn gpu_tape_cache_drops_the_least_recently_used() {
     assert_eq!(gpu.run(g, &f, outs).unwrap(), fresh(g, &f, outs));
     assert!(gpu.run_timing().replayed);
 }
+
+/// Profiling (timestamps written between dispatches) accounts for every dispatch of the run
+/// under its kernel's name, with finite non-negative times, and changes no output bit. On an
+/// adapter without timestamps inside passes `set_profile` says so and the run has no profile.
+#[test]
+fn gpu_profile_times_every_dispatch() {
+    let Some(mut gpu) = common::gpu_executor("gpu_profile_times_every_dispatch") else {
+        return;
+    };
+    let (g, outs, shapes) = network(4);
+    let f = feeds(&shapes, 3);
+    let plain = gpu.run(&g, &f, &outs).unwrap();
+    assert!(gpu.run_timing().profile.is_empty());
+    if !gpu.set_profile(true) {
+        println!("gpu_profile_times_every_dispatch: the adapter writes no timestamps in passes");
+        gpu.run(&g, &f, &outs).unwrap();
+        assert!(gpu.run_timing().profile.is_empty());
+        return;
+    }
+    // Chunks of 5 dispatches: the timestamps of several query sets, in order.
+    gpu.set_submit_every(5);
+    let profiled = gpu.run(&g, &f, &outs).unwrap();
+    assert_eq!(profiled, plain);
+    let t = gpu.run_timing();
+    println!("{t}");
+    let counted: usize = t.profile.iter().map(|p| p.1).sum();
+    assert_eq!(counted, t.dispatches, "{t}");
+    assert!(
+        t.profile.iter().all(|p| p.2.is_finite() && p.2 >= 0.0),
+        "{t}"
+    );
+    assert!(t.profile.iter().any(|p| p.0 == "conv.conv2d"), "{t}");
+    assert!(t.profile.iter().any(|p| p.0.starts_with("fused")), "{t}");
+    gpu.set_profile(false);
+    gpu.run(&g, &f, &outs).unwrap();
+    assert!(gpu.run_timing().profile.is_empty());
+}

@@ -99,6 +99,10 @@ pub struct GpuExecutor<T: GpuScalar = f32> {
     fusion: bool,
     /// Dispatches per submitted command buffer ([`SUBMIT_EVERY`] unless set).
     submit_every: usize,
+    /// Nanoseconds per timestamp tick, where the device writes timestamps inside passes.
+    timestamp_period: Option<f64>,
+    /// Time every dispatch on the device (see [`GpuExecutor::set_profile`]).
+    profile: bool,
     /// Threads encoding a run's command buffers (the host's cores, at most
     /// [`ENCODE_THREADS_MAX`], unless set).
     encode_threads: usize,
@@ -150,7 +154,7 @@ pub(crate) struct PlanKey {
 /// tape's dispatches, finishing and submitting the command buffers (one per `SUBMIT_EVERY`
 /// dispatches, so the device works while the host encodes), waiting for the device to finish,
 /// and copying the outputs out.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RunTiming {
     /// Dispatches run.
     pub dispatches: usize,
@@ -181,6 +185,10 @@ pub struct RunTiming {
     pub wait: f64,
     /// Seconds mapping and copying the requested outputs.
     pub readback: f64,
+    /// With [`GpuExecutor::set_profile`]: device seconds by kernel (name, dispatches, seconds,
+    /// largest first), each dispatch timed from the timestamp after the previous dispatch of
+    /// its pass to the one after it (so a dispatch's share includes the barrier before it).
+    pub profile: Vec<(&'static str, usize, f64)>,
 }
 
 impl std::fmt::Display for RunTiming {
@@ -210,7 +218,22 @@ impl std::fmt::Display for RunTiming {
             per(self.encode),
             self.wait,
             self.readback
-        )
+        )?;
+        if !self.profile.is_empty() {
+            let total: f64 = self.profile.iter().map(|p| p.2).sum();
+            write!(f, "; device {:.3} ms by kernel:", 1e3 * total)?;
+            for (k, (name, n, s)) in self.profile.iter().enumerate() {
+                write!(
+                    f,
+                    "{} {name} {n} x {:.1} us = {:.3} ms ({:.0}%)",
+                    if k == 0 { "" } else { "," },
+                    1e6 * s / (*n).max(1) as f64,
+                    1e3 * s,
+                    100.0 * s / total.max(1e-300)
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -237,8 +260,18 @@ struct ParamsArena {
 pub const SUBMIT_EVERY: usize = 2048;
 
 /// A chunk of a run encoded and finished: its command buffer, the validation error of its
-/// encoding thread, and the seconds it took.
-type Built = (wgpu::CommandBuffer, Option<wgpu::Error>, f64);
+/// encoding thread, the seconds it took, and (when profiling) the buffer its timestamps are
+/// copied to.
+type Built = (
+    wgpu::CommandBuffer,
+    Option<wgpu::Error>,
+    f64,
+    Option<wgpu::Buffer>,
+);
+
+/// What encoding and submitting a run gives: seconds in submits, seconds of encoding (summed
+/// over the threads), and the timestamp buffers of the chunks in order (when profiling).
+type Submitted = (f64, f64, Vec<wgpu::Buffer>);
 
 /// Most threads encoding one run's command buffers by default (see
 /// `GpuExecutor::set_encode_threads`).
@@ -439,7 +472,7 @@ impl GpuExecutor<f64> {
         );
         let commands = std::mem::take(&mut self.commands);
         if recorded.is_ok() {
-            Self::encode(&mut encoder, &commands);
+            Self::encode(&mut encoder, &commands, None);
             self.queue.submit([encoder.finish()]);
         }
         let result = recorded.and_then(|_| self.read_back(&out, n, &at));
@@ -513,9 +546,17 @@ impl<T: GpuScalar> GpuExecutor<T> {
     fn open(adapter: wgpu::Adapter) -> Result<Self, ExecError> {
         let info = adapter.get_info();
         let limits = adapter.limits();
+        // Timestamps between dispatches (for `set_profile`), where the adapter has them.
+        let timestamps = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let timestamps = adapter
+            .features()
+            .contains(timestamps)
+            .then_some(timestamps);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("darts"),
-            required_features: T::FEATURES,
+            required_features: T::FEATURES | timestamps.unwrap_or(wgpu::Features::empty()),
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -535,6 +576,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             }
         }));
         let max_workgroups_per_dim = limits.max_compute_workgroups_per_dimension;
+        let timestamp_period = timestamps.map(|_| queue.get_timestamp_period() as f64);
         Ok(GpuExecutor {
             adapter,
             device,
@@ -547,6 +589,8 @@ impl<T: GpuScalar> GpuExecutor<T> {
             fusion: true,
             plan_cache: None,
             submit_every: SUBMIT_EVERY,
+            timestamp_period,
+            profile: false,
             encode_threads: std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(ENCODE_THREADS_MAX),
@@ -613,6 +657,14 @@ impl<T: GpuScalar> GpuExecutor<T> {
         self.submit_every = n.max(1);
     }
 
+    /// Time every dispatch on the device from now on (timestamps written between dispatches;
+    /// [`RunTiming::profile`] then sums them by kernel). Returns whether the adapter can
+    /// (it needs `TIMESTAMP_QUERY_INSIDE_PASSES`); results do not depend on it.
+    pub fn set_profile(&mut self, on: bool) -> bool {
+        self.profile = on && self.timestamp_period.is_some();
+        self.profile == on
+    }
+
     /// Encode a run's command buffers on up to `n` threads (at least 1; default: the host's
     /// cores, at most [`ENCODE_THREADS_MAX`]). Results do not depend on it.
     pub fn set_encode_threads(&mut self, n: usize) {
@@ -621,7 +673,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
 
     /// Where the time of the last successful run went, and how many dispatches it made.
     pub fn run_timing(&self) -> RunTiming {
-        self.timing
+        self.timing.clone()
     }
 
     /// Fused kernels compiled so far (distinct generated sources).
@@ -757,7 +809,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
         &mut self,
         compiled: &kernels::Compiled,
         bindings: &[(u32, Slot)],
-        name: &str,
+        name: &'static str,
         params: &[u8],
         reads: &[&wgpu::Buffer],
         write: &wgpu::Buffer,
@@ -819,6 +871,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             pipeline: compiled.pipeline.clone(),
             bind_group,
             grid: (gx, gy),
+            kind: name,
         };
         if let Some(scope) = scope {
             // Encode this dispatch on its own (never submitted): a pass's errors surface when
@@ -826,7 +879,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             let mut encoder = self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(name) });
-            Self::encode(&mut encoder, std::slice::from_ref(&command));
+            Self::encode(&mut encoder, std::slice::from_ref(&command), None);
             drop(encoder.finish());
             if let Some(e) = pollster::block_on(scope.pop()) {
                 return Err(ExecError::Gpu(format!("{at}: {e}")));
@@ -916,9 +969,12 @@ impl<T: GpuScalar> GpuExecutor<T> {
             .clone();
         let bindings = kernels::fused_bindings(f.leaves.len());
         let refs: Vec<&wgpu::Buffer> = reads.iter().map(|b| b.as_ref()).collect();
-        self.dispatch_compiled(
-            &compiled, &bindings, "fused", params, &refs, &out, groups, &at,
-        )?;
+        let kind = if f.reduce.is_some() {
+            "fused reduction"
+        } else {
+            "fused map"
+        };
+        self.dispatch_compiled(&compiled, &bindings, kind, params, &refs, &out, groups, &at)?;
         Ok(out)
     }
 
@@ -1494,9 +1550,16 @@ impl<T: GpuScalar> GpuExecutor<T> {
         let chunks: Vec<&[tape::Command]> = if tape.commands.is_empty() {
             vec![&[]]
         } else {
-            tape.commands.chunks(self.submit_every.max(1)).collect()
+            // A query set holds at most 4096 timestamps: one per dispatch and one more.
+            let every = match self.profile {
+                true => self
+                    .submit_every
+                    .clamp(1, wgpu::QUERY_SET_MAX_QUERIES as usize - 1),
+                false => self.submit_every.max(1),
+            };
+            tape.commands.chunks(every).collect()
         };
-        let (submit_seconds, encode_seconds) = self.encode_and_submit(tape, &chunks)?;
+        let (submit_seconds, encode_seconds, stamps) = self.encode_and_submit(tape, &chunks)?;
         timing.encode = encode_seconds;
         lap(&mut timing.record, &mut since);
         timing.record -= submit_seconds;
@@ -1546,7 +1609,51 @@ impl<T: GpuScalar> GpuExecutor<T> {
         }
         lap(&mut timing.readback, &mut since);
         timing.dispatches = tape.commands.len();
+        if !stamps.is_empty() {
+            timing.profile = self.read_profile(&chunks, &stamps)?;
+        }
         Ok(result)
+    }
+
+    /// Device seconds by kernel from the chunks' timestamps (see [`RunTiming::profile`]).
+    fn read_profile(
+        &self,
+        chunks: &[&[tape::Command]],
+        stamps: &[wgpu::Buffer],
+    ) -> Result<Vec<(&'static str, usize, f64)>, ExecError> {
+        let period = self.timestamp_period.unwrap_or(1.0) * 1e-9;
+        let (tx, rx) = std::sync::mpsc::channel();
+        for b in stamps {
+            let tx = tx.clone();
+            b.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        }
+        drop(tx);
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| ExecError::Gpu(format!("waiting for the profile: {e}")))?;
+        for r in rx.try_iter() {
+            r.map_err(|e| ExecError::Gpu(format!("mapping the profile's timestamps: {e}")))?;
+        }
+        let mut by: HashMap<&'static str, (usize, f64)> = HashMap::new();
+        for (chunk, b) in chunks.iter().zip(stamps) {
+            let view = b
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| ExecError::Gpu(format!("reading the profile: {e}")))?;
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&view);
+            drop(view);
+            b.unmap();
+            for (c, t) in chunk.iter().zip(ticks.windows(2)) {
+                let e = by.entry(c.kind).or_default();
+                e.0 += 1;
+                e.1 += t[1].saturating_sub(t[0]) as f64 * period;
+            }
+        }
+        let mut rows: Vec<_> = by.into_iter().map(|(k, (n, s))| (k, n, s)).collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(b.0)));
+        Ok(rows)
     }
 
     /// Encodes and finishes `chunks` (the output copies after the last) on up to
@@ -1558,9 +1665,10 @@ impl<T: GpuScalar> GpuExecutor<T> {
         &self,
         tape: &tape::Tape,
         chunks: &[&[tape::Command]],
-    ) -> Result<(f64, f64), ExecError> {
+    ) -> Result<Submitted, ExecError> {
         let (device, queue) = (&self.device, &self.queue);
         let (n, outputs) = (chunks.len(), &tape.outputs);
+        let profile = self.profile;
         // Encodes and finishes chunk k inside a validation scope of the encoding thread
         // (wgpu's error scopes are per thread).
         let build = |k: usize| -> Built {
@@ -1569,7 +1677,32 @@ impl<T: GpuScalar> GpuExecutor<T> {
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("darts run"),
             });
-            Self::encode(&mut encoder, chunks[k]);
+            let stamps = chunks[k].len() as u32 + 1;
+            let queries = profile.then(|| {
+                device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("darts profile"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: stamps,
+                })
+            });
+            Self::encode(&mut encoder, chunks[k], queries.as_ref());
+            let readback = queries.map(|q| {
+                let bytes = 8 * stamps as u64;
+                let buffer = |usage| {
+                    device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("darts profile"),
+                        size: bytes,
+                        usage,
+                        mapped_at_creation: false,
+                    })
+                };
+                let resolved =
+                    buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+                let readback = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+                encoder.resolve_query_set(&q, 0..stamps, &resolved, 0);
+                encoder.copy_buffer_to_buffer(&resolved, 0, &readback, 0, Some(bytes));
+                readback
+            });
             if k + 1 == n {
                 for (src, staging) in outputs.iter().filter_map(|o| o.1.as_ref()) {
                     encoder.copy_buffer_to_buffer(src, 0, staging, 0, Some(staging.size()));
@@ -1577,11 +1710,13 @@ impl<T: GpuScalar> GpuExecutor<T> {
             }
             let commands = encoder.finish();
             let error = pollster::block_on(scope.pop());
-            (commands, error, t.elapsed().as_secs_f64())
+            (commands, error, t.elapsed().as_secs_f64(), readback)
         };
         let (mut submit_seconds, mut encode_seconds) = (0.0, 0.0);
+        let mut stamps = Vec::new();
         let mut submit = |k: usize, built: Built| {
             encode_seconds += built.2;
+            stamps.extend(built.3);
             let at = || {
                 format!(
                     "chunk {} of {n} of the run ({} dispatches)",
@@ -1606,7 +1741,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             for k in 0..n {
                 submit(k, build(k))?;
             }
-            return Ok((submit_seconds, encode_seconds));
+            return Ok((submit_seconds, encode_seconds, stamps));
         }
         let next = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| -> Result<(), ExecError> {
@@ -1634,7 +1769,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             }
             Ok(())
         })?;
-        Ok((submit_seconds, encode_seconds))
+        Ok((submit_seconds, encode_seconds, stamps))
     }
 
     /// Makes a parameter arena for the tape being built, large enough for every dispatch

@@ -50,6 +50,8 @@ pub(super) struct Command {
     pub bind_group: wgpu::BindGroup,
     /// Workgroups in x and y.
     pub grid: (u32, u32),
+    /// The kernel's name, for profiles.
+    pub kind: &'static str,
 }
 
 /// Where a run's input comes from.
@@ -121,20 +123,31 @@ impl<T: GpuScalar> GpuExecutor<T> {
     }
 
     /// Encodes `commands` into one compute pass of `encoder`, setting a pipeline only when it
-    /// changes.
-    pub(super) fn encode(encoder: &mut wgpu::CommandEncoder, commands: &[Command]) {
+    /// changes; with `timestamps` (a query set of `commands.len() + 1`), timestamp 0 before
+    /// the first dispatch and timestamp k + 1 after dispatch k.
+    pub(super) fn encode(
+        encoder: &mut wgpu::CommandEncoder,
+        commands: &[Command],
+        timestamps: Option<&wgpu::QuerySet>,
+    ) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("darts graph"),
             timestamp_writes: None,
         });
+        if let Some(q) = timestamps {
+            pass.write_timestamp(q, 0);
+        }
         let mut current: Option<&wgpu::ComputePipeline> = None;
-        for c in commands {
+        for (k, c) in commands.iter().enumerate() {
             if current != Some(&c.pipeline) {
                 pass.set_pipeline(&c.pipeline);
                 current = Some(&c.pipeline);
             }
             pass.set_bind_group(0, &c.bind_group, &[]);
             pass.dispatch_workgroups(c.grid.0, c.grid.1, 1);
+            if let Some(q) = timestamps {
+                pass.write_timestamp(q, k as u32 + 1);
+            }
         }
     }
 
