@@ -10,7 +10,7 @@
 // (signed; taps outside [0, h) x [0, w) read the zero padding and are skipped):
 //   conv2d:       out[n, oc, y, x] = sum_{ci < Cg, i < kh, j < kw} a[n, g Cg + ci, iy, ix] b[oc, ci, i, j]
 //                 (a = x [n, c, h, w], b = weight [o, Cg, kh, kw]; K = Cg kh kw terms)
-//   input_grad:   out[n, cc, iy, ix] = sum_{oc in group g(cc), i, j : y, x integer in range}
+//   input_grad:   out[n, cc, iy, ix] = sum_{i, j : y, x integer in range; oc in group g(cc)}
 //                                          a[n, oc, y, x] b[oc, cc - g Cg, i, j]
 //                 with y = (iy + pad_h - i dil_h) / stride_h when that is a non-negative
 //                 multiple below oh (the same for x); a = gy [n, o, oh, ow], b = weight,
@@ -154,27 +154,32 @@ fn conv2d_input_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     let g = cc / cg;
     let cl = cc - g * cg;
     var acc: S = 0.0;
-    for (var oc = g * og; oc < (g + 1u) * og; oc++) {
-        for (var i = 0u; i < params.kh; i++) {
-            let ty = i32(iy + params.pad_h) - i32(i * params.dil_h);
-            if ty < 0 || ty % i32(params.stride_h) != 0 {
+    // Taps outermost: each tap's output pixel (integer divisions) is found once, not once per
+    // output channel.
+    let plane = params.oh * params.ow;
+    for (var i = 0u; i < params.kh; i++) {
+        let ty = i32(iy + params.pad_h) - i32(i * params.dil_h);
+        if ty < 0 || ty % i32(params.stride_h) != 0 {
+            continue;
+        }
+        let y = u32(ty) / params.stride_h;
+        if y >= params.oh {
+            continue;
+        }
+        for (var j = 0u; j < params.kw; j++) {
+            let tx = i32(ix + params.pad_w) - i32(j * params.dil_w);
+            if tx < 0 || tx % i32(params.stride_w) != 0 {
                 continue;
             }
-            let y = u32(ty) / params.stride_h;
-            if y >= params.oh {
+            let x = u32(tx) / params.stride_w;
+            if x >= params.ow {
                 continue;
             }
-            for (var j = 0u; j < params.kw; j++) {
-                let tx = i32(ix + params.pad_w) - i32(j * params.dil_w);
-                if tx < 0 || tx % i32(params.stride_w) != 0 {
-                    continue;
-                }
-                let x = u32(tx) / params.stride_w;
-                if x >= params.ow {
-                    continue;
-                }
-                let gv = a[((nb * params.o + oc) * params.oh + y) * params.ow + x];
-                let wv = b[((oc * cg + cl) * params.kh + i) * params.kw + j];
+            let tap = i * params.kw + j;
+            let taps = params.kh * params.kw;
+            for (var oc = g * og; oc < (g + 1u) * og; oc++) {
+                let gv = a[(nb * params.o + oc) * plane + y * params.ow + x];
+                let wv = b[(oc * cg + cl) * taps + tap];
                 acc += gv * wv;
             }
         }
