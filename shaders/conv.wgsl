@@ -246,18 +246,34 @@ fn conv2d_weight_grad_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
     let plane = params.oh * params.ow;
     let terms = params.n * plane;
     var acc: S = 0.0;
+    // Term r = (nb oh + y) ow + x, and r advances by WORKGROUP_SIZE = (dn oh + dy) ow + dx
+    // (dx < ow, dy < oh): (nb, y, x) is carried forward with additions instead of being
+    // divided out of r for every term (the same terms in the same order).
+    let dx = WORKGROUP_SIZE % params.ow;
+    let dy = (WORKGROUP_SIZE / params.ow) % params.oh;
+    let dn = WORKGROUP_SIZE / plane;
+    var x = lid % params.ow;
+    var y = (lid / params.ow) % params.oh;
+    var nb = lid / plane;
     for (var r = lid; r < terms; r += WORKGROUP_SIZE) {
-        let nb = r / plane;
-        let x = r % params.ow;
-        let y = (r / params.ow) % params.oh;
         let iy = in_row(y, tap.y);
         let ix = in_col(x, tap.z);
-        if iy < 0 || iy >= i32(params.h) || ix < 0 || ix >= i32(params.w) {
-            continue;
+        if iy >= 0 && iy < i32(params.h) && ix >= 0 && ix < i32(params.w) {
+            let xv = a[((nb * params.c + cin) * params.h + u32(iy)) * params.w + u32(ix)];
+            let gv = b[((nb * params.o + oc) * params.oh + y) * params.ow + x];
+            acc += xv * gv;
         }
-        let xv = a[((nb * params.c + cin) * params.h + u32(iy)) * params.w + u32(ix)];
-        let gv = b[(nb * params.o + oc) * plane + r % plane];
-        acc += xv * gv;
+        x += dx;
+        y += dy;
+        if x >= params.ow {
+            x -= params.ow;
+            y += 1u;
+        }
+        nb += dn;
+        if y >= params.oh {
+            y -= params.oh;
+            nb += 1u;
+        }
     }
     let total = workgroup_sum(lid, acc);
     if lid == 0u {
