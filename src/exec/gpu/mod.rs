@@ -1906,14 +1906,27 @@ fn reduce_params(in_shape: &[usize], axes: &[usize], numel: usize) -> ReducePara
     for d in (0..in_shape.len().saturating_sub(1)).rev() {
         strides[d] = strides[d + 1] * in_shape[d + 1];
     }
-    let (mut kept, mut red) = (Vec::new(), Vec::new());
+    // (extent, stride) of the kept and of the reduced axes.
+    let mut kept: Vec<(u32, u32)> = Vec::new();
+    let mut red: Vec<(u32, u32)> = Vec::new();
     for (d, &n) in in_shape.iter().enumerate() {
         let v = if axes.contains(&d) {
             &mut red
         } else {
             &mut kept
         };
-        v.push((n as u32, strides[d] as u32));
+        // Axes of extent 1 add nothing to any offset; an axis whose stride is the next
+        // one's stride times its extent enumerates, with it, one run of offsets: merged,
+        // they list the same offsets in the same order with one division less per axis.
+        if n == 1 {
+            continue;
+        }
+        match v.last_mut() {
+            Some(last) if last.1 as usize == strides[d] * n => {
+                *last = (last.0 * n as u32, strides[d] as u32);
+            }
+            _ => v.push((n as u32, strides[d] as u32)),
+        }
     }
     let n_red: usize = red.iter().map(|&(n, _)| n as usize).product();
     let mut p = ReduceParams {
@@ -2241,6 +2254,70 @@ mod tests {
             size_of::<kernels::FusedReduceParams>() as u64,
             MAX_PARAMS_BYTES
         );
+    }
+
+    /// The offsets reduce.wgsl computes from `ReduceParams` (base_offset, red_offset).
+    fn offsets(p: &ReduceParams, o: u32, r: u32) -> u32 {
+        let walk = |mut rem: u32, rank: u32, shape: &[u32], strides: &[u32]| {
+            let mut off = 0;
+            for d in (0..rank as usize).rev() {
+                off += (rem % shape[d]) * strides[d];
+                rem /= shape[d];
+            }
+            off
+        };
+        walk(o, p.kept_rank, &p.kept_shape, &p.kept_strides)
+            + walk(r, p.red_rank, &p.red_shape, &p.red_strides)
+    }
+
+    /// Merged axes (extent-1 axes dropped, contiguous runs of kept or of reduced axes joined)
+    /// enumerate exactly the offsets of the plain row-major definition, in the same order, for
+    /// every subset of axes of a few shapes with extent-1 and contiguous axes.
+    #[test]
+    fn reduce_params_enumerate_the_same_offsets() {
+        for shape in [
+            vec![2usize, 3, 4, 5],
+            vec![3, 1, 4, 1],
+            vec![1, 2, 1, 3, 2],
+            vec![4, 4],
+            vec![5],
+        ] {
+            let rank = shape.len();
+            for mask in 0u32..(1 << rank) {
+                let axes: Vec<usize> = (0..rank).filter(|d| mask >> d & 1 == 1).collect();
+                let kept: Vec<usize> = (0..rank).filter(|d| !axes.contains(d)).collect();
+                let numel: usize = kept.iter().map(|&d| shape[d]).product();
+                let p = reduce_params(&shape, &axes, numel);
+                let n_red: usize = axes.iter().map(|&d| shape[d]).product();
+                assert_eq!(p.n_red as usize, n_red, "{shape:?} {axes:?}");
+                let strides: Vec<usize> =
+                    (0..rank).map(|d| shape[d + 1..].iter().product()).collect();
+                // Row-major coordinates of o over the kept axes and r over the reduced ones.
+                let coords = |mut i: usize, over: &[usize]| {
+                    let mut c = vec![0usize; over.len()];
+                    for (k, &d) in over.iter().enumerate().rev() {
+                        c[k] = i % shape[d];
+                        i /= shape[d];
+                    }
+                    c
+                };
+                for o in 0..numel {
+                    for r in 0..n_red {
+                        let want: usize = coords(o, &kept)
+                            .iter()
+                            .zip(&kept)
+                            .chain(coords(r, &axes).iter().zip(&axes))
+                            .map(|(c, &d)| c * strides[d])
+                            .sum();
+                        assert_eq!(
+                            offsets(&p, o as u32, r as u32) as usize,
+                            want,
+                            "{shape:?} axes {axes:?}, o {o}, r {r}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
