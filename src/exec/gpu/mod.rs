@@ -2087,8 +2087,6 @@ impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
             assign: assign.to_vec(),
             inputs,
         };
-        let mut located_key = tape_key.clone();
-        located_key.assign.clear();
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut timing = RunTiming {
@@ -2115,25 +2113,22 @@ impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
         let v = pollster::block_on(validation.pop());
         let o = pollster::block_on(oom.pop());
         let (tape, result) = result?;
-        let failed = match (v, o) {
+        match (v, o) {
             (Some(e), _) => {
-                // Name the kernel: record again with a validation scope around every dispatch.
+                // Name the kernel: record again (no assignments: the variables stay as they
+                // were) with a validation scope around every dispatch; that tape is not kept.
+                let mut key = tape.key.clone();
+                key.assign.clear();
                 drop(tape);
                 self.scope_each = true;
-                let located = self.build_tape(graph, located_key, needed, plan);
+                let located = self.build_tape(graph, key, needed, plan);
                 self.scope_each = false;
-                Some(match located {
+                Err(match located {
                     Err(at) => at,
-                    Ok(t) => {
-                        drop(t);
-                        ExecError::Gpu(format!("during the run: {e}"))
-                    }
+                    Ok(_) => ExecError::Gpu(format!("during the run: {e}")),
                 })
             }
-            (None, Some(e)) => {
-                drop(tape);
-                Some(ExecError::Gpu(format!("during the run: {e}")))
-            }
+            (None, Some(e)) => Err(ExecError::Gpu(format!("during the run: {e}"))),
             (None, None) => {
                 let r = result.and_then(|r| {
                     self.take_uncaptured()?;
@@ -2147,15 +2142,14 @@ impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
                 self.keep_tape(tape);
                 timing.fresh_buffers = self.fresh_buffers - fresh_before;
                 self.timing = timing;
-                return r;
+                r
             }
-        };
-        Err(failed.unwrap_or_else(|| ExecError::Gpu("the run failed".into())))
+        }
     }
 
     /// Writes `value` into the variable's buffer when it has that shape; otherwise makes a
-    /// new buffer (from the pool) and gives the old one back (tapes that bound it are
-    /// dropped).
+    /// fresh buffer (never a pooled one, see [`tape`]) and gives the old one back to the pool
+    /// (the tapes that bound it are dropped).
     fn set_var(&mut self, name: &str, value: &ArrayD<T>) -> Result<(), ExecError> {
         let v = value.as_standard_layout();
         let buf = match self.vars.get(name) {
