@@ -27,7 +27,7 @@
 mod common;
 
 use darts::exec::cpu::CpuExecutor;
-use darts::exec::gpu::fusion;
+use darts::exec::gpu::{fusion, GpuExecutor};
 use darts::exec::{Executor, Feeds};
 use darts::graph::{BinaryOp, ConvParams, Graph, NodeId, Op, UnaryOp};
 use ndarray::{ArrayD, IxDyn, Zip};
@@ -72,6 +72,51 @@ fn feeds_f64(inputs: &Inputs, abs: bool) -> Feeds<f64> {
         f.insert(k.clone(), if abs { v.mapv(f64::abs) } else { v });
     }
     f
+}
+
+/// Runs `outs` of `g` on the f32 GPU and, where there is one, the f64 GPU, fused and unfused,
+/// and requires every element to equal `want` (the CPU f64 run) exactly: the cases that use it
+/// take small integers, so every operation is exact in both precisions. Leaves fusion on.
+fn assert_exact_on_gpus(
+    gpu: &mut GpuExecutor,
+    gpu64: &mut Option<GpuExecutor<f64>>,
+    g: &Graph,
+    inputs: &Inputs,
+    outs: &[NodeId],
+    want: &[ArrayD<f64>],
+    what: &str,
+) {
+    for fusion in [true, false] {
+        gpu.set_fusion(fusion);
+        let got = gpu.run(g, &feeds_f32(inputs), outs).unwrap();
+        for (k, (a, w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(a.shape(), w.shape(), "{what}, output {k}");
+            for (idx, (x, w)) in a.iter().zip(w.iter()).enumerate() {
+                assert_eq!(
+                    f64::from(*x),
+                    *w,
+                    "{what}, fusion {fusion}, output {k} element {idx}"
+                );
+            }
+        }
+        if let Some(gpu64) = gpu64.as_mut() {
+            gpu64.set_fusion(fusion);
+            let got = gpu64.run(g, &feeds_f64(inputs, false), outs).unwrap();
+            for (k, (a, w)) in got.iter().zip(want).enumerate() {
+                for (idx, (x, w)) in a.iter().zip(w.iter()).enumerate() {
+                    assert_eq!(
+                        x.to_bits(),
+                        w.to_bits(),
+                        "f64 {what}, fusion {fusion}, output {k} element {idx}"
+                    );
+                }
+            }
+        }
+    }
+    gpu.set_fusion(true);
+    if let Some(gpu64) = gpu64.as_mut() {
+        gpu64.set_fusion(true);
+    }
 }
 
 /// (value, bound) of a binary op from its operands' (value, bound) pairs.
@@ -856,34 +901,8 @@ fn gpu_views_match_cpu_exactly() {
         let want = CpuExecutor::<f64>::new()
             .run(&g, &feeds_f64(&inputs, false), &outs)
             .unwrap();
-        for fusion in [true, false] {
-            gpu.set_fusion(fusion);
-            let got = gpu.run(&g, &feeds_f32(&inputs), &outs).unwrap();
-            for (k, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(a.shape(), b.shape());
-                for (idx, (x, w)) in a.iter().zip(b.iter()).enumerate() {
-                    assert_eq!(
-                        f64::from(*x),
-                        *w,
-                        "case {case}, fusion {fusion}, output {k} element {idx}, t {t:?}"
-                    );
-                }
-            }
-            if let Some(gpu64) = gpu64.as_mut() {
-                gpu64.set_fusion(fusion);
-                let got = gpu64.run(&g, &feeds_f64(&inputs, false), &outs).unwrap();
-                for (k, (a, b)) in got.iter().zip(&want).enumerate() {
-                    for (idx, (x, w)) in a.iter().zip(b.iter()).enumerate() {
-                        assert_eq!(
-                            x.to_bits(),
-                            w.to_bits(),
-                            "f64 case {case}, fusion {fusion}, output {k} element {idx}"
-                        );
-                    }
-                }
-            }
-        }
-        gpu.set_fusion(true);
+        let what = format!("case {case}, t {t:?}");
+        assert_exact_on_gpus(&mut gpu, &mut gpu64, &g, &inputs, &outs, &want, &what);
     }
     println!(
         "views: {through} slices and pads read through, {dispatched} dispatched, {bounded} \
@@ -949,33 +968,8 @@ fn gpu_reduction_epilogues_match_cpu_exactly() {
         let want = CpuExecutor::<f64>::new()
             .run(&g, &feeds_f64(&inputs, false), &outs)
             .unwrap();
-        for fusion in [true, false] {
-            gpu.set_fusion(fusion);
-            let got = gpu.run(&g, &feeds_f32(&inputs), &outs).unwrap();
-            for (k, (a, w)) in got.iter().zip(&want).enumerate() {
-                for (idx, (x, w)) in a.iter().zip(w.iter()).enumerate() {
-                    assert_eq!(
-                        f64::from(*x),
-                        *w,
-                        "case {case}, fusion {fusion}, output {k} element {idx}, {shape:?} {axes:?}"
-                    );
-                }
-            }
-            if let Some(gpu64) = gpu64.as_mut() {
-                gpu64.set_fusion(fusion);
-                let got = gpu64.run(&g, &feeds_f64(&inputs, false), &outs).unwrap();
-                for (k, (a, w)) in got.iter().zip(&want).enumerate() {
-                    for (idx, (x, w)) in a.iter().zip(w.iter()).enumerate() {
-                        assert_eq!(
-                            x.to_bits(),
-                            w.to_bits(),
-                            "f64 case {case} {fusion} {k} {idx}"
-                        );
-                    }
-                }
-            }
-        }
-        gpu.set_fusion(true);
+        let what = format!("case {case}, {shape:?} {axes:?}");
+        assert_exact_on_gpus(&mut gpu, &mut gpu64, &g, &inputs, &outs, &want, &what);
     }
     println!("{epilogues} reductions with an epilogue");
     assert!(epilogues >= 48, "{epilogues} epilogues");
