@@ -801,13 +801,7 @@ impl Builder<'_> {
             args.push(arg);
         }
         let value = match &node.op {
-            Op::Unary(u) => format!("unary_op({}u, {})", super::unary_code(*u), args[0]),
-            Op::Binary(b) => format!(
-                "binary_op({}u, {}, {})",
-                super::binary_code(*b),
-                args[0],
-                args[1]
-            ),
+            Op::Unary(_) | Op::Binary(_) => op_call(&node.op, &args),
             Op::Select => format!("select({}, {}, nonzero({}))", args[2], args[1], args[0]),
             // Broadcast: its input already reads with broadcast strides.
             _ => return args.swap_remove(0),
@@ -1017,16 +1011,22 @@ impl Builder<'_> {
                 }
             })
             .collect();
-        match &node.op {
-            Op::Unary(u) => format!("unary_op({}u, {})", super::unary_code(*u), args[0]),
-            Op::Binary(b) => format!(
-                "binary_op({}u, {}, {})",
-                super::binary_code(*b),
-                args[0],
-                args[1]
-            ),
-            _ => unreachable!("an epilogue is a unary or binary op"),
-        }
+        op_call(&node.op, &args)
+    }
+}
+
+/// The WGSL call of a unary or binary op on `args` (the functions of
+/// shaders/elementwise_ops.wgsl, shared with the single-op kernels).
+fn op_call(op: &Op, args: &[String]) -> String {
+    match op {
+        Op::Unary(u) => format!("unary_op({}u, {})", super::unary_code(*u), args[0]),
+        Op::Binary(b) => format!(
+            "binary_op({}u, {}, {})",
+            super::binary_code(*b),
+            args[0],
+            args[1]
+        ),
+        op => unreachable!("{} is not a unary or binary op", op.name()),
     }
 }
 
