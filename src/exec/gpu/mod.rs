@@ -2041,15 +2041,18 @@ impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
             keep: keep.clone(),
             fusion: self.fusion,
         };
-        let from_tape = self
+        let cached = self
             .tapes
             .iter()
             .find(|t| t.key.plan == key)
-            .map(|t| (t.needed.clone(), t.plan.clone()));
-        let (needed, plan) = match (from_tape, self.plan_cache.take()) {
-            (Some(cached), _) => cached,
-            (None, Some((k, needed, plan))) if k == key => (needed, plan),
-            _ => {
+            .map(|t| (t.needed.clone(), t.plan.clone()))
+            .or_else(|| match &self.plan_cache {
+                Some((k, needed, plan)) if *k == key => Some((needed.clone(), plan.clone())),
+                _ => None,
+            });
+        let (needed, plan) = match cached {
+            Some(cached) => cached,
+            None => {
                 let (needed, _) = liveness(graph, &keep)?;
                 self.check_supported(graph, &needed)?;
                 let max_leaves = (self.limits.max_storage_buffers_per_shader_stage as usize)
@@ -2063,10 +2066,11 @@ impl<T: GpuScalar> Executor<T> for GpuExecutor<T> {
                     max_leaves,
                     self.fusion && max_leaves >= 3,
                 );
-                (Rc::new(needed), Rc::new(plan))
+                let planned = (Rc::new(needed), Rc::new(plan));
+                self.plan_cache = Some((key.clone(), planned.0.clone(), planned.1.clone()));
+                planned
             }
         };
-        self.plan_cache = Some((key.clone(), needed.clone(), plan.clone()));
         check_indices(graph, feeds, &self.vars, &needed)?;
         // Where each needed input comes from: a feed wins over a variable of the same name.
         let inputs = graph
