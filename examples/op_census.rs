@@ -5,7 +5,7 @@
 //! (defaults: 16 8 64, the paper configuration).
 
 use darts::darts::network::SearchConfig;
-use darts::exec::gpu::fusion;
+use darts::exec::gpu::{fusion, kernels};
 use darts::graph::Op;
 use darts::search::architect::Order;
 use darts::search::step_graph::{StepGraph, StepHyper};
@@ -64,6 +64,36 @@ fn main() {
         unfused - plan.saved(),
         kernels.len(),
         plan.fused.values().map(|f| f.ops).max().unwrap_or(0)
+    );
+    // Reductions a GPU that is not a CPU splits into two dispatches (src/exec/gpu/mod.rs,
+    // `set_split_min`), and the terms per workgroup before and after.
+    let nodes = sg.graph.nodes();
+    let split = (0..nodes.len())
+        .filter(|&i| needed[i] && !plan.skipped[i])
+        .filter_map(|i| {
+            let x = match (plan.fused.get(&i), &nodes[i].op) {
+                (Some(f), _) => f.reduce.map(|r| r.input),
+                (None, Op::ReduceSum { .. } | Op::ReduceMax { .. }) => Some(nodes[i].inputs[0]),
+                _ => None,
+            }?;
+            let out = nodes[i].shape.numel();
+            let n_red = sg.graph.shape(x).numel() / out.max(1);
+            (out > 0
+                && out <= kernels::REDUCE_SPLIT_MAX_OUT as usize
+                && n_red >= kernels::REDUCE_SPLIT_MIN as usize)
+                .then_some((out, n_red))
+        })
+        .collect::<Vec<_>>();
+    let terms: usize = split.iter().map(|&(o, n)| o * n).sum();
+    let workgroups: usize = split.iter().map(|&(o, _)| o).sum();
+    println!(
+        "on a GPU (not a CPU adapter): {} reductions split, {} dispatches more; they sum {:.0} M \
+         terms on {} workgroups unsplit, {} split",
+        split.len(),
+        split.len(),
+        terms as f64 / 1e6,
+        workgroups,
+        workgroups * kernels::WORKGROUP_SIZE as usize
     );
     let mut remaining: BTreeMap<String, usize> = BTreeMap::new();
     for (i, n) in sg.graph.nodes().iter().enumerate() {

@@ -406,6 +406,8 @@ fn gpu_fused_elementwise_dags_match_cpu() {
                 .run(&g, &feeds_f64(&inputs, false), &outs)
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let mut gpu = gpu.borrow_mut();
+            // Even seeds split every reduction of at most 128 outputs into two dispatches.
+            gpu.set_split_min(if seed % 2 == 0 { 1 } else { u32::MAX });
             let mut runs = Vec::new();
             for fusion in [true, false] {
                 gpu.set_fusion(fusion);
@@ -918,10 +920,10 @@ fn gpu_views_match_cpu_exactly() {
 
 /// Reduction epilogues (proofs/gpu-kernel-choices.md, claim 9): batch-norm-like statistics,
 /// `mul(reduce_sum(x), 0.25)` read by a reshape and by `x - mean`, and `sub(reduce_max(x), b)`,
-/// `sub(b, reduce_sum(x))` with `b` of the output's shape, over random shapes and axes. Small
-/// integers and power-of-two factors make every value exact: fused and unfused GPU runs (f32,
-/// and f64 where the adapter has it) equal the CPU f64 run bit for bit. Asserts that the plans
-/// used epilogues.
+/// `sub(b, reduce_sum(x))` with `b` of the output's shape, over random shapes and axes, in one
+/// dispatch and (odd cases) split. Small integers and power-of-two factors make every value
+/// exact: fused and unfused GPU runs (f32, and f64 where the adapter has it) equal the CPU f64
+/// run bit for bit. Asserts that the plans used epilogues.
 #[test]
 fn gpu_reduction_epilogues_match_cpu_exactly() {
     let Some(mut gpu) = common::gpu_executor("gpu_reduction_epilogues_match_cpu_exactly") else {
@@ -968,7 +970,14 @@ fn gpu_reduction_epilogues_match_cpu_exactly() {
         let want = CpuExecutor::<f64>::new()
             .run(&g, &feeds_f64(&inputs, false), &outs)
             .unwrap();
-        let what = format!("case {case}, {shape:?} {axes:?}");
+        // Odd cases split every reduction (a chunk per workgroup, then a second dispatch
+        // that sums the chunks and applies the epilogue).
+        let split = if case % 2 == 1 { 1 } else { u32::MAX };
+        gpu.set_split_min(split);
+        if let Some(gpu64) = gpu64.as_mut() {
+            gpu64.set_split_min(split);
+        }
+        let what = format!("case {case}, {shape:?} {axes:?}, split {}", case % 2 == 1);
         assert_exact_on_gpus(&mut gpu, &mut gpu64, &g, &inputs, &outs, &want, &what);
     }
     println!("{epilogues} reductions with an epilogue");

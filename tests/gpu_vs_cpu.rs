@@ -602,6 +602,13 @@ fn set_dispatch<T: GpuScalar>(gpu: &mut GpuExecutor<T>, two_d: bool) {
     gpu.set_max_workgroups_per_dim(if two_d { TEST_DISPATCH_CAP } else { u32::MAX });
 }
 
+/// Split every reduction of at most `REDUCE_SPLIT_MAX_OUT` outputs (`on`), or none: the
+/// split kernels (`*_split` then `*_finish`) or the one-dispatch ones, whatever the adapter's
+/// default. The drawn reduction cases split when their seed is even.
+fn set_split<T: GpuScalar>(gpu: &mut GpuExecutor<T>, on: bool) {
+    gpu.set_split_min(if on { 1 } else { u32::MAX });
+}
+
 /// `n` values from `mixed`, with about one in `nan_every` replaced by NaN (0: none).
 fn draw<T: Scalar + SampleUniform>(
     rng: &mut ChaCha8Rng,
@@ -931,15 +938,27 @@ fn gpu_reduce_sum_matches_cpu() {
         return;
     };
     // Reductions long enough for the workgroup kernel (K >= 512), contiguous and strided,
-    // and with 2-D dispatch.
+    // and with 2-D dispatch, each in one dispatch and split (K = 2000 over 256 chunks of 8,
+    // K = 70,000 over 256 chunks of 274, the last one short).
     for (shape, axes, two_d) in [
         (vec![3, 2000], vec![1], false),
         (vec![2000, 3], vec![0], true),
         (vec![4, 700], vec![0, 1], false),
         (vec![5, 40, 3, 20], vec![1, 3], true),
+        (vec![2, 70_000], vec![1], true),
     ] {
-        set_dispatch(&mut gpu, two_d);
-        check_reduce(&mut gpu, &shape, &axes, 7).unwrap_or_else(|e| panic!("{e}"));
+        for split in [false, true] {
+            set_dispatch(&mut gpu, two_d);
+            set_split(&mut gpu, split);
+            check_reduce(&mut gpu, &shape, &axes, 7).unwrap_or_else(|e| panic!("{e}"));
+            // The split ran (a chunk pass and a finishing pass) where its grid fits.
+            let want = if split && (!two_d || shape.len() == axes.len()) {
+                2
+            } else {
+                1
+            };
+            assert_eq!(gpu.run_timing().dispatches, want, "{shape:?} {axes:?}");
+        }
     }
     run_cases(
         gpu,
@@ -947,6 +966,7 @@ fn gpu_reduce_sum_matches_cpu() {
         reduce_cases(12),
         |gpu, (shape, axes, seed, two_d)| {
             set_dispatch(gpu, two_d);
+            set_split(gpu, seed % 2 == 0);
             check_reduce(gpu, &shape, &axes, seed)
         },
     );
@@ -960,9 +980,12 @@ fn gpu_select_and_reduce_max_match_cpu() {
     let fixed = vec![
         (vec![3, 1500], vec![1], 5, false),
         (vec![700, 2], vec![0], 6, true),
+        (vec![3, 1500], vec![1], 12, false),
+        (vec![700, 2], vec![0], 9, true),
     ];
     for (shape, axes, seed, two_d) in fixed_then_drawn(reduce_cases(9), fixed, 24) {
         set_dispatch(&mut gpu, two_d);
+        set_split(&mut gpu, seed % 2 == 0);
         check_select_and_reduce_max(&mut gpu, &shape, &axes, seed)
             .unwrap_or_else(|e| panic!("{e}"));
     }
@@ -979,9 +1002,11 @@ fn gpu_f64_reductions_and_select_match_cpu() {
         (vec![3, 2000], vec![1], 7, false),
         (vec![2000, 3], vec![0], 8, true),
         (vec![5, 40, 3, 20], vec![1, 3], 9, true),
+        (vec![5, 40, 3, 20], vec![1, 3], 10, true),
     ];
     for (shape, axes, seed, two_d) in fixed_then_drawn(reduce_cases(12), fixed, 32) {
         set_dispatch(&mut gpu, two_d);
+        set_split(&mut gpu, seed % 2 == 0);
         check_reduce(&mut gpu, &shape, &axes, seed)
             .and_then(|()| check_select_and_reduce_max(&mut gpu, &shape, &axes, seed))
             .unwrap_or_else(|e| panic!("{e}"));

@@ -26,6 +26,16 @@ pub const MATMUL_TILE: u32 = 16;
 /// `GpuExecutor::set_workgroup_min`.
 pub const REDUCE_WORKGROUP_MIN: u32 = 512;
 
+/// On a GPU that is not a CPU, reductions of at most [`REDUCE_SPLIT_MAX_OUT`] outputs with at
+/// least this many elements per output are split: `SPLIT` (= [`WORKGROUP_SIZE`]) workgroups
+/// per output sum one chunk each, and a second dispatch sums the chunks (`*_split`, then
+/// `*_finish` of shaders/reduce_core.wgsl). The default of `GpuExecutor::set_split_min`.
+pub const REDUCE_SPLIT_MIN: u32 = 32768;
+
+/// Reductions with more outputs than this are never split: one workgroup per output already
+/// spreads over the multiprocessors of a large GPU (an NVIDIA H200 has 132).
+pub const REDUCE_SPLIT_MAX_OUT: u32 = 128;
+
 /// The f32 scalar prelude: `S = f32`, the WGSL builtins.
 pub const SCALAR_F32_WGSL: &str = include_str!("../../../shaders/scalar_f32.wgsl");
 /// The f64 scalar prelude: `S = f64`, exp/log/tanh built from + - * / (see the file).
@@ -372,6 +382,38 @@ pub const REDUCE_MAX_WORKGROUP: KernelSpec = KernelSpec {
     bindings: &[(0, Slot::Params), (1, Slot::Read), (2, Slot::Write)],
 };
 
+pub const REDUCE_SUM_SPLIT: KernelSpec = KernelSpec {
+    name: "reduce.reduce_sum_split",
+    file: "shaders/reduce.wgsl",
+    source: REDUCE_WGSL,
+    entry: "reduce_sum_split",
+    bindings: &[(0, Slot::Params), (1, Slot::Read), (2, Slot::Write)],
+};
+
+pub const REDUCE_SUM_FINISH: KernelSpec = KernelSpec {
+    name: "reduce.reduce_sum_finish",
+    file: "shaders/reduce.wgsl",
+    source: REDUCE_WGSL,
+    entry: "reduce_sum_finish",
+    bindings: &[(0, Slot::Params), (1, Slot::Read), (2, Slot::Write)],
+};
+
+pub const REDUCE_MAX_SPLIT: KernelSpec = KernelSpec {
+    name: "reduce.reduce_max_split",
+    file: "shaders/reduce.wgsl",
+    source: REDUCE_WGSL,
+    entry: "reduce_max_split",
+    bindings: &[(0, Slot::Params), (1, Slot::Read), (2, Slot::Write)],
+};
+
+pub const REDUCE_MAX_FINISH: KernelSpec = KernelSpec {
+    name: "reduce.reduce_max_finish",
+    file: "shaders/reduce.wgsl",
+    source: REDUCE_WGSL,
+    entry: "reduce_max_finish",
+    bindings: &[(0, Slot::Params), (1, Slot::Read), (2, Slot::Write)],
+};
+
 pub const COPY: KernelSpec = KernelSpec {
     name: "movement.copy",
     file: "shaders/movement.wgsl",
@@ -523,7 +565,7 @@ pub const PROBE_F64: KernelSpec = KernelSpec {
 };
 
 /// Every kernel of both element types, for eager compilation and tests.
-pub const ALL: [KernelSpec; 22] = [
+pub const ALL: [KernelSpec; 26] = [
     UNARY,
     BINARY,
     BROADCAST,
@@ -534,6 +576,10 @@ pub const ALL: [KernelSpec; 22] = [
     SELECT,
     REDUCE_MAX_SERIAL,
     REDUCE_MAX_WORKGROUP,
+    REDUCE_SUM_SPLIT,
+    REDUCE_SUM_FINISH,
+    REDUCE_MAX_SPLIT,
+    REDUCE_MAX_FINISH,
     COPY,
     CONV2D,
     CONV2D_INPUT_GRAD,

@@ -44,7 +44,8 @@ use super::{check_assign, check_feed, liveness, ExecError, Executor, Feeds, Scal
 use crate::graph::{BinaryOp, Graph, Node, NodeId, Op, UnaryOp};
 use kernels::{
     EwParams, GatherParams, KernelSpec, MatmulParams, MoveParams, PipelineCache, ProbeParams,
-    ReduceParams, Slot, SoftmaxParams, MATMUL_TILE, MAX_RANK, REDUCE_WORKGROUP_MIN, WORKGROUP_SIZE,
+    ReduceParams, Slot, SoftmaxParams, MATMUL_TILE, MAX_RANK, REDUCE_SPLIT_MAX_OUT,
+    REDUCE_SPLIT_MIN, REDUCE_WORKGROUP_MIN, WORKGROUP_SIZE,
 };
 use ndarray::{ArrayD, IxDyn};
 use probe::Probe;
@@ -95,6 +96,10 @@ pub struct GpuExecutor<T: GpuScalar = f32> {
     /// Sums of at least this many terms per output use a workgroup per output
     /// ([`REDUCE_WORKGROUP_MIN`] unless set).
     workgroup_min: u32,
+    /// Reductions of at most [`REDUCE_SPLIT_MAX_OUT`] outputs and at least this many terms per
+    /// output are split over `SPLIT` workgroups per output ([`REDUCE_SPLIT_MIN`] on a GPU,
+    /// never on a CPU adapter, unless set).
+    split_min: u32,
     /// Run chains of elementwise nodes as fused kernels (see [`fusion`]; on by default).
     fusion: bool,
     /// Dispatches per submitted command buffer ([`SUBMIT_EVERY`] unless set).
@@ -586,6 +591,13 @@ impl<T: GpuScalar> GpuExecutor<T> {
             pool: HashMap::new(),
             max_workgroups_per_dim,
             workgroup_min: REDUCE_WORKGROUP_MIN,
+            // A CPU adapter (llvmpipe, lavapipe) runs workgroups on a few cores: splitting a
+            // reduction only adds a dispatch there.
+            split_min: if info.device_type == wgpu::DeviceType::Cpu {
+                u32::MAX
+            } else {
+                REDUCE_SPLIT_MIN
+            },
             fusion: true,
             plan_cache: None,
             submit_every: SUBMIT_EVERY,
@@ -643,6 +655,32 @@ impl<T: GpuScalar> GpuExecutor<T> {
     pub fn set_workgroup_min(&mut self, n: u32) {
         self.workgroup_min = n.max(1);
         self.forget_tapes();
+    }
+
+    /// Reductions (ReduceSum, ReduceMax, fused or not) of at most [`REDUCE_SPLIT_MAX_OUT`]
+    /// outputs with at least `n` terms per output run split from now on: `SPLIT` workgroups
+    /// per output each sum one chunk, and a second dispatch sums the chunks
+    /// (shaders/reduce_core.wgsl). Default [`REDUCE_SPLIT_MIN`] on a GPU, `u32::MAX` (never)
+    /// on a CPU adapter; tests set 1 to split every such reduction. Results agree within the
+    /// same error bound either way (maxima exactly).
+    pub fn set_split_min(&mut self, n: u32) {
+        self.split_min = n.max(1);
+        self.forget_tapes();
+    }
+
+    /// Whether a reduction with `p`'s extents runs split (see [`Self::set_split_min`]): long
+    /// enough, few enough outputs, and its `total_out * SPLIT` workgroups fit the grid.
+    fn split(&self, p: &ReduceParams) -> bool {
+        self.splits(p.total_out as usize, p.n_red as usize)
+    }
+
+    /// Whether a reduction of `n_red` terms to each of `total_out` outputs runs split.
+    fn splits(&self, total_out: usize, n_red: usize) -> bool {
+        let l = self.max_workgroups_per_dim as usize;
+        n_red >= self.split_min as usize
+            && total_out <= REDUCE_SPLIT_MAX_OUT as usize
+            && total_out > 0
+            && total_out * WORKGROUP_SIZE as usize <= l * l
     }
 
     /// Whether chains of elementwise nodes run as one generated kernel ([`fusion`]; on by
@@ -925,28 +963,43 @@ impl<T: GpuScalar> GpuExecutor<T> {
         let fused_reduce_params;
         // A fused reduction's axes are its reduction node's (the root, or below an epilogue).
         let reduce_op = f.reduce.as_ref().map(|r| &graph.nodes()[r.node.0].op);
-        let (params, entry, groups): (&[u8], &'static str, u32) = match (&f.reduce, reduce_op) {
-            (None, _) => (
-                bytemuck::bytes_of(&map),
-                "fused",
-                (numel as u32).div_ceil(WORKGROUP_SIZE),
-            ),
+        // The dispatches (entry point and workgroups): one, or the two of a split reduction,
+        // whose partial results follow the output in its buffer.
+        let mut stages: Vec<(&'static str, u32)> = Vec::with_capacity(2);
+        let mut out_numel = numel;
+        let params: &[u8] = match (&f.reduce, reduce_op) {
+            (None, _) => {
+                stages.push(("fused", (numel as u32).div_ceil(WORKGROUP_SIZE)));
+                bytemuck::bytes_of(&map)
+            }
             (Some(r), Some(Op::ReduceSum { axes } | Op::ReduceMax { axes })) => {
                 let p = reduce_params(expr_shape, axes, numel);
-                let workgroup = p.n_red >= self.workgroup_min;
-                let entry = match (r.max, workgroup) {
-                    (false, false) => "reduce_sum_serial",
-                    (false, true) => "reduce_sum_workgroup",
-                    (true, false) => "reduce_max_serial",
-                    (true, true) => "reduce_max_workgroup",
-                };
-                let groups = if workgroup {
-                    p.total_out
+                if self.split(&p) {
+                    let (split, finish) = if r.max {
+                        ("reduce_max_split", "reduce_max_finish")
+                    } else {
+                        ("reduce_sum_split", "reduce_sum_finish")
+                    };
+                    stages.push((split, p.total_out * WORKGROUP_SIZE));
+                    stages.push((finish, p.total_out));
+                    out_numel = numel * (1 + WORKGROUP_SIZE as usize);
+                } else if p.n_red >= self.workgroup_min {
+                    let entry = if r.max {
+                        "reduce_max_workgroup"
+                    } else {
+                        "reduce_sum_workgroup"
+                    };
+                    stages.push((entry, p.total_out));
                 } else {
-                    p.total_out.div_ceil(WORKGROUP_SIZE)
-                };
+                    let entry = if r.max {
+                        "reduce_max_serial"
+                    } else {
+                        "reduce_sum_serial"
+                    };
+                    stages.push((entry, p.total_out.div_ceil(WORKGROUP_SIZE)));
+                }
                 fused_reduce_params = kernels::FusedReduceParams { reduce: p, map };
-                (bytemuck::bytes_of(&fused_reduce_params), entry, groups)
+                bytemuck::bytes_of(&fused_reduce_params)
             }
             (Some(_), op) => {
                 return Err(ExecError::Gpu(format!(
@@ -955,26 +1008,29 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 )))
             }
         };
-        let out = self.alloc(numel, &BufferLabel { id: i, node });
-        let compiled = self
-            .cache
-            .get_fused(
-                &self.device,
-                (&f.source, f.hash),
-                f.leaves.len(),
-                f.reduce.is_some(),
-                entry,
-            )
-            .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?
-            .clone();
+        let out = self.alloc(out_numel, &BufferLabel { id: i, node });
         let bindings = kernels::fused_bindings(f.leaves.len());
         let refs: Vec<&wgpu::Buffer> = reads.iter().map(|b| b.as_ref()).collect();
-        let kind = if f.reduce.is_some() {
-            "fused reduction"
-        } else {
-            "fused map"
-        };
-        self.dispatch_compiled(&compiled, &bindings, kind, params, &refs, &out, groups, &at)?;
+        for (entry, groups) in stages {
+            let compiled = self
+                .cache
+                .get_fused(
+                    &self.device,
+                    (&f.source, f.hash),
+                    f.leaves.len(),
+                    f.reduce.is_some(),
+                    entry,
+                )
+                .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?
+                .clone();
+            let kind = match (f.reduce.is_some(), entry) {
+                (false, _) => "fused map",
+                (true, "reduce_sum_split" | "reduce_max_split") => "fused reduction (split)",
+                (true, "reduce_sum_finish" | "reduce_max_finish") => "fused reduction (finish)",
+                (true, _) => "fused reduction",
+            };
+            self.dispatch_compiled(&compiled, &bindings, kind, params, &refs, &out, groups, &at)?;
+        }
         Ok(out)
     }
 
@@ -1089,20 +1145,44 @@ impl<T: GpuScalar> GpuExecutor<T> {
             }
             Op::ReduceSum { axes } | Op::ReduceMax { axes } => {
                 let x = input(0)?;
-                let out = self.alloc(numel, &label);
                 let p = reduce_params(graph.shape(node.inputs[0]).dims(), axes, numel);
-                let (workgroup, serial) = if matches!(node.op, Op::ReduceSum { .. }) {
-                    (&kernels::REDUCE_SUM_WORKGROUP, &kernels::REDUCE_SUM_SERIAL)
-                } else {
-                    (&kernels::REDUCE_MAX_WORKGROUP, &kernels::REDUCE_MAX_SERIAL)
+                let sum = matches!(node.op, Op::ReduceSum { .. });
+                use kernels::{
+                    REDUCE_MAX_FINISH, REDUCE_MAX_SERIAL, REDUCE_MAX_SPLIT, REDUCE_MAX_WORKGROUP,
+                    REDUCE_SUM_FINISH, REDUCE_SUM_SERIAL, REDUCE_SUM_SPLIT, REDUCE_SUM_WORKGROUP,
                 };
-                let (spec, groups) = if p.n_red >= self.workgroup_min {
-                    (workgroup, p.total_out)
+                // One dispatch, or the two of a split reduction, whose partial results follow
+                // the output in its buffer.
+                let (stages, out_numel) = if self.split(&p) {
+                    let (split, finish) = if sum {
+                        (&REDUCE_SUM_SPLIT, &REDUCE_SUM_FINISH)
+                    } else {
+                        (&REDUCE_MAX_SPLIT, &REDUCE_MAX_FINISH)
+                    };
+                    (
+                        vec![(split, p.total_out * WORKGROUP_SIZE), (finish, p.total_out)],
+                        numel * (1 + WORKGROUP_SIZE as usize),
+                    )
+                } else if p.n_red >= self.workgroup_min {
+                    let spec = if sum {
+                        &REDUCE_SUM_WORKGROUP
+                    } else {
+                        &REDUCE_MAX_WORKGROUP
+                    };
+                    (vec![(spec, p.total_out)], numel)
                 } else {
-                    (serial, p.total_out.div_ceil(WORKGROUP_SIZE))
+                    let spec = if sum {
+                        &REDUCE_SUM_SERIAL
+                    } else {
+                        &REDUCE_MAX_SERIAL
+                    };
+                    (vec![(spec, p.total_out.div_ceil(WORKGROUP_SIZE))], numel)
                 };
-                let at = site(spec, i, node);
-                self.dispatch(spec, bytemuck::bytes_of(&p), &[&x], &out, groups, &at)?;
+                let out = self.alloc(out_numel, &label);
+                for (spec, groups) in stages {
+                    let at = site(spec, i, node);
+                    self.dispatch(spec, bytemuck::bytes_of(&p), &[&x], &out, groups, &at)?;
+                }
                 out
             }
             Op::MatMul => {
@@ -1773,8 +1853,8 @@ impl<T: GpuScalar> GpuExecutor<T> {
     }
 
     /// Makes a parameter arena for the tape being built, large enough for every dispatch
-    /// `graph` can record (one per needed node that fusion does not skip, one per input of a
-    /// Concat, one per assignment), unless that exceeds the device's largest buffer, in which
+    /// `graph` can record (one per needed node that fusion does not skip, two per split
+    /// reduction, one per input of a Concat, one per assignment), unless that exceeds the device's largest buffer, in which
     /// case each dispatch gets a buffer of its own.
     fn prepare_params_arena(
         &mut self,
@@ -1790,9 +1870,22 @@ impl<T: GpuScalar> GpuExecutor<T> {
             .iter()
             .enumerate()
             .filter(|(i, _)| needed[*i] && !plan.skipped[*i])
-            .map(|(_, n)| match n.op {
-                Op::Concat { .. } => n.inputs.len() as u64,
-                _ => 1,
+            .map(|(i, n)| {
+                // A reduction's input, fused or not: a split one is two dispatches.
+                let reduced = match (plan.fused.get(&i), &n.op) {
+                    (Some(f), _) => f.reduce.map(|r| r.input),
+                    (None, Op::ReduceSum { .. } | Op::ReduceMax { .. }) => Some(n.inputs[0]),
+                    _ => None,
+                };
+                match (&n.op, reduced) {
+                    (Op::Concat { .. }, _) => n.inputs.len() as u64,
+                    (_, Some(x)) => {
+                        let total_out = n.shape.numel();
+                        let n_red = graph.shape(x).numel() / total_out.max(1);
+                        1 + u64::from(self.splits(total_out, n_red))
+                    }
+                    _ => 1,
+                }
             })
             .sum();
         let bytes = ((dispatches + assignments as u64) * stride).max(stride);
