@@ -24,9 +24,13 @@
 // the leaf's buffer and the expression. The sum is taken modulo 2^32 (u32 arithmetic wraps, so
 // a negative o_l of a padded read is fine: the sum is a valid index wherever in_bounds holds).
 // A leaf read at the element's own index (offset 0, row-major strides of `shape`) reads in_l[i]
-// directly; any other unbounded view is a plain slot s, read by leaf_offset(s, i); a bounded
-// one a bounded slot b, read by bounded_offset(b, i), which returns (offset, 1) inside the
-// bounds and (0, 0) outside (the generated code then selects S(0.0) instead of the load).
+// directly; any other unbounded view is a plain slot s, a bounded one a bounded slot b. The
+// generated code computes the coordinates once per element, before the first slot's offset
+// (rank is known when the kernel text is written; c_0 needs no division since i < total):
+//   var q = i; let c{rank-1} = q % shape[rank-1]; q = q / shape[rank-1]; ...; let c0 = q;
+// then once per slot its offset, vo_s = o_s + sum_d c_d * st_s[d], and for a bounded slot its
+// test bi_b = in_bounds_b and offset bo_b = select(0, o_b + sum_d c_d * st_b[d], bi_b) (the load
+// then reads element 0 outside the bounds and select gives S(0.0) instead).
 //
 // The parameters of e (fields of FusedParams, fused_map.wgsl, and of FusedReduceParams,
 // fused_reduce.wgsl, by the same names):
@@ -45,38 +49,4 @@ const MAX_RANK: u32 = 8u;
 
 fn view_word(w: u32) -> u32 {
     return params.words[w / 4u][w % 4u];
-}
-
-// o_s + sum_d c_d * st_s[d] for plain slot s.
-fn leaf_offset(s: u32, i: u32) -> u32 {
-    let rank = min(params.rank, MAX_RANK);
-    let base = (1u + rank) * s;
-    var rem = i;
-    var off = view_word(base);
-    for (var k = 0u; k < rank; k++) {
-        let d = rank - 1u - k;
-        let n = params.shape[d / 4u][d % 4u];
-        off += (rem % n) * view_word(base + 1u + d);
-        rem = rem / n;
-    }
-    return off;
-}
-
-// (o_b + sum_d c_d * st_b[d], 1) if lo_b[d] <= c_d < hi_b[d] on every axis d, else (0, 0), for
-// bounded slot b.
-fn bounded_offset(b: u32, i: u32) -> vec2<u32> {
-    let rank = min(params.rank, MAX_RANK);
-    let base = (1u + rank) * params.views + (1u + 3u * rank) * b;
-    var rem = i;
-    var off = view_word(base);
-    var inside = true;
-    for (var k = 0u; k < rank; k++) {
-        let d = rank - 1u - k;
-        let n = params.shape[d / 4u][d % 4u];
-        let c = rem % n;
-        off += c * view_word(base + 1u + d);
-        inside = inside && c >= view_word(base + 1u + rank + d) && c < view_word(base + 1u + 2u * rank + d);
-        rem = rem / n;
-    }
-    return select(vec2<u32>(0u, 0u), vec2<u32>(off, 1u), inside);
 }

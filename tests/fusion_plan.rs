@@ -64,8 +64,17 @@ fn a_chain_becomes_one_kernel() {
     assert_eq!(f.strided, vec![1], "only w is broadcast: stride slot 0");
     assert_eq!(f.ops, 4);
     assert!(f.source.contains("S(0x1.0000000000000p1)"), "{}", f.source);
-    assert!(f.source.contains("in1[leaf_offset(0u, i)]"), "{}", f.source);
+    assert!(f.source.contains("in1[vo0]"), "{}", f.source);
     assert!(f.source.contains("in0[i]"), "{}", f.source);
+    // The coordinates of i once (rank 2: one division), then slot 0's offset from them (w
+    // broadcast over axis 0: stride 0 there, so no term).
+    assert_eq!(f.source.matches("q = q / ").count(), 1, "{}", f.source);
+    assert!(
+        f.source
+            .contains("let vo0 = view_word(0u) + c1 * view_word(0u + 2u);"),
+        "{}",
+        f.source
+    );
     assert_eq!(p.saved(), 4, "the constant and three absorbed nodes");
     for k in [x, w, b] {
         assert_eq!(p.last_use[k.0], y.0);
@@ -111,7 +120,7 @@ fn kept_values_stay_and_shared_values_are_recomputed() {
     assert_eq!(p.fused[&out.0].ops, 2, "add, mul");
     assert_eq!(p.fused[&kept.0].leaves, vec![e]);
     assert_eq!(p.fused[&big.0].leaves, vec![m, x]);
-    assert!(p.fused[&big.0].source.contains("in1[leaf_offset(0u, i)]"));
+    assert!(p.fused[&big.0].source.contains("in1[vo0]"));
     assert_eq!(
         p.fused[&z.0].leaves,
         vec![sq, x],
@@ -155,7 +164,7 @@ fn reductions_absorb_their_input() {
         "{}",
         v.source
     );
-    assert!(v.source.contains("in1[leaf_offset(0u, i)]"), "{}", v.source);
+    assert!(v.source.contains("in1[vo0]"), "{}", v.source);
     let k = &p.fused[&cs.0];
     assert!(k.leaves.is_empty() && k.source.contains("S(0x1.0000000000000p1)"));
     assert!(
@@ -226,8 +235,10 @@ fn broadcast_leaves_of_one_shape_share_a_stride_slot() {
     assert_eq!(p.fused.len(), 1, "one kernel: 9 leaves, 2 stride slots");
     assert_eq!(f.leaves.len(), 9);
     assert_eq!(f.strided.len(), 2);
-    assert!(f.source.contains("leaf_offset(0u, i)") && f.source.contains("leaf_offset(1u, i)"));
-    assert!(!f.source.contains("leaf_offset(2u, i)"), "{}", f.source);
+    assert!(f.source.contains("[vo0]") && f.source.contains("[vo1]"));
+    assert!(!f.source.contains("vo2"), "{}", f.source);
+    // Two slots, one set of coordinates.
+    assert_eq!(f.source.matches("var q = i;").count(), 1, "{}", f.source);
 }
 
 /// The mixed-op weight of DARTS: `exp(alpha)[e, k]` by two slices and a reshape, broadcast onto
@@ -262,8 +273,15 @@ fn slices_reshape_and_broadcast_read_through_one_view() {
         assert_eq!(f.views[0].offset, offset as i64);
         assert_eq!(f.views[0].strides, vec![0, 0, 0, 0]);
         assert_eq!(f.views[0].bounds, None);
-        assert!(f.source.contains("in0[leaf_offset(0u, i)]"), "{}", f.source);
+        assert!(f.source.contains("in0[vo0]"), "{}", f.source);
         assert!(f.source.contains("in1[i]"), "{}", f.source);
+        // A scalar read: its offset is a parameter, no coordinate is computed.
+        assert!(
+            f.source.contains("let vo0 = view_word(0u);"),
+            "{}",
+            f.source
+        );
+        assert!(!f.source.contains("var q"), "{}", f.source);
         for v in [s0, s1, r, b] {
             assert!(p.skipped[v.0], "{v:?} read through, not dispatched");
         }
@@ -317,9 +335,21 @@ fn pads_of_an_add_chain_fuse_into_one_kernel() {
         assert_eq!(v.strides, vec![1, 1]);
         assert_eq!(v.offset, -((e + k) as i64));
     }
-    assert!(f.source.contains("bounded_offset(5u, i)"), "{}", f.source);
+    // Bounded slot 5's words follow the plain slots' and the five bounded slots before it
+    // (rank 2: 7 words each).
     assert!(
-        f.source.contains("select(S(0.0), in0[v0.x], v0.y != 0u)"),
+        f.source.contains("let wb5 = 3u * params.views + 35u;"),
+        "{}",
+        f.source
+    );
+    assert!(
+        f.source
+            .contains("let bo0 = select(0u, view_word(wb0) + c0 * view_word(wb0 + 1u)"),
+        "{}",
+        f.source
+    );
+    assert!(
+        f.source.contains("select(S(0.0), in0[bo0], bi0)"),
         "{}",
         f.source
     );

@@ -139,10 +139,10 @@ pub struct Fused {
     pub leaves: Vec<NodeId>,
     /// The leaf of each plain view slot, in slot order (`views[s].leaf`).
     pub strided: Vec<usize>,
-    /// Plain view slots (read by `leaf_offset(s, i)`), in slot order: every read with the same
+    /// Plain view slots (read at `vo{s}`, the slot's offset, computed once per element), in slot order: every read with the same
     /// offset and strides shares a slot.
     pub views: Vec<View>,
-    /// Bounded view slots (read by `bounded_offset(b, i)`: leaves read through a pad).
+    /// Bounded view slots (read at `bo{b}` where `bi{b}` holds: leaves read through a pad).
     pub bounded: Vec<View>,
     /// The generated WGSL (bindings and entry point `fused`; the element prelude, the shared
     /// header and the elementwise ops are prepended by the pipeline cache), shared by every
@@ -648,6 +648,7 @@ pub fn plan(
                 leaves: Vec::new(),
                 body: String::new(),
                 temps: 0,
+                coords: false,
                 ops: 1,
                 max_leaves,
                 views: Vec::new(),
@@ -748,6 +749,8 @@ struct Builder<'g> {
     leaves: Vec<NodeId>,
     body: String,
     temps: usize,
+    /// Whether the body has computed the coordinates `c_0 .. c_{rank-1}` of `i` yet.
+    coords: bool,
     ops: usize,
     max_leaves: usize,
     /// Plain and bounded view slots.
@@ -910,31 +913,95 @@ impl Builder<'_> {
         if self.is_full(&view) {
             return format!("in{slot}[i]");
         }
+        let r = self.shape.len();
         if view.bounds.is_none() {
             let s = match self.views.iter().position(|s| s.same_map(&view)) {
                 Some(s) => s,
                 None => {
+                    // Slot s's offset, once: its words start at (1 + rank) s.
+                    let s = self.views.len();
+                    let axes: Vec<bool> = view.strides.iter().map(|&st| st != 0).collect();
                     self.views.push(view);
-                    self.views.len() - 1
+                    let sum = self.dot(&format!("{}u", (1 + r) * s), &axes);
+                    let _ = writeln!(self.body, "    let vo{s} = {sum};");
+                    s
                 }
             };
-            return format!("in{slot}[leaf_offset({s}u, i)]");
+            return format!("in{slot}[vo{s}]");
         }
         let b = match self.bounded.iter().position(|s| s.same_map(&view)) {
             Some(b) => b,
             None => {
+                // Slot b's offset and bounds test, once: its words start after the plain
+                // slots' (whose number is a parameter: later reads may add plain slots).
+                let b = self.bounded.len();
                 self.bounded.push(view);
-                self.bounded.len() - 1
+                let base = format!("wb{b}");
+                let _ = writeln!(
+                    self.body,
+                    "    let {base} = {}u * params.views + {}u;",
+                    1 + r,
+                    (1 + 3 * r) * b
+                );
+                let sum = self.dot(&base, &vec![true; r]);
+                let inside: Vec<String> = (0..r)
+                    .map(|d| {
+                        format!(
+                            "c{d} >= view_word({base} + {}u) && c{d} < view_word({base} + {}u)",
+                            1 + r + d,
+                            1 + 2 * r + d
+                        )
+                    })
+                    .collect();
+                let inside = if inside.is_empty() {
+                    "true".to_string()
+                } else {
+                    inside.join(" && ")
+                };
+                let _ = writeln!(self.body, "    let bi{b} = {inside};");
+                // Outside the bounds the load reads element 0 and select drops it.
+                let _ = writeln!(self.body, "    let bo{b} = select(0u, {sum}, bi{b});");
+                b
             }
         };
         let t = self.temps;
         self.temps += 1;
-        let _ = writeln!(self.body, "    let v{t} = bounded_offset({b}u, i);");
         let _ = writeln!(
             self.body,
-            "    let t{t}: S = select(S(0.0), in{slot}[v{t}.x], v{t}.y != 0u);"
+            "    let t{t}: S = select(S(0.0), in{slot}[bo{b}], bi{b});"
         );
         format!("t{t}")
+    }
+
+    /// `o + sum_d c_d st[d]` for the view whose words (`o`, then `st[0 .. rank]`) start at word
+    /// `base` (a WGSL u32 expression), over the axes `d` with `axes[d]` set (the others have
+    /// stride 0: a broadcast read), with the coordinates `c_d` of `i` (emitted before the first
+    /// offset that needs them: rank - 1 divisions per element, however many views read them).
+    /// Which strides are 0 is thus part of the kernel text; their values are parameters.
+    fn dot(&mut self, base: &str, axes: &[bool]) -> String {
+        let r = self.shape.len();
+        let mut sum = format!("view_word({base})");
+        if !axes.contains(&true) {
+            return sum;
+        }
+        if !self.coords {
+            self.coords = true;
+            // Row-major coordinates of i: the last axis varies fastest; c_0 needs no division
+            // (i < total).
+            if r > 0 {
+                let _ = writeln!(self.body, "    var q = i;");
+                for d in (1..r).rev() {
+                    let n = format!("params.shape[{}][{}]", d / 4, d % 4);
+                    let _ = writeln!(self.body, "    let c{d} = q % {n};");
+                    let _ = writeln!(self.body, "    q = q / {n};");
+                }
+                let _ = writeln!(self.body, "    let c0 = q;");
+            }
+        }
+        for d in (0..r).filter(|&d| axes[d]) {
+            let _ = write!(sum, " + c{d} * view_word({base} + {}u)", 1 + d);
+        }
+        sum
     }
 
     /// The bindings of the leaves and the output.
