@@ -95,6 +95,28 @@ fn main() {
         workgroups,
         workgroups * kernels::WORKGROUP_SIZE as usize
     );
+    let (mut wg_split, mut wg_before, mut wg_after) = (0, 0, 0);
+    for (i, n) in nodes.iter().enumerate() {
+        if needed[i] && matches!(n.op, Op::Conv2dWeightGrad { .. }) {
+            let gy = sg.graph.shape(n.inputs[1]).dims();
+            let total = n.shape.numel();
+            let chunks = kernels::weight_grad_chunks(
+                total,
+                gy[0] * gy[2] * gy[3],
+                kernels::REDUCE_SPLIT_MIN,
+                65535,
+            ) as usize;
+            if chunks > 1 {
+                wg_split += 1;
+                wg_before += total;
+                wg_after += total * chunks;
+            }
+        }
+    }
+    println!(
+        "on a GPU (not a CPU adapter): {wg_split} weight gradients split, {wg_split} dispatches \
+         more; {wg_before} workgroups unsplit, {wg_after} split"
+    );
     let mut remaining: BTreeMap<String, usize> = BTreeMap::new();
     for (i, n) in sg.graph.nodes().iter().enumerate() {
         if needed[i] && !free(&n.op) && !plan.skipped[i] {

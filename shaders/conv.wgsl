@@ -45,7 +45,8 @@
 //   kh, kw:        u32  kernel height and width
 //   groups:        u32  channel groups (c and o multiples of it; groups = c is depthwise)
 //   stride_h, stride_w, pad_h, pad_w, dil_h, dil_w: u32
-//   _pad0, _pad1, _pad2: u32
+//   chunks:        u32  chunks per weight element (conv2d_weight_grad_split and _finish only)
+//   _pad1, _pad2: u32
 //
 // Invocation id -> output coordinate: the host dispatches (min(G, L), ceil(G / L), 1)
 // workgroups, G = ceil(total / WORKGROUP_SIZE), L = max workgroups per dimension, and
@@ -76,7 +77,7 @@ struct ConvParams {
     pad_w: u32,
     dil_h: u32,
     dil_w: u32,
-    _pad0: u32,
+    chunks: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -233,29 +234,24 @@ fn weight_tap(idx: u32) -> vec4<u32> {
     return vec4<u32>(oc, i, j, (oc / og) * cg + ci);
 }
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn conv2d_weight_grad_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                                @builtin(local_invocation_index) lid: u32) {
-    let idx = wid.y * nwg.x + wid.x;
-    if idx >= params.total {
-        return;
-    }
-    let tap = weight_tap(idx);
+// Invocation lid's share of the terms r in [start, end) of weight element tap (weight_tap of
+// its index): r = start + lid, start + lid + WORKGROUP_SIZE, ... (r = (nb oh + y) ow + x).
+fn weight_grad_terms(tap: vec4<u32>, start: u32, end: u32, lid: u32) -> S {
     let oc = tap.x;
     let cin = tap.w;
     let plane = params.oh * params.ow;
-    let terms = params.n * plane;
     var acc: S = 0.0;
-    // Term r = (nb oh + y) ow + x, and r advances by WORKGROUP_SIZE = (dn oh + dy) ow + dx
-    // (dx < ow, dy < oh): (nb, y, x) is carried forward with additions instead of being
-    // divided out of r for every term (the same terms in the same order).
+    // r advances by WORKGROUP_SIZE = (dn oh + dy) ow + dx (dx < ow, dy < oh): (nb, y, x) is
+    // carried forward with additions instead of being divided out of r for every term (the
+    // same terms in the same order).
     let dx = WORKGROUP_SIZE % params.ow;
     let dy = (WORKGROUP_SIZE / params.ow) % params.oh;
     let dn = WORKGROUP_SIZE / plane;
-    var x = lid % params.ow;
-    var y = (lid / params.ow) % params.oh;
-    var nb = lid / plane;
-    for (var r = lid; r < terms; r += WORKGROUP_SIZE) {
+    let r0 = start + lid;
+    var x = r0 % params.ow;
+    var y = (r0 / params.ow) % params.oh;
+    var nb = r0 / plane;
+    for (var r = r0; r < end; r += WORKGROUP_SIZE) {
         let iy = in_row(y, tap.y);
         let ix = in_col(x, tap.z);
         if iy >= 0 && iy < i32(params.h) && ix >= 0 && ix < i32(params.w) {
@@ -275,7 +271,61 @@ fn conv2d_weight_grad_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
             nb += 1u;
         }
     }
-    let total = workgroup_sum(lid, acc);
+    return acc;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn conv2d_weight_grad_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                @builtin(local_invocation_index) lid: u32) {
+    let idx = wid.y * nwg.x + wid.x;
+    if idx >= params.total {
+        return;
+    }
+    let terms = params.n * params.oh * params.ow;
+    let total = workgroup_sum(lid, weight_grad_terms(weight_tap(idx), 0u, terms, lid));
+    if lid == 0u {
+        out[idx] = total;
+    }
+}
+
+// The split weight gradient (two dispatches; `out` has total * (1 + chunks) elements):
+// conv2d_weight_grad_split: workgroup w of G = total * chunks takes element idx = w / chunks
+// and chunk g = w % chunks, the terms r in [g c, min((g + 1) c, K)), c = ceil(K / chunks), as
+// the workgroup kernel takes all K, and stores its raw sum at out[total + w];
+// conv2d_weight_grad_finish: one workgroup per element (G = total) adds its `chunks` (at most
+// WORKGROUP_SIZE) partial sums by the tree and stores the result at out[idx]. A summation tree
+// of the same K products (the bound above holds), in a fixed order; on a GPU it runs on
+// `chunks` times more workgroups (proofs/gpu-kernel-choices.md, claim 10).
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn conv2d_weight_grad_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                            @builtin(local_invocation_index) lid: u32) {
+    let w = wid.y * nwg.x + wid.x;
+    let idx = w / params.chunks;
+    if idx >= params.total {
+        return;
+    }
+    let terms = params.n * params.oh * params.ow;
+    let c = (terms + params.chunks - 1u) / params.chunks;
+    let start = min((w % params.chunks) * c, terms);
+    let end = min(start + c, terms);
+    let total = workgroup_sum(lid, weight_grad_terms(weight_tap(idx), start, end, lid));
+    if lid == 0u {
+        out[params.total + w] = total;
+    }
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn conv2d_weight_grad_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let idx = wid.y * nwg.x + wid.x;
+    if idx >= params.total {
+        return;
+    }
+    var v: S = 0.0;
+    if lid < params.chunks {
+        v = out[params.total + idx * params.chunks + lid];
+    }
+    let total = workgroup_sum(lid, v);
     if lid == 0u {
         out[idx] = total;
     }

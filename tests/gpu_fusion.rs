@@ -467,15 +467,17 @@ fn gpu_fused_elementwise_dags_match_cpu() {
 }
 
 /// The weight gradient of random convolutions with long sums (n oh ow up to 2048 terms, past
-/// several workgroup strides of 256), by the serial kernel and by the workgroup kernel, each
-/// within gamma_K (f32 + f64) times the sum of |products|; the workgroup kernel repeats
-/// exactly.
+/// several workgroup strides of 256), by the serial kernel, the workgroup kernel and the split
+/// kernels (chunks of the terms, then a finishing dispatch), each within gamma_K (f32 + f64)
+/// times the sum of |products|; the workgroup and split kernels repeat exactly, and the split
+/// ran (two dispatches) in some cases.
 #[test]
 fn gpu_weight_grad_kernels_match_cpu() {
     let Some(gpu) = common::gpu_executor("gpu_weight_grad_kernels_match_cpu") else {
         return;
     };
     let gpu = RefCell::new(gpu);
+    let splits = RefCell::new(0usize);
     let case = (
         1usize..=8,
         prop::sample::select(vec![1usize, 2, 4]),
@@ -522,8 +524,17 @@ fn gpu_weight_grad_kernels_match_cpu() {
                 let gamma = |u: f64| terms as f64 * u / (1.0 - terms as f64 * u);
                 let mut gpu = gpu.borrow_mut();
                 let mut workgroup_runs = Vec::new();
-                for (kernel, min) in [("serial", u32::MAX), ("workgroup", 1), ("workgroup", 1)] {
+                let mut split_runs = Vec::new();
+                let mut split_dispatches = 0;
+                for (kernel, min, split) in [
+                    ("serial", u32::MAX, u32::MAX),
+                    ("workgroup", 1, u32::MAX),
+                    ("workgroup", 1, u32::MAX),
+                    ("split", 1, 1),
+                    ("split", 1, 1),
+                ] {
                     gpu.set_workgroup_min(min);
+                    gpu.set_split_min(split);
                     let got = gpu
                         .run(&g, &feeds, &[gw])
                         .map_err(|e| TestCaseError::fail(e.to_string()))?
@@ -537,23 +548,36 @@ fn gpu_weight_grad_kernels_match_cpu() {
                          (K = {terms})"
                         );
                     }
-                    if kernel == "workgroup" {
-                        workgroup_runs.push(got);
+                    // A split gradient of more than one chunk is two dispatches.
+                    let dispatches = gpu.run_timing().dispatches;
+                    match kernel {
+                        "workgroup" => workgroup_runs.push(got),
+                        "split" => {
+                            split_runs.push(got);
+                            split_dispatches = dispatches;
+                        }
+                        _ => {}
                     }
                 }
-                prop_assert!(
-                    workgroup_runs[0]
-                        .iter()
-                        .zip(workgroup_runs[1].iter())
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "the workgroup kernel did not repeat exactly"
-                );
+                for (runs, kernel) in [(&workgroup_runs, "workgroup"), (&split_runs, "split")] {
+                    let (a, b) = (&runs[0], &runs[1]);
+                    prop_assert!(
+                        a.iter()
+                            .zip(b.iter())
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "the {kernel} kernel did not repeat exactly"
+                    );
+                }
+                *splits.borrow_mut() += usize::from(split_dispatches == 2);
                 Ok(())
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
     gpu.borrow_mut()
         .set_workgroup_min(darts::exec::gpu::kernels::REDUCE_WORKGROUP_MIN);
+    let splits = *splits.borrow();
+    println!("{splits} of the cases ran the split weight gradient");
+    assert!(splits >= 4, "only {splits} cases ran split");
 }
 
 /// Fusion is on by default: relu(x * y) + 2 is one dispatch (the constant a literal), four

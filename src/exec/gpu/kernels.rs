@@ -36,6 +36,33 @@ pub const REDUCE_SPLIT_MIN: u32 = 32768;
 /// spreads over the multiprocessors of a large GPU (an NVIDIA H200 has 132).
 pub const REDUCE_SPLIT_MAX_OUT: u32 = 128;
 
+/// A split weight gradient (`conv2d_weight_grad_split`, then `_finish`) takes as many chunks
+/// per weight element (at most [`WORKGROUP_SIZE`], each of at least [`WORKGROUP_SIZE`] terms)
+/// as bring its workgroups to about this many: a few per multiprocessor of a large GPU.
+pub const WEIGHT_GRAD_SPLIT_WORKGROUPS: u32 = 4096;
+
+/// Chunks per element of a conv weight gradient of `total` elements with `terms` terms each:
+/// more than 1 when it runs split (at least `split_min` terms; see
+/// `GpuExecutor::set_split_min`): enough chunks of at least [`WORKGROUP_SIZE`] terms to bring
+/// the workgroups to about [`WEIGHT_GRAD_SPLIT_WORKGROUPS`], at most [`WORKGROUP_SIZE`], and
+/// all of them within a grid of `max_per_dim` x `max_per_dim` workgroups.
+pub fn weight_grad_chunks(total: usize, terms: usize, split_min: u32, max_per_dim: u32) -> u32 {
+    let wg = WORKGROUP_SIZE as usize;
+    let l = max_per_dim as usize;
+    if terms < split_min as usize || total == 0 {
+        return 1;
+    }
+    let chunks = (WEIGHT_GRAD_SPLIT_WORKGROUPS as usize)
+        .div_ceil(total)
+        .min(terms.div_ceil(wg))
+        .clamp(1, wg);
+    if chunks > 1 && total * chunks <= l * l {
+        chunks as u32
+    } else {
+        1
+    }
+}
+
 /// The f32 scalar prelude: `S = f32`, the WGSL builtins.
 pub const SCALAR_F32_WGSL: &str = include_str!("../../../shaders/scalar_f32.wgsl");
 /// The f64 scalar prelude: `S = f64`, exp/log/tanh built from + - * / (see the file).
@@ -159,7 +186,8 @@ pub struct ConvParams {
     pub pad_w: u32,
     pub dil_h: u32,
     pub dil_w: u32,
-    pub _pad0: u32,
+    /// Chunks per weight element of the split weight gradient.
+    pub chunks: u32,
     pub _pad1: u32,
     pub _pad2: u32,
 }
@@ -461,6 +489,32 @@ pub const CONV2D_WEIGHT_GRAD: KernelSpec = KernelSpec {
     ],
 };
 
+pub const CONV2D_WEIGHT_GRAD_SPLIT: KernelSpec = KernelSpec {
+    name: "conv.conv2d_weight_grad_split",
+    file: "shaders/conv.wgsl",
+    source: CONV_WGSL,
+    entry: "conv2d_weight_grad_split",
+    bindings: &[
+        (0, Slot::Params),
+        (1, Slot::Read),
+        (2, Slot::Read),
+        (3, Slot::Write),
+    ],
+};
+
+pub const CONV2D_WEIGHT_GRAD_FINISH: KernelSpec = KernelSpec {
+    name: "conv.conv2d_weight_grad_finish",
+    file: "shaders/conv.wgsl",
+    source: CONV_WGSL,
+    entry: "conv2d_weight_grad_finish",
+    bindings: &[
+        (0, Slot::Params),
+        (1, Slot::Read),
+        (2, Slot::Read),
+        (3, Slot::Write),
+    ],
+};
+
 pub const CONV2D_WEIGHT_GRAD_WORKGROUP: KernelSpec = KernelSpec {
     name: "conv.conv2d_weight_grad_workgroup",
     file: "shaders/conv.wgsl",
@@ -565,7 +619,7 @@ pub const PROBE_F64: KernelSpec = KernelSpec {
 };
 
 /// Every kernel of both element types, for eager compilation and tests.
-pub const ALL: [KernelSpec; 26] = [
+pub const ALL: [KernelSpec; 28] = [
     UNARY,
     BINARY,
     BROADCAST,
@@ -585,6 +639,8 @@ pub const ALL: [KernelSpec; 26] = [
     CONV2D_INPUT_GRAD,
     CONV2D_WEIGHT_GRAD,
     CONV2D_WEIGHT_GRAD_WORKGROUP,
+    CONV2D_WEIGHT_GRAD_SPLIT,
+    CONV2D_WEIGHT_GRAD_FINISH,
     AVG_POOL,
     AVG_POOL_GRAD,
     MAX_POOL_GATHER,

@@ -660,9 +660,12 @@ impl<T: GpuScalar> GpuExecutor<T> {
     /// Reductions (ReduceSum, ReduceMax, fused or not) of at most [`REDUCE_SPLIT_MAX_OUT`]
     /// outputs with at least `n` terms per output run split from now on: `SPLIT` workgroups
     /// per output each sum one chunk, and a second dispatch sums the chunks
-    /// (shaders/reduce_core.wgsl). Default [`REDUCE_SPLIT_MIN`] on a GPU, `u32::MAX` (never)
-    /// on a CPU adapter; tests set 1 to split every such reduction. Results agree within the
-    /// same error bound either way (maxima exactly).
+    /// (shaders/reduce_core.wgsl); so do conv weight gradients of at least `n` terms per
+    /// element, where chunks of at least `WORKGROUP_SIZE` terms bring the workgroups towards
+    /// [`kernels::WEIGHT_GRAD_SPLIT_WORKGROUPS`] (shaders/conv.wgsl). Default [`REDUCE_SPLIT_MIN`] on a
+    /// GPU, `u32::MAX` (never) on a CPU adapter, whose few cores gain nothing from it; tests
+    /// set 1 to split everything that can be. Results agree within the same error bound
+    /// either way (maxima exactly).
     pub fn set_split_min(&mut self, n: u32) {
         self.split_min = n.max(1);
         self.forget_tapes();
@@ -681,6 +684,14 @@ impl<T: GpuScalar> GpuExecutor<T> {
             && total_out <= REDUCE_SPLIT_MAX_OUT as usize
             && total_out > 0
             && total_out * WORKGROUP_SIZE as usize <= l * l
+    }
+
+    /// Chunks per element of a weight gradient of `total` elements with `terms` terms each:
+    /// more than 1 when it runs split (see [`Self::set_split_min`]): enough chunks of at least
+    /// `WORKGROUP_SIZE` terms to bring the workgroups to about
+    /// [`WEIGHT_GRAD_SPLIT_WORKGROUPS`], at most `WORKGROUP_SIZE`, within the grid.
+    fn weight_grad_chunks(&self, total: usize, terms: usize) -> u32 {
+        kernels::weight_grad_chunks(total, terms, self.split_min, self.max_workgroups_per_dim)
     }
 
     /// Whether chains of elementwise nodes run as one generated kernel ([`fusion`]; on by
@@ -1315,7 +1326,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
             | Op::Conv2dInputGrad { p: cp, .. }
             | Op::Conv2dWeightGrad { p: cp, .. } => {
                 let (a, b) = (input(0)?, input(1)?);
-                let out = self.alloc(numel, &label);
                 let s0 = graph.shape(node.inputs[0]).dims();
                 let s1 = graph.shape(node.inputs[1]).dims();
                 // (x shape, weight shape, y shape) of the forward convolution.
@@ -1325,15 +1335,28 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     _ => (s0, shape, s1, &kernels::CONV2D_WEIGHT_GRAD),
                 };
                 // A weight gradient sums n oh ow terms per element: a long sum gets a
-                // workgroup per element (see shaders/conv.wgsl).
-                let terms = (ys[0] * ys[2] * ys[3]) as u32;
-                let (spec, groups) = if matches!(node.op, Op::Conv2dWeightGrad { .. })
-                    && terms >= self.workgroup_min
-                {
+                // workgroup per element, or (split) several per element and a second
+                // dispatch that adds their partial sums (see shaders/conv.wgsl).
+                let terms = ys[0] * ys[2] * ys[3];
+                let weight_grad = matches!(node.op, Op::Conv2dWeightGrad { .. });
+                let chunks = if weight_grad {
+                    self.weight_grad_chunks(numel, terms)
+                } else {
+                    1
+                };
+                let mut stages = vec![if chunks > 1 {
+                    (&kernels::CONV2D_WEIGHT_GRAD_SPLIT, numel as u32 * chunks)
+                } else if weight_grad && terms >= self.workgroup_min as usize {
                     (&kernels::CONV2D_WEIGHT_GRAD_WORKGROUP, numel as u32)
                 } else {
                     (spec, ew_groups)
-                };
+                }];
+                if chunks > 1 {
+                    stages.push((&kernels::CONV2D_WEIGHT_GRAD_FINISH, numel as u32));
+                }
+                // A split one's partial sums follow the output in its buffer.
+                let extra = if chunks > 1 { chunks as usize } else { 0 };
+                let out = self.alloc(numel * (1 + extra), &label);
                 let p = kernels::ConvParams {
                     total: numel as u32,
                     n: xs[0] as u32,
@@ -1352,10 +1375,13 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     pad_w: cp.padding[1] as u32,
                     dil_h: cp.dilation[0] as u32,
                     dil_w: cp.dilation[1] as u32,
+                    chunks,
                     ..Default::default()
                 };
-                let at = site(spec, i, node);
-                self.dispatch(spec, bytemuck::bytes_of(&p), &[&a, &b], &out, groups, &at)?;
+                for (spec, groups) in stages {
+                    let at = site(spec, i, node);
+                    self.dispatch(spec, bytemuck::bytes_of(&p), &[&a, &b], &out, groups, &at)?;
+                }
                 out
             }
             Op::AvgPool2d(pp)
@@ -1854,7 +1880,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
 
     /// Makes a parameter arena for the tape being built, large enough for every dispatch
     /// `graph` can record (one per needed node that fusion does not skip, two per split
-    /// reduction, one per input of a Concat, one per assignment), unless that exceeds the device's largest buffer, in which
+    /// reduction or weight gradient, one per input of a Concat, one per assignment), unless that exceeds the device's largest buffer, in which
     /// case each dispatch gets a buffer of its own.
     fn prepare_params_arena(
         &mut self,
@@ -1879,6 +1905,11 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 };
                 match (&n.op, reduced) {
                     (Op::Concat { .. }, _) => n.inputs.len() as u64,
+                    (Op::Conv2dWeightGrad { .. }, _) => {
+                        let gy = graph.shape(n.inputs[1]).dims();
+                        let terms = gy[0] * gy[2] * gy[3];
+                        1 + u64::from(self.weight_grad_chunks(n.shape.numel(), terms) > 1)
+                    }
                     (_, Some(x)) => {
                         let total_out = n.shape.numel();
                         let n_red = graph.shape(x).numel() / total_out.max(1);
