@@ -46,7 +46,9 @@
 //   groups:        u32  channel groups (c and o multiples of it; groups = c is depthwise)
 //   stride_h, stride_w, pad_h, pad_w, dil_h, dil_w: u32
 //   chunks:        u32  chunks per weight element (conv2d_weight_grad_split and _finish only)
-//   _pad1, _pad2: u32
+//   relu_a:        u32  1: a is the input of a ReLU that the kernel applies as it loads a
+//                       (conv2d and the weight gradients: a = x; src/exec/gpu/fusion.rs, rule 6)
+//   _pad2: u32
 //
 // Invocation id -> output coordinate: the host dispatches (min(G, L), ceil(G / L), 1)
 // workgroups, G = ceil(total / WORKGROUP_SIZE), L = max workgroups per dimension, and
@@ -78,7 +80,7 @@ struct ConvParams {
     dil_h: u32,
     dil_w: u32,
     chunks: u32,
-    _pad1: u32,
+    relu_a: u32,
     _pad2: u32,
 }
 
@@ -86,6 +88,17 @@ struct ConvParams {
 @group(0) @binding(1) var<storage, read> a: array<S>;
 @group(0) @binding(2) var<storage, read> b: array<S>;
 @group(0) @binding(3) var<storage, read_write> out: array<S>;
+
+// Element k of the first operand: a[k], or relu(a[k]) when relu_a is set, computed as
+// elementwise_ops.wgsl's unary_op computes ReLU (NaN stays NaN; -0 and negatives give +0), so a
+// convolution of a ReLU's output equals, bit for bit, this kernel with the ReLU applied on load.
+fn load_a(k: u32) -> S {
+    let v = a[k];
+    if params.relu_a == 0u || is_nan(v) {
+        return v;
+    }
+    return select(S(0.0), v, v > S(0.0));
+}
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WORKGROUP_SIZE + lid;
@@ -128,7 +141,7 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
                 if ix < 0 || ix >= i32(params.w) {
                     continue;
                 }
-                let xv = a[((nb * params.c + c0 + ci) * params.h + u32(iy)) * params.w + u32(ix)];
+                let xv = load_a(((nb * params.c + c0 + ci) * params.h + u32(iy)) * params.w + u32(ix));
                 let wv = b[((oc * cg + ci) * params.kh + i) * params.kw + j];
                 acc += xv * wv;
             }
@@ -212,7 +225,7 @@ fn conv2d_weight_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
                 if ix < 0 || ix >= i32(params.w) {
                     continue;
                 }
-                let xv = a[((nb * params.c + cin) * params.h + u32(iy)) * params.w + u32(ix)];
+                let xv = load_a(((nb * params.c + cin) * params.h + u32(iy)) * params.w + u32(ix));
                 let gv = b[((nb * params.o + oc) * params.oh + y) * params.ow + x];
                 acc += xv * gv;
             }
@@ -255,7 +268,7 @@ fn weight_grad_terms(tap: vec4<u32>, start: u32, end: u32, lid: u32) -> S {
         let iy = in_row(y, tap.y);
         let ix = in_col(x, tap.z);
         if iy >= 0 && iy < i32(params.h) && ix >= 0 && ix < i32(params.w) {
-            let xv = a[((nb * params.c + cin) * params.h + u32(iy)) * params.w + u32(ix)];
+            let xv = load_a(((nb * params.c + cin) * params.h + u32(iy)) * params.w + u32(ix));
             let gv = b[((nb * params.o + oc) * params.oh + y) * params.ow + x];
             acc += xv * gv;
         }

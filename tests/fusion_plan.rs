@@ -3,7 +3,7 @@
 //! claim 1).
 
 use darts::exec::gpu::fusion::{literal, plan, MAX_LEAVES};
-use darts::graph::{Graph, UnaryOp};
+use darts::graph::{ConvParams, Graph, Op, UnaryOp};
 
 fn f32_round(v: f64) -> f64 {
     v as f32 as f64
@@ -499,4 +499,50 @@ fn reductions_take_an_elementwise_epilogue() {
     let ss = h.reduce_sum(sq, &[0]).unwrap();
     let q = plan(&h, &vec![true; h.len()], &[ss], f32_round, MAX_LEAVES, true);
     assert!(q.fused[&ss.0].source.contains("S {\n    return v;\n}"));
+}
+
+/// Rule 6: relu(x) read only as the input of a convolution and of a weight gradient is not a
+/// dispatch; both read x and apply ReLU on load. A ReLU also read by an elementwise node, or
+/// whose input its own kernel would compute, stays a kernel.
+#[test]
+fn relu_feeding_convolutions_is_applied_on_load() {
+    let mut g = Graph::new();
+    let x = g.input("x", [2, 3, 6, 6]).unwrap();
+    let w = g.input("w", [4, 3, 3, 3]).unwrap();
+    let gy = g.input("gy", [2, 4, 6, 6]).unwrap();
+    let p = ConvParams::new(1, 1, 1, 1);
+    let r = g.relu(x).unwrap();
+    let y = g.conv2d(r, w, p).unwrap();
+    let gw = g
+        .add(Op::Conv2dWeightGrad { p, kernel: [3, 3] }, &[r, gy])
+        .unwrap();
+    // Read by a conv and by an add: stays.
+    let x2 = g.input("x2", [2, 3, 6, 6]).unwrap();
+    let r2 = g.relu(x2).unwrap();
+    let y2 = g.conv2d(r2, w, p).unwrap();
+    let s2 = g.add2(r2, x2).unwrap();
+    // Its input is an add the ReLU's kernel absorbs: stays (one kernel, relu(x + x2)).
+    let sum = g.add2(x, x2).unwrap();
+    let r3 = g.relu(sum).unwrap();
+    let y3 = g.conv2d(r3, w, p).unwrap();
+    let keep = [y, gw, y2, s2, y3];
+    let needed = vec![true; g.len()];
+    let pl = plan(&g, &needed, &keep, f32_round, MAX_LEAVES, true);
+    assert!(pl.skipped[r.0], "relu(x) applied by its readers");
+    assert_eq!(pl.relu_prologue[&y.0], [x, w]);
+    assert_eq!(pl.relu_prologue[&gw.0], [x, gy]);
+    assert_eq!(pl.reads(&g, y.0), &[x, w]);
+    assert_eq!(
+        pl.last_use[x.0], r3.0,
+        "x is read last by the kernel of relu(x + x2)"
+    );
+    assert_eq!(pl.last_use[gy.0], gw.0);
+    for (relu, conv) in [(r2, y2), (r3, y3)] {
+        assert!(!pl.skipped[relu.0], "{relu:?}");
+        assert!(!pl.relu_prologue.contains_key(&conv.0));
+        assert_eq!(pl.reads(&g, conv.0), &[relu, w]);
+    }
+    assert_eq!(pl.fused[&r3.0].ops, 2, "relu(x + x2) is one kernel");
+    let off = plan(&g, &needed, &keep, f32_round, MAX_LEAVES, false);
+    assert!(off.relu_prologue.is_empty() && !off.skipped[r.0]);
 }

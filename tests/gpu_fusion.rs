@@ -1007,3 +1007,69 @@ fn gpu_reduction_epilogues_match_cpu_exactly() {
     println!("{epilogues} reductions with an epilogue");
     assert!(epilogues >= 48, "{epilogues} epilogues");
 }
+
+/// Fusion rule 6 on the device: relu(x) read only by a convolution and a weight gradient
+/// (depthwise and dense, strided, padded) is applied as they load x; with NaN, -0, negative
+/// and positive inputs the results equal, bit for bit, the unfused run in which relu(x) is a
+/// dispatch of its own (the same kernel, the same order of terms, ReLU computed as
+/// elementwise_ops.wgsl computes it), and the fused run makes fewer dispatches.
+#[test]
+fn gpu_relu_prologue_equals_the_relu_dispatch() {
+    let Some(mut gpu) = common::gpu_executor("gpu_relu_prologue_equals_the_relu_dispatch") else {
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for (c, groups, stride, pad, dil) in [(3, 1, 1, 1, 1), (4, 4, 2, 2, 2), (2, 1, 1, 0, 1)] {
+        let (n, h, w, k, o) = (2, 7, 6, 3, if groups == 1 { 5 } else { c });
+        let p = ConvParams::new(stride, pad, dil, groups);
+        let (oh, ow) = (p.out_len(0, h, k).unwrap(), p.out_len(1, w, k).unwrap());
+        let mut g = Graph::new();
+        let x = g.input("x", [n, c, h, w]).unwrap();
+        let wt = g.input("w", [o, c / groups, k, k]).unwrap();
+        let gy = g.input("gy", [n, o, oh, ow]).unwrap();
+        let r = g.relu(x).unwrap();
+        let y = g.conv2d(r, wt, p).unwrap();
+        let gw = g
+            .add(Op::Conv2dWeightGrad { p, kernel: [k, k] }, &[r, gy])
+            .unwrap();
+        let mut inputs = Inputs::new();
+        for (name, shape) in [
+            ("x", vec![n, c, h, w]),
+            ("w", vec![o, c / groups, k, k]),
+            ("gy", vec![n, o, oh, ow]),
+        ] {
+            let v = ArrayD::from_shape_simple_fn(IxDyn(&shape), || match rng.random_range(0..8) {
+                0 if name == "x" => f32::NAN,
+                1 => -0.0,
+                _ => rng.random_range(-1.0f32..1.0),
+            });
+            inputs.push((name.into(), v));
+        }
+        let feeds = feeds_f32(&inputs);
+        let mut runs = Vec::new();
+        for fusion in [true, false] {
+            gpu.set_fusion(fusion);
+            let got = gpu.run(&g, &feeds, &[y, gw]).unwrap();
+            runs.push((got, gpu.run_timing().dispatches));
+        }
+        gpu.set_fusion(true);
+        let what = format!("c {c} groups {groups} stride {stride} pad {pad} dil {dil}");
+        for (a, b) in runs[0].0.iter().zip(&runs[1].0) {
+            assert!(
+                a.iter()
+                    .zip(b.iter())
+                    .all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{what}: prologue {a:?} vs relu dispatch {b:?}"
+            );
+        }
+        assert!(
+            runs[0].0[0].iter().any(|v| v.is_nan()),
+            "{what}: a NaN reached y"
+        );
+        assert_eq!(
+            runs[0].1 + 1,
+            runs[1].1,
+            "{what}: the ReLU dispatch is gone"
+        );
+    }
+}

@@ -39,6 +39,14 @@
 //!    index `o`), and stores only `r` (`mean = sum(x) * (1/n)` is one dispatch even where a
 //!    reshape reads the mean).
 //!
+//! And a convolution may take a *ReLU prologue*:
+//! 6. a ReLU read only as the input `x` of `Conv2d` and `Conv2dWeightGrad` nodes (the
+//!    ReLU -> conv of every DARTS conv op, read again by the weight gradient), not kept, whose
+//!    own input is a buffer its kernel would not absorb, is not dispatched: those kernels read
+//!    its input and apply ReLU as they load it (`relu_a` of shaders/conv.wgsl, the same
+//!    function as the ReLU kernel's), so they compute the same values bit for bit
+//!    ([`FusionPlan::relu_prologue`]).
+//!
 //! Any elementwise node with a single use of its own shape (or by a reduction) may be absorbed.
 //! A value with several uses is recomputed by each kernel that absorbs it, and a value of a
 //! smaller shape than its consumer (a per-channel statistic, say) is recomputed per element,
@@ -200,14 +208,20 @@ pub struct FusionPlan {
     pub last_use: Vec<usize>,
     /// Skipped nodes that would have been a dispatch (a skipped reshape is an alias anyway).
     pub dispatches_saved: usize,
+    /// Convolutions (Conv2d, Conv2dWeightGrad) whose input `x` is a skipped ReLU (rule 6): the
+    /// buffers they read instead, the ReLU's input (ReLU applied as it is loaded) and their
+    /// second operand.
+    pub relu_prologue: BTreeMap<usize, [NodeId; 2]>,
 }
 
 impl FusionPlan {
-    /// The buffers node `i`'s dispatch reads: the leaves of its fused kernel, else its inputs.
+    /// The buffers node `i`'s dispatch reads: the leaves of its fused kernel, the buffers of
+    /// its ReLU prologue, else its inputs.
     pub fn reads<'a>(&'a self, graph: &'a Graph, i: usize) -> &'a [NodeId] {
-        match self.fused.get(&i) {
-            Some(f) => &f.leaves,
-            None => &graph.nodes()[i].inputs,
+        match (self.fused.get(&i), self.relu_prologue.get(&i)) {
+            (Some(f), _) => &f.leaves,
+            (None, Some(p)) => p,
+            (None, None) => &graph.nodes()[i].inputs,
         }
     }
 
@@ -577,9 +591,46 @@ pub fn plan(
     };
     let mut skipped = vec![false; n];
     let mut fused = BTreeMap::new();
+    let mut relu_prologue = BTreeMap::new();
     if enabled {
         for (j, s) in skipped.iter_mut().enumerate() {
             *s = rules.literal_const(j);
+        }
+        // Rule 6: a ReLU read only as the input x of convolutions and weight gradients, whose
+        // own input its kernel would read as a buffer anyway, is applied by those kernels as
+        // they load x.
+        let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (c, node) in nodes.iter().enumerate() {
+            if needed[c] {
+                for q in &node.inputs {
+                    readers[q.0].push(c);
+                }
+            }
+        }
+        for j in 0..n {
+            let node = &nodes[j];
+            let candidate = matches!(node.op, Op::Unary(crate::graph::UnaryOp::Relu))
+                && needed[j]
+                && !rules.external[j];
+            if !candidate || readers[j].is_empty() {
+                continue;
+            }
+            let k = node.inputs[0];
+            // Its input is read as a buffer: not computed inside the ReLU's kernel.
+            let inside = rules.literal_const(k.0)
+                || rules.absorbable(k.0, j)
+                || (view_op(&nodes[k.0].op) && rules.viewable(k.0));
+            let conv_x_only = readers[j].iter().all(|&c| {
+                matches!(nodes[c].op, Op::Conv2d(_) | Op::Conv2dWeightGrad { .. })
+                    && nodes[c].inputs[0].0 == j
+                    && nodes[c].inputs[1].0 != j
+            });
+            if !inside && conv_x_only {
+                skipped[j] = true;
+                for &c in &readers[j] {
+                    relu_prologue.insert(c, [k, nodes[c].inputs[1]]);
+                }
+            }
         }
         // Each distinct kernel text once, with its hash.
         let mut texts: HashMap<String, (Rc<str>, u64)> = HashMap::new();
@@ -632,8 +683,11 @@ pub fn plan(
                     continue;
                 }
                 _ => {
-                    // A dispatch of its own reads its inputs' buffers.
-                    for k in &nodes[r].inputs {
+                    // A dispatch of its own reads its inputs' buffers (or its prologue's).
+                    let reads = relu_prologue
+                        .get(&r)
+                        .map_or(&nodes[r].inputs[..], |p: &[NodeId; 2]| &p[..]);
+                    for k in reads {
                         leaf_reads[k.0] += 1;
                     }
                     continue;
@@ -725,6 +779,7 @@ pub fn plan(
         fused,
         last_use: Vec::new(),
         dispatches_saved,
+        relu_prologue,
     };
     for (i, &need) in needed.iter().enumerate() {
         if need && !plan.skipped[i] {

@@ -188,7 +188,8 @@ pub struct ConvParams {
     pub dil_w: u32,
     /// Chunks per weight element of the split weight gradient.
     pub chunks: u32,
-    pub _pad1: u32,
+    /// 1: `a` is the input of a ReLU, applied as it is loaded (Conv2d, Conv2dWeightGrad).
+    pub relu_a: u32,
     pub _pad2: u32,
 }
 

@@ -1045,12 +1045,14 @@ impl<T: GpuScalar> GpuExecutor<T> {
         Ok(out)
     }
 
-    /// Records the kernel for node `i` and returns its output buffer.
+    /// Records the kernel for node `i` and returns its output buffer. A convolution with a
+    /// ReLU `prologue` (fusion rule 6) reads the ReLU's input and applies it on load.
     fn record(
         &mut self,
         graph: &Graph,
         i: usize,
         vals: &[Option<Rc<wgpu::Buffer>>],
+        prologue: Option<&[NodeId; 2]>,
     ) -> Result<Rc<wgpu::Buffer>, ExecError> {
         let node = &graph.nodes()[i];
         let input = |k: usize| -> Result<Rc<wgpu::Buffer>, ExecError> {
@@ -1325,7 +1327,11 @@ impl<T: GpuScalar> GpuExecutor<T> {
             Op::Conv2d(cp)
             | Op::Conv2dInputGrad { p: cp, .. }
             | Op::Conv2dWeightGrad { p: cp, .. } => {
-                let (a, b) = (input(0)?, input(1)?);
+                let a = match prologue {
+                    Some(p) => vals[p[0].0].clone().ok_or(ExecError::UnknownNode(p[0]))?,
+                    None => input(0)?,
+                };
+                let b = input(1)?;
                 let s0 = graph.shape(node.inputs[0]).dims();
                 let s1 = graph.shape(node.inputs[1]).dims();
                 // (x shape, weight shape, y shape) of the forward convolution.
@@ -1376,6 +1382,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     dil_h: cp.dilation[0] as u32,
                     dil_w: cp.dilation[1] as u32,
                     chunks,
+                    relu_a: u32::from(prologue.is_some()),
                     ..Default::default()
                 };
                 for (spec, groups) in stages {
@@ -1568,7 +1575,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             }
             let out = match plan.fused.get(&i) {
                 Some(f) => self.record_fused(graph, i, f, &vals)?,
-                None => self.record(graph, i, &vals)?,
+                None => self.record(graph, i, &vals, plan.relu_prologue.get(&i))?,
             };
             vals[i] = Some(out);
             for j in plan.reads(graph, i) {
