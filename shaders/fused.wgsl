@@ -25,10 +25,12 @@
 // a negative o_l of a padded read is fine: the sum is a valid index wherever in_bounds holds).
 // A leaf read at the element's own index (offset 0, row-major strides of `shape`) reads in_l[i]
 // directly; any other unbounded view is a plain slot s, a bounded one a bounded slot b. The
-// generated code computes the coordinates once per element, before the first slot's offset
-// (rank is known when the kernel text is written; c_0 needs no division since i < total):
-//   var q = i; let c{rank-1} = q % shape[rank-1]; q = q / shape[rank-1]; ...; let c0 = q;
-// then once per slot its offset, vo_s = o_s + sum_d c_d * st_s[d], and for a bounded slot its
+// generated code computes each coordinate a slot needs once per element, before the first
+// offset that needs it (rank and which strides are 0 are known when the kernel text is
+// written; the stride values are parameters):
+//   c_d = (i / (shape[d+1] * ... * shape[rank-1])) % shape[d]   (no % for d = 0: i < total),
+// then once per slot its offset, vo_s = o_s + sum_{d: st_s[d] != 0} c_d * st_s[d], and for a
+// bounded slot (every coordinate) its
 // test bi_b = in_bounds_b and offset bo_b = select(0, o_b + sum_d c_d * st_b[d], bi_b) (the load
 // then reads element 0 outside the bounds and select gives S(0.0) instead).
 //

@@ -702,7 +702,7 @@ pub fn plan(
                 leaves: Vec::new(),
                 body: String::new(),
                 temps: 0,
-                coords: false,
+                coords: Vec::new(),
                 ops: 1,
                 max_leaves,
                 views: Vec::new(),
@@ -804,8 +804,8 @@ struct Builder<'g> {
     leaves: Vec<NodeId>,
     body: String,
     temps: usize,
-    /// Whether the body has computed the coordinates `c_0 .. c_{rank-1}` of `i` yet.
-    coords: bool,
+    /// Which coordinates `c_d` of `i` the body has computed so far.
+    coords: Vec<bool>,
     ops: usize,
     max_leaves: usize,
     /// Plain and bounded view slots.
@@ -1030,30 +1030,33 @@ impl Builder<'_> {
 
     /// `o + sum_d c_d st[d]` for the view whose words (`o`, then `st[0 .. rank]`) start at word
     /// `base` (a WGSL u32 expression), over the axes `d` with `axes[d]` set (the others have
-    /// stride 0: a broadcast read), with the coordinates `c_d` of `i` (emitted before the first
-    /// offset that needs them: rank - 1 divisions per element, however many views read them).
+    /// stride 0: a broadcast read), with the coordinates `c_d` of `i` (each emitted once,
+    /// before the first offset that needs it: `c_d = (i / P_d) % n_d`, `P_d` the product of
+    /// the extents after `d`, so at most one division and one remainder per axis and element,
+    /// however many views read it; a per-channel read of `[N, C, H, W]` costs one of each).
     /// Which strides are 0 is thus part of the kernel text; their values are parameters.
     fn dot(&mut self, base: &str, axes: &[bool]) -> String {
         let r = self.shape.len();
         let mut sum = format!("view_word({base})");
-        if !axes.contains(&true) {
-            return sum;
-        }
-        if !self.coords {
-            self.coords = true;
-            // Row-major coordinates of i: the last axis varies fastest; c_0 needs no division
-            // (i < total).
-            if r > 0 {
-                let _ = writeln!(self.body, "    var q = i;");
-                for d in (1..r).rev() {
-                    let n = format!("params.shape[{}][{}]", d / 4, d % 4);
-                    let _ = writeln!(self.body, "    let c{d} = q % {n};");
-                    let _ = writeln!(self.body, "    q = q / {n};");
-                }
-                let _ = writeln!(self.body, "    let c0 = q;");
-            }
-        }
+        self.coords.resize(r, false);
         for d in (0..r).filter(|&d| axes[d]) {
+            if !self.coords[d] {
+                self.coords[d] = true;
+                let extent = |e: usize| format!("params.shape[{}][{}]", e / 4, e % 4);
+                let after: Vec<String> = (d + 1..r).map(extent).collect();
+                // c_0 needs no remainder (i < total), c_{rank-1} no division.
+                let quotient = if after.is_empty() {
+                    "i".to_string()
+                } else {
+                    format!("(i / ({}))", after.join(" * "))
+                };
+                let c = if d == 0 {
+                    quotient
+                } else {
+                    format!("{quotient} % {}", extent(d))
+                };
+                let _ = writeln!(self.body, "    let c{d} = {c};");
+            }
             let _ = write!(sum, " + c{d} * view_word({base} + {}u)", 1 + d);
         }
         sum
