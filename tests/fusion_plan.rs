@@ -557,3 +557,35 @@ fn relu_feeding_convolutions_is_applied_on_load() {
     let off = plan(&g, &needed, &keep, f32_round, MAX_LEAVES, false);
     assert!(off.relu_prologue.is_empty() && !off.skipped[r.0]);
 }
+
+/// Batch norm's shape of recomputation: `inv = rsqrt(var + eps)` and `q = g / var` of shape
+/// [C] read by two maps of [N, C] are computed inside both (no dispatch of their own), while
+/// `exp(a)` read twice is stored once.
+#[test]
+fn rsqrt_and_division_are_recomputed_exp_is_not() {
+    let mut g = Graph::new();
+    let x = g.input("x", [5, 3]).unwrap();
+    let var = g.input("var", [3]).unwrap();
+    let gr = g.input("g", [3]).unwrap();
+    let eps = g.scalar(1e-5).unwrap();
+    let ve = g.add2(var, eps).unwrap();
+    let inv = g.unary(UnaryOp::Rsqrt, ve).unwrap();
+    let q = g.div(gr, var).unwrap();
+    let e = g.unary(UnaryOp::Exp, var).unwrap();
+    let y1 = g.mul(x, inv).unwrap();
+    let y1 = g.mul(y1, e).unwrap();
+    let y2 = g.sub(x, inv).unwrap();
+    let y2 = g.add2(y2, q).unwrap();
+    let y2 = g.mul(y2, q).unwrap();
+    let y2 = g.mul(y2, e).unwrap();
+    let needed = vec![true; g.len()];
+    let p = plan(&g, &needed, &[y1, y2], f32_round, MAX_LEAVES, true);
+    for n in [ve, inv, q] {
+        assert!(p.skipped[n.0], "{n:?} recomputed by both maps");
+    }
+    assert!(p.fused.contains_key(&e.0), "exp is stored once");
+    let roots: Vec<usize> = p.fused.keys().copied().collect();
+    assert_eq!(roots, vec![e.0, y1.0, y2.0]);
+    assert_eq!(p.fused[&y1.0].leaves, vec![x, var, e]);
+    assert_eq!(p.fused[&y2.0].leaves, vec![x, var, gr, e]);
+}

@@ -50,9 +50,9 @@
 //! Any elementwise node with a single use of its own shape (or by a reduction) may be absorbed.
 //! A value with several uses is recomputed by each kernel that absorbs it, and a value of a
 //! smaller shape than its consumer (a per-channel statistic, say) is recomputed per element,
-//! but only for cheap ops (`+ - *`, max, comparisons, negation, square, relu, step, select,
-//! broadcast): a few arithmetic operations cost less on a GPU than a dispatch and a round trip
-//! through memory.
+//! but only for cheap ops (`+ - * /`, max, comparisons, negation, square, sqrt, rsqrt, relu,
+//! step, select, broadcast): a few arithmetic operations cost less on a GPU than a dispatch
+//! and a round trip through memory.
 //!
 //! Each kernel is a tree written depth first from its *root*, the node whose value it stores:
 //! an elementwise node (a *map*), or a reduction whose input is absorbed (the reduction then
@@ -251,14 +251,24 @@ fn view_op(op: &Op) -> bool {
     )
 }
 
-/// Ops cheap enough to recompute (rule 1's recomputation): no transcendental function, no
-/// division. A software adapter runs the kernels on the CPU, where recomputing exp or rsqrt per
-/// element of a large tensor costs more than the dispatch it saves.
+/// Ops cheap enough to recompute (rule 1's recomputation): arithmetic, comparisons, division,
+/// square root and reciprocal square root (an instruction or a few on a GPU; in the DARTS
+/// graphs they are mostly batch norm's per-channel `rsqrt(var + eps)` and its backward
+/// quotients, which every element of a map reads: recomputing them removes about 4,000
+/// dispatches from the paper configuration's second-order step, and did not change the time
+/// of the tiny lavapipe step); no exp, log, tanh, sigmoid or softplus (the f64 prelude computes
+/// them by polynomials; exp of the alphas would be recomputed for every element of a mixed op).
 fn cheap(op: &Op) -> bool {
     use crate::graph::{BinaryOp as B, UnaryOp as U};
     match op {
-        Op::Unary(u) => matches!(u, U::Neg | U::Square | U::Relu | U::Step),
-        Op::Binary(b) => matches!(b, B::Add | B::Sub | B::Mul | B::Max | B::Greater | B::Equal),
+        Op::Unary(u) => matches!(
+            u,
+            U::Neg | U::Square | U::Relu | U::Step | U::Rsqrt | U::Sqrt
+        ),
+        Op::Binary(b) => matches!(
+            b,
+            B::Add | B::Sub | B::Mul | B::Max | B::Greater | B::Equal | B::Div
+        ),
         Op::Select | Op::Broadcast { .. } => true,
         _ => false,
     }
