@@ -171,21 +171,28 @@ fn conv2d_input_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     // Taps outermost: each tap's output pixel (integer divisions) is found once, not once per
     // output channel.
     let plane = params.oh * params.ow;
+    // (Stride 1, most convolutions, needs no division: the test and quotient are t >= 0, t.)
     for (var i = 0u; i < params.kh; i++) {
         let ty = i32(iy + params.pad_h) - i32(i * params.dil_h);
-        if ty < 0 || ty % i32(params.stride_h) != 0 {
+        if ty < 0 || (params.stride_h != 1u && ty % i32(params.stride_h) != 0) {
             continue;
         }
-        let y = u32(ty) / params.stride_h;
+        var y = u32(ty);
+        if params.stride_h != 1u {
+            y = y / params.stride_h;
+        }
         if y >= params.oh {
             continue;
         }
         for (var j = 0u; j < params.kw; j++) {
             let tx = i32(ix + params.pad_w) - i32(j * params.dil_w);
-            if tx < 0 || tx % i32(params.stride_w) != 0 {
+            if tx < 0 || (params.stride_w != 1u && tx % i32(params.stride_w) != 0) {
                 continue;
             }
-            let x = u32(tx) / params.stride_w;
+            var x = u32(tx);
+            if params.stride_w != 1u {
+                x = x / params.stride_w;
+            }
             if x >= params.ow {
                 continue;
             }

@@ -33,6 +33,67 @@ fn red_offset(r: u32) -> u32 {
     return off;
 }
 
+// The terms r = r0, r0 + step, ... < end of the output at `base`, in that order (the order
+// of the entry points' loops), combined by sum_terms (+) or max_terms (max_nan). With at most
+// two reduced axes (every DARTS reduction once reduce_params has merged contiguous axes) the
+// reduced coordinates (e0, e1) of r, r = e0 * n1 + e1, are carried from term to term by
+// additions: no division per term. More axes fall back to red_offset(r).
+fn sum_terms(base: u32, r0: u32, end: u32, step: u32) -> S {
+    var acc: S = 0.0;
+    let rank = params.red_rank;
+    if rank > 2u {
+        for (var r = r0; r < end; r += step) {
+            acc += reduce_input(base + red_offset(r));
+        }
+        return acc;
+    }
+    let n1 = select(1u, params.red_shape[0][1], rank == 2u);
+    let st0 = select(0u, params.red_strides[0][0], rank >= 1u);
+    let st1 = select(0u, params.red_strides[0][1], rank == 2u);
+    let d0 = step / n1;
+    let d1 = step % n1;
+    var e0 = r0 / n1;
+    var e1 = r0 % n1;
+    for (var r = r0; r < end; r += step) {
+        acc += reduce_input(base + e0 * st0 + e1 * st1);
+        e0 += d0;
+        e1 += d1;
+        if e1 >= n1 {
+            e1 -= n1;
+            e0 += 1u;
+        }
+    }
+    return acc;
+}
+
+fn max_terms(base: u32, r0: u32, end: u32, step: u32) -> S {
+    var m = neg_inf_s();
+    let rank = params.red_rank;
+    if rank > 2u {
+        for (var r = r0; r < end; r += step) {
+            m = max_nan(m, reduce_input(base + red_offset(r)));
+        }
+        return m;
+    }
+    let n1 = select(1u, params.red_shape[0][1], rank == 2u);
+    let st0 = select(0u, params.red_strides[0][0], rank >= 1u);
+    let st1 = select(0u, params.red_strides[0][1], rank == 2u);
+    let d0 = step / n1;
+    let d1 = step % n1;
+    var e0 = r0 / n1;
+    var e1 = r0 % n1;
+    for (var r = r0; r < end; r += step) {
+        m = max_nan(m, reduce_input(base + e0 * st0 + e1 * st1));
+        e0 += d0;
+        e1 += d1;
+        if e1 >= n1 {
+            e1 -= n1;
+            e0 += 1u;
+        }
+    }
+    return m;
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn reduce_sum_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
@@ -40,12 +101,7 @@ fn reduce_sum_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     if o >= params.total_out {
         return;
     }
-    let base = base_offset(o);
-    var acc: S = 0.0;
-    for (var r = 0u; r < params.n_red; r++) {
-        acc += reduce_input(base + red_offset(r));
-    }
-    out[o] = reduce_output(o, acc);
+    out[o] = reduce_output(o, sum_terms(base_offset(o), 0u, params.n_red, 1u));
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -55,11 +111,7 @@ fn reduce_sum_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     if o >= params.total_out {
         return;
     }
-    let base = base_offset(o);
-    var acc: S = 0.0;
-    for (var r = lid; r < params.n_red; r += WORKGROUP_SIZE) {
-        acc += reduce_input(base + red_offset(r));
-    }
+    let acc = sum_terms(base_offset(o), lid, params.n_red, WORKGROUP_SIZE);
     let total = workgroup_sum(lid, acc);
     if lid == 0u {
         out[o] = reduce_output(o, total);
@@ -73,12 +125,7 @@ fn reduce_max_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     if o >= params.total_out {
         return;
     }
-    let base = base_offset(o);
-    var m = neg_inf_s();
-    for (var r = 0u; r < params.n_red; r++) {
-        m = max_nan(m, reduce_input(base + red_offset(r)));
-    }
-    out[o] = reduce_output(o, m);
+    out[o] = reduce_output(o, max_terms(base_offset(o), 0u, params.n_red, 1u));
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -88,11 +135,7 @@ fn reduce_max_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     if o >= params.total_out {
         return;
     }
-    let base = base_offset(o);
-    var m = neg_inf_s();
-    for (var r = lid; r < params.n_red; r += WORKGROUP_SIZE) {
-        m = max_nan(m, reduce_input(base + red_offset(r)));
-    }
+    let m = max_terms(base_offset(o), lid, params.n_red, WORKGROUP_SIZE);
     let top = workgroup_max(lid, m);
     if lid == 0u {
         out[o] = reduce_output(o, top);
@@ -133,12 +176,8 @@ fn reduce_sum_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if o >= params.total_out {
         return;
     }
-    let base = base_offset(o);
     let range = split_chunk(w);
-    var acc: S = 0.0;
-    for (var r = range.x + lid; r < range.y; r += WORKGROUP_SIZE) {
-        acc += reduce_input(base + red_offset(r));
-    }
+    let acc = sum_terms(base_offset(o), range.x + lid, range.y, WORKGROUP_SIZE);
     let total = workgroup_sum(lid, acc);
     if lid == 0u {
         out[params.total_out + w] = total;
@@ -166,12 +205,8 @@ fn reduce_max_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if o >= params.total_out {
         return;
     }
-    let base = base_offset(o);
     let range = split_chunk(w);
-    var m = neg_inf_s();
-    for (var r = range.x + lid; r < range.y; r += WORKGROUP_SIZE) {
-        m = max_nan(m, reduce_input(base + red_offset(r)));
-    }
+    let m = max_terms(base_offset(o), range.x + lid, range.y, WORKGROUP_SIZE);
     let top = workgroup_max(lid, m);
     if lid == 0u {
         out[params.total_out + w] = top;

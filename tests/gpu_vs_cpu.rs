@@ -946,6 +946,10 @@ fn gpu_reduce_sum_matches_cpu() {
         (vec![4, 700], vec![0, 1], false),
         (vec![5, 40, 3, 20], vec![1, 3], true),
         (vec![2, 70_000], vec![1], true),
+        // Three reduced axes after merging (the kernels' fallback to a division per term),
+        // and two with an outer extent (the carried coordinates).
+        (vec![3, 2, 40, 3, 5], vec![0, 2, 4], false),
+        (vec![7, 3, 300], vec![0, 2], false),
     ] {
         for split in [false, true] {
             set_dispatch(&mut gpu, two_d);
@@ -982,6 +986,9 @@ fn gpu_select_and_reduce_max_match_cpu() {
         (vec![700, 2], vec![0], 6, true),
         (vec![3, 1500], vec![1], 12, false),
         (vec![700, 2], vec![0], 9, true),
+        (vec![3, 2, 40, 3, 5], vec![0, 2, 4], 3, false),
+        (vec![3, 2, 40, 3, 5], vec![0, 2, 4], 4, false),
+        (vec![7, 3, 300], vec![0, 2], 15, false),
     ];
     for (shape, axes, seed, two_d) in fixed_then_drawn(reduce_cases(9), fixed, 24) {
         set_dispatch(&mut gpu, two_d);
