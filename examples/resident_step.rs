@@ -7,7 +7,9 @@
 //! [batch] [steps]` (defaults: 16 8 64 3). One untimed step first (pipeline compilation on the
 //! GPU, buffer pool warm-up on the CPU), then `steps` timed steps; prints each, the median and
 //! the peak resident memory of the process. With `DARTS_GPU_PROFILE=1` the GPU also times every
-//! dispatch (timestamps between dispatches) and prints the device time by kernel.
+//! dispatch (timestamps between dispatches) and prints the device time by kernel; with
+//! `DARTS_GPU_SPLIT_MIN=n` it splits reductions and weight gradients of at least n terms
+//! (`GpuExecutor::set_split_min`; 4294967295 never, the default on a CPU adapter).
 
 use darts::darts::init::init_state;
 use darts::darts::network::SearchConfig;
@@ -59,6 +61,15 @@ fn main() {
                             "unavailable (no timestamps inside passes on this adapter)"
                         }
                     );
+                }
+                // `DARTS_GPU_SPLIT_MIN=n`: split long sums from n terms (1: all that can be;
+                // 4294967295: none), to compare with the adapter's default.
+                if let Some(n) = std::env::var("DARTS_GPU_SPLIT_MIN")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                {
+                    g.set_split_min(n);
+                    println!("split reductions and weight gradients from {n} terms");
                 }
                 Box::new(g)
             }
