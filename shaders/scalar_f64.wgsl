@@ -59,8 +59,8 @@ const INV_FACT = array<S, 15>(1.0, 1.0, 0.5, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0,
     1.0 / 5040.0, 1.0 / 40320.0, 1.0 / 362880.0, 1.0 / 3628800.0, 1.0 / 39916800.0,
     1.0 / 479001600.0, 1.0 / 6227020800.0, 1.0 / 87178291200.0);
 
-// 2^k for |k| <= 1022, exact: binary powering of 2 (or 1/2), every partial product a power of
-// two in the normal range.
+// 2^k for -1022 <= k <= 1023, exact: binary powering of 2 (or 1/2), every partial product a
+// power of two in the normal range (exp_s uses k = 1023 at the top of its range).
 fn pow2(k: i32) -> S {
     var n = u32(select(k, -k, k < 0));
     var b: S = select(S(2.0), S(0.5), k < 0);

@@ -209,7 +209,7 @@ impl Probe {
             Probe::Greater | Probe::Less | Probe::GreaterEq | Probe::Equal => "any a, b",
             Probe::ToI32 => "a in (-2^31, 2^31)",
             Probe::ToU32 => "a in [0, 2^32)",
-            Probe::Pow2 => "integer a in [-1022, 1022]",
+            Probe::Pow2 => "integer a in [-1022, 1023]",
             Probe::SplitMantissa | Probe::SplitExponent => "finite a > 0",
             Probe::Exp | Probe::Tanh => "any a",
             Probe::Expm1Neg => "a <= 0",
@@ -281,6 +281,14 @@ impl Probe {
                         v.push((a, b));
                     }
                 }
+                // The last product of exp_s near the overflow threshold: a significand just
+                // below 2 times 2^1023, finite (the largest f64 and the value of
+                // e^709.782712893384), and 2 * 2^1023, which overflows.
+                let top = 2f64.powi(1023);
+                for m in [2.0 - f64::EPSILON, 1.999_999_999_999_952, 2.0] {
+                    v.push((m, top));
+                    v.push((top, m));
+                }
                 for _ in 0..n {
                     let a = any_f64(&mut rng, -300, 300);
                     // Equal operands now and then, for the comparisons.
@@ -344,7 +352,8 @@ impl Probe {
                 }));
             }
             Probe::Pow2 => {
-                v.extend((-1022..=1022).map(|k| (k as f64, 0.0)));
+                // Up to 1023: exp_s takes 2^1023 at the top of its range.
+                v.extend((-1022..=1023).map(|k| (k as f64, 0.0)));
             }
             Probe::SplitMantissa | Probe::SplitExponent => {
                 let edge = [
