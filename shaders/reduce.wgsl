@@ -17,10 +17,13 @@
 // so a NaN anywhere gives NaN (NaN propagates) and the result is exact (one of the inputs),
 // independent of the order, as the CPU kernel's fold.
 //
-// Four entry points, the same bindings and params (reduce_max_* as reduce_sum_*):
+// Entry points, the same bindings and params (reduce_max_* as reduce_sum_*):
 //   reduce_sum_serial:    one invocation per output element, summing r = 0, 1, ... in order.
 //   reduce_sum_workgroup: one workgroup per output element; invocation t sums
 //                         r = t, t + WORKGROUP_SIZE, ..., then a tree over workgroup memory.
+//   reduce_sum_split, reduce_sum_finish: the same sum split into SPLIT chunks of r, one
+//                         workgroup each, then a workgroup per output adding the chunks'
+//                         partial sums (two dispatches; reduce_core.wgsl gives the details).
 // Both orders are a summation tree of depth <= n_red, so the error is at most
 // gamma_{n_red}(u) * sum |x| (Higham, ch. 4), u the unit roundoff of S.
 //

@@ -147,8 +147,8 @@ pub struct Fused {
     pub leaves: Vec<NodeId>,
     /// The leaf of each plain view slot, in slot order (`views[s].leaf`).
     pub strided: Vec<usize>,
-    /// Plain view slots (read at `vo{s}`, the slot's offset, computed once per element), in slot order: every read with the same
-    /// offset and strides shares a slot.
+    /// Plain view slots (read at `vo{s}`, the slot's offset, computed once per element), in
+    /// slot order: every read with the same offset and strides shares a slot.
     pub views: Vec<View>,
     /// Bounded view slots (read at `bo{b}` where `bi{b}` holds: leaves read through a pad).
     pub bounded: Vec<View>,
@@ -609,37 +609,34 @@ pub fn plan(
         // Rule 6: a ReLU read only as the input x of convolutions and weight gradients, whose
         // own input its kernel would read as a buffer anyway, is applied by those kernels as
         // they load x.
-        let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (c, node) in nodes.iter().enumerate() {
-            if needed[c] {
-                for q in &node.inputs {
-                    readers[q.0].push(c);
-                }
-            }
+        let conv = |c: usize| {
+            let node = &nodes[c];
+            needed[c]
+                && matches!(node.op, Op::Conv2d(_) | Op::Conv2dWeightGrad { .. })
+                && node.inputs[0] != node.inputs[1]
+        };
+        // Uses of each node as the x of a convolution (and not also as its other operand).
+        let mut conv_x = vec![0usize; n];
+        for c in (0..n).filter(|&c| conv(c)) {
+            conv_x[nodes[c].inputs[0].0] += 1;
         }
-        for j in 0..n {
+        let prologue = |j: usize| {
             let node = &nodes[j];
-            let candidate = matches!(node.op, Op::Unary(crate::graph::UnaryOp::Relu))
-                && needed[j]
-                && !rules.external[j];
-            if !candidate || readers[j].is_empty() {
-                continue;
+            if !(matches!(node.op, Op::Unary(crate::graph::UnaryOp::Relu)) && needed[j]) {
+                return false;
             }
-            let k = node.inputs[0];
+            let k = node.inputs[0].0;
             // Its input is read as a buffer: not computed inside the ReLU's kernel.
-            let inside = rules.literal_const(k.0)
-                || rules.absorbable(k.0, j)
-                || (view_op(&nodes[k.0].op) && rules.viewable(k.0));
-            let conv_x_only = readers[j].iter().all(|&c| {
-                matches!(nodes[c].op, Op::Conv2d(_) | Op::Conv2dWeightGrad { .. })
-                    && nodes[c].inputs[0].0 == j
-                    && nodes[c].inputs[1].0 != j
-            });
-            if !inside && conv_x_only {
+            let inside = rules.literal_const(k)
+                || rules.absorbable(k, j)
+                || (view_op(&nodes[k].op) && rules.viewable(k));
+            !rules.external[j] && rules.uses[j] > 0 && conv_x[j] == rules.uses[j] && !inside
+        };
+        for c in (0..n).filter(|&c| conv(c)) {
+            let j = nodes[c].inputs[0].0;
+            if prologue(j) {
                 skipped[j] = true;
-                for &c in &readers[j] {
-                    relu_prologue.insert(c, [k, nodes[c].inputs[1]]);
-                }
+                relu_prologue.insert(c, [nodes[j].inputs[0], nodes[c].inputs[1]]);
             }
         }
         // Each distinct kernel text once, with its hash.

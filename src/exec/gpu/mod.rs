@@ -677,6 +677,40 @@ impl<T: GpuScalar> GpuExecutor<T> {
         self.splits(p.total_out as usize, p.n_red as usize)
     }
 
+    /// The dispatches of a reduction with `p`'s extents (a maximum if `max`), as the kernels of
+    /// shaders/reduce_core.wgsl (plain or fused): one invocation or one workgroup per output,
+    /// or split (a chunk pass, then a finishing pass, whose partial sums follow the outputs in
+    /// the output's buffer). Returns each dispatch's kernel and workgroups, and the elements
+    /// of the output's buffer.
+    fn reduce_stages(
+        &self,
+        p: &ReduceParams,
+        max: bool,
+    ) -> (Vec<(&'static KernelSpec, u32)>, usize) {
+        use kernels::{
+            REDUCE_MAX_FINISH, REDUCE_MAX_SERIAL, REDUCE_MAX_SPLIT, REDUCE_MAX_WORKGROUP,
+            REDUCE_SUM_FINISH, REDUCE_SUM_SERIAL, REDUCE_SUM_SPLIT, REDUCE_SUM_WORKGROUP,
+        };
+        let pick = |sum, maximum| if max { maximum } else { sum };
+        let out = p.total_out as usize;
+        if self.split(p) {
+            let stages = vec![
+                (
+                    pick(&REDUCE_SUM_SPLIT, &REDUCE_MAX_SPLIT),
+                    p.total_out * WORKGROUP_SIZE,
+                ),
+                (pick(&REDUCE_SUM_FINISH, &REDUCE_MAX_FINISH), p.total_out),
+            ];
+            (stages, out * (1 + WORKGROUP_SIZE as usize))
+        } else if p.n_red >= self.workgroup_min {
+            let spec = pick(&REDUCE_SUM_WORKGROUP, &REDUCE_MAX_WORKGROUP);
+            (vec![(spec, p.total_out)], out)
+        } else {
+            let spec = pick(&REDUCE_SUM_SERIAL, &REDUCE_MAX_SERIAL);
+            (vec![(spec, p.total_out.div_ceil(WORKGROUP_SIZE))], out)
+        }
+    }
+
     /// Whether a reduction of `n_red` terms to each of `total_out` outputs runs split.
     fn splits(&self, total_out: usize, n_red: usize) -> bool {
         let l = self.max_workgroups_per_dim as usize;
@@ -976,39 +1010,18 @@ impl<T: GpuScalar> GpuExecutor<T> {
         let reduce_op = f.reduce.as_ref().map(|r| &graph.nodes()[r.node.0].op);
         // The dispatches (entry point and workgroups): one, or the two of a split reduction,
         // whose partial results follow the output in its buffer.
-        let mut stages: Vec<(&'static str, u32)> = Vec::with_capacity(2);
-        let mut out_numel = numel;
+        let (stages, out_numel): (Vec<(&'static str, u32)>, usize);
         let params: &[u8] = match (&f.reduce, reduce_op) {
             (None, _) => {
-                stages.push(("fused", (numel as u32).div_ceil(WORKGROUP_SIZE)));
+                stages = vec![("fused", (numel as u32).div_ceil(WORKGROUP_SIZE))];
+                out_numel = numel;
                 bytemuck::bytes_of(&map)
             }
             (Some(r), Some(Op::ReduceSum { axes } | Op::ReduceMax { axes })) => {
                 let p = reduce_params(expr_shape, axes, numel);
-                if self.split(&p) {
-                    let (split, finish) = if r.max {
-                        ("reduce_max_split", "reduce_max_finish")
-                    } else {
-                        ("reduce_sum_split", "reduce_sum_finish")
-                    };
-                    stages.push((split, p.total_out * WORKGROUP_SIZE));
-                    stages.push((finish, p.total_out));
-                    out_numel = numel * (1 + WORKGROUP_SIZE as usize);
-                } else if p.n_red >= self.workgroup_min {
-                    let entry = if r.max {
-                        "reduce_max_workgroup"
-                    } else {
-                        "reduce_sum_workgroup"
-                    };
-                    stages.push((entry, p.total_out));
-                } else {
-                    let entry = if r.max {
-                        "reduce_max_serial"
-                    } else {
-                        "reduce_sum_serial"
-                    };
-                    stages.push((entry, p.total_out.div_ceil(WORKGROUP_SIZE)));
-                }
+                let (specs, size) = self.reduce_stages(&p, r.max);
+                stages = specs.iter().map(|(k, g)| (k.entry, *g)).collect();
+                out_numel = size;
                 fused_reduce_params = kernels::FusedReduceParams { reduce: p, map };
                 bytemuck::bytes_of(&fused_reduce_params)
             }
@@ -1159,38 +1172,8 @@ impl<T: GpuScalar> GpuExecutor<T> {
             Op::ReduceSum { axes } | Op::ReduceMax { axes } => {
                 let x = input(0)?;
                 let p = reduce_params(graph.shape(node.inputs[0]).dims(), axes, numel);
-                let sum = matches!(node.op, Op::ReduceSum { .. });
-                use kernels::{
-                    REDUCE_MAX_FINISH, REDUCE_MAX_SERIAL, REDUCE_MAX_SPLIT, REDUCE_MAX_WORKGROUP,
-                    REDUCE_SUM_FINISH, REDUCE_SUM_SERIAL, REDUCE_SUM_SPLIT, REDUCE_SUM_WORKGROUP,
-                };
-                // One dispatch, or the two of a split reduction, whose partial results follow
-                // the output in its buffer.
-                let (stages, out_numel) = if self.split(&p) {
-                    let (split, finish) = if sum {
-                        (&REDUCE_SUM_SPLIT, &REDUCE_SUM_FINISH)
-                    } else {
-                        (&REDUCE_MAX_SPLIT, &REDUCE_MAX_FINISH)
-                    };
-                    (
-                        vec![(split, p.total_out * WORKGROUP_SIZE), (finish, p.total_out)],
-                        numel * (1 + WORKGROUP_SIZE as usize),
-                    )
-                } else if p.n_red >= self.workgroup_min {
-                    let spec = if sum {
-                        &REDUCE_SUM_WORKGROUP
-                    } else {
-                        &REDUCE_MAX_WORKGROUP
-                    };
-                    (vec![(spec, p.total_out)], numel)
-                } else {
-                    let spec = if sum {
-                        &REDUCE_SUM_SERIAL
-                    } else {
-                        &REDUCE_MAX_SERIAL
-                    };
-                    (vec![(spec, p.total_out.div_ceil(WORKGROUP_SIZE))], numel)
-                };
+                let max = matches!(node.op, Op::ReduceMax { .. });
+                let (stages, out_numel) = self.reduce_stages(&p, max);
                 let out = self.alloc(out_numel, &label);
                 for (spec, groups) in stages {
                     let at = site(spec, i, node);
