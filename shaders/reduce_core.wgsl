@@ -37,59 +37,61 @@ fn red_offset(r: u32) -> u32 {
 // of the entry points' loops), combined by sum_terms (+) or max_terms (max_nan). With at most
 // two reduced axes (every DARTS reduction once reduce_params has merged contiguous axes) the
 // reduced coordinates (e0, e1) of r, r = e0 * n1 + e1, are carried from term to term by
-// additions: no division per term. More axes fall back to red_offset(r).
-fn sum_terms(base: u32, r0: u32, end: u32, step: u32) -> S {
-    var acc: S = 0.0;
+// additions (Carry): no division per term. More axes fall back to red_offset(r).
+struct Carry {
+    e0: u32,
+    e1: u32,
+    d0: u32,
+    d1: u32,
+    n1: u32,
+    st0: u32,
+    st1: u32,
+}
+
+// The counter at term r0, advancing by `step` terms.
+fn carry_start(r0: u32, step: u32) -> Carry {
     let rank = params.red_rank;
-    if rank > 2u {
-        for (var r = r0; r < end; r += step) {
-            acc += reduce_input(base + red_offset(r));
-        }
-        return acc;
-    }
     let n1 = select(1u, params.red_shape[0][1], rank == 2u);
     let st0 = select(0u, params.red_strides[0][0], rank >= 1u);
     let st1 = select(0u, params.red_strides[0][1], rank == 2u);
-    let d0 = step / n1;
-    let d1 = step % n1;
-    var e0 = r0 / n1;
-    var e1 = r0 % n1;
+    return Carry(r0 / n1, r0 % n1, step / n1, step % n1, n1, st0, st1);
+}
+
+// The input offset of term r (whose coordinates c carries) within its output.
+fn carry_offset(c: Carry, r: u32) -> u32 {
+    if params.red_rank > 2u {
+        return red_offset(r);
+    }
+    return c.e0 * c.st0 + c.e1 * c.st1;
+}
+
+fn carry_next(c: Carry) -> Carry {
+    var n = c;
+    n.e0 += c.d0;
+    n.e1 += c.d1;
+    if n.e1 >= c.n1 {
+        n.e1 -= c.n1;
+        n.e0 += 1u;
+    }
+    return n;
+}
+
+fn sum_terms(base: u32, r0: u32, end: u32, step: u32) -> S {
+    var acc: S = 0.0;
+    var c = carry_start(r0, step);
     for (var r = r0; r < end; r += step) {
-        acc += reduce_input(base + e0 * st0 + e1 * st1);
-        e0 += d0;
-        e1 += d1;
-        if e1 >= n1 {
-            e1 -= n1;
-            e0 += 1u;
-        }
+        acc += reduce_input(base + carry_offset(c, r));
+        c = carry_next(c);
     }
     return acc;
 }
 
 fn max_terms(base: u32, r0: u32, end: u32, step: u32) -> S {
     var m = neg_inf_s();
-    let rank = params.red_rank;
-    if rank > 2u {
-        for (var r = r0; r < end; r += step) {
-            m = max_nan(m, reduce_input(base + red_offset(r)));
-        }
-        return m;
-    }
-    let n1 = select(1u, params.red_shape[0][1], rank == 2u);
-    let st0 = select(0u, params.red_strides[0][0], rank >= 1u);
-    let st1 = select(0u, params.red_strides[0][1], rank == 2u);
-    let d0 = step / n1;
-    let d1 = step % n1;
-    var e0 = r0 / n1;
-    var e1 = r0 % n1;
+    var c = carry_start(r0, step);
     for (var r = r0; r < end; r += step) {
-        m = max_nan(m, reduce_input(base + e0 * st0 + e1 * st1));
-        e0 += d0;
-        e1 += d1;
-        if e1 >= n1 {
-            e1 -= n1;
-            e0 += 1u;
-        }
+        m = max_nan(m, reduce_input(base + carry_offset(c, r)));
+        c = carry_next(c);
     }
     return m;
 }
