@@ -117,6 +117,39 @@ fn main() {
         "on a GPU (not a CPU adapter): {wg_split} weight gradients split, {wg_split} dispatches \
          more; {wg_before} workgroups unsplit, {wg_after} split"
     );
+    // Batches (src/exec/gpu/batch.rs): the dispatches level by level, a level's fused kernels
+    // of one text as batched dispatches of up to MAX_INSTANCES instances in powers of two (on
+    // a device whose bindings allow it: lavapipe's 32 storage buffers per stage allow fewer).
+    let sched = fusion::schedule(&sg.graph, &needed, &plan, true);
+    let mut level = vec![0usize; nodes.len()];
+    let mut levels = 0;
+    for i in 0..nodes.len() {
+        if needed[i] && !plan.skipped[i] && !matches!(nodes[i].op, Op::Input { .. }) {
+            let deepest = plan.reads(&sg.graph, i).iter().map(|r| level[r.0]).max();
+            let own = usize::from(!matches!(nodes[i].op, Op::Reshape { .. }));
+            level[i] = deepest.unwrap_or(0) + own;
+            levels = levels.max(level[i]);
+        }
+    }
+    let batched: usize = sched
+        .batches
+        .iter()
+        .filter(|b| !matches!(nodes[b[0]].op, Op::Reshape { .. }))
+        .map(|b| {
+            let (mut n, mut d) = (b.len(), 0);
+            while n > 0 {
+                n -= 1 << n.min(darts::exec::gpu::batch::MAX_INSTANCES).ilog2();
+                d += 1;
+            }
+            d
+        })
+        .sum();
+    println!(
+        "batched: {levels} dependency levels; {} dispatches recorded level by level with a \
+         level's fused kernels of one text batched (up to {} instances each)",
+        batched,
+        darts::exec::gpu::batch::MAX_INSTANCES
+    );
     let mut remaining: BTreeMap<String, usize> = BTreeMap::new();
     for (i, n) in sg.graph.nodes().iter().enumerate() {
         if needed[i] && !free(&n.op) && !plan.skipped[i] {

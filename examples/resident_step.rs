@@ -9,7 +9,9 @@
 //! the peak resident memory of the process. With `DARTS_GPU_PROFILE=1` the GPU also times every
 //! dispatch (timestamps between dispatches) and prints the device time by kernel; with
 //! `DARTS_GPU_SPLIT_MIN=n` it splits reductions and weight gradients of at least n terms
-//! (`GpuExecutor::set_split_min`; 4294967295 never, the default on a CPU adapter).
+//! (`GpuExecutor::set_split_min`; 4294967295 never, the default on a CPU adapter); with
+//! `DARTS_GPU_BATCHING=0` it records dispatches in graph order, one per kernel
+//! (`GpuExecutor::set_batching`), to measure what batching buys.
 
 use darts::darts::init::init_state;
 use darts::darts::network::SearchConfig;
@@ -70,6 +72,10 @@ fn main() {
                 {
                     g.set_split_min(n);
                     println!("split reductions and weight gradients from {n} terms");
+                }
+                if std::env::var("DARTS_GPU_BATCHING").is_ok_and(|v| v == "0") {
+                    g.set_batching(false);
+                    println!("batching off: dispatches in graph order, one per kernel");
                 }
                 Box::new(g)
             }

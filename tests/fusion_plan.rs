@@ -2,7 +2,9 @@
 //! share a kernel, what each kernel reads, and when buffers die (proofs/gpu-kernel-choices.md,
 //! claim 1).
 
-use darts::exec::gpu::fusion::{literal, plan, MAX_LEAVES};
+mod common;
+
+use darts::exec::gpu::fusion::{literal, plan, schedule, MAX_LEAVES};
 use darts::graph::{ConvParams, Graph, Op, UnaryOp};
 
 fn f32_round(v: f64) -> f64 {
@@ -588,4 +590,82 @@ fn rsqrt_and_division_are_recomputed_exp_is_not() {
     assert_eq!(roots, vec![e.0, y1.0, y2.0]);
     assert_eq!(p.fused[&y1.0].leaves, vec![x, var, e]);
     assert_eq!(p.fused[&y2.0].leaves, vec![x, var, gr, e]);
+}
+
+/// The schedule (src/exec/gpu/fusion.rs, `schedule`): every recorded node once; a batch's
+/// members share a fused text and none reads a buffer written in its own or a later batch;
+/// `last_batch` is the last batch reading each buffer; without batching, graph order.
+#[test]
+fn schedule_batches_independent_kernels_of_one_text() {
+    let (g, outs, _) = common::parallel_branches(11);
+    let (needed, _) = darts::exec::liveness(&g, &outs).unwrap();
+    let p = plan(&g, &needed, &outs, |v| v, MAX_LEAVES, true);
+    let nodes = g.nodes();
+    let recorded: Vec<usize> = (0..g.len())
+        .filter(|&i| needed[i] && !p.skipped[i] && !matches!(nodes[i].op, Op::Input { .. }))
+        .collect();
+    let s = schedule(&g, &needed, &p, true);
+    let mut at = vec![usize::MAX; g.len()];
+    for (b, members) in s.batches.iter().enumerate() {
+        for &m in members {
+            assert_eq!(at[m], usize::MAX, "node {m} scheduled twice");
+            at[m] = b;
+        }
+        if members.len() > 1 {
+            let f = &p.fused[&members[0]];
+            for m in members {
+                assert_eq!(p.fused[m].source, f.source, "batch {b} mixes kernel texts");
+            }
+        }
+    }
+    let mut got: Vec<usize> = at
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b != usize::MAX)
+        .map(|(i, _)| i)
+        .collect();
+    got.sort();
+    assert_eq!(got, recorded, "every recorded node exactly once");
+    for &i in &recorded {
+        for r in p.reads(&g, i) {
+            if !matches!(nodes[r.0].op, Op::Input { .. }) {
+                assert!(
+                    at[r.0] < at[i],
+                    "node {i} (batch {}) reads %{} (batch {})",
+                    at[i],
+                    r.0,
+                    at[r.0]
+                );
+            }
+            let last = s.last_batch[r.0];
+            assert!(
+                last == usize::MAX || last >= at[i],
+                "%{} released before node {i} reads it",
+                r.0
+            );
+        }
+    }
+    // 11 branches of 4 fused kernels each (map, sum, max, mean), and their batches.
+    let fused = recorded.iter().filter(|i| p.fused.contains_key(i)).count();
+    assert_eq!(fused, 44, "{fused} fused kernels");
+    // Every kernel reads only inputs (one level); the means' literals 1/n take three values.
+    let texts: std::collections::BTreeSet<&str> = recorded
+        .iter()
+        .filter_map(|i| p.fused.get(i).map(|f| &*f.source))
+        .collect();
+    assert_eq!(texts.len(), 6, "map, sum, max and three means");
+    assert_eq!(
+        s.batches.len(),
+        texts.len(),
+        "one batch per kernel text: {:?}",
+        s.batches
+    );
+    let flat = schedule(&g, &needed, &p, false);
+    assert_eq!(
+        flat.batches,
+        recorded.iter().map(|&i| vec![i]).collect::<Vec<_>>()
+    );
+    for &o in &outs {
+        assert_eq!(flat.last_batch[o.0], usize::MAX, "outputs are kept");
+    }
 }

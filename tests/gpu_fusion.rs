@@ -1073,3 +1073,210 @@ fn gpu_relu_prologue_equals_the_relu_dispatch() {
         );
     }
 }
+
+/// The settings of one batching case, applied to an executor of either element type.
+struct BatchCase {
+    fusion: bool,
+    workgroup_min: u32,
+    split_min: u32,
+    most: usize,
+}
+
+impl BatchCase {
+    fn apply<T: darts::exec::gpu::GpuScalar>(&self, gpu: &mut GpuExecutor<T>, batching: bool) {
+        gpu.set_fusion(self.fusion);
+        gpu.set_batching(batching);
+        gpu.set_max_instances(self.most);
+        gpu.set_workgroup_min(self.workgroup_min);
+        gpu.set_split_min(self.split_min);
+    }
+
+    /// Runs `g` batched and single on `gpu` (and `gpu64`), asserts every output equal bit for
+    /// bit, and returns the dispatches (batched, single) of the f32 runs.
+    fn check(
+        &self,
+        gpu: &mut GpuExecutor,
+        gpu64: &mut Option<GpuExecutor<f64>>,
+        g: &Graph,
+        inputs: &Inputs,
+        outs: &[NodeId],
+    ) -> (usize, usize) {
+        let what = format!(
+            "fusion {}, workgroup_min {}, split_min {}, {} instances",
+            self.fusion, self.workgroup_min, self.split_min, self.most
+        );
+        let (mut bits, mut bits64, mut dispatches) = (Vec::new(), Vec::new(), Vec::new());
+        for batching in [true, false] {
+            self.apply(gpu, batching);
+            let got = gpu.run(g, &feeds_f32(inputs), outs).unwrap();
+            let b: Vec<Vec<u32>> = got
+                .iter()
+                .map(|a| a.iter().map(|v| v.to_bits()).collect())
+                .collect();
+            bits.push(b);
+            dispatches.push(gpu.run_timing().dispatches);
+            if let Some(g64) = gpu64.as_mut() {
+                self.apply(g64, batching);
+                let got = g64.run(g, &feeds_f64(inputs, false), outs).unwrap();
+                let b: Vec<Vec<u64>> = got
+                    .iter()
+                    .map(|a| a.iter().map(|v| v.to_bits()).collect())
+                    .collect();
+                bits64.push(b);
+            }
+        }
+        for (k, (a, b)) in bits[0].iter().zip(&bits[1]).enumerate() {
+            for (idx, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_eq!(
+                    x,
+                    y,
+                    "{what}, output {k} element {idx}: batched {:e}, single {:e}",
+                    f32::from_bits(*x),
+                    f32::from_bits(*y)
+                );
+            }
+        }
+        if let [on, off] = &bits64[..] {
+            assert!(on == off, "f64, {what}: batched and single runs differ");
+        }
+        println!(
+            "{what}: {} dispatches batched, {} single",
+            dispatches[0], dispatches[1]
+        );
+        (dispatches[0], dispatches[1])
+    }
+}
+
+/// Batched dispatches (src/exec/gpu/batch.rs, proofs/gpu-kernel-choices.md claim 12): the
+/// 11 branches of `common::parallel_branches` run as batches of 8, 2 and 1 (or 4, 4, 2, 1)
+/// instances of each kernel text (fused maps, sums over two axes, maxes, means with an epilogue; unfused, the
+/// single-op kernels; the inputs' first extents differ, so the instances' grids differ), and
+/// every output equals the run with batching off bit for bit, in f32 and (where the adapter
+/// has it) f64, with invocation-per-output and workgroup-per-output sums and with every
+/// reduction split in two dispatches.
+#[test]
+fn gpu_batched_kernels_equal_single_dispatches() {
+    let test = "gpu_batched_kernels_equal_single_dispatches";
+    let Some(mut gpu) = common::gpu_executor(test) else {
+        return;
+    };
+    let mut gpu64 = common::gpu_f64_executor(test);
+    let (g, outs, names) = common::parallel_branches(11);
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let inputs: Inputs = names
+        .iter()
+        .map(|(name, shape)| {
+            let v = ArrayD::from_shape_simple_fn(IxDyn(shape), || rng.random_range(-2.0f32..2.0));
+            (name.clone(), v)
+        })
+        .collect();
+    // (workgroup_min, split_min, fusion, most instances): 16 lets the fused kernels run as
+    // batches of 8 + 2 + 1 (the cap of a GPU; a CPU adapter's default is 4, since LLVM takes
+    // minutes over 8 instances of a single-op kernel).
+    let wg = darts::exec::gpu::kernels::REDUCE_WORKGROUP_MIN;
+    for (workgroup_min, split_min, fusion, most) in [
+        (wg, u32::MAX, true, 16),
+        (1, u32::MAX, true, 4),
+        (wg, 1, true, 16),
+        (wg, u32::MAX, false, 4),
+        (1, 1, false, 4),
+    ] {
+        let case = BatchCase {
+            fusion,
+            workgroup_min,
+            split_min,
+            most,
+        };
+        let (on, off) = case.check(&mut gpu, &mut gpu64, &g, &inputs, &outs);
+        // Fused: 44 kernels (twice the dispatches split) in 6 texts, batched in powers of two:
+        // 13 dispatches instead of 44 (map, sum and max: 8 + 2 + 1 each; means: 4, 4, 2 + 1),
+        // 16 with at most 4 instances.
+        assert!(on * 2 < off, "{on} dispatches batched, {off} single");
+    }
+}
+
+/// Batched single-op kernels (claim 12): seven branches of convolutions (dense, depthwise,
+/// strided, padded, dilated; ReLU applied on load or not), their input and weight gradients
+/// (invocation-per-element, workgroup-per-element and split), and pooling with its gradients,
+/// each branch on other shapes, run as batched dispatches and equal the run with batching off
+/// bit for bit, in f32 and f64, with fusion on and off.
+#[test]
+fn gpu_batched_convolutions_and_pools_equal_single_dispatches() {
+    use darts::graph::PoolParams;
+    let test = "gpu_batched_convolutions_and_pools_equal_single_dispatches";
+    let Some(mut gpu) = common::gpu_executor(test) else {
+        return;
+    };
+    let mut gpu64 = common::gpu_f64_executor(test);
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let mut g = Graph::new();
+    let (mut outs, mut inputs) = (Vec::new(), Inputs::new());
+    for k in 0..7 {
+        // Branch 4's weight gradient sums 2 x 16 x 16 terms per element: split in 2 chunks.
+        let (n, c, h, w) = match k {
+            4 => (2, 4, 16, 16),
+            _ => (1 + k % 3, 4, 6 + k % 2, 7),
+        };
+        let (groups, stride, pad, dil, kk) = [
+            (1, 1, 1, 1, 3),
+            (4, 1, 2, 2, 3),
+            (1, 2, 0, 1, 1),
+            (4, 2, 2, 1, 5),
+        ][k % 4];
+        let o = if groups == 1 { 5 } else { c };
+        let p = ConvParams::new(stride, pad, dil, groups);
+        let (oh, ow) = (p.out_len(0, h, kk).unwrap(), p.out_len(1, w, kk).unwrap());
+        let mut input = |g: &mut Graph, name: String, shape: Vec<usize>| {
+            let v = ArrayD::from_shape_simple_fn(IxDyn(&shape), || rng.random_range(-1.0f32..1.0));
+            inputs.push((name.clone(), v));
+            g.input(&name, shape).unwrap()
+        };
+        let x = input(&mut g, format!("x{k}"), vec![n, c, h, w]);
+        let wt = input(&mut g, format!("w{k}"), vec![o, c / groups, kk, kk]);
+        let gy = input(&mut g, format!("gy{k}"), vec![n, o, oh, ow]);
+        let r = g.relu(x).unwrap();
+        // Even branches read x through a ReLU (applied on load when fused), odd ones x itself.
+        let xin = if k % 2 == 0 { r } else { x };
+        let y = g.conv2d(xin, wt, p).unwrap();
+        let gx = g
+            .add(Op::Conv2dInputGrad { p, in_hw: [h, w] }, &[gy, wt])
+            .unwrap();
+        let gw = g
+            .add(
+                Op::Conv2dWeightGrad {
+                    p,
+                    kernel: [kk, kk],
+                },
+                &[xin, gy],
+            )
+            .unwrap();
+        let pp = PoolParams::new(3, 1 + k % 2, 1);
+        let avg = g.avg_pool2d(x, pp).unwrap();
+        let max = g.max_pool2d(x, pp).unwrap();
+        let gmax = g.add(Op::MaxPool2dGrad(pp), &[x, max]).unwrap();
+        let gavg = g
+            .add(
+                Op::AvgPool2dGrad {
+                    p: pp,
+                    in_hw: [h, w],
+                },
+                &[avg],
+            )
+            .unwrap();
+        outs.extend([y, gx, gw, avg, max, gmax, gavg]);
+    }
+    // (workgroup_min, split_min): per-element sums, a workgroup per element, and split.
+    for (workgroup_min, split_min) in [(u32::MAX, u32::MAX), (1, u32::MAX), (1, 1)] {
+        for fusion in [true, false] {
+            let case = BatchCase {
+                fusion,
+                workgroup_min,
+                split_min,
+                most: 4,
+            };
+            let (on, off) = case.check(&mut gpu, &mut gpu64, &g, &inputs, &outs);
+            // 49 kernels (7 ops x 7 branches, more when split), 3 dispatches per op batched.
+            assert!(on * 2 < off, "{on} dispatches batched, {off} single");
+        }
+    }
+}

@@ -175,6 +175,77 @@ fn every_shader_parses_and_validates() {
     assert!(files.len() >= 14, "only {} shader files found", files.len());
 }
 
+/// Every fused module and every single-op kernel, instanced for batched dispatches
+/// (src/exec/gpu/batch.rs), parses and validates in f32 and f64 with the entry point alone,
+/// one uniform array of the instances' parameters and each instance's storage bindings.
+#[test]
+fn batched_modules_validate() {
+    use darts::exec::gpu::batch::instanced;
+    use darts::exec::gpu::kernels as k;
+    let (_, f32_prelude, f64_prelude) = shader_files();
+    // (what, module source without prelude, entry point).
+    let mut cases: Vec<(String, String, String)> = Vec::new();
+    for (name, src) in modules().iter().filter(|(n, _)| n.starts_with("fused")) {
+        let full = k::compose(&f32_prelude, src);
+        let single = naga::front::wgsl::parse_str(&full).expect("the single module parses");
+        for ep in &single.entry_points {
+            cases.push((name.clone(), src.clone(), ep.name.clone()));
+        }
+    }
+    for spec in k::ALL.iter() {
+        cases.push((
+            spec.name.to_string(),
+            spec.source.to_string(),
+            spec.entry.to_string(),
+        ));
+    }
+    let mut checked = 0;
+    for (name, src, entry) in &cases {
+        let full = k::compose(&f32_prelude, src);
+        let single = naga::front::wgsl::parse_str(&full).expect("the single module parses");
+        let storage = single
+            .global_variables
+            .iter()
+            .filter(|(_, v)| matches!(v.space, naga::AddressSpace::Storage { .. }))
+            .count();
+        // The parameters' size, as the executor's byte image of them has it.
+        let (_, uniform) = single
+            .global_variables
+            .iter()
+            .find(|(_, v)| v.space == naga::AddressSpace::Uniform)
+            .expect("a uniform binding");
+        let bytes = single.types[uniform.ty].inner.size(single.to_ctx()) as usize;
+        for instances in [2, 3] {
+            for (prelude, caps) in [
+                (&f32_prelude, Capabilities::default()),
+                (&f64_prelude, Capabilities::FLOAT64),
+            ] {
+                let code = k::compose(prelude, src);
+                let (batched, numbers) = instanced(&code, instances, entry, bytes)
+                    .unwrap_or_else(|e| panic!("{name}, {entry}: {e}"));
+                assert_eq!(
+                    numbers.len(),
+                    storage,
+                    "{name}: storage bindings per instance"
+                );
+                let what = format!("{name}, entry {entry}, {instances} instances");
+                let (m, _) = validate(&what, "", &batched, caps);
+                assert_eq!(m.entry_points.len(), 1, "{what}");
+                assert_eq!(&m.entry_points[0].name, entry, "{what}");
+                let bound = m
+                    .global_variables
+                    .iter()
+                    .filter(|(_, v)| v.binding.is_some());
+                assert_eq!(bound.count(), 1 + instances * storage, "{what}: bindings");
+                checked += 1;
+            }
+        }
+    }
+    // Fused: two maps (1 entry point each) and two reductions (8 each); 28 single-op kernels;
+    // 2 sizes, 2 preludes.
+    assert_eq!(checked, (2 + 16 + 28) * 4, "instanced modules checked");
+}
+
 /// The f64 math builtins the f64 kernels may call: sqrt (IEEE 754 correctly rounded) and abs
 /// (exact). Both are checked on the device by the f64 probe (src/exec/gpu/probe.rs).
 const F64_BUILTINS_ALLOWED: [naga::MathFunction; 2] =

@@ -116,3 +116,44 @@ pub fn gpu_f64_executor(test: &str) -> Option<darts::exec::gpu::GpuExecutor<f64>
         },
     }
 }
+
+/// A graph, its outputs, and its inputs' names and shapes.
+pub type Branches = (
+    darts::graph::Graph,
+    Vec<darts::graph::NodeId>,
+    Vec<(String, Vec<usize>)>,
+);
+
+/// `n` independent branches of the same structure over inputs `x{k}` of shapes
+/// `[2 + k % 3, 6, 40]` and a shared `a` of shape `[40]`: per branch a map
+/// `relu(x * a + 0.5) * 2`, a sum of `relu(x * a + 0.5) * x` over axes 0 and 2, a max over
+/// axis 1 and a mean (a sum with an epilogue). The branches' kernels share texts and levels, so
+/// the GPU executor batches them (src/exec/gpu/batch.rs). Returns the graph, the outputs and
+/// the inputs' names and shapes.
+pub fn parallel_branches(n: usize) -> Branches {
+    use darts::graph::{Graph, UnaryOp};
+    let mut g = Graph::new();
+    let a = g.input("a", [40]).unwrap();
+    let mut inputs = vec![("a".to_string(), vec![40])];
+    let mut outs = Vec::new();
+    for k in 0..n {
+        let shape = vec![2 + k % 3, 6, 40];
+        let name = format!("x{k}");
+        let x = g.input(&name, shape.clone()).unwrap();
+        inputs.push((name, shape.clone()));
+        let xa = g.mul(x, a).unwrap();
+        let half = g.constant(0.5, shape.clone()).unwrap();
+        let s = g.add2(xa, half).unwrap();
+        let y = g.unary(UnaryOp::Relu, s).unwrap();
+        let z = g.scale(y, 2.0).unwrap();
+        let yx = g.mul(y, x).unwrap();
+        let sum = g.reduce_sum(yx, &[0, 2]).unwrap();
+        let max = g.reduce_max(y, &[1]).unwrap();
+        let total = g.reduce_sum(x, &[0, 1, 2]).unwrap();
+        let mean = g
+            .scale(total, 1.0 / shape.iter().product::<usize>() as f64)
+            .unwrap();
+        outs.extend([z, sum, max, mean]);
+    }
+    (g, outs, inputs)
+}

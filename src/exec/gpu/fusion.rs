@@ -801,6 +801,100 @@ pub fn plan(
     FusionPlan { last_use, ..plan }
 }
 
+/// The order in which a run records its dispatches, as batches (src/exec/gpu/batch.rs).
+#[derive(Clone, Debug, Default)]
+pub struct Schedule {
+    /// Groups of nodes recorded together, in order: the members of a batch share a dependency
+    /// level (none reads another's value, directly or not) and either a fused kernel's text
+    /// or an op (the same variant of [`Op`]), so their kernels may run as batched dispatches;
+    /// a reshape (an alias, never a dispatch) is a batch of its own.
+    pub batches: Vec<Vec<usize>>,
+    /// For each node, the last batch that reads its buffer (`usize::MAX` for outputs, assigned
+    /// nodes and nodes never read as a buffer).
+    pub last_batch: Vec<usize>,
+}
+
+/// The dispatches of `plan` level by level: a node's level is one more than the deepest
+/// dispatch whose buffer it reads (reshapes, aliases, take their input's level), so every
+/// buffer is written at a lower level than any that reads it. Within a level, fused kernels
+/// with the same text form one batch, and so do nodes of the same op (not fused), placed at
+/// their first member; batches keep graph order within a level. With `batch` false, graph order, one node per batch (the order
+/// of [`FusionPlan::last_use`]).
+///
+/// On the paper configuration's second-order step the 72,759 dispatches have 3,686 levels and
+/// the fused kernels (51,075 of them) fall into 4,408 batches; recording level by level keeps
+/// values alive longer (the peak of live buffers grows from 6.2 to 7.9 GB there).
+pub fn schedule(graph: &Graph, needed: &[bool], plan: &FusionPlan, batch: bool) -> Schedule {
+    let nodes = graph.nodes();
+    let n = nodes.len();
+    let recorded =
+        |i: usize| needed[i] && !plan.skipped[i] && !matches!(nodes[i].op, Op::Input { .. });
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    if batch {
+        let mut level = vec![0usize; n];
+        for i in (0..n).filter(|&i| recorded(i)) {
+            let deepest = plan
+                .reads(graph, i)
+                .iter()
+                .map(|r| level[r.0])
+                .max()
+                .unwrap_or(0);
+            level[i] = deepest + usize::from(!matches!(nodes[i].op, Op::Reshape { .. }));
+        }
+        let mut order: Vec<usize> = (0..n).filter(|&i| recorded(i)).collect();
+        order.sort_by_key(|&i| level[i]);
+        // Per level, the open batch of each fused text and of each other op.
+        let mut open_fused: HashMap<(usize, u64), usize> = HashMap::new();
+        let mut open_op: HashMap<(usize, std::mem::Discriminant<Op>), usize> = HashMap::new();
+        for i in order {
+            let open = match (plan.fused.get(&i), &nodes[i].op) {
+                (_, Op::Reshape { .. }) => None,
+                (Some(f), _) => match open_fused.get(&(level[i], f.hash)) {
+                    Some(&b) if plan.fused[&batches[b][0]].source == f.source => Some(b),
+                    Some(_) => None,
+                    None => {
+                        open_fused.insert((level[i], f.hash), batches.len());
+                        None
+                    }
+                },
+                (None, op) => {
+                    let key = (level[i], std::mem::discriminant(op));
+                    let b = open_op.get(&key).copied();
+                    if b.is_none() {
+                        open_op.insert(key, batches.len());
+                    }
+                    b
+                }
+            };
+            match open {
+                Some(b) => batches[b].push(i),
+                None => batches.push(vec![i]),
+            }
+        }
+    } else {
+        batches = (0..n).filter(|&i| recorded(i)).map(|i| vec![i]).collect();
+    }
+    let mut last_batch = vec![usize::MAX; n];
+    let mut read = vec![false; n];
+    for (b, members) in batches.iter().enumerate() {
+        for &i in members {
+            for j in plan.reads(graph, i) {
+                last_batch[j.0] = b;
+                read[j.0] = true;
+            }
+        }
+    }
+    for (j, last) in last_batch.iter_mut().enumerate() {
+        if plan.last_use[j] == usize::MAX || !read[j] {
+            *last = usize::MAX;
+        }
+    }
+    Schedule {
+        batches,
+        last_batch,
+    }
+}
+
 /// Writes one fused kernel, depth first from its root.
 struct Builder<'g> {
     rules: &'g Rules<'g>,

@@ -656,6 +656,8 @@ pub const ALL: [KernelSpec; 28] = [
 pub struct Compiled {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
+    /// The layout's (binding, slot) entries, in the order a dispatch binds its buffers.
+    pub bindings: Vec<(u32, Slot)>,
 }
 
 /// Pipelines and bind group layouts, created once per kernel and cached by name; shader
@@ -667,7 +669,9 @@ pub struct PipelineCache {
     kernels: HashMap<&'static str, Compiled>,
     /// Fused kernels by the hash of their generated source and their entry point, with the
     /// source (a hash collision recompiles rather than reuse another kernel).
-    fused: HashMap<(u64, &'static str), (String, Compiled)>,
+    fused: HashMap<(u64, &'static str, usize), (String, Compiled)>,
+    /// Batched kernels (src/exec/gpu/batch.rs) by kernel name and instances.
+    batched: HashMap<(&'static str, usize), Compiled>,
 }
 
 impl PipelineCache {
@@ -679,6 +683,7 @@ impl PipelineCache {
             modules: HashMap::new(),
             kernels: HashMap::new(),
             fused: HashMap::new(),
+            batched: HashMap::new(),
         }
     }
 
@@ -698,25 +703,57 @@ impl PipelineCache {
         leaves: usize,
         reduce: bool,
         entry: &'static str,
+        instances: usize,
     ) -> Result<&Compiled, String> {
-        let hit = self
-            .fused
-            .get(&(hash, entry))
-            .is_some_and(|(src, _)| src == source);
+        let key = (hash, entry, instances);
+        let hit = self.fused.get(&key).is_some_and(|(src, _)| src == source);
         if !hit {
-            let bindings = fused_bindings(leaves);
-            let shared = if reduce {
-                FUSED_REDUCE_WGSL
+            let code = fused_module(self.prelude, source, reduce);
+            let compiled = if instances > 1 {
+                let params = if reduce {
+                    std::mem::size_of::<FusedReduceParams>()
+                } else {
+                    std::mem::size_of::<FusedParams>()
+                };
+                let (code, storage) = super::batch::instanced(&code, instances, entry, params)
+                    .map_err(|e| format!("{e}\ngenerated source:\n{source}"))?;
+                let bindings = super::batch::layout(
+                    &fused_bindings(leaves),
+                    Slot::Params,
+                    &storage,
+                    instances,
+                );
+                compile(device, "fused (batched)", &code, entry, &bindings)
             } else {
-                FUSED_WGSL
-            };
-            let code = format!("{}\n{shared}\n{source}", self.prelude);
-            let compiled = compile(device, "fused", &code, entry, &bindings)
-                .map_err(|e| format!("{e}\ngenerated source:\n{source}"))?;
-            self.fused
-                .insert((hash, entry), (source.to_string(), compiled));
+                compile(device, "fused", &code, entry, &fused_bindings(leaves))
+            }
+            .map_err(|e| format!("{e}\ngenerated source:\n{source}"))?;
+            self.fused.insert(key, (source.to_string(), compiled));
         }
-        Ok(&self.fused[&(hash, entry)].1)
+        Ok(&self.fused[&key].1)
+    }
+
+    /// The kernel `spec` instanced for `instances` independent dispatches of `params_bytes`
+    /// of parameters each (src/exec/gpu/batch.rs), compiled on first use.
+    pub fn get_batched(
+        &mut self,
+        device: &wgpu::Device,
+        spec: &KernelSpec,
+        instances: usize,
+        params_bytes: usize,
+    ) -> Result<&Compiled, String> {
+        let key = (spec.name, instances);
+        if !self.batched.contains_key(&key) {
+            let code = compose(self.prelude, spec.source);
+            let (code, storage) =
+                super::batch::instanced(&code, instances, spec.entry, params_bytes)
+                    .map_err(|e| format!("batching kernel '{}': {e}", spec.name))?;
+            let bindings = super::batch::layout(spec.bindings, Slot::Params, &storage, instances);
+            let compiled = compile(device, spec.file, &code, spec.entry, &bindings)
+                .map_err(|e| format!("compiling kernel '{}' batched: {e}", spec.name))?;
+            self.batched.insert(key, compiled);
+        }
+        Ok(&self.batched[&key])
     }
 
     /// The compiled kernel for `spec`, compiling it on first use. Errors (caught in a
@@ -734,6 +771,17 @@ impl PipelineCache {
         }
         Ok(&self.kernels[spec.name])
     }
+}
+
+/// The module of a fused kernel: the scalar prelude, the shared fused files (with the
+/// reduction entry points for a reduction), then the generated `source`.
+pub fn fused_module(prelude: &str, source: &str, reduce: bool) -> String {
+    let shared = if reduce {
+        FUSED_REDUCE_WGSL
+    } else {
+        FUSED_WGSL
+    };
+    format!("{prelude}\n{shared}\n{source}")
 }
 
 /// The bindings of a fused kernel of `leaves` leaves: params, the leaves, the output.
@@ -795,7 +843,11 @@ fn compile(
     if let Some(e) = pollster::block_on(scope.pop()) {
         return Err(format!("{file} entry point '{entry}': {e}"));
     }
-    Ok(Compiled { pipeline, layout })
+    Ok(Compiled {
+        pipeline,
+        layout,
+        bindings: bindings.to_vec(),
+    })
 }
 
 #[cfg(test)]

@@ -30,11 +30,14 @@
 //! Pipelines and bind group layouts are created once per kernel and cached by name
 //! ([`kernels::PipelineCache`]). A run is recorded once into a [`tape`] (bind groups,
 //! parameters, grids) and replayed while the same graph runs again with inputs from the same
-//! places, so a search step after the first only writes its batches and encodes. Assigned
+//! places, so a search step after the first only writes its batches and encodes. Dispatches
+//! are recorded level by level of the dependency graph, and a level's fused kernels of one
+//! text run as one batched dispatch ([`batch`], [`fusion::schedule`]). Assigned
 //! values are copied on the device into the variables' own buffers once the run succeeded.
 //! wgpu validation errors are caught in error scopes and returned as [`ExecError::Gpu`] naming
 //! the kernel and the node.
 
+pub mod batch;
 pub mod fusion;
 pub mod kernels;
 pub mod probe;
@@ -102,6 +105,15 @@ pub struct GpuExecutor<T: GpuScalar = f32> {
     split_min: u32,
     /// Run chains of elementwise nodes as fused kernels (see [`fusion`]; on by default).
     fusion: bool,
+    /// Record dispatches level by level and run a level's kernels of one text as batched
+    /// dispatches (see [`batch`]; on by default).
+    batching: bool,
+    /// While a batch of single-op kernels is recorded: the member being recorded and the
+    /// dispatches held so far ([`Self::flush_pending`]).
+    pending: Option<(usize, Vec<Pending>)>,
+    /// Most instances per batched dispatch ([`batch::MAX_INSTANCES`] on a GPU,
+    /// [`batch::MAX_INSTANCES_CPU`] on a CPU adapter, unless set).
+    max_instances: usize,
     /// Dispatches per submitted command buffer ([`SUBMIT_EVERY`] unless set).
     submit_every: usize,
     /// Nanoseconds per timestamp tick, where the device writes timestamps inside passes.
@@ -309,6 +321,58 @@ impl std::fmt::Display for Site<'_> {
             self.node.op.name(),
             self.node.label
         )
+    }
+}
+
+/// A dispatch of a single-op kernel held while the other members of its batch are recorded.
+struct Pending {
+    /// The batch member (index into the batch) that recorded it.
+    member: usize,
+    spec: &'static KernelSpec,
+    params: Vec<u8>,
+    reads: Vec<wgpu::Buffer>,
+    write: wgpu::Buffer,
+    groups: u32,
+    /// Where it comes from, for errors.
+    at: String,
+}
+
+/// The parameters of a dispatch's instances, each padded to [`batch::params_stride`] (one
+/// instance: as they are).
+fn batch_params<'a>(each: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
+    if each.len() == 1 {
+        return each.flat_map(|p| p.iter().copied()).collect();
+    }
+    let mut out = Vec::new();
+    for p in each {
+        out.extend_from_slice(p);
+        out.resize(out.len().next_multiple_of(16), 0);
+    }
+    out
+}
+
+/// What a fused kernel's dispatch needs: its parameters (`FusedParams` or
+/// `FusedReduceParams`), its stages (entry point and workgroups: one, or the two of a split
+/// reduction) and the elements of its output buffer (partial results included).
+struct FusedSetup {
+    params: Vec<u8>,
+    stages: Vec<(&'static str, u32)>,
+    out_numel: usize,
+}
+
+/// A fused kernel's name in profiles.
+fn fused_kind(reduce: bool, entry: &str, batched: bool) -> &'static str {
+    let split = entry.ends_with("_split");
+    let finish = entry.ends_with("_finish");
+    match (reduce, split, finish, batched) {
+        (false, _, _, false) => "fused map",
+        (false, _, _, true) => "fused map (batched)",
+        (true, true, _, false) => "fused reduction (split)",
+        (true, true, _, true) => "fused reduction (split, batched)",
+        (true, _, true, false) => "fused reduction (finish)",
+        (true, _, true, true) => "fused reduction (finish, batched)",
+        (true, _, _, false) => "fused reduction",
+        (true, _, _, true) => "fused reduction (batched)",
     }
 }
 
@@ -599,6 +663,15 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 REDUCE_SPLIT_MIN
             },
             fusion: true,
+            batching: true,
+            pending: None,
+            // LLVM (lavapipe, llvmpipe) optimises a module of 8 instances of a kernel with
+            // loops (the single-op elementwise kernels' broadcast offsets) for minutes.
+            max_instances: if info.device_type == wgpu::DeviceType::Cpu {
+                batch::MAX_INSTANCES_CPU
+            } else {
+                batch::MAX_INSTANCES
+            },
             plan_cache: None,
             submit_every: SUBMIT_EVERY,
             timestamp_period,
@@ -734,6 +807,27 @@ impl<T: GpuScalar> GpuExecutor<T> {
         self.fusion = on;
     }
 
+    /// At most `n` instances per batched dispatch (at least 1; 1 batches nothing). Results do
+    /// not depend on it.
+    pub fn set_max_instances(&mut self, n: usize) {
+        let n = n.clamp(1, batch::MAX_INSTANCES);
+        if self.max_instances != n {
+            self.max_instances = n;
+            self.forget_tapes();
+        }
+    }
+
+    /// Whether a run's dispatches are recorded level by level with a level's fused kernels of
+    /// one text batched into one dispatch ([`batch`], [`fusion::schedule`]; on by default).
+    /// Off, they are recorded in graph order, one dispatch each. Results do not depend on it
+    /// (each instance runs the single kernel's code on its own buffers).
+    pub fn set_batching(&mut self, on: bool) {
+        if self.batching != on {
+            self.batching = on;
+            self.forget_tapes();
+        }
+    }
+
     /// Submit a run's commands every `n` dispatches (at least 1; default [`SUBMIT_EVERY`]).
     /// Results do not depend on it: the same kernels run in the same order.
     pub fn set_submit_every(&mut self, n: usize) {
@@ -858,7 +952,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
     #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &mut self,
-        spec: &KernelSpec,
+        spec: &'static KernelSpec,
         params: &[u8],
         reads: &[&wgpu::Buffer],
         write: &wgpu::Buffer,
@@ -866,6 +960,19 @@ impl<T: GpuScalar> GpuExecutor<T> {
         at: &dyn std::fmt::Display,
     ) -> Result<(), ExecError> {
         if groups == 0 {
+            return Ok(());
+        }
+        if let Some((member, pending)) = self.pending.as_mut() {
+            // Recording a batch: held until every member is recorded (Self::flush_pending).
+            pending.push(Pending {
+                member: *member,
+                spec,
+                params: params.to_vec(),
+                reads: reads.iter().map(|&b| b.clone()).collect(),
+                write: write.clone(),
+                groups,
+                at: at.to_string(),
+            });
             return Ok(());
         }
         let compiled = self
@@ -873,29 +980,20 @@ impl<T: GpuScalar> GpuExecutor<T> {
             .get(&self.device, spec)
             .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?
             .clone();
-        self.dispatch_compiled(
-            &compiled,
-            spec.bindings,
-            spec.name,
-            params,
-            reads,
-            write,
-            groups,
-            at,
-        )
+        self.dispatch_compiled(&compiled, spec.name, params, reads, &[write], groups, at)
     }
 
     /// Records one dispatch of a compiled kernel with `bindings` (see [`Self::dispatch`]) into
-    /// the tape being built.
+    /// the tape being built. A batched kernel (src/exec/gpu/batch.rs) has one Write slot per
+    /// instance, taking `writes` in order, and runs `writes.len()` instances (workgroup z).
     #[allow(clippy::too_many_arguments)]
     fn dispatch_compiled(
         &mut self,
         compiled: &kernels::Compiled,
-        bindings: &[(u32, Slot)],
         name: &'static str,
         params: &[u8],
         reads: &[&wgpu::Buffer],
-        write: &wgpu::Buffer,
+        writes: &[&wgpu::Buffer],
         groups: u32,
         at: &dyn std::fmt::Display,
     ) -> Result<(), ExecError> {
@@ -903,6 +1001,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             return Ok(());
         }
         let (gx, gy) = self.grid(groups, || at.to_string())?;
+        let gz = writes.len() as u32;
         self.params.dispatches += 1;
         let scope = self
             .scope_each
@@ -927,8 +1026,9 @@ impl<T: GpuScalar> GpuExecutor<T> {
             ),
         };
         let mut next_read = reads.iter();
-        let mut entries = Vec::with_capacity(bindings.len());
-        for &(binding, slot) in bindings {
+        let mut next_write = writes.iter();
+        let mut entries = Vec::with_capacity(compiled.bindings.len());
+        for &(binding, slot) in &compiled.bindings {
             let resource = match slot {
                 Slot::Params => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: &params_buf,
@@ -941,7 +1041,12 @@ impl<T: GpuScalar> GpuExecutor<T> {
                         ExecError::Gpu(format!("{at}: fewer inputs than read bindings"))
                     })?
                     .as_entire_binding(),
-                Slot::Write => write.as_entire_binding(),
+                Slot::Write => next_write
+                    .next()
+                    .ok_or_else(|| {
+                        ExecError::Gpu(format!("{at}: fewer outputs than write bindings"))
+                    })?
+                    .as_entire_binding(),
             };
             entries.push(wgpu::BindGroupEntry { binding, resource });
         }
@@ -953,7 +1058,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
         let command = tape::Command {
             pipeline: compiled.pipeline.clone(),
             bind_group,
-            grid: (gx, gy),
+            grid: (gx, gy, gz),
             kind: name,
         };
         if let Some(scope) = scope {
@@ -972,22 +1077,16 @@ impl<T: GpuScalar> GpuExecutor<T> {
         Ok(())
     }
 
-    /// Records the fused kernel `f` whose root is node `i` and returns its output buffer.
-    fn record_fused(
-        &mut self,
+    /// The parameters, stages and output size of the fused kernel `f` whose root is node `i`.
+    fn fused_setup(
+        &self,
         graph: &Graph,
         i: usize,
         f: &fusion::Fused,
-        vals: &[Option<Rc<wgpu::Buffer>>],
-    ) -> Result<Rc<wgpu::Buffer>, ExecError> {
+        at: &Site,
+    ) -> Result<FusedSetup, ExecError> {
         let node = &graph.nodes()[i];
         let numel = node.shape.numel();
-        let at = Site {
-            kernel: "fused",
-            fused_ops: Some(f.ops),
-            id: i,
-            node,
-        };
         // The expression's shape: the map's output, or the reduction's input.
         let expr_shape = match &f.reduce {
             None => node.shape.dims(),
@@ -999,63 +1098,202 @@ impl<T: GpuScalar> GpuExecutor<T> {
             ..Default::default()
         };
         put(&mut map.shape, expr_shape);
-        let mut reads = Vec::with_capacity(f.leaves.len());
-        for &leaf in &f.leaves {
-            reads.push(vals[leaf.0].clone().ok_or(ExecError::UnknownNode(leaf))?);
-        }
         map.views = f.views.len() as u32;
         map.words = f.words(expr_shape.len());
-        let fused_reduce_params;
         // A fused reduction's axes are its reduction node's (the root, or below an epilogue).
         let reduce_op = f.reduce.as_ref().map(|r| &graph.nodes()[r.node.0].op);
-        // The dispatches (entry point and workgroups): one, or the two of a split reduction,
-        // whose partial results follow the output in its buffer.
-        let (stages, out_numel): (Vec<(&'static str, u32)>, usize);
-        let params: &[u8] = match (&f.reduce, reduce_op) {
-            (None, _) => {
-                stages = vec![("fused", (numel as u32).div_ceil(WORKGROUP_SIZE))];
-                out_numel = numel;
-                bytemuck::bytes_of(&map)
-            }
+        match (&f.reduce, reduce_op) {
+            (None, _) => Ok(FusedSetup {
+                params: bytemuck::bytes_of(&map).to_vec(),
+                stages: vec![("fused", (numel as u32).div_ceil(WORKGROUP_SIZE))],
+                out_numel: numel,
+            }),
             (Some(r), Some(Op::ReduceSum { axes } | Op::ReduceMax { axes })) => {
+                // One dispatch, or the two of a split reduction, whose partial results follow
+                // the output in its buffer.
                 let p = reduce_params(expr_shape, axes, numel);
-                let (specs, size) = self.reduce_stages(&p, r.max);
-                stages = specs.iter().map(|(k, g)| (k.entry, *g)).collect();
-                out_numel = size;
-                fused_reduce_params = kernels::FusedReduceParams { reduce: p, map };
-                bytemuck::bytes_of(&fused_reduce_params)
+                let (specs, out_numel) = self.reduce_stages(&p, r.max);
+                let params = kernels::FusedReduceParams { reduce: p, map };
+                Ok(FusedSetup {
+                    params: bytemuck::bytes_of(&params).to_vec(),
+                    stages: specs.iter().map(|(k, g)| (k.entry, *g)).collect(),
+                    out_numel,
+                })
             }
-            (Some(_), op) => {
-                return Err(ExecError::Gpu(format!(
-                    "{at}: a fused reduction's node is {}, not a reduction",
-                    op.map_or("none".into(), |op| op.name())
-                )))
-            }
-        };
-        let out = self.alloc(out_numel, &BufferLabel { id: i, node });
-        let bindings = kernels::fused_bindings(f.leaves.len());
-        let refs: Vec<&wgpu::Buffer> = reads.iter().map(|b| b.as_ref()).collect();
-        for (entry, groups) in stages {
-            let compiled = self
-                .cache
-                .get_fused(
-                    &self.device,
-                    (&f.source, f.hash),
-                    f.leaves.len(),
-                    f.reduce.is_some(),
-                    entry,
-                )
-                .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?
-                .clone();
-            let kind = match (f.reduce.is_some(), entry) {
-                (false, _) => "fused map",
-                (true, "reduce_sum_split" | "reduce_max_split") => "fused reduction (split)",
-                (true, "reduce_sum_finish" | "reduce_max_finish") => "fused reduction (finish)",
-                (true, _) => "fused reduction",
-            };
-            self.dispatch_compiled(&compiled, &bindings, kind, params, &refs, &out, groups, &at)?;
+            (Some(_), op) => Err(ExecError::Gpu(format!(
+                "{at}: a fused reduction's node is {}, not a reduction",
+                op.map_or("none".into(), |op| op.name())
+            ))),
         }
-        Ok(out)
+    }
+
+    /// Records the fused kernels rooted at `members` (one batch of the schedule: the same
+    /// kernel text, none reading another's value) and returns their output buffers in order.
+    /// Members with the same stages run as batched dispatches of up to [`Self::batch_cap`]
+    /// instances, in powers of two (src/exec/gpu/batch.rs); a lone member is a plain dispatch.
+    fn record_fused(
+        &mut self,
+        graph: &Graph,
+        members: &[usize],
+        plan: &fusion::FusionPlan,
+        vals: &[Option<Rc<wgpu::Buffer>>],
+    ) -> Result<Vec<Rc<wgpu::Buffer>>, ExecError> {
+        let f = &plan.fused[&members[0]];
+        let nodes = graph.nodes();
+        let site = |i: usize| Site {
+            kernel: "fused",
+            fused_ops: Some(f.ops),
+            id: i,
+            node: &nodes[i],
+        };
+        // Each member's own kernel: the same text as `f`, its own leaves and views.
+        let mut setups = Vec::with_capacity(members.len());
+        for &i in members {
+            setups.push(self.fused_setup(graph, i, &plan.fused[&i], &site(i))?);
+        }
+        let mut outs: Vec<Option<Rc<wgpu::Buffer>>> = vec![None; members.len()];
+        let cap = self.batch_cap(f.leaves.len(), setups[0].params.len());
+        // Members by their entry points (a split reduction and an unsplit one differ).
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for m in 0..members.len() {
+            let same = |g: &Vec<usize>| {
+                let (a, b) = (&setups[g[0]].stages, &setups[m].stages);
+                a.iter().map(|s| s.0).eq(b.iter().map(|s| s.0))
+            };
+            match groups.iter_mut().find(|g| same(g)) {
+                Some(g) => g.push(m),
+                None => groups.push(vec![m]),
+            }
+        }
+        for group in groups {
+            let mut rest = &group[..];
+            while !rest.is_empty() {
+                let k = 1 << rest.len().min(cap).ilog2();
+                let (chunk, tail) = rest.split_at(k);
+                rest = tail;
+                let mut reads: Vec<Rc<wgpu::Buffer>> = Vec::with_capacity(k * f.leaves.len());
+                for &m in chunk {
+                    for &leaf in &plan.fused[&members[m]].leaves {
+                        reads.push(vals[leaf.0].clone().ok_or(ExecError::UnknownNode(leaf))?);
+                    }
+                    let i = members[m];
+                    let label = BufferLabel {
+                        id: i,
+                        node: &nodes[i],
+                    };
+                    outs[m] = Some(self.alloc(setups[m].out_numel, &label));
+                }
+                let refs: Vec<&wgpu::Buffer> = reads.iter().map(|b| b.as_ref()).collect();
+                let writes: Vec<&wgpu::Buffer> =
+                    chunk.iter().filter_map(|&m| outs[m].as_deref()).collect();
+                let params = batch_params(chunk.iter().map(|&m| &setups[m].params[..]));
+                let at = site(members[chunk[0]]);
+                for (s, &(entry, _)) in setups[chunk[0]].stages.iter().enumerate() {
+                    let groups = chunk.iter().map(|&m| setups[m].stages[s].1).max();
+                    let compiled = self
+                        .cache
+                        .get_fused(
+                            &self.device,
+                            (&f.source, f.hash),
+                            f.leaves.len(),
+                            f.reduce.is_some(),
+                            entry,
+                            k,
+                        )
+                        .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?
+                        .clone();
+                    let kind = fused_kind(f.reduce.is_some(), entry, k > 1);
+                    let groups = groups.unwrap_or(0);
+                    self.dispatch_compiled(&compiled, kind, &params, &refs, &writes, groups, &at)?;
+                }
+            }
+        }
+        Ok(outs.into_iter().flatten().collect())
+    }
+
+    /// Dispatches the held dispatches of a batch of `members` single-op kernels: members whose
+    /// dispatches have the same kernels in the same order run them as batched dispatches (stage
+    /// by stage, up to [`Self::spec_cap`] instances in powers of two); any other member runs
+    /// its own in order. Members are independent, so only each member's order matters.
+    fn flush_pending(&mut self, members: usize, held: Vec<Pending>) -> Result<(), ExecError> {
+        let mut per: Vec<Vec<Pending>> = (0..members).map(|_| Vec::new()).collect();
+        for p in held {
+            per[p.member].push(p);
+        }
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for m in 0..members {
+            let same = |g: &Vec<usize>| {
+                let (a, b) = (&per[g[0]], &per[m]);
+                a.iter()
+                    .map(|p| p.spec.name)
+                    .eq(b.iter().map(|p| p.spec.name))
+            };
+            match groups.iter_mut().find(|g| same(g)) {
+                Some(g) => g.push(m),
+                None => groups.push(vec![m]),
+            }
+        }
+        for group in groups {
+            let cap = per[group[0]]
+                .iter()
+                .map(|p| self.spec_cap(p.spec, p.params.len()))
+                .min()
+                .unwrap_or(1);
+            let mut rest = &group[..];
+            while !rest.is_empty() {
+                let k = 1 << rest.len().min(cap).ilog2();
+                let (chunk, tail) = rest.split_at(k);
+                rest = tail;
+                for (s, first) in per[chunk[0]].iter().enumerate() {
+                    let (spec, at) = (first.spec, first.at.clone());
+                    let compiled = match k {
+                        1 => self.cache.get(&self.device, spec),
+                        _ => {
+                            let bytes = first.params.len();
+                            self.cache.get_batched(&self.device, spec, k, bytes)
+                        }
+                    }
+                    .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?
+                    .clone();
+                    let stage: Vec<&Pending> = chunk.iter().map(|&m| &per[m][s]).collect();
+                    let params = batch_params(stage.iter().map(|p| &p.params[..]));
+                    let reads: Vec<&wgpu::Buffer> =
+                        stage.iter().flat_map(|p| p.reads.iter()).collect();
+                    let writes: Vec<&wgpu::Buffer> = stage.iter().map(|p| &p.write).collect();
+                    let groups = stage.iter().map(|p| p.groups).max().unwrap_or(0);
+                    self.dispatch_compiled(
+                        &compiled, spec.name, &params, &reads, &writes, groups, &at,
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Most instances of single-op kernel `spec` with `params_bytes` of parameters in one
+    /// batched dispatch (as [`Self::batch_cap`], with the storage bindings its module declares).
+    fn spec_cap(&self, spec: &KernelSpec, params_bytes: usize) -> usize {
+        let storage = spec.source.matches("var<storage").count().max(1);
+        self.batch_cap(storage - 1, params_bytes)
+    }
+
+    /// Most instances of a fused kernel of `leaves` leaves and `params_bytes` of parameters in
+    /// one batched dispatch: the executor's maximum (`set_max_instances`), within the device's storage buffers per
+    /// stage, bindings per bind group and uniform binding size; 1 with batching off.
+    fn batch_cap(&self, leaves: usize, params_bytes: usize) -> usize {
+        if !self.batching {
+            return 1;
+        }
+        let l = &self.limits;
+        let storage = l.max_storage_buffers_per_shader_stage as usize / (leaves + 1);
+        let bindings = (l.max_bindings_per_bind_group as usize).saturating_sub(1) / (leaves + 1);
+        let stride = batch::params_stride(params_bytes).max(16);
+        let uniform = l.max_uniform_buffer_binding_size as usize / stride;
+        self.max_instances
+            .min(storage)
+            .min(bindings)
+            .min(uniform)
+            .max(1)
     }
 
     /// Records the kernel for node `i` and returns its output buffer. A convolution with a
@@ -1552,19 +1790,41 @@ impl<T: GpuScalar> GpuExecutor<T> {
             }
         }
         self.prepare_params_arena(graph, needed, plan, key.assign.len());
-        for (i, node) in graph.nodes().iter().enumerate() {
-            if !needed[i] || plan.skipped[i] || matches!(node.op, Op::Input { .. }) {
-                continue;
+        let schedule = fusion::schedule(graph, needed, plan, self.batching);
+        for (b, members) in schedule.batches.iter().enumerate() {
+            let i = members[0];
+            if plan.fused.contains_key(&i) {
+                let outs = self.record_fused(graph, members, plan, &vals)?;
+                for (&m, out) in members.iter().zip(outs) {
+                    vals[m] = Some(out);
+                }
+            } else if members.len() == 1 {
+                vals[i] = Some(self.record(graph, i, &vals, plan.relu_prologue.get(&i))?);
+            } else {
+                // Single-op kernels of one kind: each member records as usual, its dispatches
+                // are held, then run batched where their kernels match.
+                self.pending = Some((0, Vec::new()));
+                for (m, &i) in members.iter().enumerate() {
+                    if let Some(p) = self.pending.as_mut() {
+                        p.0 = m;
+                    }
+                    let out = self.record(graph, i, &vals, plan.relu_prologue.get(&i));
+                    if out.is_err() {
+                        self.pending = None;
+                    }
+                    vals[i] = Some(out?);
+                }
+                let held = self.pending.take().map(|p| p.1).unwrap_or_default();
+                self.flush_pending(members.len(), held)?;
             }
-            let out = match plan.fused.get(&i) {
-                Some(f) => self.record_fused(graph, i, f, &vals)?,
-                None => self.record(graph, i, &vals, plan.relu_prologue.get(&i))?,
-            };
-            vals[i] = Some(out);
-            for j in plan.reads(graph, i) {
-                if plan.last_use[j.0] == i {
-                    if let Some(b) = vals[j.0].take() {
-                        self.release(b);
+            // Buffers whose last reader was in this batch go back to the pool (after every
+            // member's output was taken from it, so no member writes what another reads).
+            for &m in members {
+                for j in plan.reads(graph, m) {
+                    if schedule.last_batch[j.0] == b {
+                        if let Some(buf) = vals[j.0].take() {
+                            self.release(buf);
+                        }
                     }
                 }
             }

@@ -48,8 +48,8 @@ pub const TAPES_KEPT: usize = 4;
 pub(super) struct Command {
     pub pipeline: wgpu::ComputePipeline,
     pub bind_group: wgpu::BindGroup,
-    /// Workgroups in x and y.
-    pub grid: (u32, u32),
+    /// Workgroups in x, y and z (z: the instances of a batched kernel, else 1).
+    pub grid: (u32, u32, u32),
     /// The kernel's name, for profiles.
     pub kind: &'static str,
 }
@@ -144,7 +144,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 current = Some(&c.pipeline);
             }
             pass.set_bind_group(0, &c.bind_group, &[]);
-            pass.dispatch_workgroups(c.grid.0, c.grid.1, 1);
+            pass.dispatch_workgroups(c.grid.0, c.grid.1, c.grid.2);
             if let Some(q) = timestamps {
                 pass.write_timestamp(q, k as u32 + 1);
             }
