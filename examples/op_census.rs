@@ -118,8 +118,9 @@ fn main() {
          more; {wg_before} workgroups unsplit, {wg_after} split"
     );
     // Batches (src/exec/gpu/batch.rs): the dispatches level by level, a level's fused kernels
-    // of one text as batched dispatches of up to MAX_INSTANCES instances in powers of two (on
-    // a device whose bindings allow it: lavapipe's 32 storage buffers per stage allow fewer).
+    // of one text (and single-op kernels of one op) as batched dispatches of up to
+    // MAX_INSTANCES instances in powers of two (on a device whose bindings allow it; a CPU
+    // adapter takes 4), counting one per batch where an op's members record the same kernels.
     let sched = fusion::schedule(&sg.graph, &needed, &plan, true);
     let mut level = vec![0usize; nodes.len()];
     let mut levels = 0;
@@ -146,7 +147,7 @@ fn main() {
         .sum();
     println!(
         "batched: {levels} dependency levels; {} dispatches recorded level by level with a \
-         level's fused kernels of one text batched (up to {} instances each)",
+         level's kernels of one text batched (up to {} instances each)",
         batched,
         darts::exec::gpu::batch::MAX_INSTANCES
     );

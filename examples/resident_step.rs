@@ -10,8 +10,9 @@
 //! dispatch (timestamps between dispatches) and prints the device time by kernel; with
 //! `DARTS_GPU_SPLIT_MIN=n` it splits reductions and weight gradients of at least n terms
 //! (`GpuExecutor::set_split_min`; 4294967295 never, the default on a CPU adapter); with
-//! `DARTS_GPU_BATCHING=0` it records dispatches in graph order, one per kernel
-//! (`GpuExecutor::set_batching`), to measure what batching buys.
+//! `DARTS_GPU_BATCHING=0` it records dispatches in graph order, one per kernel, and with
+//! `DARTS_GPU_BATCHING=1` level by level with batched dispatches (`GpuExecutor::set_batching`;
+//! the default is on for a GPU, off for a CPU adapter), to measure what batching buys.
 
 use darts::darts::init::init_state;
 use darts::darts::network::SearchConfig;
@@ -73,9 +74,16 @@ fn main() {
                     g.set_split_min(n);
                     println!("split reductions and weight gradients from {n} terms");
                 }
-                if std::env::var("DARTS_GPU_BATCHING").is_ok_and(|v| v == "0") {
-                    g.set_batching(false);
-                    println!("batching off: dispatches in graph order, one per kernel");
+                match std::env::var("DARTS_GPU_BATCHING").as_deref() {
+                    Ok("0") => {
+                        g.set_batching(false);
+                        println!("batching off: dispatches in graph order, one per kernel");
+                    }
+                    Ok("1") => {
+                        g.set_batching(true);
+                        println!("batching on: a level's kernels of one text in one dispatch");
+                    }
+                    _ => {}
                 }
                 Box::new(g)
             }

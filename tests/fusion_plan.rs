@@ -660,6 +660,21 @@ fn schedule_batches_independent_kernels_of_one_text() {
         "one batch per kernel text: {:?}",
         s.batches
     );
+    // Unfused, single-op kernels batch by op (and level): 11 branches of 9 ops each.
+    let unfused = plan(&g, &needed, &outs, |v| v, MAX_LEAVES, false);
+    let s = schedule(&g, &needed, &unfused, true);
+    for members in &s.batches {
+        let op = std::mem::discriminant(&nodes[members[0]].op);
+        assert!(members
+            .iter()
+            .all(|&m| std::mem::discriminant(&nodes[m].op) == op));
+    }
+    let ops = s.batches.iter().map(Vec::len).sum::<usize>();
+    assert!(
+        s.batches.len() * 4 < ops,
+        "{} batches of {ops} ops",
+        s.batches.len()
+    );
     let flat = schedule(&g, &needed, &p, false);
     assert_eq!(
         flat.batches,

@@ -109,6 +109,10 @@ fn gpu_resident_search_step_matches_cpu() {
         if order == Order::Exact {
             exec.set_split_min(4096);
         }
+        // The second and exact orders record level by level with batched dispatches, as a
+        // GPU does (src/exec/gpu/batch.rs; off by default on a CPU adapter such as lavapipe,
+        // where it does not pay); the first order runs one dispatch per kernel.
+        exec.set_batching(order != Order::First);
         let s = Search::<f32>::new(tiny(order, Dtype::F32), &dg)
             .unwrap()
             .with_executor(Box::new(exec))

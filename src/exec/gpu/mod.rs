@@ -31,8 +31,9 @@
 //! ([`kernels::PipelineCache`]). A run is recorded once into a [`tape`] (bind groups,
 //! parameters, grids) and replayed while the same graph runs again with inputs from the same
 //! places, so a search step after the first only writes its batches and encodes. Dispatches
-//! are recorded level by level of the dependency graph, and a level's fused kernels of one
-//! text run as one batched dispatch ([`batch`], [`fusion::schedule`]). Assigned
+//! are recorded level by level of the dependency graph, and a level's kernels of one text
+//! (fused kernels of one generated text, single-op kernels of one op) run as one batched
+//! dispatch ([`batch`], [`fusion::schedule`]; on a GPU, not on a CPU adapter). Assigned
 //! values are copied on the device into the variables' own buffers once the run succeeded.
 //! wgpu validation errors are caught in error scopes and returned as [`ExecError::Gpu`] naming
 //! the kernel and the node.
@@ -106,7 +107,7 @@ pub struct GpuExecutor<T: GpuScalar = f32> {
     /// Run chains of elementwise nodes as fused kernels (see [`fusion`]; on by default).
     fusion: bool,
     /// Record dispatches level by level and run a level's kernels of one text as batched
-    /// dispatches (see [`batch`]; on by default).
+    /// dispatches (see [`batch`]; on by default on a GPU, off on a CPU adapter).
     batching: bool,
     /// While a batch of single-op kernels is recorded: the member being recorded and the
     /// dispatches held so far ([`Self::flush_pending`]).
@@ -663,7 +664,10 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 REDUCE_SPLIT_MIN
             },
             fusion: true,
-            batching: true,
+            // A CPU adapter (lavapipe, llvmpipe) is bound by arithmetic, not dispatches, and
+            // its LLVM compiles instanced modules slowly and into slower code (the tiny
+            // lavapipe step took 6.9 s batched, 3.8 s not): batching is for GPUs.
+            batching: info.device_type != wgpu::DeviceType::Cpu,
             pending: None,
             // LLVM (lavapipe, llvmpipe) optimises a module of 8 instances of a kernel with
             // loops (the single-op elementwise kernels' broadcast offsets) for minutes.
@@ -817,9 +821,10 @@ impl<T: GpuScalar> GpuExecutor<T> {
         }
     }
 
-    /// Whether a run's dispatches are recorded level by level with a level's fused kernels of
-    /// one text batched into one dispatch ([`batch`], [`fusion::schedule`]; on by default).
-    /// Off, they are recorded in graph order, one dispatch each. Results do not depend on it
+    /// Whether a run's dispatches are recorded level by level with a level's kernels of one
+    /// text batched into one dispatch ([`batch`], [`fusion::schedule`]; on by default on a
+    /// GPU, off on a CPU adapter, which gains nothing from it). Off, they are recorded in
+    /// graph order, one dispatch each. Results do not depend on it
     /// (each instance runs the single kernel's code on its own buffers).
     pub fn set_batching(&mut self, on: bool) {
         if self.batching != on {
