@@ -325,11 +325,35 @@ impl std::fmt::Display for Site<'_> {
     }
 }
 
-/// A dispatch of a single-op kernel held while the other members of its batch are recorded.
+/// The kernel of a held dispatch: a single-op kernel, or an entry point of a fused kernel.
+#[derive(Clone)]
+enum Kernel {
+    Spec(&'static KernelSpec),
+    Fused {
+        source: Rc<str>,
+        hash: u64,
+        leaves: usize,
+        reduce: bool,
+        entry: &'static str,
+    },
+}
+
+impl Kernel {
+    /// Whether `self` and `other` are the same kernel (a batch shares its fused text).
+    fn same(&self, other: &Kernel) -> bool {
+        match (self, other) {
+            (Kernel::Spec(a), Kernel::Spec(b)) => a.name == b.name,
+            (Kernel::Fused { entry: a, .. }, Kernel::Fused { entry: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A dispatch held while the other members of its batch are recorded.
 struct Pending {
     /// The batch member (index into the batch) that recorded it.
     member: usize,
-    spec: &'static KernelSpec,
+    kernel: Kernel,
     params: Vec<u8>,
     reads: Vec<wgpu::Buffer>,
     write: wgpu::Buffer,
@@ -666,7 +690,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             fusion: true,
             // A CPU adapter (lavapipe, llvmpipe) is bound by arithmetic, not dispatches, and
             // its LLVM compiles instanced modules slowly and into slower code (the tiny
-            // lavapipe step took 6.9 s batched, 3.8 s not): batching is for GPUs.
+            // lavapipe step took 6.8 s batched, 3.5 s not): batching is for GPUs.
             batching: info.device_type != wgpu::DeviceType::Cpu,
             pending: None,
             // LLVM (lavapipe, llvmpipe) optimises a module of 8 instances of a kernel with
@@ -971,7 +995,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             // Recording a batch: held until every member is recorded (Self::flush_pending).
             pending.push(Pending {
                 member: *member,
-                spec,
+                kernel: Kernel::Spec(spec),
                 params: params.to_vec(),
                 reads: reads.iter().map(|&b| b.clone()).collect(),
                 write: write.clone(),
@@ -1133,9 +1157,8 @@ impl<T: GpuScalar> GpuExecutor<T> {
     }
 
     /// Records the fused kernels rooted at `members` (one batch of the schedule: the same
-    /// kernel text, none reading another's value) and returns their output buffers in order.
-    /// Members with the same stages run as batched dispatches of up to [`Self::batch_cap`]
-    /// instances, in powers of two (src/exec/gpu/batch.rs); a lone member is a plain dispatch.
+    /// kernel text, none reading another's value) and returns their output buffers in order;
+    /// [`Self::flush_pending`] batches their dispatches.
     fn record_fused(
         &mut self,
         graph: &Graph,
@@ -1143,83 +1166,61 @@ impl<T: GpuScalar> GpuExecutor<T> {
         plan: &fusion::FusionPlan,
         vals: &[Option<Rc<wgpu::Buffer>>],
     ) -> Result<Vec<Rc<wgpu::Buffer>>, ExecError> {
-        let f = &plan.fused[&members[0]];
         let nodes = graph.nodes();
-        let site = |i: usize| Site {
-            kernel: "fused",
-            fused_ops: Some(f.ops),
-            id: i,
-            node: &nodes[i],
-        };
-        // Each member's own kernel: the same text as `f`, its own leaves and views.
-        let mut setups = Vec::with_capacity(members.len());
-        for &i in members {
-            setups.push(self.fused_setup(graph, i, &plan.fused[&i], &site(i))?);
-        }
-        let mut outs: Vec<Option<Rc<wgpu::Buffer>>> = vec![None; members.len()];
-        let cap = self.batch_cap(f.leaves.len(), setups[0].params.len());
-        // Members by their entry points (a split reduction and an unsplit one differ).
-        let mut groups: Vec<Vec<usize>> = Vec::new();
-        for m in 0..members.len() {
-            let same = |g: &Vec<usize>| {
-                let (a, b) = (&setups[g[0]].stages, &setups[m].stages);
-                a.iter().map(|s| s.0).eq(b.iter().map(|s| s.0))
+        let mut outs = Vec::with_capacity(members.len());
+        let mut held = Vec::new();
+        for (m, &i) in members.iter().enumerate() {
+            // Each member's own kernel: the text of the batch, its own leaves and views.
+            let f = &plan.fused[&i];
+            let at = Site {
+                kernel: "fused",
+                fused_ops: Some(f.ops),
+                id: i,
+                node: &nodes[i],
             };
-            match groups.iter_mut().find(|g| same(g)) {
-                Some(g) => g.push(m),
-                None => groups.push(vec![m]),
+            let setup = self.fused_setup(graph, i, f, &at)?;
+            let mut reads = Vec::with_capacity(f.leaves.len());
+            for &leaf in &f.leaves {
+                let buf = vals[leaf.0]
+                    .as_deref()
+                    .ok_or(ExecError::UnknownNode(leaf))?;
+                reads.push(buf.clone());
             }
-        }
-        for group in groups {
-            let mut rest = &group[..];
-            while !rest.is_empty() {
-                let k = 1 << rest.len().min(cap).ilog2();
-                let (chunk, tail) = rest.split_at(k);
-                rest = tail;
-                let mut reads: Vec<Rc<wgpu::Buffer>> = Vec::with_capacity(k * f.leaves.len());
-                for &m in chunk {
-                    for &leaf in &plan.fused[&members[m]].leaves {
-                        reads.push(vals[leaf.0].clone().ok_or(ExecError::UnknownNode(leaf))?);
-                    }
-                    let i = members[m];
-                    let label = BufferLabel {
-                        id: i,
-                        node: &nodes[i],
-                    };
-                    outs[m] = Some(self.alloc(setups[m].out_numel, &label));
-                }
-                let refs: Vec<&wgpu::Buffer> = reads.iter().map(|b| b.as_ref()).collect();
-                let writes: Vec<&wgpu::Buffer> =
-                    chunk.iter().filter_map(|&m| outs[m].as_deref()).collect();
-                let params = batch_params(chunk.iter().map(|&m| &setups[m].params[..]));
-                let at = site(members[chunk[0]]);
-                for (s, &(entry, _)) in setups[chunk[0]].stages.iter().enumerate() {
-                    let groups = chunk.iter().map(|&m| setups[m].stages[s].1).max();
-                    let compiled = self
-                        .cache
-                        .get_fused(
-                            &self.device,
-                            (&f.source, f.hash),
-                            f.leaves.len(),
-                            f.reduce.is_some(),
-                            entry,
-                            k,
-                        )
-                        .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?
-                        .clone();
-                    let kind = fused_kind(f.reduce.is_some(), entry, k > 1);
-                    let groups = groups.unwrap_or(0);
-                    self.dispatch_compiled(&compiled, kind, &params, &refs, &writes, groups, &at)?;
-                }
+            let out = self.alloc(
+                setup.out_numel,
+                &BufferLabel {
+                    id: i,
+                    node: &nodes[i],
+                },
+            );
+            for (entry, groups) in setup.stages {
+                held.push(Pending {
+                    member: m,
+                    kernel: Kernel::Fused {
+                        source: f.source.clone(),
+                        hash: f.hash,
+                        leaves: f.leaves.len(),
+                        reduce: f.reduce.is_some(),
+                        entry,
+                    },
+                    params: setup.params.clone(),
+                    reads: reads.clone(),
+                    write: (*out).clone(),
+                    groups,
+                    at: at.to_string(),
+                });
             }
+            outs.push(out);
         }
-        Ok(outs.into_iter().flatten().collect())
+        self.flush_pending(members.len(), held)?;
+        Ok(outs)
     }
 
-    /// Dispatches the held dispatches of a batch of `members` single-op kernels: members whose
-    /// dispatches have the same kernels in the same order run them as batched dispatches (stage
-    /// by stage, up to [`Self::spec_cap`] instances in powers of two); any other member runs
-    /// its own in order. Members are independent, so only each member's order matters.
+    /// Dispatches the held dispatches of a batch of `members` kernels: members whose dispatches
+    /// have the same kernels in the same order run them as batched dispatches (stage by stage,
+    /// up to [`Self::batch_cap`] instances in powers of two; src/exec/gpu/batch.rs); any other
+    /// member runs its own in order. Members are independent, so only each member's order
+    /// matters.
     fn flush_pending(&mut self, members: usize, held: Vec<Pending>) -> Result<(), ExecError> {
         let mut per: Vec<Vec<Pending>> = (0..members).map(|_| Vec::new()).collect();
         for p in held {
@@ -1229,9 +1230,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
         for m in 0..members {
             let same = |g: &Vec<usize>| {
                 let (a, b) = (&per[g[0]], &per[m]);
-                a.iter()
-                    .map(|p| p.spec.name)
-                    .eq(b.iter().map(|p| p.spec.name))
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.kernel.same(&y.kernel))
             };
             match groups.iter_mut().find(|g| same(g)) {
                 Some(g) => g.push(m),
@@ -1241,7 +1240,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
         for group in groups {
             let cap = per[group[0]]
                 .iter()
-                .map(|p| self.spec_cap(p.spec, p.params.len()))
+                .map(|p| self.kernel_cap(&p.kernel, p.params.len()))
                 .min()
                 .unwrap_or(1);
             let mut rest = &group[..];
@@ -1250,48 +1249,72 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 let (chunk, tail) = rest.split_at(k);
                 rest = tail;
                 for (s, first) in per[chunk[0]].iter().enumerate() {
-                    let (spec, at) = (first.spec, first.at.clone());
-                    let compiled = match k {
-                        1 => self.cache.get(&self.device, spec),
-                        _ => {
-                            let bytes = first.params.len();
-                            self.cache.get_batched(&self.device, spec, k, bytes)
+                    let bytes = first.params.len();
+                    let (compiled, kind) = match &first.kernel {
+                        Kernel::Spec(spec) if k == 1 => {
+                            (self.cache.get(&self.device, spec), spec.name)
                         }
-                    }
-                    .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?
-                    .clone();
+                        Kernel::Spec(spec) => (
+                            self.cache.get_batched(&self.device, spec, k, bytes),
+                            spec.name,
+                        ),
+                        Kernel::Fused {
+                            source,
+                            hash,
+                            leaves,
+                            reduce,
+                            entry,
+                        } => (
+                            self.cache.get_fused(
+                                &self.device,
+                                (source, *hash),
+                                *leaves,
+                                *reduce,
+                                entry,
+                                k,
+                            ),
+                            fused_kind(*reduce, entry, k > 1),
+                        ),
+                    };
+                    let at = &first.at;
+                    let compiled = compiled
+                        .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?
+                        .clone();
                     let stage: Vec<&Pending> = chunk.iter().map(|&m| &per[m][s]).collect();
                     let params = batch_params(stage.iter().map(|p| &p.params[..]));
                     let reads: Vec<&wgpu::Buffer> =
                         stage.iter().flat_map(|p| p.reads.iter()).collect();
                     let writes: Vec<&wgpu::Buffer> = stage.iter().map(|p| &p.write).collect();
                     let groups = stage.iter().map(|p| p.groups).max().unwrap_or(0);
-                    self.dispatch_compiled(
-                        &compiled, spec.name, &params, &reads, &writes, groups, &at,
-                    )?;
+                    self.dispatch_compiled(&compiled, kind, &params, &reads, &writes, groups, at)?;
                 }
             }
         }
         Ok(())
     }
 
-    /// Most instances of single-op kernel `spec` with `params_bytes` of parameters in one
-    /// batched dispatch (as [`Self::batch_cap`], with the storage bindings its module declares).
-    fn spec_cap(&self, spec: &KernelSpec, params_bytes: usize) -> usize {
-        let storage = spec.source.matches("var<storage").count().max(1);
-        self.batch_cap(storage - 1, params_bytes)
+    /// Most instances of `kernel` with `params_bytes` of parameters in one batched dispatch
+    /// ([`Self::batch_cap`] with the buffers its module declares: a fused kernel's leaves and
+    /// output, a single-op kernel's storage bindings).
+    fn kernel_cap(&self, kernel: &Kernel, params_bytes: usize) -> usize {
+        let buffers = match kernel {
+            Kernel::Spec(spec) => spec.source.matches("var<storage").count().max(1),
+            Kernel::Fused { leaves, .. } => leaves + 1,
+        };
+        self.batch_cap(buffers, params_bytes)
     }
 
-    /// Most instances of a fused kernel of `leaves` leaves and `params_bytes` of parameters in
-    /// one batched dispatch: the executor's maximum (`set_max_instances`), within the device's storage buffers per
-    /// stage, bindings per bind group and uniform binding size; 1 with batching off.
-    fn batch_cap(&self, leaves: usize, params_bytes: usize) -> usize {
+    /// Most instances of a kernel binding `buffers` storage buffers and `params_bytes` of
+    /// parameters in one batched dispatch: the executor's maximum (`set_max_instances`), within
+    /// the device's storage buffers per stage, bindings per bind group and uniform binding
+    /// size; 1 with batching off.
+    fn batch_cap(&self, buffers: usize, params_bytes: usize) -> usize {
         if !self.batching {
             return 1;
         }
         let l = &self.limits;
-        let storage = l.max_storage_buffers_per_shader_stage as usize / (leaves + 1);
-        let bindings = (l.max_bindings_per_bind_group as usize).saturating_sub(1) / (leaves + 1);
+        let storage = l.max_storage_buffers_per_shader_stage as usize / buffers;
+        let bindings = (l.max_bindings_per_bind_group as usize).saturating_sub(1) / buffers;
         let stride = batch::params_stride(params_bytes).max(16);
         let uniform = l.max_uniform_buffer_binding_size as usize / stride;
         self.max_instances
