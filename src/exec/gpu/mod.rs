@@ -300,13 +300,39 @@ const MAX_PARAMS_BYTES: u64 = 512;
 
 /// Where a kernel runs, for error messages: "kernel 'k' for node %i (op at 'label')", or
 /// "fused kernel of n ops for node %i (op at 'label')". Formatted only when a message needs
-/// it (a run records a dispatch every few microseconds).
+/// it (a run records a dispatch every few microseconds); a held dispatch keeps its
+/// [`HeldSite`] and borrows the node back from the graph when its batch is dispatched.
+#[derive(Clone, Copy)]
 struct Site<'a> {
-    kernel: &'a str,
+    kernel: &'static str,
     /// Operations of a fused kernel.
     fused_ops: Option<usize>,
     id: usize,
     node: &'a Node,
+    /// Which of the node's dispatches, where it has several.
+    part: Part,
+}
+
+/// Which of a node's dispatches a [`Site`] is, where a node has several.
+#[derive(Clone, Copy, PartialEq)]
+enum Part {
+    /// The node's own kernel.
+    Whole,
+    /// The copy of input `k` of a concatenation into its place.
+    ConcatInput(usize),
+    /// The copy of an assigned variable's value.
+    Assignment,
+}
+
+impl<'a> Site<'a> {
+    fn held(&self) -> HeldSite {
+        HeldSite {
+            kernel: self.kernel,
+            fused_ops: self.fused_ops,
+            id: self.id,
+            part: self.part,
+        }
+    }
 }
 
 impl std::fmt::Display for Site<'_> {
@@ -321,7 +347,33 @@ impl std::fmt::Display for Site<'_> {
             self.id,
             self.node.op.name(),
             self.node.label
-        )
+        )?;
+        match self.part {
+            Part::Whole => Ok(()),
+            Part::ConcatInput(k) => write!(f, ", input {k}"),
+            Part::Assignment => write!(f, ", copied for assignment"),
+        }
+    }
+}
+
+/// A [`Site`] without its node (a held dispatch outlives the borrow of the graph's node).
+#[derive(Clone, Copy)]
+struct HeldSite {
+    kernel: &'static str,
+    fused_ops: Option<usize>,
+    id: usize,
+    part: Part,
+}
+
+impl HeldSite {
+    fn at<'a>(&self, graph: &'a Graph) -> Site<'a> {
+        Site {
+            kernel: self.kernel,
+            fused_ops: self.fused_ops,
+            id: self.id,
+            node: &graph.nodes()[self.id],
+            part: self.part,
+        }
     }
 }
 
@@ -359,7 +411,7 @@ struct Pending {
     write: wgpu::Buffer,
     groups: u32,
     /// Where it comes from, for errors.
-    at: String,
+    at: HeldSite,
 }
 
 /// The parameters of a dispatch's instances, each padded to [`batch::params_stride`] (one
@@ -407,6 +459,7 @@ fn site<'a>(spec: &KernelSpec, id: usize, node: &'a Node) -> Site<'a> {
         fused_ops: None,
         id,
         node,
+        part: Part::Whole,
     }
 }
 
@@ -556,14 +609,22 @@ impl GpuExecutor<f64> {
         self.params.active = false;
         self.params.buffer = None;
         self.commands.clear();
-        let recorded = self.dispatch(
-            &kernels::PROBE_F64,
-            bytemuck::bytes_of(&p),
-            &[&ba, &bb],
-            &out,
-            (n as u32).div_ceil(WORKGROUP_SIZE),
-            &at,
-        );
+        let recorded = self
+            .cache
+            .get(&self.device, &kernels::PROBE_F64)
+            .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))
+            .cloned()
+            .and_then(|compiled| {
+                self.dispatch_compiled(
+                    &compiled,
+                    kernels::PROBE_F64.name,
+                    bytemuck::bytes_of(&p),
+                    &[&ba, &bb],
+                    &[&out],
+                    (n as u32).div_ceil(WORKGROUP_SIZE),
+                    &at,
+                )
+            });
         let commands = std::mem::take(&mut self.commands);
         if recorded.is_ok() {
             Self::encode(&mut encoder, &commands, None);
@@ -986,7 +1047,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
         reads: &[&wgpu::Buffer],
         write: &wgpu::Buffer,
         groups: u32,
-        at: &dyn std::fmt::Display,
+        at: &Site,
     ) -> Result<(), ExecError> {
         if groups == 0 {
             return Ok(());
@@ -1000,7 +1061,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 reads: reads.iter().map(|&b| b.clone()).collect(),
                 write: write.clone(),
                 groups,
-                at: at.to_string(),
+                at: at.held(),
             });
             return Ok(());
         }
@@ -1177,6 +1238,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 fused_ops: Some(f.ops),
                 id: i,
                 node: &nodes[i],
+                part: Part::Whole,
             };
             let setup = self.fused_setup(graph, i, f, &at)?;
             let mut reads = Vec::with_capacity(f.leaves.len());
@@ -1207,12 +1269,12 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     reads: reads.clone(),
                     write: (*out).clone(),
                     groups,
-                    at: at.to_string(),
+                    at: at.held(),
                 });
             }
             outs.push(out);
         }
-        self.flush_pending(members.len(), held)?;
+        self.flush_pending(graph, members.len(), held)?;
         Ok(outs)
     }
 
@@ -1221,7 +1283,12 @@ impl<T: GpuScalar> GpuExecutor<T> {
     /// up to [`Self::batch_cap`] instances in powers of two; src/exec/gpu/batch.rs); any other
     /// member runs its own in order. Members are independent, so only each member's order
     /// matters.
-    fn flush_pending(&mut self, members: usize, held: Vec<Pending>) -> Result<(), ExecError> {
+    fn flush_pending(
+        &mut self,
+        graph: &Graph,
+        members: usize,
+        held: Vec<Pending>,
+    ) -> Result<(), ExecError> {
         let mut per: Vec<Vec<Pending>> = (0..members).map(|_| Vec::new()).collect();
         for p in held {
             per[p.member].push(p);
@@ -1276,7 +1343,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
                             fused_kind(*reduce, entry, k > 1),
                         ),
                     };
-                    let at = &first.at;
+                    let at = &first.at.at(graph);
                     let compiled = compiled
                         .map_err(|e| ExecError::Gpu(format!("{at}: {e}")))?
                         .clone();
@@ -1568,7 +1635,10 @@ impl<T: GpuScalar> GpuExecutor<T> {
                         &[&x],
                         &out,
                         ew_groups,
-                        &format!("{at}, input {k}"),
+                        &Site {
+                            part: Part::ConcatInput(k),
+                            ..at
+                        },
                     )?;
                 }
                 out
@@ -1843,7 +1913,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     vals[i] = Some(out?);
                 }
                 let held = self.pending.take().map(|p| p.1).unwrap_or_default();
-                self.flush_pending(members.len(), held)?;
+                self.flush_pending(graph, members.len(), held)?;
             }
             // Buffers whose last reader was in this batch go back to the pool (after every
             // member's output was taken from it, so no member writes what another reads).
@@ -1894,14 +1964,17 @@ impl<T: GpuScalar> GpuExecutor<T> {
             );
             let mut p = copy_params(graph.shape(*node).dims());
             put(&mut p.in_strides, &graph.shape(*node).strides());
-            let at = site(&kernels::COPY, node.0, n);
+            let at = Site {
+                part: Part::Assignment,
+                ..site(&kernels::COPY, node.0, n)
+            };
             self.dispatch(
                 &kernels::COPY,
                 bytemuck::bytes_of(&p),
                 &[&buf],
                 &copy,
                 (numel as u32).div_ceil(WORKGROUP_SIZE),
-                &format!("{at}, copied for assignment"),
+                &at,
             )?;
             assigned.push((*copy).clone());
         }
