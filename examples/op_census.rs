@@ -65,7 +65,7 @@ fn main() {
         kernels.len(),
         plan.fused.values().map(|f| f.ops).max().unwrap_or(0)
     );
-    // Reductions a GPU that is not a CPU splits into two dispatches (src/exec/gpu/mod.rs,
+    // Reductions a GPU that is not a CPU splits into two dispatches (src/exec/gpu/device.rs,
     // `set_split_min`), and the terms per workgroup before and after.
     let nodes = sg.graph.nodes();
     let split = (0..nodes.len())
