@@ -125,6 +125,26 @@ fn batch_norm_uses_biased_batch_variance() {
     assert_eq!(bn.count, 4);
 }
 
+/// PyTorch refuses a training-mode batch norm with one value per channel ("Expected more than
+/// 1 value per channel when training"; e.g. the auxiliary head's 1x1 BN at batch 1): so do we,
+/// naming the shape, instead of returning the constant 0 its zero variance would give.
+#[test]
+fn batch_norm_with_one_value_per_channel_is_an_error() {
+    let mut g = Graph::new();
+    let x = g.input("x", [1, 3, 1, 1]).unwrap();
+    let e = compose::batch_norm_train(&mut g, x, None, None, compose::BN_EPS)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("more than 1 value per channel"), "{e}");
+    assert!(e.contains("[1, 3, 1, 1]"), "{e}");
+    // Two values per channel are fine, and N = 1 with H W > 1 too.
+    for shape in [[2, 3, 1, 1], [1, 3, 2, 1]] {
+        let mut g = Graph::new();
+        let x = g.input("x", shape).unwrap();
+        compose::batch_norm_train(&mut g, x, None, None, compose::BN_EPS).unwrap();
+    }
+}
+
 /// The DARTS finite-difference trap in one dimension: a central difference whose step
 /// crosses a ReLU kink is off by O(1) from the (almost-everywhere) exact derivative, however
 /// accurate the arithmetic. At x = 0.001 with h = 0.01 (the reference's step scale):

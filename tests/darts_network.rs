@@ -3,6 +3,8 @@
 
 use darts::darts::network::{ConfigError, SearchConfig};
 
+mod common;
+
 /// Every entry of the reference state_dict for C=4, layers=3 (dumped from the unmodified
 /// reference with modern PyTorch, tests/data/state_dict_layout_C4_L3.txt), in module order,
 /// with the same shapes.
@@ -57,24 +59,52 @@ fn paper_config_size_matches_reference() {
 #[test]
 fn unsupported_configurations_are_clear_errors() {
     let cfg = SearchConfig {
-        layers: 2,
+        layers: 0,
         ..SearchConfig::paper()
     };
     assert!(matches!(
         cfg.validate(32, 32),
-        Err(ConfigError::TooFewLayers(2))
+        Err(ConfigError::Zero("layers"))
     ));
+    // 1 and 2 layers run (every cell reduces), as in the reference.
+    for layers in [1, 2] {
+        let cfg = SearchConfig {
+            layers,
+            ..SearchConfig::paper()
+        };
+        cfg.validate(32, 32).unwrap();
+        assert!(!cfg.has_normal_cells());
+    }
+    assert!(SearchConfig::paper().has_normal_cells());
     let e = SearchConfig::paper()
         .validate(30, 32)
         .unwrap_err()
         .to_string();
     assert!(e.contains("30x32"), "{e}");
+}
+
+/// An odd C is a configuration the reference runs: every FactorizedReduce comes at or after
+/// the first reduction cell, where C_curr is already 2C (REFERENCE_NOTES 2), so its two halves
+/// are whole. C = 3 validates, builds and gives a finite loss and gradients.
+#[test]
+fn odd_channel_counts_run_as_in_the_reference() {
+    use darts::exec::cpu::CpuExecutor;
+    use darts::search::architect::{evaluate, NetGraph};
     let cfg = SearchConfig {
-        c: 5,
-        ..SearchConfig::paper()
+        c: 3,
+        ..common::tiny(false)
     };
-    assert!(matches!(
-        cfg.validate(32, 32),
-        Err(ConfigError::OddChannels(5))
-    ));
+    cfg.validate(8, 8).unwrap();
+    let st = common::state(&cfg, 3);
+    let net = NetGraph::build(&cfg, &[2, 3, 8, 8]).unwrap();
+    let b = common::batch(2, 8, cfg.num_classes, 4);
+    let mut exec = CpuExecutor::<f64>::new();
+    let e = evaluate(&mut exec, &net, &common::point(&cfg, &st), &b, "C = 3").unwrap();
+    assert!(e.loss.is_finite(), "{}", e.loss);
+    assert!(e.grad_w.iter().all(|g| g.iter().all(|v| v.is_finite())));
+    // The reduction cell's FactorizedReduce (skip_connect) has C_out = 2C = 6: halves of 3.
+    assert!(st
+        .tensors
+        .iter()
+        .any(|(n, t)| n.ends_with("conv_1.weight") && t.shape()[0] == 3));
 }

@@ -78,3 +78,49 @@ fn running_stats_use_unbiased_variance_and_momentum_point_one() {
     assert_eq!(rv[0], 0.9 + 0.1 * (3.5 * 4.0 / 3.0));
     assert_eq!(nb[[]], 1.0);
 }
+
+/// Adam in PyTorch's order of operations (torch/optim/adam.py `_single_tensor_adam`, ATen's
+/// lerp, addcmul and addcdiv kernels), written out step by step: the optimiser reproduces it
+/// bit for bit, for the architect's beta1 = 0.5 (lerp's `end - (end - start) (1 - w)` branch)
+/// and for beta1 = 0.9 (the `start + w (end - start)` branch). A gradient that is absent
+/// (a parameter the loss does not use) leaves the parameter and its moments untouched.
+#[test]
+fn adam_follows_pytorchs_operation_order_and_skips_absent_gradients() {
+    for beta1 in [0.5, 0.9] {
+        let (lr, beta2, eps, wd) = (3e-4, 0.999, 1e-8, 1e-3);
+        let mut opt = Adam::new(lr, beta1, beta2, eps, wd);
+        let start = [a(&[0.5, -0.25, 1e-3, 7.0]), a(&[0.125, -3.0, 2.5, -1e-4])];
+        let mut p = start.to_vec();
+        let (mut m, mut v) = (vec![0.0; 4], vec![0.0; 4]);
+        let mut want = start[0].clone();
+        for step in 1..=3 {
+            let grad = a(&[0.3 * step as f64, -1.7, 1e-5, 0.01 / step as f64]);
+            let untouched = p[1].clone();
+            opt.step_present(&mut p, &[Some(&grad), None]);
+            let bc1 = 1.0 - beta1.powf(step as f64);
+            let bc2_sqrt = (1.0 - beta2.powf(step as f64)).sqrt();
+            let step_size = lr / bc1;
+            for i in 0..4 {
+                let g = grad[i] + wd * want[i];
+                let w = 1.0 - beta1;
+                m[i] = if w < 0.5 {
+                    m[i] + w * (g - m[i])
+                } else {
+                    g - (g - m[i]) * (1.0 - w)
+                };
+                v[i] = v[i] * beta2 + (1.0 - beta2) * g * g;
+                let denom = v[i].sqrt() / bc2_sqrt + eps;
+                want[i] += -step_size * m[i] / denom;
+                assert_eq!(
+                    p[0][i].to_bits(),
+                    want[i].to_bits(),
+                    "b1 {beta1} step {step} {i}"
+                );
+                assert_eq!(opt.m[0][i], m[i]);
+                assert_eq!(opt.v[0][i], v[i]);
+            }
+            assert_eq!(p[1], untouched);
+            assert!(opt.m[1].iter().chain(opt.v[1].iter()).all(|&x| x == 0.0));
+        }
+    }
+}

@@ -175,3 +175,39 @@ fn resident_step_reports_non_finite_values() {
         .to_string();
     assert!(e.contains("step 0") && e.contains("alpha"), "{e}");
 }
+
+/// With 1 or 2 layers every cell reduces, so alphas_normal takes no part in the loss: PyTorch
+/// leaves its .grad None and Adam skips it (no decay, no moments), while alphas_reduce moves.
+/// Both steps (host and resident) reproduce that: alphas_normal and its Adam moments end
+/// exactly as they began, and the two agree on everything else (tolerance as above). (The
+/// reference's second order fails here on the missing gradient; ours gives alphas_normal the
+/// same treatment, its implicit term being zero too.)
+#[test]
+fn reduction_only_networks_leave_alphas_normal_as_they_are() {
+    for (layers, order) in [(1, Order::First), (2, Order::First), (2, Order::Second)] {
+        let opts = SearchOptions {
+            layers,
+            ..tiny(order)
+        };
+        let (dh, dr) = (
+            dir(&format!("host-l{layers}-{order:?}")),
+            dir(&format!("res-l{layers}-{order:?}")),
+        );
+        let before = Search::<f64>::new(opts.clone(), &dh).unwrap().state.clone();
+        let host = run(opts.clone(), &dh, false);
+        let res = run(opts, &dr, true);
+        for s in [&host, &res] {
+            assert_eq!(s.state.alpha_normal, before.alpha_normal, "layers {layers}");
+            assert!(rel(&s.state.alpha_reduce, &before.alpha_reduce) > 1e-6);
+        }
+        let (ah, _) = darts::search::checkpoint::read(&dh.join("checkpoint.npz")).unwrap();
+        let (ar, _) = darts::search::checkpoint::read(&dr.join("checkpoint.npz")).unwrap();
+        for (k, v) in &ah {
+            if k.contains("adam_m/normal") || k.contains("adam_v/normal") {
+                assert!(v.iter().all(|&x| x == 0.0), "{k}");
+            }
+            assert!(rel(&ar[k], v) <= 1e-11, "layers {layers} {k}");
+        }
+        assert!(rel(&res.state.alpha_reduce, &host.state.alpha_reduce) <= 1e-11);
+    }
+}

@@ -27,14 +27,10 @@ pub struct SearchConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("layers = {0}: the search network needs at least 3 layers (with fewer, every cell is a reduction cell and alphas_normal is unused)")]
-    TooFewLayers(usize),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
     #[error("multiplier {multiplier} exceeds steps {steps}: the cell output concatenates the last `multiplier` intermediate nodes")]
     Multiplier { multiplier: usize, steps: usize },
-    #[error("C = {0} must be even: FactorizedReduce splits its output channels into two halves")]
-    OddChannels(usize),
     #[error(
         "input size {h}x{w}: FactorizedReduce halves it twice, so both must be divisible by 4"
     )]
@@ -64,13 +60,20 @@ impl SearchConfig {
         cell == self.layers / 3 || cell == 2 * self.layers / 3
     }
 
-    /// Reject configurations the reference cannot run, with the reason.
+    /// Whether any cell is a normal cell. With 1 or 2 layers every cell reduces (cells
+    /// layers/3 and 2 layers/3 cover them all), so alphas_normal takes no part in the loss:
+    /// its gradient is zero here and None in PyTorch, whose Adam then skips it, and the
+    /// reference's second order fails on the missing gradient (REFERENCE_NOTES 3).
+    pub fn has_normal_cells(&self) -> bool {
+        (0..self.layers).any(|i| !self.is_reduction(i))
+    }
+
+    /// Reject configurations the reference cannot run, with the reason. (Any C and any
+    /// number of layers run: see [`Self::has_normal_cells`] for fewer than 3.)
     pub fn validate(&self, h: usize, w: usize) -> Result<(), ConfigError> {
-        if self.layers < 3 {
-            return Err(ConfigError::TooFewLayers(self.layers));
-        }
         for (v, name) in [
             (self.c, "C"),
+            (self.layers, "layers"),
             (self.steps, "steps"),
             (self.multiplier, "multiplier"),
             (self.stem_multiplier, "stem_multiplier"),
@@ -85,9 +88,6 @@ impl SearchConfig {
                 multiplier: self.multiplier,
                 steps: self.steps,
             });
-        }
-        if self.c % 2 != 0 {
-            return Err(ConfigError::OddChannels(self.c));
         }
         if h % 4 != 0 || w % 4 != 0 || h == 0 || w == 0 {
             return Err(ConfigError::Spatial { h, w });

@@ -27,7 +27,9 @@ pub struct BatchNormOut {
 /// y = (x - mu) / sqrt(sigma^2 + eps) * gamma + beta,
 /// mu = mean over (N, H, W), sigma^2 = mean of (x - mu)^2 (biased, as PyTorch normalises).
 ///
-/// `gamma` and `beta` have shape [C] (affine BN) or are `None` (affine=False).
+/// `gamma` and `beta` have shape [C] (affine BN) or are `None` (affine=False). One value per
+/// channel (N H W = 1) is an error, as in PyTorch ("Expected more than 1 value per channel
+/// when training"): its variance is 0 and the output would be 0 whatever the input.
 pub fn batch_norm_train(
     g: &mut Graph,
     x: NodeId,
@@ -38,6 +40,16 @@ pub fn batch_norm_train(
     let dims = g.shape(x).dims().to_vec();
     let axes: Vec<usize> = (0..dims.len()).filter(|&a| a != 1).collect();
     let count: usize = axes.iter().map(|&a| dims[a]).product();
+    if count == 1 {
+        return Err(super::GraphError::Shape {
+            op: "BatchNorm (training mode)".into(),
+            label: g.current_label(),
+            shapes: format!("{dims:?}"),
+            reason: "expected more than 1 value per channel when training (PyTorch refuses \
+                     this too: the batch variance is 0)"
+                .into(),
+        });
+    }
     let inv_m = 1.0 / count as f64;
     let s = g.reduce_sum(x, &axes)?;
     let mean = g.scale(s, inv_m)?;

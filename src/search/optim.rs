@@ -40,9 +40,11 @@ impl Sgd {
     }
 }
 
-/// torch.optim.Adam(lr, betas, eps, weight_decay) with coupled L2 decay (g + lambda a),
-/// bias-corrected as PyTorch computes it:
-/// m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; a <- a - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+/// torch.optim.Adam(lr, betas, eps, weight_decay) with coupled L2 decay, in PyTorch's order of
+/// operations (torch/optim/adam.py, `_single_tensor_adam`, the path taken for CPU tensors):
+/// g = g + lambda a; m = lerp(m, g, 1 - b1); v = b2 v + ((1 - b2) g) g;
+/// a <- a + (-(lr / (1 - b1^t)) m) / (sqrt(v) / sqrt(1 - b2^t) + eps), with b^t as Python's
+/// `**` computes it ([`f64::powf`]) and [`lerp`] as ATen's.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Adam {
     pub lr: f64,
@@ -53,6 +55,17 @@ pub struct Adam {
     pub t: u64,
     pub m: Vec<ArrayD<f64>>,
     pub v: Vec<ArrayD<f64>>,
+}
+
+/// ATen's `lerp(start, end, weight)`: start + weight (end - start) for |weight| < 0.5, else
+/// end - (end - start) (1 - weight) (the form that is exact at weight 1). With the architect's
+/// beta1 = 0.5 the weight is 0.5: end - (end - start) 0.5.
+pub fn lerp(start: f64, end: f64, weight: f64) -> f64 {
+    if weight.abs() < 0.5 {
+        start + weight * (end - start)
+    } else {
+        end - (end - start) * (1.0 - weight)
+    }
 }
 
 impl Adam {
@@ -74,27 +87,44 @@ impl Adam {
         }
     }
 
+    /// Bias corrections of step `t`: (1 - b1^t, sqrt(1 - b2^t)).
+    pub fn bias_corrections(&self, t: u64) -> (f64, f64) {
+        let t = t as f64;
+        (1.0 - self.beta1.powf(t), (1.0 - self.beta2.powf(t)).sqrt())
+    }
+
+    /// One step of every parameter.
     pub fn step(&mut self, params: &mut [ArrayD<f64>], grads: &[ArrayD<f64>]) {
+        let grads: Vec<Option<&ArrayD<f64>>> = grads.iter().map(Some).collect();
+        self.step_present(params, &grads);
+    }
+
+    /// One step of the parameters whose gradient is present. As torch.optim skips a parameter
+    /// whose `.grad` is None (one the loss does not use, as alphas_normal in a network of
+    /// reduction cells only), an absent gradient leaves the parameter and its moments as they
+    /// are: no decay, no moment update. The step count is shared: a parameter is either
+    /// always present or never, so it equals PyTorch's per-parameter count.
+    pub fn step_present(&mut self, params: &mut [ArrayD<f64>], grads: &[Option<&ArrayD<f64>>]) {
         if self.m.is_empty() {
             self.m = params.iter().map(|p| ArrayD::zeros(p.raw_dim())).collect();
             self.v = self.m.clone();
         }
         self.t += 1;
-        let bc1 = 1.0 - self.beta1.powi(self.t as i32);
-        let bc2_sqrt = (1.0 - self.beta2.powi(self.t as i32)).sqrt();
-        let step_size = self.lr / bc1;
+        let (bc1, bc2_sqrt) = self.bias_corrections(self.t);
+        let neg_step_size = -(self.lr / bc1);
+        let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
+        let (w1, c2) = (1.0 - b1, 1.0 - b2);
         for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-            let g = g + &(&*p * self.weight_decay);
-            let (b1, b2) = (self.beta1, self.beta2);
-            self.m[i].zip_mut_with(&g, |m, &g| *m = *m * b1 + g * (1.0 - b1));
-            self.v[i].zip_mut_with(&g, |v, &g| *v = *v * b2 + g * g * (1.0 - b2));
-            let eps = self.eps;
+            let Some(g) = g else { continue };
+            let g = *g + &(&*p * self.weight_decay);
+            self.m[i].zip_mut_with(&g, |m, &g| *m = lerp(*m, g, w1));
+            self.v[i].zip_mut_with(&g, |v, &g| *v = *v * b2 + c2 * g * g);
             ndarray::Zip::from(p)
                 .and(&self.m[i])
                 .and(&self.v[i])
                 .for_each(|p, &m, &v| {
                     let denom = v.sqrt() / bc2_sqrt + eps;
-                    *p -= step_size * (m / denom);
+                    *p += neg_step_size * m / denom;
                 });
         }
     }

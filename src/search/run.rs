@@ -675,9 +675,7 @@ impl<T: Scalar> Search<T> {
             source,
         };
         // Adam's bias corrections for step t (as Adam::step computes them).
-        let t = self.adam.t + 1;
-        let bc1 = 1.0 - self.adam.beta1.powi(t as i32);
-        let bc2_sqrt = (1.0 - self.adam.beta2.powi(t as i32)).sqrt();
+        let (bc1, bc2_sqrt) = self.adam.bias_corrections(self.adam.t + 1);
         let scalar = |v: f64| ArrayD::from_elem(IxDyn(&[]), T::of(v));
         let mut f = Feeds::<T>::new();
         f.insert("train/x", train.x.mapv(T::of));
@@ -725,7 +723,7 @@ impl<T: Scalar> Search<T> {
         let [an, ar] = alphas;
         self.state.alpha_normal = an;
         self.state.alpha_reduce = ar;
-        self.adam.t = t;
+        self.adam.t += 1;
         for (name, _, kind) in &self.layout.entries {
             if matches!(kind, Kind::NumBatchesTracked) {
                 if let Some(nb) = self.state.tensors.get_mut(name) {
@@ -778,7 +776,15 @@ impl<T: Scalar> Search<T> {
             self.state.alpha_normal.clone(),
             self.state.alpha_reduce.clone(),
         ];
-        self.adam.step(&mut alphas, &arch.grad);
+        // An alpha no cell uses has no gradient in PyTorch: Adam leaves it (and its moments).
+        let used = [self.cfg.has_normal_cells(), true];
+        let grads: Vec<Option<&ArrayD<f64>>> = arch
+            .grad
+            .iter()
+            .zip(used)
+            .map(|(g, u)| u.then_some(g))
+            .collect();
+        self.adam.step_present(&mut alphas, &grads);
         check_finite("architect step", "alpha/normal", &alphas[0]).map_err(serr)?;
         check_finite("architect step", "alpha/reduce", &alphas[1]).map_err(serr)?;
         let arch_bn: Vec<_> = match self.opts.order {

@@ -11,10 +11,11 @@
 //!    grad_w L_train(w, alpha) + lambda w), v = grad_w' L_val(w', alpha), R = 0.01 / ||v||,
 //!    w+ = w + R v, w- = w+ - 2R v, g+- = grad_alpha L_train(w+-, alpha) (eqs. 7-8);
 //!    exact: d/dalpha L_val(w'(alpha), alpha) by autodiff through the unrolled step;
-//! 2. Adam with coupled decay on alpha (torch.optim.Adam): g = g_alpha + lambda_a alpha,
-//!    m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2,
-//!    alpha <- alpha - s (m / (sqrt(v) / c2 + eps)) with s = lr_a / (1 - b1^t), c2 = sqrt(1 - b2^t)
-//!    fed per step;
+//! 2. Adam with coupled decay on alpha (torch.optim.Adam, in its order of operations; see
+//!    [`super::optim::Adam`]): g = g_alpha + lambda_a alpha, m <- lerp(m, g, 1 - b1),
+//!    v <- b2 v + ((1 - b2) g) g, alpha <- alpha + (-s m) / (sqrt(v) / c2 + eps) with
+//!    s = lr_a / (1 - b1^t), c2 = sqrt(1 - b2^t) fed per step; an alpha no cell uses is left
+//!    as it is (PyTorch skips a parameter without a gradient);
 //! 3. the weight step at the new alpha: g = grad_w L_train(w, alpha'), clipped by total norm
 //!    (factor min(max_norm / (||g|| + 1e-6), 1)), then SGD with momentum and coupled decay:
 //!    buf <- mu buf + (g + lambda w), w <- w - lr buf;
@@ -255,31 +256,49 @@ impl StepGraph {
             }
         };
 
-        // 2. Adam on alpha.
+        // 2. Adam on alpha, in PyTorch's order of operations (optim::Adam). An alpha no cell
+        // uses (alphas_normal when every cell reduces) has no gradient in PyTorch, so Adam
+        // leaves it and its moments as they are.
         let mut assign = Vec::new();
         let lambda_a = g.scalar(h.arch_weight_decay)?;
-        let (b1, b2) = (g.scalar(h.beta1)?, g.scalar(h.beta2)?);
-        let (c1, c2) = (g.scalar(1.0 - h.beta1)?, g.scalar(1.0 - h.beta2)?);
+        let w1 = 1.0 - h.beta1;
+        let b2 = g.scalar(h.beta2)?;
+        let c2 = g.scalar(1.0 - h.beta2)?;
         let eps = g.scalar(h.adam_eps)?;
+        let neg_step_size = g.unary(crate::graph::UnaryOp::Neg, step_size)?;
+        let used = [cfg.has_normal_cells(), true];
         let mut alpha_new = alpha;
         for (c, cell) in ["normal", "reduce"].into_iter().enumerate() {
+            if !used[c] {
+                continue;
+            }
             let m = g.input(format!("adam_m/{cell}"), [k, 8])?;
             let v = g.input(format!("adam_v/{cell}"), [k, 8])?;
             let decay = g.mul(alpha[c], lambda_a)?;
             let gr = g.add2(g_alpha[c], decay)?;
-            let mb = g.mul(m, b1)?;
-            let gc = g.mul(gr, c1)?;
-            let m_new = g.add2(mb, gc)?;
+            // m = lerp(m, g, 1 - b1) (optim::lerp).
+            let diff = g.sub(gr, m)?;
+            let m_new = if w1.abs() < 0.5 {
+                let w1 = g.scalar(w1)?;
+                let step = g.mul(w1, diff)?;
+                g.add2(m, step)?
+            } else {
+                let one_minus_w1 = g.scalar(1.0 - w1)?;
+                let step = g.mul(diff, one_minus_w1)?;
+                g.sub(gr, step)?
+            };
+            // v = b2 v + ((1 - b2) g) g.
             let vb = g.mul(v, b2)?;
-            let g2 = g.mul(gr, gr)?;
-            let g2c = g.mul(g2, c2)?;
-            let v_new = g.add2(vb, g2c)?;
+            let cg = g.mul(c2, gr)?;
+            let cgg = g.mul(cg, gr)?;
+            let v_new = g.add2(vb, cgg)?;
+            // alpha + (-step_size m) / (sqrt(v) / sqrt(1 - b2^t) + eps).
             let sq = g.unary(crate::graph::UnaryOp::Sqrt, v_new)?;
             let sq = g.div(sq, bc2_sqrt)?;
             let denom = g.add2(sq, eps)?;
-            let ratio = g.div(m_new, denom)?;
-            let upd = g.mul(step_size, ratio)?;
-            alpha_new[c] = g.sub(alpha[c], upd)?;
+            let num = g.mul(neg_step_size, m_new)?;
+            let upd = g.div(num, denom)?;
+            alpha_new[c] = g.add2(alpha[c], upd)?;
             assign.push((m_new, format!("adam_m/{cell}")));
             assign.push((v_new, format!("adam_v/{cell}")));
             assign.push((alpha_new[c], format!("alpha/{cell}")));

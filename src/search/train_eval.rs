@@ -230,8 +230,9 @@ impl TrainOptions {
 /// cos(pi) = -1 and lr is exactly 0.
 pub fn lr_at(lr0: f64, epoch: usize, epochs: usize) -> f64 {
     let eta_min = 0.0;
-    let t = (epoch + 1) as f64 / epochs as f64;
-    eta_min + (lr0 - eta_min) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
+    // pi * last_epoch / T_max, in PyTorch's order of operations.
+    let t = std::f64::consts::PI * (epoch + 1) as f64 / epochs as f64;
+    eta_min + (lr0 - eta_min) * (1.0 + t.cos()) / 2.0
 }
 
 /// Drop-path probability of epoch `epoch`: p e / E (train.py sets it before training the epoch).
