@@ -362,6 +362,9 @@ pub fn norm(v: &[ArrayD<f64>]) -> f64 {
 /// Central-difference mixed HVP as the reference computes it (architect.py
 /// `_hessian_vector_product`): R = 0.01 / ||d||, w+ = w + R d, w- = w+ - 2R d (the reference
 /// perturbs in place, so w- is reached from w+), hvp = (grad_alpha L(w+) - grad_alpha L(w-)) / 2R.
+/// The reference then adds R d back in place: `restored` = w- + R d, equal to w in real
+/// arithmetic but not always in floating point (drift of about one ulp), and the model goes
+/// on from it.
 /// `scale` is 0.01 ([`FD_SCALE`]) in the reference; tests sweep it.
 pub fn fd_mixed_hvp<T: Scalar, E: Executor<T> + ?Sized>(
     exec: &mut E,
@@ -381,18 +384,22 @@ pub fn fd_mixed_hvp<T: Scalar, E: Executor<T> + ?Sized>(
     let (gp, stats_plus) = grad_alpha(exec, net, &plus, batch, "FD HVP at w + R v")?;
     let (gm, stats_minus) = grad_alpha(exec, net, &minus, batch, "FD HVP at w - R v")?;
     let hvp = [(&gp[0] - &gm[0]) / (2.0 * r), (&gp[1] - &gm[1]) / (2.0 * r)];
+    let restored = minus.moved(d, r);
     Ok(FdHvp {
         hvp,
         r,
         bn_stats: vec![stats_plus, stats_minus],
+        restored,
     })
 }
 
-/// A central-difference mixed HVP, its radius R and the BN statistics of its two forwards.
+/// A central-difference mixed HVP, its radius R, the BN statistics of its two forwards and
+/// the point the reference's in-place perturbation leaves behind ((w + R v) - 2R v) + R v.
 pub struct FdHvp {
     pub hvp: [ArrayD<f64>; 2],
     pub r: f64,
     pub bn_stats: Vec<BnStats>,
+    pub restored: Point,
 }
 
 /// Exact mixed HVP d2 L / (dalpha dw) . v by autodiff.
@@ -674,6 +681,10 @@ pub struct ArchStep {
     pub grad: [ArrayD<f64>; 2],
     pub loss_valid: f64,
     pub bn_updates: Vec<BnStats>,
+    /// The weights the step leaves in the model where they are not exactly w: the second
+    /// order's in-place finite difference restores w as ((w + R v) - 2R v) + R v
+    /// ([`fd_mixed_hvp`]), and the weight step starts from that.
+    pub weights_after: Option<Vec<(String, ArrayD<f64>)>>,
 }
 
 /// The architecture gradient of one search step (see [`ArchStep`]).
@@ -695,6 +706,7 @@ pub fn arch_gradient<T: Scalar, E: Executor<T> + ?Sized>(
                 grad: e.grad_alpha,
                 loss_valid: e.loss,
                 bn_updates: vec![e.bn_stats],
+                weights_after: None,
             })
         }
         Order::Second => {
@@ -712,6 +724,7 @@ pub fn arch_gradient<T: Scalar, E: Executor<T> + ?Sized>(
                 grad,
                 loss_valid: eu.loss,
                 bn_updates,
+                weights_after: Some(fd.restored.weights),
             })
         }
         Order::Exact => {
@@ -739,6 +752,7 @@ pub fn arch_gradient<T: Scalar, E: Executor<T> + ?Sized>(
                 grad,
                 loss_valid,
                 bn_updates: vec![stats],
+                weights_after: None,
             })
         }
     }

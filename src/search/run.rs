@@ -761,7 +761,7 @@ impl<T: Scalar> Search<T> {
         let t0 = Instant::now();
         let point = self.point();
         let graphs = &self.graphs[&key];
-        let arch = arch_gradient(
+        let mut arch = arch_gradient(
             self.exec.as_mut(),
             graphs,
             &point,
@@ -797,9 +797,13 @@ impl<T: Scalar> Search<T> {
                 .unwrap_or_default(),
         };
         let t1 = Instant::now();
-        // Weight step with the just-updated alphas.
+        // Weight step with the just-updated alphas, from the weights the architect step left
+        // (the second order's in-place restore: ArchStep::weights_after).
         let mut point = point;
         point.alpha = [alphas[0].clone(), alphas[1].clone()];
+        if let Some(w) = arch.weights_after.take() {
+            point.weights = w;
+        }
         let e = evaluate(
             self.exec.as_mut(),
             &self.graphs[&key].train,

@@ -16,7 +16,9 @@
 //!    v <- b2 v + ((1 - b2) g) g, alpha <- alpha + (-s m) / (sqrt(v) / c2 + eps) with
 //!    s = lr_a / (1 - b1^t), c2 = sqrt(1 - b2^t) fed per step; an alpha no cell uses is left
 //!    as it is (PyTorch skips a parameter without a gradient);
-//! 3. the weight step at the new alpha: g = grad_w L_train(w, alpha'), clipped by total norm
+//! 3. the weight step at the new alpha, from the weights the architect step left (w; in the
+//!    second order the reference's in-place restore ((w + R v) - 2R v) + R v, which is w up to
+//!    an ulp): g = grad_w L_train(w, alpha'), clipped by total norm
 //!    (factor min(max_norm / (||g|| + 1e-6), 1)), then SGD with momentum and coupled decay:
 //!    buf <- mu buf + (g + lambda w), w <- w - lr buf;
 //!
@@ -189,6 +191,8 @@ impl StepGraph {
         let mut bn_runs: Vec<Vec<BnRecord>> = Vec::new();
 
         // 1. The architecture gradient.
+        // The weights the architect step leaves: w, or the second order's in-place restore.
+        let mut w_after = w.clone();
         let (g_alpha, loss_valid) = match order {
             Order::First => {
                 let nv = net_at(&mut g, cfg, valid, alpha, &w_map)?;
@@ -227,12 +231,16 @@ impl StepGraph {
                     let r = g.div(scale, norm_v)?;
                     let minus_two = g.scalar(-2.0)?;
                     let m2r = g.mul(minus_two, r)?;
+                    // The reference then adds R v back in place: ((w + R v) - 2R v) + R v,
+                    // which the weight step starts from (architect::fd_mixed_hvp).
                     let (mut wplus, mut wminus) = (Vec::new(), Vec::new());
                     for i in 0..w.len() {
                         let rv = g.mul(v[i], r)?;
                         let p = g.add2(w[i], rv)?;
                         let m2rv = g.mul(v[i], m2r)?;
-                        wminus.push(g.add2(p, m2rv)?);
+                        let m = g.add2(p, m2rv)?;
+                        w_after[i] = g.add2(m, rv)?;
+                        wminus.push(m);
                         wplus.push(p);
                     }
                     // w+- are points, held constant (through v they depend on alpha).
@@ -304,15 +312,18 @@ impl StepGraph {
             assign.push((alpha_new[c], format!("alpha/{cell}")));
         }
 
-        // 3. The weight step at alpha'.
-        // alpha' is a value here: held, so no derivative flows from it back to w.
-        let nw = net_at(&mut g, cfg, train, alpha_new, &w_map)?;
-        let gw = autodiff::grad_holding(&mut g, nw.loss, &w, &alpha_new)?;
+        // 3. The weight step at alpha', from the weights the architect step left.
+        // alpha' and those weights are values here: held, so no derivative flows from them
+        // back to w.
+        let nw = net_at(&mut g, cfg, train, alpha_new, &at(&w_after))?;
+        let mut held = w_after.clone();
+        held.extend(alpha_new);
+        let gw = autodiff::grad_holding(&mut g, nw.loss, &w_after, &held)?;
         bn_runs.push(nw.bn);
         let (grad_norm, sgd) = clip_and_sgd(
             &mut g,
             &names,
-            (&w, &buf),
+            (&w_after, &buf),
             &gw,
             lr,
             (h.momentum, h.weight_decay, h.grad_clip),
