@@ -108,3 +108,52 @@ fn odd_channel_counts_run_as_in_the_reference() {
         .iter()
         .any(|(n, t)| n.ends_with("conv_1.weight") && t.shape()[0] == 3));
 }
+
+/// The configuration read back from a state's shapes is the one that made it, over C (odd
+/// included), layers (1 and 2: every cell reduces), steps, multiplier, stem multiplier and
+/// classes; a stem multiplier or multiplier given that disagrees with the shapes is an error
+/// naming both values.
+#[test]
+fn configuration_is_read_back_from_state_shapes() {
+    let mut checked = 0;
+    for (c, layers, steps, multiplier, stem, classes) in [
+        (4, 3, 4, 4, 3, 10),
+        (3, 1, 2, 2, 1, 7),
+        (5, 2, 3, 1, 2, 10),
+        (2, 5, 4, 3, 3, 4),
+        (6, 4, 1, 1, 4, 2),
+        (16, 8, 4, 4, 3, 10),
+    ] {
+        let cfg = SearchConfig {
+            c,
+            layers,
+            steps,
+            multiplier,
+            stem_multiplier: stem,
+            num_classes: classes,
+            smooth: false,
+        };
+        cfg.validate(8, 8).unwrap();
+        let layout = cfg.layout().unwrap();
+        let shapes = || layout.entries.iter().map(|(n, s, _)| (n.as_str(), &s[..]));
+        let read = SearchConfig::from_state_shapes(shapes(), cfg.k(), None, None).unwrap();
+        assert_eq!(read, cfg);
+        let given =
+            SearchConfig::from_state_shapes(shapes(), cfg.k(), Some(stem), Some(multiplier));
+        assert_eq!(given.unwrap(), cfg);
+        let e = SearchConfig::from_state_shapes(shapes(), cfg.k(), None, Some(multiplier + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("multiplier {} was given", multiplier + 1))
+                && e.contains(&format!("say {multiplier}")),
+            "{e}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
+    let e = SearchConfig::from_state_shapes(std::iter::empty(), 14, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cells.0.preprocess1"), "{e}");
+}

@@ -36,12 +36,14 @@ pub struct Args {
     /// Executor: the CPU reference, or the wgpu GPU path (f32 only).
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     pub backend: Backend,
-    /// Stem channels = stem_multiplier * C (the reference fixes 3).
-    #[arg(long, default_value_t = 3)]
-    pub stem_multiplier: usize,
-    /// Intermediate nodes concatenated per cell (the reference fixes 4).
-    #[arg(long, default_value_t = 4)]
-    pub multiplier: usize,
+    /// Stem channels = stem_multiplier * C (the reference fixes 3). Read from the state's
+    /// shapes; when given, it must agree with them.
+    #[arg(long)]
+    pub stem_multiplier: Option<usize>,
+    /// Intermediate nodes concatenated per cell (the reference fixes 4). Read from the
+    /// state's shapes; when given, it must agree with them.
+    #[arg(long)]
+    pub multiplier: Option<usize>,
 }
 
 pub use darts::exec::Backend;

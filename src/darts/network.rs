@@ -246,59 +246,136 @@ pub fn build(
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
     #[error("state has no '{0}' tensor, so the network configuration cannot be read from it")]
-    Missing(&'static str),
-    #[error("'stem.0.weight' has {rows} output channels, not a multiple of stem_multiplier {m}")]
-    Stem { rows: usize, m: usize },
+    Missing(String),
+    #[error("'{key}' has shape {shape:?}: {reason}")]
+    Shape {
+        key: String,
+        shape: Vec<usize>,
+        reason: String,
+    },
+    #[error("{what} {given} was given, but the state's shapes say {read} ({how})")]
+    Given {
+        what: &'static str,
+        given: usize,
+        read: usize,
+        how: String,
+    },
     #[error("alpha has {k} rows, which is no cell size: k = sum_(i<steps) (2 + i) gives 2, 5, 9, 14, 20, ...")]
     Edges { k: usize },
 }
 
 impl SearchConfig {
-    /// The configuration a state was made for: C from `stem.0.weight` (3C rows for the
-    /// given stem multiplier), layers from the `cells.<i>` prefixes, classes from
-    /// `classifier.weight`, steps from the alpha rows k. `multiplier` cannot be read off
-    /// unambiguously and is given (the reference fixes 4); a wrong value shows up as a shape
-    /// mismatch naming the key when the state is loaded.
+    /// The configuration a state was made for, read off the reference's module shapes:
+    /// layers from the `cells.<i>` prefixes; C_curr of cell i from the output channels of its
+    /// `preprocess1` (ReLUConvBN: `cells.<i>.preprocess1.op.1.weight` is [C_curr, C_prev, 1, 1]),
+    /// so C = C_curr of cell 0, halved when cell 0 reduces (fewer than 3 layers);
+    /// stem_multiplier = rows of `stem.0.weight` / C; multiplier = input features of
+    /// `classifier.weight` / C_curr of the last cell (its output concatenates `multiplier`
+    /// nodes of C_curr channels); classes from `classifier.weight`; steps from the alpha rows k.
+    /// A `stem_multiplier` or `multiplier` given must agree with what the shapes say.
     pub fn from_state_shapes<'a>(
         names_shapes: impl IntoIterator<Item = (&'a str, &'a [usize])>,
         alpha_rows: usize,
-        stem_multiplier: usize,
-        multiplier: usize,
+        stem_multiplier: Option<usize>,
+        multiplier: Option<usize>,
     ) -> Result<SearchConfig, InferError> {
-        let mut stem = None;
-        let mut classes = None;
-        let mut layers = 0;
-        for (n, s) in names_shapes {
-            if n == "stem.0.weight" {
-                stem = s.first().copied();
+        let shapes: std::collections::HashMap<&str, &[usize]> = names_shapes.into_iter().collect();
+        let layers = shapes
+            .keys()
+            .filter_map(|n| {
+                n.strip_prefix("cells.")?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .map(|i| i + 1)
+            .max()
+            .ok_or_else(|| InferError::Missing("cells.0.preprocess1.op.1.weight".into()))?;
+        let get = |key: String, rank: usize| -> Result<&[usize], InferError> {
+            let s = *shapes
+                .get(key.as_str())
+                .ok_or(InferError::Missing(key.clone()))?;
+            if s.len() != rank || s.contains(&0) {
+                return Err(InferError::Shape {
+                    key,
+                    shape: s.to_vec(),
+                    reason: format!("expected {rank} non-zero dimensions"),
+                });
             }
-            if n == "classifier.weight" {
-                classes = s.first().copied();
+            Ok(s)
+        };
+        let c_curr = |i: usize| -> Result<usize, InferError> {
+            Ok(get(format!("cells.{i}.preprocess1.op.1.weight"), 4)?[0])
+        };
+        let stem_rows = get("stem.0.weight".into(), 4)?[0];
+        let classifier = get("classifier.weight".into(), 2)?;
+        let probe = SearchConfig {
+            layers,
+            ..SearchConfig::paper()
+        };
+        let first = c_curr(0)?;
+        let c = if probe.is_reduction(0) {
+            if first % 2 != 0 {
+                return Err(InferError::Shape {
+                    key: "cells.0.preprocess1.op.1.weight".into(),
+                    shape: vec![first],
+                    reason: "cell 0 reduces (fewer than 3 layers), so its C_curr = 2C is even"
+                        .into(),
+                });
             }
-            if let Some(rest) = n.strip_prefix("cells.") {
-                if let Some(i) = rest.split('.').next().and_then(|i| i.parse::<usize>().ok()) {
-                    layers = layers.max(i + 1);
+            first / 2
+        } else {
+            first
+        };
+        let ratio =
+            |num: usize, den: usize, what: &'static str, how: String, given: Option<usize>| {
+                if num % den != 0 {
+                    return Err(InferError::Shape {
+                        key: what.into(),
+                        shape: vec![num, den],
+                        reason: format!("{how}: {num} is not a multiple of {den}"),
+                    });
                 }
-            }
-        }
-        let rows = stem.ok_or(InferError::Missing("stem.0.weight"))?;
-        let classes = classes.ok_or(InferError::Missing("classifier.weight"))?;
-        if stem_multiplier == 0 || rows % stem_multiplier != 0 {
-            return Err(InferError::Stem {
-                rows,
-                m: stem_multiplier,
-            });
-        }
+                let read = num / den;
+                match given {
+                    Some(g) if g != read => Err(InferError::Given {
+                        what,
+                        given: g,
+                        read,
+                        how,
+                    }),
+                    _ => Ok(read),
+                }
+            };
+        let stem_multiplier = ratio(
+            stem_rows,
+            c,
+            "stem_multiplier",
+            format!("'stem.0.weight' has {stem_rows} output channels and C = {c}"),
+            stem_multiplier,
+        )?;
+        let last = c_curr(layers - 1)?;
+        let multiplier = ratio(
+            classifier[1],
+            last,
+            "multiplier",
+            format!(
+                "'classifier.weight' reads {} features and the last cell's C_curr = {last}",
+                classifier[1]
+            ),
+            multiplier,
+        )?;
         let steps = (1..64)
             .find(|&s| num_edges(s) == alpha_rows)
             .ok_or(InferError::Edges { k: alpha_rows })?;
         Ok(SearchConfig {
-            c: rows / stem_multiplier,
+            c,
             layers,
             steps,
             multiplier,
             stem_multiplier,
-            num_classes: classes,
+            num_classes: classifier[0],
             smooth: false,
         })
     }
