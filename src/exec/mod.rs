@@ -258,6 +258,26 @@ pub fn liveness(graph: &Graph, outputs: &[NodeId]) -> Result<(Vec<bool>, Vec<usi
     Ok((needed, last_use))
 }
 
+/// The row an index value of a Gather or ScatterAdd names: a whole number in 0..rows, or
+/// [`ExecError::IndexOutOfRange`] naming the node (both executors check alike).
+pub fn row_index<T: Scalar>(
+    v: T,
+    rows: usize,
+    node: &crate::graph::Node,
+) -> Result<usize, ExecError> {
+    let f = v.as_f64();
+    if f >= 0.0 && f.fract() == 0.0 && (f as usize) < rows {
+        Ok(f as usize)
+    } else {
+        Err(ExecError::IndexOutOfRange {
+            op: node.op.name(),
+            label: node.label.clone(),
+            index: f,
+            rows,
+        })
+    }
+}
+
 /// Checks a feed against its input node's shape.
 pub fn check_feed<T: Scalar>(
     name: &str,

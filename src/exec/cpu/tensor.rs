@@ -2,7 +2,7 @@
 
 use super::elementwise::{for_each_lane, LaneRead};
 use super::BufferPool;
-use crate::exec::{ExecError, Scalar};
+use crate::exec::{row_index, ExecError, Scalar};
 use crate::graph::Node;
 use ndarray::{linalg::general_mat_mul, ArrayD, Axis, Ix2, IxDyn, Slice, Zip};
 
@@ -213,20 +213,6 @@ pub fn matmul<T: Scalar>(pool: &mut BufferPool<T>, a: &ArrayD<T>, b: &ArrayD<T>)
         general_mat_mul(T::one(), &a2, &b2, T::zero(), &mut o2);
     }
     out
-}
-
-fn row_index<T: Scalar>(v: T, rows: usize, node: &Node) -> Result<usize, ExecError> {
-    let f = v.as_f64();
-    if f >= 0.0 && f.fract() == 0.0 && (f as usize) < rows {
-        Ok(f as usize)
-    } else {
-        Err(ExecError::IndexOutOfRange {
-            op: node.op.name(),
-            label: node.label.clone(),
-            index: f,
-            rows,
-        })
-    }
 }
 
 pub fn gather<T: Scalar>(

@@ -37,6 +37,17 @@ pub(super) enum Part {
 }
 
 impl<'a> Site<'a> {
+    /// Node `id`'s own dispatches; [`GpuExecutor::dispatch`] names the kernel.
+    pub(super) fn node(id: usize, node: &'a Node) -> Self {
+        Site {
+            kernel: "",
+            fused_ops: None,
+            id,
+            node,
+            part: Part::Whole,
+        }
+    }
+
     pub(super) fn held(&self) -> HeldSite {
         HeldSite {
             kernel: self.kernel,
@@ -156,16 +167,6 @@ fn fused_kind(reduce: bool, entry: &str, batched: bool) -> &'static str {
     }
 }
 
-pub(super) fn site<'a>(spec: &KernelSpec, id: usize, node: &'a Node) -> Site<'a> {
-    Site {
-        kernel: spec.name,
-        fused_ops: None,
-        id,
-        node,
-        part: Part::Whole,
-    }
-}
-
 /// A buffer's label: "%i op at 'label'", formatted only when a fresh buffer is created.
 pub(super) struct BufferLabel<'a> {
     pub(super) id: usize,
@@ -249,6 +250,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
 
     /// Records one dispatch of `spec` with its bindings taken from the kernel's table:
     /// the Params slot gets `params`, Read slots get `reads` in order, the Write slot `write`.
+    /// Errors name `at` with `spec`'s kernel.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn dispatch(
         &mut self,
@@ -262,6 +264,10 @@ impl<T: GpuScalar> GpuExecutor<T> {
         if groups == 0 {
             return Ok(());
         }
+        let at = &Site {
+            kernel: spec.name,
+            ..*at
+        };
         if let Some((member, pending)) = self.pending.as_mut() {
             // Recording a batch: held until every member is recorded (Self::flush_pending).
             pending.push(Pending {

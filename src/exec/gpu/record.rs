@@ -3,14 +3,14 @@
 //! kernels of [`super::fusion`]. The parameter blocks follow the structs of
 //! [`super::kernels`], which mirror the WGSL headers in shaders/.
 
-use super::dispatch::{site, BufferLabel, Kernel, Part, Pending, Site};
+use super::dispatch::{BufferLabel, Kernel, Part, Pending, Site};
 use super::kernels::{
     self, EwParams, GatherParams, KernelSpec, MatmulParams, MoveParams, ReduceParams,
     SoftmaxParams, MATMUL_TILE, MAX_RANK, REDUCE_SPLIT_MAX_OUT, WORKGROUP_SIZE,
 };
 use super::{fusion, GpuExecutor, GpuScalar};
-use crate::exec::{check_feed, ExecError, Feeds, Scalar};
-use crate::graph::{BinaryOp, Graph, Node, NodeId, Op, UnaryOp};
+use crate::exec::{check_feed, row_index, ExecError, Feeds, Scalar};
+use crate::graph::{BinaryOp, Graph, NodeId, Op, UnaryOp};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -129,21 +129,6 @@ pub(super) fn copy_params(shape: &[usize]) -> MoveParams {
     put(&mut p.extent, shape);
     p.div = [1; MAX_RANK];
     p
-}
-
-/// The row index an index value names, or the error the CPU executor returns for it.
-fn row_index<T: Scalar>(v: T, rows: usize, node: &Node) -> Result<(), ExecError> {
-    let f = v.as_f64();
-    if f >= 0.0 && f.fract() == 0.0 && (f as usize) < rows {
-        Ok(())
-    } else {
-        Err(ExecError::IndexOutOfRange {
-            op: node.op.name(),
-            label: node.label.clone(),
-            index: f,
-            rows,
-        })
-    }
 }
 
 /// Checks on the host, before any work, the indices of every Gather and ScatterAdd whose
@@ -374,6 +359,8 @@ impl<T: GpuScalar> GpuExecutor<T> {
         let shape = node.shape.dims();
         let numel = node.shape.numel();
         let label = BufferLabel { id: i, node };
+        // Where this node's dispatches come from (each dispatch names its own kernel).
+        let at = Site::node(i, node);
         let ew_groups = (numel as u32).div_ceil(WORKGROUP_SIZE);
         let out = match &node.op {
             Op::Reshape { .. } => return input(0),
@@ -384,7 +371,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     ..Default::default()
                 };
                 p.set_value(T::of(*value));
-                let at = site(&kernels::FILL, i, node);
                 self.dispatch(
                     &kernels::FILL,
                     bytemuck::bytes_of(&p),
@@ -403,7 +389,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     op: unary_code(*u),
                     ..Default::default()
                 };
-                let at = site(&kernels::UNARY, i, node);
                 self.dispatch(
                     &kernels::UNARY,
                     bytemuck::bytes_of(&p),
@@ -432,7 +417,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     &mut p.b_strides,
                     &broadcast_strides(graph.shape(node.inputs[1]).dims(), shape),
                 );
-                let at = site(&kernels::BINARY, i, node);
                 self.dispatch(
                     &kernels::BINARY,
                     bytemuck::bytes_of(&p),
@@ -456,7 +440,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     &mut p.a_strides,
                     &broadcast_strides(graph.shape(node.inputs[0]).dims(), shape),
                 );
-                let at = site(&kernels::BROADCAST, i, node);
                 self.dispatch(
                     &kernels::BROADCAST,
                     bytemuck::bytes_of(&p),
@@ -474,7 +457,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                 let (stages, out_numel) = self.reduce_stages(&p, max);
                 let out = self.alloc(out_numel, &label);
                 for (spec, groups) in stages {
-                    let at = site(spec, i, node);
                     self.dispatch(spec, bytemuck::bytes_of(&p), &[&x], &out, groups, &at)?;
                 }
                 out
@@ -500,10 +482,12 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     .ok_or_else(|| {
                         ExecError::Gpu(format!(
                             "{}: too many output tiles",
-                            site(&kernels::MATMUL, i, node)
+                            Site {
+                                kernel: kernels::MATMUL.name,
+                                ..at
+                            }
                         ))
                     })?;
-                let at = site(&kernels::MATMUL, i, node);
                 self.dispatch(
                     &kernels::MATMUL,
                     bytemuck::bytes_of(&p),
@@ -527,7 +511,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     total: numel as u32,
                     ..Default::default()
                 };
-                let at = site(&kernels::SELECT, i, node);
                 self.dispatch(
                     &kernels::SELECT,
                     bytemuck::bytes_of(&p),
@@ -570,7 +553,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     }
                     _ => {}
                 }
-                let at = site(&kernels::COPY, i, node);
                 self.dispatch(
                     &kernels::COPY,
                     bytemuck::bytes_of(&p),
@@ -583,7 +565,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
             }
             Op::Concat { axis } => {
                 let out = self.alloc(numel, &label);
-                let at = site(&kernels::COPY, i, node);
                 let mut off = 0;
                 for k in 0..node.inputs.len() {
                     let x = input(k)?;
@@ -670,7 +651,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     ..Default::default()
                 };
                 for (spec, groups) in stages {
-                    let at = site(spec, i, node);
                     self.dispatch(spec, bytemuck::bytes_of(&p), &[&a, &b], &out, groups, &at)?;
                 }
                 out
@@ -722,7 +702,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     pad_w: pp.padding[1] as u32,
                 };
                 let refs: Vec<&wgpu::Buffer> = reads.iter().map(|b| b.as_ref()).collect();
-                let at = site(spec, i, node);
                 self.dispatch(spec, bytemuck::bytes_of(&p), &refs, &out, ew_groups, &at)?;
                 out
             }
@@ -748,7 +727,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     n: n as u32,
                     d: d.max(1) as u32,
                 };
-                let at = site(spec, i, node);
                 self.dispatch(
                     spec,
                     bytemuck::bytes_of(&p),
@@ -771,7 +749,6 @@ impl<T: GpuScalar> GpuExecutor<T> {
                     inner: inner.max(1) as u32,
                     _pad: 0,
                 };
-                let at = site(&kernels::LOG_SOFTMAX, i, node);
                 self.dispatch(
                     &kernels::LOG_SOFTMAX,
                     bytemuck::bytes_of(&p),

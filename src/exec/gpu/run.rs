@@ -4,7 +4,7 @@
 //! [`SUBMIT_EVERY`] on up to [`ENCODE_THREADS_MAX`] threads, submits them and reads back the
 //! requested outputs. Also where the time of a run went ([`RunTiming`]).
 
-use super::dispatch::{site, BufferLabel, Part, Site};
+use super::dispatch::{BufferLabel, Part, Site};
 use super::kernels::{self, WORKGROUP_SIZE};
 use super::record::{copy_params, put};
 use super::{fusion, tape, GpuExecutor, GpuScalar};
@@ -292,7 +292,7 @@ impl<T: GpuScalar> GpuExecutor<T> {
             put(&mut p.in_strides, &graph.shape(*node).strides());
             let at = Site {
                 part: Part::Assignment,
-                ..site(&kernels::COPY, node.0, n)
+                ..Site::node(node.0, n)
             };
             self.dispatch(
                 &kernels::COPY,
