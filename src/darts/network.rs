@@ -68,6 +68,12 @@ impl SearchConfig {
         (0..self.layers).any(|i| !self.is_reduction(i))
     }
 
+    /// Which alphas (normal, reduce) the loss uses: Adam updates only those, as torch.optim
+    /// skips a parameter whose gradient is None.
+    pub fn alphas_used(&self) -> [bool; 2] {
+        [self.has_normal_cells(), true]
+    }
+
     /// Reject configurations the reference cannot run, with the reason. (Any C and any
     /// number of layers run: see [`Self::has_normal_cells`] for fewer than 3.)
     pub fn validate(&self, h: usize, w: usize) -> Result<(), ConfigError> {

@@ -777,7 +777,7 @@ impl<T: Scalar> Search<T> {
             self.state.alpha_reduce.clone(),
         ];
         // An alpha no cell uses has no gradient in PyTorch: Adam leaves it (and its moments).
-        let used = [self.cfg.has_normal_cells(), true];
+        let used = self.cfg.alphas_used();
         let grads: Vec<Option<&ArrayD<f64>>> = arch
             .grad
             .iter()

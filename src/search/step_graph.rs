@@ -274,7 +274,7 @@ impl StepGraph {
         let c2 = g.scalar(1.0 - h.beta2)?;
         let eps = g.scalar(h.adam_eps)?;
         let neg_step_size = g.unary(crate::graph::UnaryOp::Neg, step_size)?;
-        let used = [cfg.has_normal_cells(), true];
+        let used = cfg.alphas_used();
         let mut alpha_new = alpha;
         for (c, cell) in ["normal", "reduce"].into_iter().enumerate() {
             if !used[c] {
