@@ -12,3 +12,5 @@ pub mod exec;
 pub mod graph;
 pub mod linalg;
 pub mod search;
+pub mod step;
+pub mod train;

@@ -43,18 +43,25 @@ enum Command {
     /// The architecture gradient three ways (first order, the paper's FD second order and
     /// its audit variant, exact) at one state and batch, written to an npz.
     Gradients(cli::gradients::Args),
+    /// N whole iterations of the search loop body (architect step, weight step) on one pair
+    /// of batches, the state after each written to an npz (for comparison with other
+    /// implementations).
+    Step(cli::step::Args),
     /// Architecture search (bilevel DARTS) on CIFAR-10, with checkpoints and resume.
     Search(cli::search::Args),
     /// Train a genotype's evaluation network from scratch on CIFAR-10 (cnn/train.py).
     Train(Box<cli::train::Args>),
 }
 
+/// Exit status: 0 done; 1 an error (its message names the flag, file, key or step); 2 a usage
+/// error (clap); 130 a run stopped by Ctrl-C after writing its checkpoint.
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
+        Err(e) if e.is::<cli::Interrupted>() => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::FAILURE
         }
     }
 }
@@ -125,6 +132,10 @@ fn run() -> Result<ExitCode> {
         }
         Command::Gradients(args) => {
             cli::gradients::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Step(args) => {
+            cli::step::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Search(args) => {

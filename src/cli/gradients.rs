@@ -1,11 +1,16 @@
 //! `darts gradients`: the architecture gradient three ways at one state and batch, written to
 //! an npz for side-by-side comparison with other implementations.
 
+use super::inputs::{read_batches, read_state, SearchInput};
 use anyhow::{bail, Context, Result};
-use darts::darts::network::SearchConfig;
-use darts::darts::params::{read_npz, write_npz, State};
-use darts::exec::cpu::CpuExecutor;
-use darts::search::architect::{all_gradients, norm, ArchGraphs, Batch, Point, Report, Unroll};
+use darts::darts::names;
+use darts::darts::params::write_npz;
+use darts::data::Batch;
+use darts::exec::{Executor, ExecutorUser, Feeds, Scalar};
+use darts::graph::NodeId;
+use darts::search::architect::{check_finite, ArchError};
+use darts::search::gradients::GradientsGraph;
+use darts::search::step_graph::upload_state;
 use ndarray::{ArrayD, IxDyn};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,7 +38,8 @@ pub struct Args {
     pub momentum: f64,
     #[arg(long, value_enum, default_value_t = Dtype::F64)]
     pub dtype: Dtype,
-    /// Executor: the CPU reference, or the wgpu GPU path (f32 only).
+    /// Executor: the CPU reference, or the wgpu GPU path (f64 only where the adapter offers
+    /// it and passes the f64 self-check).
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     pub backend: Backend,
     /// Stem channels = stem_multiplier * C (the reference fixes 3). Read from the state's
@@ -46,121 +52,87 @@ pub struct Args {
     pub multiplier: Option<usize>,
 }
 
-pub use darts::exec::Backend;
+pub use darts::exec::{Backend, Dtype};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Dtype {
-    F64,
-    F32,
+/// What `darts gradients` computes once the executor is open.
+struct Compute<'a> {
+    input: &'a SearchInput,
+    train: &'a Batch,
+    valid: &'a Batch,
+    a: &'a Args,
 }
 
-fn labels_to_onehot(y: &ArrayD<f64>, n: usize, classes: usize, key: &str) -> Result<ArrayD<f64>> {
-    if y.shape() != [n] {
-        bail!(
-            "batch: '{key}' has shape {:?}, expected [{n}] to match its images",
-            y.shape()
-        );
-    }
-    let mut t = ArrayD::zeros(IxDyn(&[n, classes]));
-    for (i, &v) in y.iter().enumerate() {
-        if v < 0.0 || v.fract() != 0.0 || v as usize >= classes {
-            bail!("batch: '{key}'[{i}] = {v} is not a class index in 0..{classes}");
+impl ExecutorUser for Compute<'_> {
+    type Output = Result<(BTreeMap<String, ArrayD<f64>>, [f64; 2])>;
+    fn with<T: Scalar>(self, mut exec: Box<dyn Executor<T>>) -> Self::Output {
+        let Compute {
+            input,
+            train,
+            valid,
+            a,
+        } = self;
+        println!("backend: {}", exec.name());
+        let gg = GradientsGraph::build(
+            &input.cfg,
+            train.x.shape(),
+            valid.x.shape(),
+            a.momentum,
+            a.weight_decay,
+        )?;
+        upload_state(exec.as_mut(), &input.cfg.layout()?, &input.state, &input.opt)?;
+        let mut f = Feeds::<T>::new();
+        f.insert(names::TRAIN_X, train.x.mapv(T::of));
+        f.insert(names::TRAIN_ONEHOT, train.onehot.mapv(T::of));
+        f.insert(names::VALID_X, valid.x.mapv(T::of));
+        f.insert(names::VALID_ONEHOT, valid.onehot.mapv(T::of));
+        f.insert(names::LR, ArrayD::from_elem(IxDyn(&[]), T::of(a.eta)));
+        let mut outs: Vec<NodeId> = gg.outputs.iter().map(|(_, n)| *n).collect();
+        outs.extend([gg.r_paper, gg.r_audit]);
+        let vals = exec
+            .run(&gg.graph, &f, &outs)
+            .context("running the gradients graph")?;
+        let mut vals: Vec<ArrayD<f64>> = vals.into_iter().map(|v| v.mapv(|x| x.as_f64())).collect();
+        let r_audit = vals.pop().map_or(f64::NAN, |v| v.sum());
+        let r_paper = vals.pop().map_or(f64::NAN, |v| v.sum());
+        let mut arrays = BTreeMap::new();
+        for ((key, _), v) in gg.outputs.iter().zip(vals) {
+            check_finite("architecture gradient", key, &v)?;
+            arrays.insert(key.clone(), v);
         }
-        t[[i, v as usize]] = 1.0;
+        if !(r_paper.is_finite() && r_audit.is_finite()) {
+            bail!(ArchError::ZeroDirection);
+        }
+        Ok((arrays, [r_paper, r_audit]))
     }
-    Ok(t)
 }
 
-fn take_batch(
-    all: &mut BTreeMap<String, ArrayD<f64>>,
-    which: &str,
-    classes: usize,
-    file: &str,
-) -> Result<Batch> {
-    let xk = format!("x_{which}");
-    let yk = format!("y_{which}");
-    let x = all
-        .remove(&xk)
-        .with_context(|| format!("{file}: missing key '{xk}'"))?;
-    let y = all
-        .remove(&yk)
-        .with_context(|| format!("{file}: missing key '{yk}'"))?;
-    if x.ndim() != 4 || x.shape()[1] != 3 {
-        bail!(
-            "{file}: '{xk}' has shape {:?}, expected [N, 3, H, W]",
-            x.shape()
-        );
+/// The validated flags of `darts gradients`, before any work.
+fn validate(a: &Args) -> Result<()> {
+    for (flag, v, positive) in [
+        ("--eta", a.eta, true),
+        ("--weight-decay", a.weight_decay, false),
+    ] {
+        if !(v.is_finite() && if positive { v > 0.0 } else { v >= 0.0 }) {
+            bail!(
+                "{flag} {v}: must be finite and {}",
+                if positive { "> 0" } else { ">= 0" }
+            );
+        }
     }
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        bail!("{file}: '{xk}' holds a non-finite value at flat index {i}");
+    if !(0.0..1.0).contains(&a.momentum) {
+        bail!("--momentum {}: must lie in [0, 1)", a.momentum);
     }
-    let onehot = labels_to_onehot(&y, x.shape()[0], classes, &yk)?;
-    Ok(Batch { x, onehot })
+    Ok(())
 }
 
 pub fn run(a: Args) -> Result<()> {
     let start = Instant::now();
-    let state_file = a.state.display().to_string();
-    let all = read_npz(&a.state)?;
-    let k = all
-        .get("alpha/normal")
-        .with_context(|| format!("{state_file}: missing key 'alpha/normal'"))?
-        .shape()
-        .first()
-        .copied()
-        .unwrap_or(0);
-    let shapes: Vec<(&str, &[usize])> = all
-        .iter()
-        .filter_map(|(n, v)| n.strip_prefix("sd/").map(|n| (n, v.shape())))
-        .collect();
-    let cfg = SearchConfig::from_state_shapes(shapes, k, a.stem_multiplier, a.multiplier)
-        .with_context(|| format!("reading the network configuration from {state_file}"))?;
-    let batch_file = a.batch.display().to_string();
-    let mut b = read_npz(&a.batch)?;
-    let train = take_batch(&mut b, "train", cfg.num_classes, &batch_file)?;
-    let valid = take_batch(&mut b, "valid", cfg.num_classes, &batch_file)?;
-    let (h, w) = (train.x.shape()[2], train.x.shape()[3]);
-    if valid.x.shape()[2..] != train.x.shape()[2..] {
-        bail!("{batch_file}: x_train and x_valid differ in image size");
-    }
-    cfg.validate(h, w)?;
-    let layout = cfg.layout()?;
-    let st = State::from_npz(&a.state, &layout, k)?;
-    let weights: Vec<(String, ArrayD<f64>)> = layout
-        .weights()
-        .map(|(n, _, _)| (n.clone(), st.tensors[n].clone()))
-        .collect();
-    let mut buf = Vec::new();
-    for (n, w) in &weights {
-        if let Some(m) = all.get(&format!("momentum_buffer/{n}")) {
-            if m.shape() != w.shape() {
-                bail!(
-                    "{state_file}: 'momentum_buffer/{n}' has shape {:?}, the weight has {:?}",
-                    m.shape(),
-                    w.shape()
-                );
-            }
-            buf.push(m.clone());
-        }
-    }
-    if !buf.is_empty() && buf.len() != weights.len() {
-        bail!(
-            "{state_file}: momentum buffers for {} of {} weights; give all or none",
-            buf.len(),
-            weights.len()
-        );
-    }
-    let point = Point {
-        weights,
-        alpha: [st.alpha_normal.clone(), st.alpha_reduce.clone()],
-    };
-    let unroll = Unroll {
-        eta: a.eta,
-        weight_decay: a.weight_decay,
-        momentum: a.momentum,
-    };
+    validate(&a)?;
+    let input = read_state(&a.state, a.stem_multiplier, a.multiplier)?;
+    let (train, valid) = read_batches(&a.batch, &input.cfg)?;
+    let cfg = &input.cfg;
     println!(
-        "network: C={} layers={} steps={} multiplier={} classes={} | train {:?} valid {:?} | {} weights | {}",
+        "network: C={} layers={} steps={} multiplier={} classes={} | train {:?} valid {:?} | {} weights | {:?}",
         cfg.c,
         cfg.layers,
         cfg.steps,
@@ -168,59 +140,41 @@ pub fn run(a: Args) -> Result<()> {
         cfg.num_classes,
         train.x.shape(),
         valid.x.shape(),
-        point.weights.iter().map(|(_, w)| w.len()).sum::<usize>(),
-        match a.dtype {
-            Dtype::F64 => "f64",
-            Dtype::F32 => "f32",
-        }
+        cfg.layout()?.weights().map(|(_, s, _)| s.iter().product::<usize>()).sum::<usize>(),
+        a.dtype
     );
-    let graphs = ArchGraphs::build(&cfg, train.x.shape(), valid.x.shape())?;
-    let buf_ref = (!buf.is_empty()).then_some(buf.as_slice());
-    let rep = match (a.backend, a.dtype) {
-        (Backend::Gpu, Dtype::F64) => {
-            // f64 kernels exist only where the adapter offers SHADER_F64 and passes the
-            // executor's self-check of every f64 operation; otherwise say why and stop.
-            let mut gpu = darts::exec::gpu::GpuExecutor::<f64>::new_f64().map_err(|e| {
-                anyhow::anyhow!(
-                    "--backend gpu --dtype f64: {e}; pass --dtype f32 (or --backend cpu)"
-                )
-            })?;
-            println!("backend: {} (f64 kernels)", gpu.adapter_info());
-            all_gradients(&mut gpu, &graphs, &point, buf_ref, &train, &valid, &unroll)?
-        }
-        (Backend::Gpu, Dtype::F32) => {
-            let mut gpu = darts::exec::gpu::GpuExecutor::new()?;
-            println!("backend: {}", gpu.adapter_info());
-            all_gradients(&mut gpu, &graphs, &point, buf_ref, &train, &valid, &unroll)?
-        }
-        (Backend::Cpu, Dtype::F64) => all_gradients(
-            &mut CpuExecutor::<f64>::new(),
-            &graphs,
-            &point,
-            buf_ref,
-            &train,
-            &valid,
-            &unroll,
-        )?,
-        (Backend::Cpu, Dtype::F32) => all_gradients(
-            &mut CpuExecutor::<f32>::new(),
-            &graphs,
-            &point,
-            buf_ref,
-            &train,
-            &valid,
-            &unroll,
-        )?,
+    let user = Compute {
+        input: &input,
+        train: &train,
+        valid: &valid,
+        a: &a,
     };
-    write_npz(&a.out, rep.arrays.iter().map(|(k, v)| (k.as_str(), v)))?;
-    print_summary(&rep, &unroll);
+    let (arrays, [r_paper, r_audit]) = darts::exec::open(a.backend, a.dtype, user)
+        .with_context(|| {
+            format!(
+                "--backend {:?} --dtype {:?}",
+                a.backend, a.dtype
+            )
+            .to_lowercase()
+        })??;
+    write_npz(&a.out, arrays.iter().map(|(k, v)| (k.as_str(), v)))?;
+    print_summary(&arrays, (r_paper, r_audit), a.eta);
     println!(
         "wrote {} arrays to {} ({:.2} s)",
-        rep.arrays.len(),
+        arrays.len(),
         a.out.display(),
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// ||x||_2 over several tensors together.
+fn norm(v: &[ArrayD<f64>]) -> f64 {
+    v.iter()
+        .flat_map(|a| a.iter())
+        .map(|x| x * x)
+        .sum::<f64>()
+        .sqrt()
 }
 
 fn rel(a: &[ArrayD<f64>; 2], b: &[ArrayD<f64>; 2]) -> f64 {
@@ -228,52 +182,53 @@ fn rel(a: &[ArrayD<f64>; 2], b: &[ArrayD<f64>; 2]) -> f64 {
     norm(&d) / norm(b).max(1e-300)
 }
 
-fn print_summary(rep: &Report, u: &Unroll) {
+fn print_summary(arrays: &BTreeMap<String, ArrayD<f64>>, (r_paper, r_audit): (f64, f64), eta: f64) {
+    let scalar = |k: &str| arrays.get(k).map_or(f64::NAN, |a| a.sum());
+    let alpha = |k: &str| names::CELLS.map(|c| arrays[&format!("{k}/{c}")].clone());
     let weights_norm = |prefix: &str| {
-        let v: Vec<ArrayD<f64>> = rep
-            .arrays
+        let v: Vec<ArrayD<f64>> = arrays
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
             .map(|(_, v)| v.clone())
             .collect();
         norm(&v)
     };
-    let first = rep.alpha("grad_alpha_first");
-    let second = rep.alpha("grad_alpha_second");
-    let exact = rep.alpha("grad_alpha_unrolled_exact");
-    let partial = rep.alpha("grad_alpha_unrolled_partial");
-    let audit_hvp = rep.alpha("hvp_fd_at_unrolled");
+    let first = alpha("grad_alpha_first");
+    let second = alpha("grad_alpha_second");
+    let exact = alpha("grad_alpha_unrolled_exact");
+    let partial = alpha("grad_alpha_unrolled_partial");
+    let audit_hvp = alpha("hvp_fd_at_unrolled");
     let audit = [
-        &partial[0] - &(&audit_hvp[0] * u.eta),
-        &partial[1] - &(&audit_hvp[1] * u.eta),
+        &partial[0] - &(&audit_hvp[0] * eta),
+        &partial[1] - &(&audit_hvp[1] * eta),
     ];
     println!(
         "losses: L_train(w) {:.10} | L_val(w) {:.10} | L_val(w') {:.10}",
-        rep.scalar("loss_train"),
-        rep.scalar("loss_valid"),
-        rep.scalar("loss_valid_unrolled")
+        scalar("loss_train"),
+        scalar("loss_valid"),
+        scalar("loss_valid_unrolled")
     );
     println!(
         "norms: |grad_w L_train| {:.4e} | |v| {:.4e} | eps = 0.01/|v| = {:.4e} (audit {:.4e})",
         weights_norm("grad_w_train/"),
         weights_norm("v/"),
-        rep.r_paper,
-        rep.r_audit
+        r_paper,
+        r_audit
     );
     println!(
         "norms: |grad_alpha| first {:.4e} | second (FD) {:.4e} | exact {:.4e} | |H v| FD {:.4e} exact {:.4e}",
         norm(&first),
         norm(&second),
         norm(&exact),
-        norm(&rep.alpha("hvp_fd")),
-        norm(&rep.alpha("hvp_exact"))
+        norm(&alpha("hvp_fd")),
+        norm(&alpha("hvp_exact"))
     );
     println!(
         "relative differences: second-order(FD) vs exact {:.3e} | first-order vs exact {:.3e} | paper vs audit variant {:.3e} | H v FD vs exact {:.3e}",
         rel(&second, &exact),
         rel(&first, &exact),
         rel(&second, &audit),
-        rel(&rep.alpha("hvp_fd"), &rep.alpha("hvp_exact"))
+        rel(&alpha("hvp_fd"), &alpha("hvp_exact"))
     );
     println!(
         "note: on ReLU/max-pool networks the FD H v differs from the exact one by O(1) where the \

@@ -2,8 +2,8 @@
 
 use anyhow::{bail, Context, Result};
 use darts::search::architect::Order;
-use darts::search::run::{DataSource, Dtype, Finish, Search, SearchOptions};
-use darts::search::StepMode;
+use darts::exec::{Backend, Executor, ExecutorUser, Scalar};
+use darts::search::run::{saved_options, DataSource, Dtype, Finish, Search, SearchOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +22,9 @@ pub enum Preset {
 pub struct Args {
     #[arg(long, value_enum, default_value_t = Preset::Quick)]
     pub preset: Preset,
-    /// Continue the run in this folder from its last checkpoint (other flags are ignored).
+    /// Continue the run in this folder from its last checkpoint with the settings it was
+    /// started with (other flags are ignored; a --backend or --dtype that disagrees is an
+    /// error).
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Run folder (default: runs/search-<seed>-<order>).
@@ -34,17 +36,12 @@ pub struct Args {
     /// Architecture gradient: first order, second (the paper's FD approximation) or exact.
     #[arg(long, value_enum)]
     pub order: Option<Order>,
+    /// Element type of the executor (default f32).
     #[arg(long, value_enum)]
     pub dtype: Option<Dtype>,
-    /// Executor: the CPU reference, or the wgpu GPU path (f32).
-    #[arg(long, value_enum, default_value_t = crate::cli::gradients::Backend::Cpu)]
-    pub backend: crate::cli::gradients::Backend,
-    /// How a step runs: `host` (gradients from the executor, optimisers on the host in f64;
-    /// the default on the CPU) or `resident` (the whole step as one graph with weights,
-    /// alphas, BN buffers and optimiser state kept in the executor, on the GPU in device
-    /// memory; the default with --backend gpu).
+    /// Executor: the CPU reference, or the wgpu GPU path (default cpu).
     #[arg(long, value_enum)]
-    pub step: Option<StepMode>,
+    pub backend: Option<Backend>,
     #[arg(long)]
     pub seed: Option<u64>,
     #[arg(long)]
@@ -93,6 +90,7 @@ fn options(a: &Args) -> SearchOptions {
     set!(
         order,
         dtype,
+        backend,
         seed,
         init_channels,
         layers,
@@ -125,21 +123,28 @@ fn options(a: &Args) -> SearchOptions {
 pub fn run(a: Args) -> Result<()> {
     match &a.resume {
         Some(dir) => {
-            let dtype = {
-                let s = Search::<f32>::resume(dir)
-                    .with_context(|| format!("resuming {}", dir.display()))?;
-                s.opts.dtype
-            };
-            match dtype {
-                Dtype::F32 => drive(with_backend(Search::<f32>::resume(dir)?, &a)?),
-                Dtype::F64 => drive(with_step(Search::<f64>::resume(dir)?, &a)),
+            let o = saved_options(dir).with_context(|| format!("resuming {}", dir.display()))?;
+            for (flag, given, saved) in [
+                ("--backend", a.backend.map(|b| format!("{b:?}")), format!("{:?}", o.backend)),
+                ("--dtype", a.dtype.map(|d| format!("{d:?}")), format!("{:?}", o.dtype)),
+            ] {
+                if let Some(given) = given.filter(|g| *g != saved) {
+                    bail!(
+                        "{flag} {}: the run in {} was started with {} (a resumed run keeps \
+                         every setting that changes its numbers)",
+                        given.to_lowercase(),
+                        dir.display(),
+                        saved.to_lowercase()
+                    );
+                }
             }
+            let user = Start { opts: o.clone(), dir: dir.clone(), resume: true };
+            darts::exec::open(o.backend, o.dtype, user)
+                .with_context(|| format!("opening the {:?} executor", o.backend))?
         }
         None => {
             let o = options(&a);
-            if o.epochs == 0 || o.batch_size == 0 {
-                bail!("--epochs and --batch-size must be at least 1");
-            }
+            o.validate()?;
             let dir = a.run_dir.clone().unwrap_or_else(|| {
                 PathBuf::from(format!(
                     "runs/search-seed{}-{}",
@@ -147,38 +152,37 @@ pub fn run(a: Args) -> Result<()> {
                     format!("{:?}", o.order).to_lowercase()
                 ))
             });
-            if a.backend == crate::cli::gradients::Backend::Gpu && o.dtype == Dtype::F64 {
-                bail!("--backend gpu runs in f32; pass --dtype f32");
-            }
-            match o.dtype {
-                Dtype::F32 => drive(with_backend(Search::<f32>::new(o, &dir)?, &a)?),
-                Dtype::F64 => drive(with_step(Search::<f64>::new(o, &dir)?, &a)),
-            }
+            let user = Start { opts: o.clone(), dir, resume: false };
+            darts::exec::open(o.backend, o.dtype, user)
+                .with_context(|| format!("opening the {:?} executor", o.backend))?
         }
     }
 }
 
-fn with_backend(s: Search<f32>, a: &Args) -> Result<Search<f32>> {
-    let s = match a.backend {
-        crate::cli::gradients::Backend::Cpu => s,
-        crate::cli::gradients::Backend::Gpu => {
-            let gpu = darts::exec::gpu::GpuExecutor::new()?;
-            println!("backend: {}", gpu.adapter_info());
-            s.with_executor(Box::new(gpu))
-        }
-    };
-    Ok(with_step(s, a))
+/// Starts or resumes the run once the executor is open.
+struct Start {
+    opts: SearchOptions,
+    dir: PathBuf,
+    resume: bool,
 }
 
-/// Resident steps when asked, else by default on the GPU.
-fn with_step<T: darts::exec::Scalar>(s: Search<T>, a: &Args) -> Search<T> {
-    s.resident(StepMode::or_default_for(a.step, a.backend) == StepMode::Resident)
+impl ExecutorUser for Start {
+    type Output = Result<()>;
+    fn with<T: Scalar>(self, exec: Box<dyn Executor<T>>) -> Result<()> {
+        let s = if self.resume {
+            Search::<T>::resume(&self.dir, exec)
+                .with_context(|| format!("resuming {}", self.dir.display()))?
+        } else {
+            Search::<T>::new(self.opts, &self.dir, exec)?
+        };
+        drive(s)
+    }
 }
 
 fn drive<T: darts::exec::Scalar>(mut s: Search<T>) -> Result<()> {
     let o = s.opts.clone();
     println!(
-        "search: C={} layers={} epochs={} batch={} order={:?} dtype={:?} seed={} step={} | run folder {}",
+        "search: C={} layers={} epochs={} batch={} order={:?} dtype={:?} seed={} | {} | run folder {}",
         o.init_channels,
         o.layers,
         o.epochs,
@@ -186,7 +190,7 @@ fn drive<T: darts::exec::Scalar>(mut s: Search<T>) -> Result<()> {
         o.order,
         o.dtype,
         o.seed,
-        if s.is_resident() { "resident" } else { "host" },
+        s.executor_name(),
         s.run_dir.display()
     );
     let stop = Arc::new(AtomicBool::new(false));
@@ -247,12 +251,19 @@ fn drive<T: darts::exec::Scalar>(mut s: Search<T>) -> Result<()> {
                 s.run_dir.display()
             );
         }
-        Finish::Interrupted { epoch, step } => {
+        Finish::Interrupted {
+            epoch,
+            step,
+            of,
+            global_step,
+        } => {
             println!(
-                "interrupted in epoch {} after step {step}; checkpoint written. Continue with: darts search --resume {}",
+                "interrupted in epoch {} of {}, step {step} of {of} ({global_step} steps in all); checkpoint written. Continue with: darts search --resume {}",
                 epoch + 1,
+                o.epochs,
                 s.run_dir.display()
             );
+            return Err(crate::cli::Interrupted.into());
         }
     }
     Ok(())

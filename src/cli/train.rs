@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use darts::darts::genotype::{named, Genotype};
-use darts::search::train_eval::{train, DataSource, Dtype, EpochRecord, Reporting, TrainOptions};
+use darts::train::{train, DataSource, Dtype, EpochRecord, Reporting, TrainOptions};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -86,11 +86,6 @@ pub struct Args {
     /// Executor: the CPU reference, or the wgpu GPU path (f32).
     #[arg(long, value_enum)]
     pub backend: Option<darts::exec::Backend>,
-    /// `host` (optimiser on the host in f64; the default on the CPU) or `resident` (the whole
-    /// step as one graph with weights, BN buffers and SGD buffers kept in the executor, on the
-    /// GPU in device memory; the default with --backend gpu).
-    #[arg(long, value_enum)]
-    pub step: Option<darts::search::StepMode>,
     /// Use only the first n training images.
     #[arg(long)]
     pub train_limit: Option<usize>,
@@ -139,9 +134,6 @@ pub fn options(a: &Args) -> TrainOptions {
         dtype,
         backend
     );
-    if a.step.is_some() {
-        o.step = a.step;
-    }
     if a.train_limit.is_some() {
         o.train_limit = a.train_limit;
     }
@@ -190,7 +182,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("genotype: {genotype}");
     println!(
         "C = {}, {} cells, {} epochs, batch {}, lr {}, auxiliary {}, cutout {}, drop path {}, \
-         {:?} on {:?}, step={}, run folder {}",
+         {:?} on {:?}, run folder {}",
         opts.init_channels,
         opts.layers,
         opts.epochs,
@@ -201,10 +193,6 @@ pub fn run(a: Args) -> Result<()> {
         opts.drop_path_prob,
         opts.dtype,
         opts.backend,
-        match darts::search::StepMode::or_default_for(opts.step, opts.backend) {
-            darts::search::StepMode::Host => "host",
-            darts::search::StepMode::Resident => "resident",
-        },
         run_dir.display()
     );
     let epochs = opts.epochs;

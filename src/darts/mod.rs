@@ -5,6 +5,7 @@
 pub mod eval_network;
 pub mod genotype;
 pub mod init;
+pub mod names;
 pub mod network;
 pub mod ops;
 pub mod params;

@@ -29,6 +29,49 @@ pub enum Backend {
     Gpu,
 }
 
+/// The element type an executor computes in.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    F32,
+    F64,
+}
+
+/// What to do with an executor once it is open: the one place a caller's code becomes
+/// generic over the element type. [`open`] calls [`ExecutorUser::with`] with the executor
+/// behind the [`Executor`] trait, so nothing above this module names a concrete executor.
+pub trait ExecutorUser {
+    type Output;
+    fn with<T: Scalar>(self, exec: Box<dyn Executor<T>>) -> Self::Output;
+}
+
+/// Opens the executor for (`backend`, `dtype`) and hands it to `user`: the CPU reference in
+/// either precision; the GPU in f32, or in f64 where the adapter offers SHADER_F64 and passes
+/// the f64 self-check (proofs/gpu-f64-math.md). This is the only place an executor is opened.
+pub fn open<U: ExecutorUser>(
+    backend: Backend,
+    dtype: Dtype,
+    user: U,
+) -> Result<U::Output, ExecError> {
+    Ok(match (backend, dtype) {
+        (Backend::Cpu, Dtype::F64) => user.with(Box::new(cpu::CpuExecutor::<f64>::new())),
+        (Backend::Cpu, Dtype::F32) => user.with(Box::new(cpu::CpuExecutor::<f32>::new())),
+        (Backend::Gpu, Dtype::F64) => user.with(Box::new(gpu::GpuExecutor::<f64>::new_f64()?)),
+        (Backend::Gpu, Dtype::F32) => user.with(Box::new(gpu::GpuExecutor::<f32>::new()?)),
+    })
+}
+
 /// Floating-point element types the executors run in.
 pub trait Scalar: ndarray::NdFloat + Default + bytemuck::Pod + std::iter::Sum {
     const NAME: &'static str;

@@ -3,25 +3,24 @@
 //! gradient-norm clipping; cosine learning rate with the reference's off-by-one epoch
 //! semantics; per-epoch validation in eval mode; atomic checkpoints and exact resume.
 
-use super::architect::{
-    arch_gradient, check_finite, evaluate, weight_list, ArchError, ArchGraphs, BnStats, Order,
-    Point, Unroll,
-};
+use super::architect::{ArchError, Order};
 use super::checkpoint;
-use super::optim::{clip_grad_norm, update_running_stats, Adam, Sgd};
-use super::step_graph::{StepGraph, StepHyper};
+use super::step_graph::{OptimState, StepHyper};
+use super::stepper::Stepper;
 use crate::darts::genotype::{derive, softmax_rows, Genotype};
 use crate::darts::init::init_state;
+use crate::darts::names;
 use crate::darts::network::{self, SearchConfig};
 use crate::darts::ops::{NetBuilder, ParamSource};
-use crate::darts::params::{Kind, Layout, State};
+use crate::darts::params::State;
 use crate::data::{
     embedded_subset, fresh_batch, make_batch, permutation, read_cifar_dir, search_split, Augment,
     Batch, DataError, EpochSampler, Images, RngState, SamplerState,
 };
-use crate::exec::{cpu::CpuExecutor, Executor, Feeds, Scalar};
+use crate::exec::{Backend, Executor, Feeds, Scalar};
 use crate::graph::{Graph, NodeId};
-use ndarray::{ArrayD, Axis, IxDyn};
+use crate::step::optim::{AdamHyper, SgdHyper};
+use ndarray::{ArrayD, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -30,6 +29,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+pub use crate::exec::Dtype;
 
 /// Where the CIFAR-10 images come from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,14 +41,6 @@ pub enum DataSource {
     Embedded,
     /// A `cifar-10-batches-bin` folder: all 50,000 training and 10,000 test images.
     Dir(PathBuf),
-}
-
-/// Element type of the CPU executor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    F32,
-    F64,
 }
 
 /// Every hyperparameter of a search (the reference's flags, with its names).
@@ -69,6 +62,9 @@ pub struct SearchOptions {
     pub seed: u64,
     pub cutout: Option<usize>,
     pub dtype: Dtype,
+    /// The executor (the numbers depend on it, so a resumed run keeps it).
+    #[serde(default)]
+    pub backend: Backend,
     pub data: DataSource,
     /// Use only the first n images of the training set (None: all).
     pub max_images: Option<usize>,
@@ -95,6 +91,7 @@ impl SearchOptions {
             seed: 2,
             cutout: None,
             dtype: Dtype::F32,
+            backend: Backend::Cpu,
             data: DataSource::Embedded,
             max_images: None,
         }
@@ -113,6 +110,78 @@ impl SearchOptions {
             // hundred steps (the reference's 3e-4 is tuned for 50 epochs of 25k images).
             arch_learning_rate: 3e-3,
             ..SearchOptions::paper()
+        }
+    }
+
+    /// Every setting's range, checked before any work; the error names the flag.
+    pub fn validate(&self) -> Result<(), SearchError> {
+        let bad = |flag: &str, v: &dyn std::fmt::Display, range: &str| {
+            Err(SearchError::Option {
+                flag: flag.to_string(),
+                reason: format!("{v} is not {range}"),
+            })
+        };
+        for (flag, v) in [
+            ("--init-channels", self.init_channels),
+            ("--layers", self.layers),
+            ("--epochs", self.epochs),
+            ("--batch-size", self.batch_size),
+        ] {
+            if v == 0 {
+                return bad(flag, &v, "at least 1");
+            }
+        }
+        // Limits far above any network this crate can hold, so that shape arithmetic never
+        // overflows; the memory a network needs is checked when its graph is built.
+        for (flag, v, max) in [
+            ("--init-channels", self.init_channels, 4096),
+            ("--layers", self.layers, 1024),
+            ("--batch-size", self.batch_size, 1 << 20),
+        ] {
+            if v > max {
+                return bad(flag, &v, &format!("at most {max}"));
+            }
+        }
+        for (flag, v, positive) in [
+            ("--learning-rate", self.learning_rate, true),
+            ("--learning-rate-min", self.learning_rate_min, false),
+            ("--weight-decay", self.weight_decay, false),
+            ("--grad-clip", self.grad_clip, true),
+            ("--arch-learning-rate", self.arch_learning_rate, true),
+            ("--arch-weight-decay", self.arch_weight_decay, false),
+        ] {
+            let ok = v.is_finite() && if positive { v > 0.0 } else { v >= 0.0 };
+            if !ok {
+                let range = if positive { "finite and > 0" } else { "finite and >= 0" };
+                return bad(flag, &v, range);
+            }
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad("--momentum", &self.momentum, "in [0, 1)");
+        }
+        if !(self.train_portion > 0.0 && self.train_portion < 1.0) {
+            return bad("--train-portion", &self.train_portion, "in (0, 1)");
+        }
+        if let Some(m) = self.max_images {
+            if m < 2 {
+                return bad("--max-images", &m, "at least 2 (one image for each half)");
+            }
+        }
+        if self.cutout == Some(0) {
+            return bad("--cutout", &0, "at least 1");
+        }
+        Ok(())
+    }
+
+    /// The optimisers' constants: SGD on the weights, the architect's Adam on the alphas.
+    pub fn hyper(&self) -> StepHyper {
+        StepHyper {
+            sgd: SgdHyper {
+                momentum: self.momentum,
+                weight_decay: self.weight_decay,
+                grad_clip: self.grad_clip,
+            },
+            adam: AdamHyper::architect(self.arch_learning_rate, self.arch_weight_decay),
         }
     }
 
@@ -138,12 +207,11 @@ impl SearchOptions {
 pub enum SearchError {
     #[error(transparent)]
     Data(#[from] DataError),
-    #[error("epoch {epoch}, step {step}: {source}")]
+    #[error("epoch {epoch}, step {step}: {cause}")]
     Step {
         epoch: usize,
         step: usize,
-        #[source]
-        source: ArchError,
+        cause: ArchError,
     },
     #[error(transparent)]
     Arch(#[from] ArchError),
@@ -153,6 +221,8 @@ pub enum SearchError {
     Config(#[from] crate::darts::network::ConfigError),
     #[error(transparent)]
     State(#[from] crate::darts::params::StateError),
+    #[error("{flag}: {reason}")]
+    Option { flag: String, reason: String },
     #[error("run folder {path}: {reason}")]
     RunDir { path: String, reason: String },
     #[error("checkpoint {path}: {reason}")]
@@ -168,18 +238,15 @@ pub struct EpochSums {
     pub correct: usize,
     pub seen: usize,
     pub steps: usize,
-    /// Host steps: seconds in the architecture step and in the weight step.
-    pub arch_seconds: f64,
-    pub weight_seconds: f64,
-    /// Resident steps (one graph, not split): seconds per whole step.
+    /// Seconds in search steps (architecture step and weight step together).
     #[serde(default)]
-    pub resident_seconds: f64,
+    pub step_seconds: f64,
 }
 
 impl EpochSums {
-    /// Mean seconds per search step, whichever way the steps ran.
+    /// Mean seconds per search step.
     pub fn seconds_per_step(&self) -> f64 {
-        (self.arch_seconds + self.weight_seconds + self.resident_seconds) / self.steps.max(1) as f64
+        self.step_seconds / self.steps.max(1) as f64
     }
 }
 
@@ -196,6 +263,7 @@ pub struct Progress {
     pub sums: EpochSums,
     /// The genotype logged at the start of the current epoch.
     pub genotype_at_epoch_start: String,
+    /// Adam steps taken on the alphas the network uses.
     pub adam_t: u64,
     pub log_lines: usize,
 }
@@ -204,35 +272,29 @@ pub struct Progress {
 #[derive(Debug)]
 pub enum Finish {
     Done { genotype: Genotype },
-    Interrupted { epoch: usize, step: usize },
+    /// Stopped after step `step` (1-based) of `of` in epoch `epoch` (0-based), `global_step`
+    /// steps in all; the checkpoint holds the state after that step.
+    Interrupted {
+        epoch: usize,
+        step: usize,
+        of: usize,
+        global_step: usize,
+    },
 }
 
-/// One search run: data, graphs, executor and the evolving state.
+/// One search run: data, the stepper (executor and state) and the loop's progress.
 pub struct Search<T: Scalar> {
     pub opts: SearchOptions,
     pub cfg: SearchConfig,
     images: Images,
     valid_idx: Vec<usize>,
     augment: Augment,
-    layout: Layout,
-    weight_names: Vec<String>,
-    exec: Box<dyn Executor<T>>,
-    graphs: HashMap<(usize, usize), ArchGraphs>,
+    stepper: Stepper<T>,
     eval_graphs: HashMap<usize, (Graph, NodeId, NodeId)>,
-    pub state: State,
-    sgd: Sgd,
-    adam: Adam,
     rng: ChaCha8Rng,
     sampler: EpochSampler,
     pub progress: Progress,
     pub run_dir: PathBuf,
-    /// Run each step as one [`StepGraph`] with all state in executor variables.
-    resident: bool,
-    step_graphs: HashMap<(usize, usize), StepGraph>,
-    /// The executor's variables hold the current state.
-    device_current: bool,
-    /// The host copies (state, SGD buffers, Adam moments) lag the executor's variables.
-    host_stale: bool,
 }
 
 fn load_images(opts: &SearchOptions) -> Result<Images, SearchError> {
@@ -258,23 +320,64 @@ fn run_err(path: &Path, e: impl std::fmt::Display) -> SearchError {
     }
 }
 
+/// The checkpoint of the run in `run_dir`: its tensors and its progress record.
+fn read_checkpoint(
+    run_dir: &Path,
+) -> Result<(BTreeMap<String, ArrayD<f64>>, Progress), SearchError> {
+    let path = run_dir.join("checkpoint.npz");
+    let ck_err = |reason: String| SearchError::Checkpoint {
+        path: path.display().to_string(),
+        reason,
+    };
+    if !path.exists() {
+        return Err(ck_err("no checkpoint in this run folder".into()));
+    }
+    let (arrays, meta) = checkpoint::read(&path)?;
+    let progress: Progress =
+        serde_json::from_value(meta).map_err(|e| ck_err(format!("meta.json: {e}")))?;
+    Ok((arrays, progress))
+}
+
+/// The options of the run in `run_dir` (from its checkpoint), e.g. to open the executor a
+/// resumed run needs.
+pub fn saved_options(run_dir: &Path) -> Result<SearchOptions, SearchError> {
+    Ok(read_checkpoint(run_dir)?.1.options)
+}
+
 impl<T: Scalar> Search<T> {
-    /// A fresh run in `run_dir` (created; must not already hold a checkpoint).
-    pub fn new(opts: SearchOptions, run_dir: &Path) -> Result<Self, SearchError> {
+    /// A fresh run in `run_dir` (created; must not already hold a checkpoint) on `exec`.
+    pub fn new(
+        opts: SearchOptions,
+        run_dir: &Path,
+        exec: Box<dyn Executor<T>>,
+    ) -> Result<Self, SearchError> {
         if run_dir.join("checkpoint.npz").exists() {
             return Err(run_err(
                 run_dir,
                 "already holds a checkpoint; use --resume to continue it",
             ));
         }
-        std::fs::create_dir_all(run_dir).map_err(|e| run_err(run_dir, e))?;
+        opts.validate()?;
         let cfg = opts.config();
         cfg.validate(32, 32)?;
         let layout = cfg.layout()?;
+        let images = load_images(&opts)?;
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
         let state = init_state(&layout, cfg.k(), &mut rng);
-        let images = load_images(&opts)?;
         let (train_idx, valid_idx) = search_split(images.n, opts.train_portion);
+        if train_idx.is_empty() || valid_idx.is_empty() {
+            return Err(SearchError::Option {
+                flag: "--train-portion".into(),
+                reason: format!(
+                    "{} of {} images leaves {} for the weights and {} for the architecture; \
+                     each half needs at least one (see also --max-images)",
+                    opts.train_portion,
+                    images.n,
+                    train_idx.len(),
+                    valid_idx.len()
+                ),
+            });
+        }
         let sampler = EpochSampler::new(train_idx.clone(), opts.batch_size)?;
         let progress = Progress {
             options: opts.clone(),
@@ -288,145 +391,116 @@ impl<T: Scalar> Search<T> {
             adam_t: 0,
             log_lines: 0,
         };
+        std::fs::create_dir_all(run_dir).map_err(|e| run_err(run_dir, e))?;
         std::fs::write(
             run_dir.join("config.json"),
             serde_json::to_string_pretty(&opts).expect("options serialise"),
         )
         .map_err(|e| run_err(run_dir, e))?;
         std::fs::write(run_dir.join("log.jsonl"), "").map_err(|e| run_err(run_dir, e))?;
-        Self::assemble(
-            opts,
+        let stepper = Stepper::new(
             cfg,
-            layout,
-            images,
-            valid_idx,
+            opts.order,
+            opts.hyper(),
+            exec,
             state,
-            rng,
-            sampler,
-            progress,
-            run_dir,
-            Sgd::new(0.0, 0.0),
-            None,
-        )
+            OptimState::default(),
+        )?;
+        Ok(Self::assemble(
+            opts, images, valid_idx, stepper, rng, sampler, progress, run_dir,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         opts: SearchOptions,
-        cfg: SearchConfig,
-        layout: Layout,
         images: Images,
         valid_idx: Vec<usize>,
-        state: State,
+        stepper: Stepper<T>,
         rng: ChaCha8Rng,
         sampler: EpochSampler,
         progress: Progress,
         run_dir: &Path,
-        sgd_in: Sgd,
-        adam_in: Option<Adam>,
-    ) -> Result<Self, SearchError> {
-        let weight_names = weight_list(&cfg)?.into_iter().map(|(n, _)| n).collect();
-        let mut sgd = Sgd::new(opts.momentum, opts.weight_decay);
-        sgd.buf = sgd_in.buf;
-        let adam = adam_in.unwrap_or_else(|| {
-            Adam::new(
-                opts.arch_learning_rate,
-                0.5,
-                0.999,
-                1e-8,
-                opts.arch_weight_decay,
-            )
-        });
+    ) -> Self {
         let augment = Augment {
             cutout: opts.cutout,
             ..Augment::reference_train()
         };
-        Ok(Search {
+        Search {
+            cfg: stepper.cfg,
             opts,
-            cfg,
             images,
             valid_idx,
             augment,
-            layout,
-            weight_names,
-            exec: Box::new(CpuExecutor::<T>::new()),
-            graphs: HashMap::new(),
+            stepper,
             eval_graphs: HashMap::new(),
-            state,
-            sgd,
-            adam,
             rng,
             sampler,
             progress,
             run_dir: run_dir.to_path_buf(),
-            resident: false,
-            step_graphs: HashMap::new(),
-            device_current: false,
-            host_stale: false,
-        })
+        }
     }
 
-    /// Continue the run in `run_dir` from its checkpoint.
-    pub fn resume(run_dir: &Path) -> Result<Self, SearchError> {
+    /// Continue the run in `run_dir` from its checkpoint, on `exec` (which must be the
+    /// executor the run was started on: see [`saved_options`]).
+    pub fn resume(run_dir: &Path, exec: Box<dyn Executor<T>>) -> Result<Self, SearchError> {
         let path = run_dir.join("checkpoint.npz");
         let ck_err = |reason: String| SearchError::Checkpoint {
             path: path.display().to_string(),
             reason,
         };
-        if !path.exists() {
-            return Err(ck_err("no checkpoint in this run folder".into()));
-        }
-        let (mut arrays, meta) = checkpoint::read(&path)?;
-        let progress: Progress =
-            serde_json::from_value(meta).map_err(|e| ck_err(format!("meta.json: {e}")))?;
+        let (mut arrays, progress) = read_checkpoint(run_dir)?;
         let opts = progress.options.clone();
         let cfg = opts.config();
         let layout = cfg.layout()?;
-        let mut take = |k: &str| {
-            arrays
+        let mut take = |k: &str, shape: &[usize]| {
+            let a = arrays
                 .remove(k)
-                .ok_or_else(|| ck_err(format!("missing tensor '{k}'")))
-        };
-        let mut state = State::default();
-        for (name, shape, _) in &layout.entries {
-            let a = take(&format!("sd/{name}"))?;
-            if a.shape() != shape.as_slice() {
+                .ok_or_else(|| ck_err(format!("missing tensor '{k}'")))?;
+            if a.shape() != shape {
                 return Err(ck_err(format!(
-                    "'sd/{name}' has shape {:?}, expected {shape:?}",
+                    "'{k}' has shape {:?}, expected {shape:?}",
                     a.shape()
                 )));
             }
-            state.tensors.insert(name.clone(), a);
+            if let Some(i) = a.iter().position(|v| !v.is_finite()) {
+                return Err(ck_err(format!("'{k}' holds {} at flat index {i}", a.as_slice().map_or(f64::NAN, |s| s[i]))));
+            }
+            Ok(a)
+        };
+        let mut state = State::default();
+        let mut bufs = Vec::new();
+        for (name, shape, kind) in &layout.entries {
+            state
+                .tensors
+                .insert(name.clone(), take(&format!("sd/{name}"), shape)?);
+            if kind.trainable() && progress.global_step > 0 {
+                bufs.push(take(&names::sgd_buf(name), shape)?);
+            }
         }
-        state.alpha_normal = take("alpha/normal")?;
-        state.alpha_reduce = take("alpha/reduce")?;
-        let weight_names: Vec<String> = weight_list(&cfg)?.into_iter().map(|(n, _)| n).collect();
-        let mut sgd = Sgd::new(opts.momentum, opts.weight_decay);
-        if progress.global_step > 0 {
-            sgd.buf = Some(
-                weight_names
-                    .iter()
-                    .map(|n| take(&format!("sgd_buf/{n}")))
-                    .collect::<Result<_, _>>()?,
-            );
+        let alpha_shape = [cfg.k(), 8];
+        state.alpha_normal = take(names::ALPHA[0], &alpha_shape)?;
+        state.alpha_reduce = take(names::ALPHA[1], &alpha_shape)?;
+        let mut opt = OptimState {
+            sgd_buf: (progress.global_step > 0).then_some(bufs),
+            ..OptimState::default()
+        };
+        for (c, cell) in names::CELLS.into_iter().enumerate() {
+            if cfg.alphas_used()[c] && progress.adam_t > 0 {
+                opt.adam_t[c] = progress.adam_t;
+                opt.adam_m[c] = Some(take(&names::adam_m(cell), &alpha_shape)?);
+                opt.adam_v[c] = Some(take(&names::adam_v(cell), &alpha_shape)?);
+            }
         }
-        let mut adam = Adam::new(
-            opts.arch_learning_rate,
-            0.5,
-            0.999,
-            1e-8,
-            opts.arch_weight_decay,
-        );
-        adam.t = progress.adam_t;
-        if adam.t > 0 {
-            adam.m = vec![take("adam_m/normal")?, take("adam_m/reduce")?];
-            adam.v = vec![take("adam_v/normal")?, take("adam_v/reduce")?];
+        if let Some(k) = arrays.keys().next() {
+            return Err(ck_err(format!("unexpected tensor '{k}'")));
         }
         let images = load_images(&opts)?;
         let (train_idx, valid_idx) = search_split(images.n, opts.train_portion);
         let sampler =
             EpochSampler::from_state(train_idx.clone(), opts.batch_size, progress.sampler.clone())?;
         let rng = progress.rng.restore();
+        let stepper = Stepper::new(cfg, opts.order, opts.hyper(), exec, state, opt)?;
         // Drop log lines written after the checkpoint (a run killed between the two).
         let log = run_dir.join("log.jsonl");
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -436,123 +510,35 @@ impl<T: Scalar> Search<T> {
             kept.push('\n');
         }
         std::fs::write(&log, kept).map_err(|e| run_err(run_dir, e))?;
-        Self::assemble(
-            opts,
-            cfg,
-            layout,
-            images,
-            valid_idx,
-            state,
-            rng,
-            sampler,
-            progress,
-            run_dir,
-            sgd,
-            Some(adam),
-        )
+        Ok(Self::assemble(
+            opts, images, valid_idx, stepper, rng, sampler, progress, run_dir,
+        ))
     }
 
-    /// Run on another executor (e.g. the GPU), keeping everything else.
-    pub fn with_executor(mut self, exec: Box<dyn Executor<T>>) -> Self {
-        self.exec = exec;
-        self.device_current = false;
-        self
+    /// The current host state (weights, BN buffers, alphas), read back from the executor.
+    pub fn state(&mut self) -> Result<&State, SearchError> {
+        self.stepper.sync_host()?;
+        Ok(&self.stepper.state)
     }
 
-    /// Resident steps (true): every step is one [`StepGraph`] run, with weights, alphas, BN
-    /// buffers and optimiser state kept in the executor's variables (on the GPU: device
-    /// memory) and copied to the host only for checkpoints and at the end. Host steps (false,
-    /// the default): the architecture gradient and weight gradient come from the executor and
-    /// the optimisers run on the host in f64 (src/search/optim.rs). Both compute the same step
-    /// (tests/resident_step.rs); with T = f32 the resident optimisers run in f32, as PyTorch's.
-    pub fn resident(mut self, on: bool) -> Self {
-        self.resident = on;
-        self
-    }
-
-    pub fn is_resident(&self) -> bool {
-        self.resident
-    }
-
-    /// The state, SGD buffers and Adam moments as executor variables (names: step_graph.rs).
-    fn upload_state(&mut self) -> Result<(), SearchError> {
-        let adam = (!self.adam.m.is_empty()).then(|| (&self.adam.m[..], &self.adam.v[..]));
-        super::step_graph::upload_state(
-            self.exec.as_mut(),
-            &self.layout,
-            &self.state,
-            self.sgd.buf.as_deref(),
-            adam,
-        )?;
-        self.device_current = true;
-        Ok(())
-    }
-
-    fn ensure_device(&mut self) -> Result<(), SearchError> {
-        if self.resident && !self.device_current {
-            self.upload_state()?;
-        }
-        Ok(())
-    }
-
-    /// Copy the executor's variables back into the host state (after resident steps).
-    pub fn sync_host(&mut self) -> Result<(), SearchError> {
-        if !self.host_stale {
-            return Ok(());
-        }
-        fn get<T: Scalar>(
-            exec: &mut Box<dyn Executor<T>>,
-            n: &str,
-        ) -> Result<ArrayD<f64>, SearchError> {
-            Ok(exec.var(n)?.mapv(|x| x.as_f64()))
-        }
-        for (name, _, kind) in &self.layout.entries {
-            if !matches!(kind, Kind::NumBatchesTracked) {
-                let a = get(&mut self.exec, name)?;
-                self.state.tensors.insert(name.clone(), a);
-            }
-        }
-        self.state.alpha_normal = get(&mut self.exec, "alpha/normal")?;
-        self.state.alpha_reduce = get(&mut self.exec, "alpha/reduce")?;
-        let mut bufs = Vec::with_capacity(self.weight_names.len());
-        for n in &self.weight_names {
-            bufs.push(get(&mut self.exec, &format!("sgd_buf/{n}"))?);
-        }
-        self.sgd.buf = Some(bufs);
-        self.adam.m = vec![
-            get(&mut self.exec, "adam_m/normal")?,
-            get(&mut self.exec, "adam_m/reduce")?,
-        ];
-        self.adam.v = vec![
-            get(&mut self.exec, "adam_v/normal")?,
-            get(&mut self.exec, "adam_v/reduce")?,
-        ];
-        self.host_stale = false;
+    /// Replace the host state (e.g. to start from given weights); the executor is refreshed
+    /// before the next step.
+    pub fn set_state(&mut self, state: State) -> Result<(), SearchError> {
+        self.stepper.sync_host()?;
+        self.stepper.state = state;
+        self.stepper.host_changed();
         Ok(())
     }
 
     pub fn executor_name(&self) -> String {
-        self.exec.name()
-    }
-
-    fn point(&self) -> Point {
-        Point {
-            weights: self
-                .weight_names
-                .iter()
-                .map(|n| (n.clone(), self.state.tensors[n].clone()))
-                .collect(),
-            alpha: [
-                self.state.alpha_normal.clone(),
-                self.state.alpha_reduce.clone(),
-            ],
-        }
+        self.stepper.executor_name()
     }
 
     pub fn genotype(&self) -> Genotype {
+        let st = &self.stepper.state;
         derive(
-            &self.state.alpha_normal,
-            &self.state.alpha_reduce,
+            &st.alpha_normal,
+            &st.alpha_reduce,
             self.cfg.steps,
             self.cfg.multiplier,
         )
@@ -560,67 +546,30 @@ impl<T: Scalar> Search<T> {
 
     /// Write the checkpoint atomically.
     pub fn checkpoint(&mut self) -> Result<(), SearchError> {
-        self.sync_host()?;
+        self.stepper.sync_host()?;
         self.progress.rng = RngState::capture(&self.rng);
         self.progress.sampler = self.sampler.state().clone();
-        self.progress.adam_t = self.adam.t;
+        let (st, opt) = (&self.stepper.state, &self.stepper.opt);
+        self.progress.adam_t = opt.adam_t.into_iter().max().unwrap_or(0);
         let mut arrays: BTreeMap<String, ArrayD<f64>> = BTreeMap::new();
-        for (k, v) in &self.state.tensors {
+        for (k, v) in &st.tensors {
             arrays.insert(format!("sd/{k}"), v.clone());
         }
-        arrays.insert("alpha/normal".into(), self.state.alpha_normal.clone());
-        arrays.insert("alpha/reduce".into(), self.state.alpha_reduce.clone());
-        if let Some(buf) = &self.sgd.buf {
-            for (n, b) in self.weight_names.iter().zip(buf) {
-                arrays.insert(format!("sgd_buf/{n}"), b.clone());
+        arrays.insert(names::ALPHA[0].into(), st.alpha_normal.clone());
+        arrays.insert(names::ALPHA[1].into(), st.alpha_reduce.clone());
+        if let Some(buf) = &opt.sgd_buf {
+            for ((n, _), b) in self.stepper.layout.weights().map(|(n, s, _)| (n, s)).zip(buf) {
+                arrays.insert(names::sgd_buf(n), b.clone());
             }
         }
-        if self.adam.t > 0 {
-            arrays.insert("adam_m/normal".into(), self.adam.m[0].clone());
-            arrays.insert("adam_m/reduce".into(), self.adam.m[1].clone());
-            arrays.insert("adam_v/normal".into(), self.adam.v[0].clone());
-            arrays.insert("adam_v/reduce".into(), self.adam.v[1].clone());
+        for (c, cell) in names::CELLS.into_iter().enumerate() {
+            if let (Some(m), Some(v)) = (&opt.adam_m[c], &opt.adam_v[c]) {
+                arrays.insert(names::adam_m(cell), m.clone());
+                arrays.insert(names::adam_v(cell), v.clone());
+            }
         }
         let meta = serde_json::to_value(&self.progress).expect("progress serialises");
         checkpoint::write(&self.run_dir.join("checkpoint.npz"), &arrays, &meta)?;
-        Ok(())
-    }
-
-    fn apply_bn(&mut self, updates: &[BnStats], graph_bn: &[crate::darts::ops::BnRecord]) {
-        for stats in updates {
-            for (rec, (mean, var)) in graph_bn.iter().zip(stats) {
-                let p = &rec.prefix;
-                let mut rm = self.state.tensors[&format!("{p}.running_mean")].clone();
-                let mut rv = self.state.tensors[&format!("{p}.running_var")].clone();
-                let mut nb = self.state.tensors[&format!("{p}.num_batches_tracked")].clone();
-                let (mean, var) = (
-                    mean.view().into_shape_with_order(IxDyn(&[rm.len()])),
-                    var.view().into_shape_with_order(IxDyn(&[rv.len()])),
-                );
-                let (mean, var) = (
-                    mean.expect("per-channel").to_owned(),
-                    var.expect("per-channel").to_owned(),
-                );
-                update_running_stats(&mut rm, &mut rv, &mut nb, &mean, &var, rec.count);
-                self.state.tensors.insert(format!("{p}.running_mean"), rm);
-                self.state.tensors.insert(format!("{p}.running_var"), rv);
-                self.state
-                    .tensors
-                    .insert(format!("{p}.num_batches_tracked"), nb);
-            }
-        }
-    }
-
-    fn graphs_for(&mut self, nt: usize, nv: usize) -> Result<(), SearchError> {
-        if !self.graphs.contains_key(&(nt, nv)) {
-            let g = ArchGraphs::build_for(
-                &self.cfg,
-                &[nt, 3, 32, 32],
-                &[nv, 3, 32, 32],
-                self.opts.order == Order::Exact,
-            )?;
-            self.graphs.insert((nt, nv), g);
-        }
         Ok(())
     }
 
@@ -630,214 +579,19 @@ impl<T: Scalar> Search<T> {
         let train = make_batch(&self.images, idx, Some(&self.augment), &mut self.rng, 10)?;
         let sidx = fresh_batch(&self.valid_idx, self.opts.batch_size, &mut self.rng);
         let search = make_batch(&self.images, &sidx, Some(&self.augment), &mut self.rng, 10)?;
-        if self.resident {
-            self.step_resident(&train, &search, epoch)
-        } else {
-            self.step_host(train, search, epoch)
-        }
-    }
-
-    /// The resident step: one [`StepGraph`] run; only the batches and three scalars go in,
-    /// only the losses, logits, gradient norm and new alphas come back.
-    fn step_resident(
-        &mut self,
-        train: &Batch,
-        search: &Batch,
-        epoch: usize,
-    ) -> Result<(), SearchError> {
-        let lr = self.opts.lr(epoch);
-        let n = train.x.shape()[0];
-        let key = (n, search.x.shape()[0]);
-        if !self.step_graphs.contains_key(&key) {
-            let hyper = StepHyper {
-                momentum: self.opts.momentum,
-                weight_decay: self.opts.weight_decay,
-                grad_clip: self.opts.grad_clip,
-                arch_weight_decay: self.adam.weight_decay,
-                beta1: self.adam.beta1,
-                beta2: self.adam.beta2,
-                adam_eps: self.adam.eps,
-            };
-            let sg = StepGraph::build(
-                &self.cfg,
-                &[key.0, 3, 32, 32],
-                &[key.1, 3, 32, 32],
-                self.opts.order,
-                &hyper,
-            )?;
-            self.step_graphs.insert(key, sg);
-        }
-        self.ensure_device()?;
-        let step = self.progress.global_step;
-        let serr = |source| SearchError::Step {
-            epoch,
-            step,
-            source,
-        };
-        // Adam's bias corrections for step t (as Adam::step computes them).
-        let (bc1, bc2_sqrt) = self.adam.bias_corrections(self.adam.t + 1);
-        let scalar = |v: f64| ArrayD::from_elem(IxDyn(&[]), T::of(v));
-        let mut f = Feeds::<T>::new();
-        f.insert("train/x", train.x.mapv(T::of));
-        f.insert("train/onehot", train.onehot.mapv(T::of));
-        f.insert("valid/x", search.x.mapv(T::of));
-        f.insert("valid/onehot", search.onehot.mapv(T::of));
-        f.insert("lr", scalar(lr));
-        f.insert("adam/step_size", scalar(self.adam.lr / bc1));
-        f.insert("adam/bc2_sqrt", scalar(bc2_sqrt));
         let t0 = Instant::now();
-        let sg = &self.step_graphs[&key];
-        let outs = [
-            sg.loss_train,
-            sg.logits_train,
-            sg.loss_valid,
-            sg.grad_norm,
-            sg.alpha_new[0],
-            sg.alpha_new[1],
-        ];
-        let bn_updates = sg.bn_updates;
-        // The variables change only if the run succeeds; on an error they are as before.
-        let vals = self
-            .exec
-            .run_assign(&sg.graph, &f, &outs, &sg.assign)
-            .map_err(|source| {
-                serr(ArchError::Exec {
-                    what: "the resident search step".into(),
-                    source,
-                })
-            })?;
-        self.host_stale = true;
-        let mut it = vals.into_iter().map(|a| a.mapv(|x| x.as_f64()));
-        let mut next = || it.next().expect("one value per output");
-        let (loss, logits, loss_valid, grad_norm) = (next().sum(), next(), next().sum(), next());
-        let alphas = [next(), next()];
-        let scalar_check = |what: &str, tensor: &str, v: f64| {
-            check_finite(what, tensor, &ArrayD::from_elem(IxDyn(&[]), v)).map_err(serr)
-        };
-        check_finite("architect step", "alpha/normal", &alphas[0]).map_err(serr)?;
-        check_finite("architect step", "alpha/reduce", &alphas[1]).map_err(serr)?;
-        scalar_check("architect step", "L_val", loss_valid)?;
-        scalar_check("weight step", "L_train", loss)?;
-        // A finite gradient norm means every weight gradient, hence every new weight, is finite.
-        check_finite("weight step", "||grad_w L_train||", &grad_norm).map_err(serr)?;
-        let [an, ar] = alphas;
-        self.state.alpha_normal = an;
-        self.state.alpha_reduce = ar;
-        self.adam.t += 1;
-        for (name, _, kind) in &self.layout.entries {
-            if matches!(kind, Kind::NumBatchesTracked) {
-                if let Some(nb) = self.state.tensors.get_mut(name) {
-                    nb.mapv_inplace(|v| v + bn_updates as f64);
-                }
-            }
-        }
+        let step = self.progress.global_step;
+        let rep = self
+            .stepper
+            .step(&train, &search, self.opts.lr(epoch))
+            .map_err(|cause| SearchError::Step { epoch, step, cause })?;
+        let n = idx.len();
         let s = &mut self.progress.sums;
-        s.loss += loss * n as f64;
-        s.correct += correct(&logits, &train.onehot);
+        s.loss += rep.loss_train * n as f64;
+        s.correct += correct(&rep.logits, &train.onehot);
         s.seen += n;
         s.steps += 1;
-        s.resident_seconds += t0.elapsed().as_secs_f64();
-        self.progress.global_step += 1;
-        Ok(())
-    }
-
-    /// The host step: gradients from the executor, optimisers on the host in f64.
-    fn step_host(&mut self, train: Batch, search: Batch, epoch: usize) -> Result<(), SearchError> {
-        let lr = self.opts.lr(epoch);
-        let idx_len = train.x.shape()[0];
-        let key = (idx_len, search.x.shape()[0]);
-        self.graphs_for(key.0, key.1)?;
-        let step = self.progress.global_step;
-        let serr = |source| SearchError::Step {
-            epoch,
-            step,
-            source,
-        };
-        let unroll = Unroll {
-            eta: lr,
-            weight_decay: self.opts.weight_decay,
-            momentum: self.opts.momentum,
-        };
-        let t0 = Instant::now();
-        let point = self.point();
-        let graphs = &self.graphs[&key];
-        let mut arch = arch_gradient(
-            self.exec.as_mut(),
-            graphs,
-            &point,
-            self.sgd.buf.as_deref(),
-            &train,
-            &search,
-            &unroll,
-            self.opts.order,
-        )
-        .map_err(serr)?;
-        let mut alphas = vec![
-            self.state.alpha_normal.clone(),
-            self.state.alpha_reduce.clone(),
-        ];
-        // An alpha no cell uses has no gradient in PyTorch: Adam leaves it (and its moments).
-        let used = self.cfg.alphas_used();
-        let grads: Vec<Option<&ArrayD<f64>>> = arch
-            .grad
-            .iter()
-            .zip(used)
-            .map(|(g, u)| u.then_some(g))
-            .collect();
-        self.adam.step_present(&mut alphas, &grads);
-        check_finite("architect step", "alpha/normal", &alphas[0]).map_err(serr)?;
-        check_finite("architect step", "alpha/reduce", &alphas[1]).map_err(serr)?;
-        let arch_bn: Vec<_> = match self.opts.order {
-            Order::First => graphs.valid.bn.clone(),
-            Order::Second => graphs.train.bn.clone(),
-            Order::Exact => graphs
-                .unrolled
-                .as_ref()
-                .map(|u| u.train_bn.clone())
-                .unwrap_or_default(),
-        };
-        let t1 = Instant::now();
-        // Weight step with the just-updated alphas, from the weights the architect step left
-        // (the second order's in-place restore: ArchStep::weights_after).
-        let mut point = point;
-        point.alpha = [alphas[0].clone(), alphas[1].clone()];
-        if let Some(w) = arch.weights_after.take() {
-            point.weights = w;
-        }
-        let e = evaluate(
-            self.exec.as_mut(),
-            &self.graphs[&key].train,
-            &point,
-            &train,
-            "weight step",
-        )
-        .map_err(serr)?;
-        let mut grads = e.grad_w.clone();
-        clip_grad_norm(&mut grads, self.opts.grad_clip);
-        let mut weights: Vec<ArrayD<f64>> = point.weights.into_iter().map(|(_, w)| w).collect();
-        self.sgd.step(&mut weights, &grads, lr);
-        for (n, w) in self.weight_names.iter().zip(&weights) {
-            check_finite("weight step", n, w).map_err(serr)?;
-        }
-        let train_bn = self.graphs[&key].train.bn.clone();
-        let t2 = Instant::now();
-        // Commit the step.
-        for (n, w) in self.weight_names.clone().iter().zip(weights) {
-            self.state.tensors.insert(n.clone(), w);
-        }
-        let [an, ar]: [ArrayD<f64>; 2] = alphas.try_into().expect("two alphas");
-        self.state.alpha_normal = an;
-        self.state.alpha_reduce = ar;
-        // Running statistics absorb the arch forwards, then the weight-step forward.
-        self.apply_bn(&arch.bn_updates, &arch_bn);
-        self.apply_bn(std::slice::from_ref(&e.bn_stats), &train_bn);
-        let s = &mut self.progress.sums;
-        s.loss += e.loss * idx_len as f64;
-        s.correct += correct(&e.logits, &train.onehot);
-        s.seen += idx_len;
-        s.steps += 1;
-        s.arch_seconds += (t1 - t0).as_secs_f64();
-        s.weight_seconds += (t2 - t1).as_secs_f64();
+        s.step_seconds += t0.elapsed().as_secs_f64();
         self.progress.global_step += 1;
         Ok(())
     }
@@ -857,48 +611,32 @@ impl<T: Scalar> Search<T> {
         Ok((loss / seen as f64, correct_n as f64 / seen as f64))
     }
 
+    /// Loss and logits of the network in eval mode on `b`; weights, running statistics and
+    /// alphas are the executor's variables.
     fn eval_batch(&mut self, b: &Batch) -> Result<(f64, ArrayD<f64>), SearchError> {
         let n = b.x.shape()[0];
         if !self.eval_graphs.contains_key(&n) {
             let mut g = Graph::new();
-            let x = g.input("x", [n, 3, 32, 32])?;
-            let t = g.input("onehot", [n, 10])?;
+            let x = g.input(names::X, [n, 3, 32, 32])?;
+            let t = g.input(names::ONEHOT, [n, 10])?;
             let k = self.cfg.k();
-            let an = g.input("alpha/normal", [k, 8])?;
-            let ar = g.input("alpha/reduce", [k, 8])?;
+            let an = g.input(names::ALPHA[0], [k, 8])?;
+            let ar = g.input(names::ALPHA[1], [k, 8])?;
             let mut nb = NetBuilder::search(&mut g, ParamSource::Inputs, false);
             nb.train_mode = false;
             let out = network::build(&mut nb, &self.cfg, x, t, an, ar)?;
             self.eval_graphs.insert(n, (g, out.loss, out.logits));
         }
-        self.ensure_device()?;
         let (g, loss, logits) = &self.eval_graphs[&n];
         let mut f = Feeds::<T>::new();
-        f.insert("x", b.x.mapv(T::of));
-        f.insert("onehot", b.onehot.mapv(T::of));
-        if self.resident {
-            // Weights, running statistics and alphas are the executor's variables.
-            let v = self.exec.run(g, &f, &[*loss, *logits])?;
-            return Ok((
-                v[0].iter().next().map_or(f64::NAN, |x| x.as_f64()),
-                v[1].mapv(|x| x.as_f64()),
-            ));
-        }
-        for (name, _, kind) in &self.layout.entries {
-            if matches!(kind, Kind::NumBatchesTracked) || g.input_id(name).is_none() {
-                continue;
-            }
-            f.insert(name.clone(), self.state.tensors[name].mapv(T::of));
-        }
-        f.insert("alpha/normal", self.state.alpha_normal.mapv(T::of));
-        f.insert("alpha/reduce", self.state.alpha_reduce.mapv(T::of));
-        let v = self.exec.run(g, &f, &[*loss, *logits])?;
+        f.insert(names::X, b.x.mapv(T::of));
+        f.insert(names::ONEHOT, b.onehot.mapv(T::of));
+        let v = self.stepper.executor()?.run(g, &f, &[*loss, *logits])?;
         Ok((
             v[0].iter().next().map_or(f64::NAN, |x| x.as_f64()),
             v[1].mapv(|x| x.as_f64()),
         ))
     }
-
     fn append_log(&mut self, line: &serde_json::Value) -> Result<(), SearchError> {
         let path = self.run_dir.join("log.jsonl");
         let mut f = std::fs::OpenOptions::new()
@@ -920,8 +658,6 @@ impl<T: Scalar> Search<T> {
         stop: &AtomicBool,
         on_step: &mut dyn FnMut(usize, usize, usize, &EpochSums),
     ) -> Result<Finish, SearchError> {
-        // The host state is the truth at the start of a run (it may have been edited).
-        self.device_current = false;
         while self.progress.epoch < self.opts.epochs {
             let epoch = self.progress.epoch;
             if !self.progress.in_epoch {
@@ -944,7 +680,9 @@ impl<T: Scalar> Search<T> {
                     self.checkpoint()?;
                     return Ok(Finish::Interrupted {
                         epoch,
-                        step: self.progress.global_step,
+                        step: self.progress.sums.steps,
+                        of: per_epoch,
+                        global_step: self.progress.global_step,
                     });
                 }
             }
@@ -961,12 +699,9 @@ impl<T: Scalar> Search<T> {
                 "valid_loss": valid_loss,
                 "valid_acc": valid_acc,
                 "genotype": self.genotype().to_string(),
-                "softmax_alpha_normal": rows(&softmax_rows(&self.state.alpha_normal)),
-                "softmax_alpha_reduce": rows(&softmax_rows(&self.state.alpha_reduce)),
+                "softmax_alpha_normal": rows(&softmax_rows(&self.stepper.state.alpha_normal)),
+                "softmax_alpha_reduce": rows(&softmax_rows(&self.stepper.state.alpha_reduce)),
                 "timing": {
-                    "step": if self.resident { "resident" } else { "host" },
-                    "arch_s_per_step": (!self.resident).then(|| s.arch_seconds / s.steps as f64),
-                    "weight_s_per_step": (!self.resident).then(|| s.weight_seconds / s.steps as f64),
                     "s_per_step": s.seconds_per_step(),
                     "images_per_s": s.seen as f64 / (s.seconds_per_step() * s.steps as f64),
                     "infer_s": infer_s,
@@ -978,7 +713,7 @@ impl<T: Scalar> Search<T> {
             self.progress.epoch += 1;
             self.checkpoint()?;
         }
-        self.sync_host()?;
+        self.stepper.sync_host()?;
         let genotype = self.genotype();
         std::fs::write(self.run_dir.join("genotype.txt"), format!("{genotype}\n"))
             .map_err(|e| run_err(&self.run_dir, e))?;

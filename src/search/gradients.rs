@@ -1,0 +1,123 @@
+//! `darts gradients` as one graph: the architecture gradient three ways and every ingredient
+//! at one state and one pair of batches, built from the same pieces as the search step
+//! ([`super::architect`]), so what the command reports is what a search step computes.
+
+use super::architect::{
+    exact_mixed_hvp, fd_mixed_hvp, net_at, second_order, unrolled_weights, StepInputs, FD_SCALE,
+};
+use crate::autodiff;
+use crate::darts::names;
+use crate::darts::network::SearchConfig;
+use crate::graph::{Graph, GraphError, NodeId};
+
+/// The graph and its outputs, keyed as in the output npz (`<key>/<weight>` for weight-shaped
+/// tensors, `<key>/normal|reduce` for alpha-shaped ones). Inputs: as a search step's
+/// ([`StepInputs`], the learning rate being xi) plus the momentum buffers
+/// ([`names::sgd_buf`], zeros where PyTorch has none).
+pub struct GradientsGraph {
+    pub graph: Graph,
+    pub outputs: Vec<(String, NodeId)>,
+    /// R of the paper's finite difference (at w along v) and of the audit variant (at w'
+    /// along v + lambda w').
+    pub r_paper: NodeId,
+    pub r_audit: NodeId,
+}
+
+impl GradientsGraph {
+    /// For train batches of shape `train_shape` and search batches of `valid_shape`; the
+    /// unrolled step uses SGD momentum `momentum` and coupled decay `weight_decay`.
+    pub fn build(
+        cfg: &SearchConfig,
+        train_shape: &[usize],
+        valid_shape: &[usize],
+        momentum: f64,
+        weight_decay: f64,
+    ) -> Result<GradientsGraph, GraphError> {
+        let mut g = Graph::new();
+        let inp = StepInputs::declare(&mut g, cfg, train_shape, valid_shape)?;
+        let buf = inp
+            .names
+            .iter()
+            .map(|(n, s)| g.input(names::sgd_buf(n), s.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (alpha, w) = (inp.alpha, &inp.w);
+        let mut out = Outputs::new(&inp.names);
+
+        // L_train(w, alpha) and grad_w L_train.
+        let nt = net_at(&mut g, cfg, inp.train, alpha, inp.at(w))?;
+        let gw = autodiff::grad(&mut g, nt.loss, w)?;
+        out.scalar("loss_train", nt.loss);
+        out.weights("grad_w_train", &gw);
+        // First order: grad_alpha L_val(w, alpha).
+        let nv = net_at(&mut g, cfg, inp.valid, alpha, inp.at(w))?;
+        let first = autodiff::grad(&mut g, nv.loss, &alpha)?;
+        out.scalar("loss_valid", nv.loss);
+        out.alpha("grad_alpha_first", [first[0], first[1]]);
+        // The unrolled step and the partial derivatives at w' (w' held).
+        let w_prime = unrolled_weights(&mut g, (w, &gw, &buf), inp.lr, momentum, weight_decay)?;
+        out.weights("unrolled_w", &w_prime);
+        let nu = net_at(&mut g, cfg, inp.valid, alpha, inp.at(&w_prime))?;
+        out.scalar("loss_valid_unrolled", nu.loss);
+        let mut wrt = w_prime.clone();
+        wrt.extend(alpha);
+        let grads = autodiff::grad_holding(&mut g, nu.loss, &wrt, &w_prime)?;
+        let (v, partial) = grads.split_at(w_prime.len());
+        let partial = [partial[0], partial[1]];
+        out.weights("v", v);
+        out.alpha("grad_alpha_unrolled_partial", partial);
+        // The paper's FD mixed HVP at w along v, and the audit variant at w' along
+        // v + lambda w'.
+        let fd = fd_mixed_hvp(&mut g, cfg, &inp, inp.train, alpha, w, v, FD_SCALE)?;
+        out.alpha("hvp_fd", fd.hvp);
+        let lambda = g.scalar(weight_decay)?;
+        let mut d = Vec::with_capacity(v.len());
+        for (&vi, &wi) in v.iter().zip(&w_prime) {
+            let decay = g.mul(wi, lambda)?;
+            d.push(g.add2(vi, decay)?);
+        }
+        let audit = fd_mixed_hvp(&mut g, cfg, &inp, inp.train, alpha, &w_prime, &d, FD_SCALE)?;
+        out.alpha("hvp_fd_at_unrolled", audit.hvp);
+        // The exact mixed HVP at w along v, and the paper's second-order gradient.
+        let hvp_exact = exact_mixed_hvp(&mut g, &gw, v, alpha)?;
+        out.alpha("hvp_exact", hvp_exact);
+        let second = second_order(&mut g, partial, fd.hvp, inp.lr)?;
+        out.alpha("grad_alpha_second", second);
+        // Exact: autodiff through the unrolled step (w' depends on alpha here).
+        let exact = autodiff::grad(&mut g, nu.loss, &alpha)?;
+        out.alpha("grad_alpha_unrolled_exact", [exact[0], exact[1]]);
+        Ok(GradientsGraph {
+            graph: g,
+            outputs: out.list,
+            r_paper: fd.r,
+            r_audit: audit.r,
+        })
+    }
+}
+
+/// The output list under construction.
+struct Outputs<'a> {
+    names: &'a [(String, Vec<usize>)],
+    list: Vec<(String, NodeId)>,
+}
+
+impl<'a> Outputs<'a> {
+    fn new(names: &'a [(String, Vec<usize>)]) -> Self {
+        Outputs {
+            names,
+            list: Vec::new(),
+        }
+    }
+    fn scalar(&mut self, key: &str, node: NodeId) {
+        self.list.push((key.to_string(), node));
+    }
+    fn weights(&mut self, key: &str, nodes: &[NodeId]) {
+        for ((n, _), &id) in self.names.iter().zip(nodes) {
+            self.list.push((format!("{key}/{n}"), id));
+        }
+    }
+    fn alpha(&mut self, key: &str, nodes: [NodeId; 2]) {
+        for (cell, id) in names::CELLS.into_iter().zip(nodes) {
+            self.list.push((format!("{key}/{cell}"), id));
+        }
+    }
+}
