@@ -8,13 +8,13 @@
 //! peak resident memory, since criterion reports each function alone.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use darts::check::oracle::architect::{
+    arch_gradient, evaluate, weight_list, ArchGraphs, Batch, Order, Point, Unroll,
+};
+use darts::check::oracle::optim::{clip_grad_norm, Sgd};
 use darts::darts::init::init_state;
 use darts::darts::network::SearchConfig;
 use darts::exec::cpu::CpuExecutor;
-use darts::search::architect::{
-    arch_gradient, evaluate, weight_list, ArchGraphs, Batch, Order, Point, Unroll,
-};
-use darts::search::optim::{clip_grad_norm, Sgd};
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -68,12 +68,12 @@
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use darts::check::oracle::architect::{Batch, Order};
 use darts::darts::init::init_state;
 use darts::darts::network::SearchConfig;
 use darts::exec::gpu::GpuExecutor;
 use darts::exec::{Executor, Feeds};
 use darts::graph::{ConvParams, Graph, NodeId, Op};
-use darts::search::architect::{Batch, Order};
 use darts::search::step_graph::{upload_state, StepGraph, StepHyper};
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};

@@ -2,13 +2,13 @@
 //! weight step on the CPU executor in f32 at C = 8, layers = 5, batch 32, 32x32:
 //! `cargo run --release --example profile_step -- [first|second|exact]`.
 
+use darts::check::oracle::architect::{
+    arch_gradient, evaluate, weight_list, ArchGraphs, Order, Point, Unroll,
+};
 use darts::darts::init::init_state;
 use darts::darts::network::SearchConfig;
 use darts::data::Batch;
 use darts::exec::cpu::CpuExecutor;
-use darts::search::architect::{
-    arch_gradient, evaluate, weight_list, ArchGraphs, Order, Point, Unroll,
-};
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -16,11 +16,13 @@
 
 use darts::darts::init::init_state;
 use darts::darts::network::SearchConfig;
+use darts::data::Batch;
 use darts::exec::cpu::CpuExecutor;
 use darts::exec::gpu::GpuExecutor;
-use darts::exec::{Executor, Feeds};
+use darts::exec::Executor;
 use darts::search::architect::Order;
-use darts::search::step_graph::{upload_state, StepGraph, StepHyper};
+use darts::search::step_graph::{OptimState, StepHyper};
+use darts::search::stepper::Stepper;
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -49,7 +51,7 @@ fn main() {
         Some(o) => usage(&format!("unknown order '{o}'")),
     };
     let (c, layers, batch, steps) = (num(2, 16), num(3, 8), num(4, 64), num(5, 3).max(1));
-    let mut exec: Box<dyn Executor<f32>> = match args.first().map(String::as_str) {
+    let exec: Box<dyn Executor<f32>> = match args.first().map(String::as_str) {
         Some("cpu") | None => Box::new(CpuExecutor::<f32>::new()),
         Some("gpu") => match GpuExecutor::new() {
             Ok(mut g) => {
@@ -103,45 +105,44 @@ fn main() {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let state = init_state(&layout, cfg.k(), &mut rng);
     let shape = [batch, 3, 32, 32];
-    let t = Instant::now();
-    let sg =
-        StepGraph::build(&cfg, &shape, &shape, order, &StepHyper::reference()).expect("step graph");
-    println!(
-        "{} {order:?} step, C={c}, layers={layers}, batch {batch}, f32: graph of {} nodes built \
-         in {:.2} s",
-        exec.name(),
-        sg.graph.len(),
-        t.elapsed().as_secs_f64()
-    );
-    upload_state(exec.as_mut(), &layout, &state, None, None).expect("upload the state");
-    let mut feeds = Feeds::<f32>::new();
-    for split in ["train", "valid"] {
+    let mut batches = Vec::new();
+    for _ in 0..2 {
         let x =
-            ArrayD::from_shape_simple_fn(IxDyn(&shape), || rng.sample::<f32, _>(StandardNormal));
+            ArrayD::from_shape_simple_fn(IxDyn(&shape), || rng.sample::<f64, _>(StandardNormal));
         let mut onehot = ArrayD::zeros(IxDyn(&[batch, 10]));
         for r in 0..batch {
-            onehot[[r, rng.random_range(0..10)]] = 1.0f32;
+            onehot[[r, rng.random_range(0..10)]] = 1.0;
         }
-        feeds.insert(format!("{split}/x"), x);
-        feeds.insert(format!("{split}/onehot"), onehot);
+        batches.push(Batch { x, onehot });
     }
-    let scalar = |v: f64| ArrayD::from_elem(IxDyn(&[]), v as f32);
-    feeds.insert("lr", scalar(0.025));
-    feeds.insert("adam/step_size", scalar(3e-4 / 0.5));
-    feeds.insert("adam/bc2_sqrt", scalar((1.0f64 - 0.999).sqrt()));
+    let name = exec.name();
+    let mut stepper = Stepper::new(
+        cfg,
+        order,
+        StepHyper::reference(),
+        exec,
+        state,
+        OptimState::default(),
+    )
+    .unwrap_or_else(|e| usage(&format!("step graph: {e}")));
+    println!("{name} {order:?} step, C={c}, layers={layers}, batch {batch}, f32");
     let mut times = Vec::new();
     for k in 0..=steps {
         let t = Instant::now();
-        let out = exec
-            .run_assign(&sg.graph, &feeds, &[sg.loss_train], &sg.assign)
+        let rep = stepper
+            .step(&batches[0], &batches[1], 0.025)
             .unwrap_or_else(|e| usage(&format!("step {k}: {e}")));
         let s = t.elapsed().as_secs_f64();
-        let loss = out[0].iter().next().copied().unwrap_or(f32::NAN);
         println!(
-            "step {k}{}: {s:.3} s, loss {loss:.4}",
-            if k == 0 { " (untimed warm-up)" } else { "" }
+            "step {k}{}: {s:.3} s, loss {:.4}",
+            if k == 0 {
+                " (graph built, untimed warm-up)"
+            } else {
+                ""
+            },
+            rep.loss_train
         );
-        if let Some(t) = exec.last_run_timing() {
+        if let Some(t) = stepper.last_run_timing() {
             println!("  {t}");
         }
         if k > 0 {

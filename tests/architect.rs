@@ -3,8 +3,8 @@
 mod common;
 
 use common::*;
+use darts::check::oracle::architect::*;
 use darts::exec::cpu::CpuExecutor;
-use darts::search::architect::*;
 
 const UNROLL: Unroll = Unroll {
     eta: 0.025,

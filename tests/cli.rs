@@ -62,8 +62,8 @@ const KEYS: [&str; 13] = [
 fn gradients_inputs(
     dir: &std::path::Path,
 ) -> (
-    darts::search::architect::Batch,
-    darts::search::architect::Batch,
+    darts::check::oracle::architect::Batch,
+    darts::check::oracle::architect::Batch,
     ndarray::ArrayD<f64>,
     ndarray::ArrayD<f64>,
 ) {
@@ -72,7 +72,7 @@ fn gradients_inputs(
     let st = common::state(&cfg, 8);
     st.to_npz(&dir.join("state.npz")).unwrap();
     let (t, v) = (common::batch(2, 8, 10, 1), common::batch(3, 8, 10, 2));
-    let label = |b: &darts::search::architect::Batch| {
+    let label = |b: &darts::check::oracle::architect::Batch| {
         b.onehot
             .map_axis(ndarray::Axis(1), |r| {
                 r.iter().position(|&x| x == 1.0).unwrap() as f64
@@ -88,8 +88,8 @@ fn gradients_inputs(
 fn run_gradients(
     dir: &std::path::Path,
     (t, v, yv): (
-        &darts::search::architect::Batch,
-        &darts::search::architect::Batch,
+        &darts::check::oracle::architect::Batch,
+        &darts::check::oracle::architect::Batch,
         &ndarray::ArrayD<f64>,
     ),
     batch: &str,

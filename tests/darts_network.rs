@@ -88,8 +88,8 @@ fn unsupported_configurations_are_clear_errors() {
 /// are whole. C = 3 validates, builds and gives a finite loss and gradients.
 #[test]
 fn odd_channel_counts_run_as_in_the_reference() {
+    use darts::check::oracle::architect::{evaluate, NetGraph};
     use darts::exec::cpu::CpuExecutor;
-    use darts::search::architect::{evaluate, NetGraph};
     let cfg = SearchConfig {
         c: 3,
         ..common::tiny(false)

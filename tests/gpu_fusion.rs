@@ -720,8 +720,8 @@ fn gpu_plan_cache_follows_graph_changes() {
 /// its tape and allocate no device buffer.
 #[test]
 fn gpu_chunked_submits_change_nothing() {
+    use darts::check::oracle::architect::NetGraph;
     use darts::darts::network::SearchConfig;
-    use darts::search::architect::NetGraph;
     let Some(mut gpu) = common::gpu_executor("gpu_chunked_submits_change_nothing") else {
         return;
     };

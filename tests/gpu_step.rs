@@ -2,9 +2,8 @@
 //! Adam moments in device variables; src/search/step_graph.rs), against the CPU: every tensor
 //! of the checkpoint written after the step (so the device -> host path is checked too).
 //!
-//! Two runs from the same seed: GPU f32 resident, and CPU f64 host (the reference step: host
-//! optimisers in f64, no step graph, so the update formulas are checked by a second
-//! implementation as well).
+//! Two runs from the same seed through the one step graph: GPU f32, and CPU f64 (which
+//! tests/step_oracle.rs checks against the independent host oracle).
 //!
 //! Tolerance: every tensor after one step is the initial value plus an update built from
 //! gradients; in f32 each gradient entry is a sum of at most K = N H W terms (the longest
@@ -26,11 +25,12 @@
 //! other way; on lavapipe: 1 of 224, so alpha differs by ~2 lr there and the weight step
 //! follows). The second
 //! order's own derivative checks are per piece: tests/gpu_vs_cpu.rs (gradients of the whole
-//! network), tests/resident_step.rs (the resident second-order step against the host step
-//! in f64, to 1e-11).
+//! network), tests/step_oracle.rs (the second-order step graph against the host oracle in f64).
 
 mod common;
 
+use darts::exec::cpu::CpuExecutor;
+use darts::exec::Backend;
 use darts::search::architect::Order;
 use darts::search::run::{Dtype, Finish, Search, SearchOptions};
 use ndarray::ArrayD;
@@ -113,10 +113,11 @@ fn gpu_resident_search_step_matches_cpu() {
         // GPU does (src/exec/gpu/batch.rs; off by default on a CPU adapter such as lavapipe,
         // where it does not pay); the first order runs one dispatch per kernel.
         exec.set_batching(order != Order::First);
-        let s = Search::<f32>::new(tiny(order, Dtype::F32), &dg)
-            .unwrap()
-            .with_executor(Box::new(exec))
-            .resident(true);
+        let opts = SearchOptions {
+            backend: Backend::Gpu,
+            ..tiny(order, Dtype::F32)
+        };
+        let s = Search::<f32>::new(opts, &dg, Box::new(exec)).unwrap();
         assert!(
             s.executor_name().starts_with("gpu"),
             "{}",
@@ -126,7 +127,7 @@ fn gpu_resident_search_step_matches_cpu() {
         gpu = common::gpu_executor("gpu_resident_search_step_matches_cpu");
         let dr = dir(&format!("cpu64-{tag}"));
         let reference = finish(
-            Search::<f64>::new(tiny(order, Dtype::F64), &dr).unwrap(),
+            Search::<f64>::new(tiny(order, Dtype::F64), &dr, Box::new(CpuExecutor::new())).unwrap(),
             &dr,
         );
         assert_eq!(

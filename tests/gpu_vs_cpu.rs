@@ -1760,8 +1760,8 @@ fn search_network_matches_cpu<T: GpuScalar>(
     grads: bool,
     hvp: bool,
 ) -> f64 {
+    use darts::check::oracle::architect::NetGraph;
     use darts::darts::network::SearchConfig;
-    use darts::search::architect::NetGraph;
     let cfg = SearchConfig {
         c: 2,
         layers: 3,

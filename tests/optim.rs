@@ -1,6 +1,6 @@
 //! Optimiser updates against PyTorch's formulas, written out by hand.
 
-use darts::search::optim::{clip_grad_norm, update_running_stats, Adam, Sgd};
+use darts::check::oracle::optim::{clip_grad_norm, update_running_stats, Adam, Sgd};
 use ndarray::{arr1, ArrayD};
 
 fn a(v: &[f64]) -> ArrayD<f64> {

@@ -2,8 +2,14 @@
 //! exactly for a seed, and an interrupted (even SIGKILLed) run resumed from its checkpoint
 //! ends with bit-identical alphas and genotype.
 
+use darts::exec::cpu::CpuExecutor;
+use darts::exec::Executor;
 use darts::search::architect::Order;
 use darts::search::run::{Dtype, Finish, Search, SearchOptions};
+
+fn cpu() -> Box<dyn Executor<f64>> {
+    Box::new(CpuExecutor::new())
+}
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -29,7 +35,7 @@ fn dir(name: &str) -> PathBuf {
 }
 
 fn run_to_end(opts: SearchOptions, d: &Path) -> Search<f64> {
-    let mut s = Search::<f64>::new(opts, d).unwrap();
+    let mut s = Search::<f64>::new(opts, d, cpu()).unwrap();
     let done = s
         .run(&AtomicBool::new(false), &mut |_, _, _, _| {})
         .unwrap();
@@ -55,14 +61,15 @@ fn log_without_timing(d: &Path) -> Vec<serde_json::Value> {
 fn tiny_search_learns_and_alphas_leave_uniform() {
     for order in [Order::First, Order::Second, Order::Exact] {
         let d = dir(&format!("learn-{order:?}"));
-        let s = run_to_end(tiny(order), &d);
+        let mut s = run_to_end(tiny(order), &d);
         let log = log_without_timing(&d);
         assert_eq!(log.len(), 3);
         let first = log[0]["train_loss"].as_f64().unwrap();
         let last = log[2]["train_loss"].as_f64().unwrap();
         assert!(last < first, "{order:?}: train loss {first} -> {last}");
         let spread = s
-            .state
+            .state()
+            .unwrap()
             .alpha_normal
             .iter()
             .fold(0f64, |m, v| m.max(v.abs()));
@@ -78,10 +85,10 @@ fn tiny_search_learns_and_alphas_leave_uniform() {
 #[test]
 fn same_seed_gives_identical_logs() {
     let (a, b) = (dir("same-a"), dir("same-b"));
-    let sa = run_to_end(tiny(Order::First), &a);
-    let sb = run_to_end(tiny(Order::First), &b);
+    let mut sa = run_to_end(tiny(Order::First), &a);
+    let mut sb = run_to_end(tiny(Order::First), &b);
     assert_eq!(log_without_timing(&a), log_without_timing(&b));
-    assert_eq!(sa.state, sb.state);
+    assert_eq!(*sa.state().unwrap(), *sb.state().unwrap());
 }
 
 /// Interrupt after a few steps (the Ctrl-C path: finish the step, checkpoint, return),
@@ -90,10 +97,10 @@ fn same_seed_gives_identical_logs() {
 #[test]
 fn interrupted_and_resumed_run_is_bit_identical() {
     let whole = dir("whole");
-    let reference = run_to_end(tiny(Order::Second), &whole);
+    let mut reference = run_to_end(tiny(Order::Second), &whole);
 
     let part = dir("part");
-    let mut s = Search::<f64>::new(tiny(Order::Second), &part).unwrap();
+    let mut s = Search::<f64>::new(tiny(Order::Second), &part, cpu()).unwrap();
     let stop = AtomicBool::new(false);
     let mut steps = 0;
     let r = s
@@ -106,14 +113,14 @@ fn interrupted_and_resumed_run_is_bit_identical() {
         .unwrap();
     assert!(matches!(r, Finish::Interrupted { .. }));
     drop(s);
-    let mut resumed = Search::<f64>::resume(&part).unwrap();
+    let mut resumed = Search::<f64>::resume(&part, cpu()).unwrap();
     let done = resumed
         .run(&AtomicBool::new(false), &mut |_, _, _, _| {})
         .unwrap();
     let Finish::Done { genotype } = done else {
         panic!("resumed run did not finish")
     };
-    assert_eq!(resumed.state, reference.state);
+    assert_eq!(*resumed.state().unwrap(), *reference.state().unwrap());
     assert_eq!(genotype, reference.genotype());
     assert_eq!(log_without_timing(&part), log_without_timing(&whole));
 }
@@ -192,7 +199,7 @@ fn nan_stops_the_run_naming_step_and_tensor() {
     let d = dir("nan");
     let mut opts = tiny(Order::First);
     opts.epochs = 2;
-    let mut s = Search::<f64>::new(opts.clone(), &d).unwrap();
+    let mut s = Search::<f64>::new(opts.clone(), &d, cpu()).unwrap();
     // Finish epoch 1 (checkpoint written), then poison the learning rate to make the next
     // weight step overflow.
     let stop = AtomicBool::new(false);
@@ -206,8 +213,10 @@ fn nan_stops_the_run_naming_step_and_tensor() {
     })
     .unwrap();
     let good = std::fs::read(d.join("checkpoint.npz")).unwrap();
-    let mut s = Search::<f64>::resume(&d).unwrap();
-    s.state.alpha_normal[[0, 1]] = f64::INFINITY;
+    let mut s = Search::<f64>::resume(&d, cpu()).unwrap();
+    let mut st = s.state().unwrap().clone();
+    st.alpha_normal[[0, 1]] = f64::INFINITY;
+    s.set_state(st).unwrap();
     let e = s
         .run(&AtomicBool::new(false), &mut |_, _, _, _| {})
         .unwrap_err()

@@ -5,5 +5,6 @@ pub mod cases;
 pub mod gpu_compare;
 pub mod gradcheck;
 pub mod hessian;
+pub mod oracle;
 pub mod report;
 pub mod tolerance;

@@ -79,7 +79,12 @@ impl ExecutorUser for Compute<'_> {
             a.momentum,
             a.weight_decay,
         )?;
-        upload_state(exec.as_mut(), &input.cfg.layout()?, &input.state, &input.opt)?;
+        upload_state(
+            exec.as_mut(),
+            &input.cfg.layout()?,
+            &input.state,
+            &input.opt,
+        )?;
         let mut f = Feeds::<T>::new();
         f.insert(names::TRAIN_X, train.x.mapv(T::of));
         f.insert(names::TRAIN_ONEHOT, train.onehot.mapv(T::of));
@@ -149,13 +154,9 @@ pub fn run(a: Args) -> Result<()> {
         valid: &valid,
         a: &a,
     };
-    let (arrays, [r_paper, r_audit]) = darts::exec::open(a.backend, a.dtype, user)
-        .with_context(|| {
-            format!(
-                "--backend {:?} --dtype {:?}",
-                a.backend, a.dtype
-            )
-            .to_lowercase()
+    let (arrays, [r_paper, r_audit]) =
+        darts::exec::open(a.backend, a.dtype, user).with_context(|| {
+            format!("--backend {:?} --dtype {:?}", a.backend, a.dtype).to_lowercase()
         })??;
     write_npz(&a.out, arrays.iter().map(|(k, v)| (k.as_str(), v)))?;
     print_summary(&arrays, (r_paper, r_audit), a.eta);

@@ -79,9 +79,7 @@ pub fn read_state(
         .with_context(|| format!("reading the network configuration from {file}"))?;
     let layout = cfg.layout()?;
     let state = State::from_npz(path, &layout, k)?;
-    all.retain(|key, _| {
-        !key.starts_with("sd/") && !names::ALPHA.contains(&key.as_str())
-    });
+    all.retain(|key, _| !key.starts_with("sd/") && !names::ALPHA.contains(&key.as_str()));
     // Optional optimiser state.
     let mut bufs = Vec::new();
     for (n, shape, _) in layout.weights() {

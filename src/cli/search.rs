@@ -1,8 +1,8 @@
 //! `darts search`: the bilevel architecture search on CIFAR-10 images.
 
 use anyhow::{bail, Context, Result};
-use darts::search::architect::Order;
 use darts::exec::{Backend, Executor, ExecutorUser, Scalar};
+use darts::search::architect::Order;
 use darts::search::run::{saved_options, DataSource, Dtype, Finish, Search, SearchOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -125,8 +125,16 @@ pub fn run(a: Args) -> Result<()> {
         Some(dir) => {
             let o = saved_options(dir).with_context(|| format!("resuming {}", dir.display()))?;
             for (flag, given, saved) in [
-                ("--backend", a.backend.map(|b| format!("{b:?}")), format!("{:?}", o.backend)),
-                ("--dtype", a.dtype.map(|d| format!("{d:?}")), format!("{:?}", o.dtype)),
+                (
+                    "--backend",
+                    a.backend.map(|b| format!("{b:?}")),
+                    format!("{:?}", o.backend),
+                ),
+                (
+                    "--dtype",
+                    a.dtype.map(|d| format!("{d:?}")),
+                    format!("{:?}", o.dtype),
+                ),
             ] {
                 if let Some(given) = given.filter(|g| *g != saved) {
                     bail!(
@@ -138,7 +146,11 @@ pub fn run(a: Args) -> Result<()> {
                     );
                 }
             }
-            let user = Start { opts: o.clone(), dir: dir.clone(), resume: true };
+            let user = Start {
+                opts: o.clone(),
+                dir: dir.clone(),
+                resume: true,
+            };
             darts::exec::open(o.backend, o.dtype, user)
                 .with_context(|| format!("opening the {:?} executor", o.backend))?
         }
@@ -152,7 +164,11 @@ pub fn run(a: Args) -> Result<()> {
                     format!("{:?}", o.order).to_lowercase()
                 ))
             });
-            let user = Start { opts: o.clone(), dir, resume: false };
+            let user = Start {
+                opts: o.clone(),
+                dir,
+                resume: false,
+            };
             darts::exec::open(o.backend, o.dtype, user)
                 .with_context(|| format!("opening the {:?} executor", o.backend))?
         }

@@ -195,8 +195,9 @@ pub fn run(a: Args) -> Result<()> {
         batches: (&train, &valid),
         a: &a,
     };
-    let out = darts::exec::open(a.backend, a.dtype, user)
-        .with_context(|| format!("--backend {:?} --dtype {:?}", a.backend, a.dtype).to_lowercase())??;
+    let out = darts::exec::open(a.backend, a.dtype, user).with_context(|| {
+        format!("--backend {:?} --dtype {:?}", a.backend, a.dtype).to_lowercase()
+    })??;
     write_out(&a.out, &out)?;
     println!(
         "wrote {} arrays to {} ({:.2} s)",

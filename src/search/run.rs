@@ -152,7 +152,11 @@ impl SearchOptions {
         ] {
             let ok = v.is_finite() && if positive { v > 0.0 } else { v >= 0.0 };
             if !ok {
-                let range = if positive { "finite and > 0" } else { "finite and >= 0" };
+                let range = if positive {
+                    "finite and > 0"
+                } else {
+                    "finite and >= 0"
+                };
                 return bad(flag, &v, range);
             }
         }
@@ -271,7 +275,9 @@ pub struct Progress {
 /// How a run ended.
 #[derive(Debug)]
 pub enum Finish {
-    Done { genotype: Genotype },
+    Done {
+        genotype: Genotype,
+    },
     /// Stopped after step `step` (1-based) of `of` in epoch `epoch` (0-based), `global_step`
     /// steps in all; the checkpoint holds the state after that step.
     Interrupted {
@@ -464,7 +470,10 @@ impl<T: Scalar> Search<T> {
                 )));
             }
             if let Some(i) = a.iter().position(|v| !v.is_finite()) {
-                return Err(ck_err(format!("'{k}' holds {} at flat index {i}", a.as_slice().map_or(f64::NAN, |s| s[i]))));
+                return Err(ck_err(format!(
+                    "'{k}' holds {} at flat index {i}",
+                    a.as_slice().map_or(f64::NAN, |s| s[i])
+                )));
             }
             Ok(a)
         };
@@ -558,7 +567,13 @@ impl<T: Scalar> Search<T> {
         arrays.insert(names::ALPHA[0].into(), st.alpha_normal.clone());
         arrays.insert(names::ALPHA[1].into(), st.alpha_reduce.clone());
         if let Some(buf) = &opt.sgd_buf {
-            for ((n, _), b) in self.stepper.layout.weights().map(|(n, s, _)| (n, s)).zip(buf) {
+            for ((n, _), b) in self
+                .stepper
+                .layout
+                .weights()
+                .map(|(n, s, _)| (n, s))
+                .zip(buf)
+            {
                 arrays.insert(names::sgd_buf(n), b.clone());
             }
         }

@@ -33,8 +33,8 @@
 //! the learning rate, and Adam's two scalars per alpha. A zero momentum buffer gives the same
 //! numbers as PyTorch's absent one (0 mu + d = d exactly).
 
-use super::architect::{fd_mixed_hvp, net_at, second_order, unrolled_weights, Order, StepInputs};
 use super::architect::FD_SCALE;
+use super::architect::{fd_mixed_hvp, net_at, second_order, unrolled_weights, Order, StepInputs};
 use crate::autodiff;
 use crate::darts::names;
 use crate::darts::network::SearchConfig;
@@ -191,9 +191,14 @@ impl StepGraph {
             let v = g.input(names::adam_v(cell), [k, 8])?;
             let step_size = g.input(names::adam_step_size(cell), Shape::scalar())?;
             let bc2_sqrt = g.input(names::adam_bc2_sqrt(cell), Shape::scalar())?;
-            let (a, m_new, v_new) =
-                h.adam
-                    .update(&mut g, inp.alpha[c], arch.grad[c], (m, v), step_size, bc2_sqrt)?;
+            let (a, m_new, v_new) = h.adam.update(
+                &mut g,
+                inp.alpha[c],
+                arch.grad[c],
+                (m, v),
+                step_size,
+                bc2_sqrt,
+            )?;
             alpha_new[c] = a;
             assign.push((m_new, names::adam_m(cell)));
             assign.push((v_new, names::adam_v(cell)));
@@ -296,9 +301,8 @@ pub fn download_state<T: Scalar, E: Executor<T> + ?Sized>(
     state: &mut State,
     opt: &mut OptimState,
 ) -> Result<(), ExecError> {
-    let mut get = |n: &str| -> Result<ArrayD<f64>, ExecError> {
-        Ok(exec.var(n)?.mapv(|x| x.as_f64()))
-    };
+    let mut get =
+        |n: &str| -> Result<ArrayD<f64>, ExecError> { Ok(exec.var(n)?.mapv(|x| x.as_f64())) };
     let mut bufs = Vec::new();
     for (name, _, kind) in &layout.entries {
         if matches!(kind, Kind::NumBatchesTracked) {

@@ -78,6 +78,11 @@ impl<T: Scalar> Stepper<T> {
         self.exec.name()
     }
 
+    /// Where the executor's last run spent its time, where it measures that.
+    pub fn last_run_timing(&self) -> Option<String> {
+        self.exec.last_run_timing()
+    }
+
     /// The executor with the current state in its variables (for evaluation graphs that read
     /// the weights, BN buffers and alphas as variables).
     pub fn executor(&mut self) -> Result<&mut dyn Executor<T>, ArchError> {

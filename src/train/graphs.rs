@@ -97,7 +97,6 @@ pub fn build_eval_graph(cfg: &EvalConfig, n: usize) -> Result<EvalGraph, GraphEr
     })
 }
 
-
 /// The train graph plus gradient clipping, SGD and the BN running statistics
 /// ([`clip_and_sgd`], [`running_stats`]): one whole training step. Feeds: the batch
 /// ([`names::X`], [`names::ONEHOT`]), [`names::LR`] and the drop-path inputs; everything else

@@ -278,4 +278,3 @@ pub struct Reporting<'a> {
     /// Called after every epoch.
     pub on_epoch: Option<&'a mut dyn FnMut(&EpochRecord)>,
 }
-

@@ -75,7 +75,10 @@ pub fn train_on(
     };
     crate::exec::open(opts.backend, opts.dtype, user).map_err(|cause| TrainError::Exec {
         epoch: 0,
-        what: format!("opening the {:?} executor in {:?}", opts.backend, opts.dtype),
+        what: format!(
+            "opening the {:?} executor in {:?}",
+            opts.backend, opts.dtype
+        ),
         cause,
     })?
 }
@@ -115,14 +118,16 @@ fn run_dir_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
 
 /// The state of one run: the executor (whose variables hold the parameters, BN buffers and
 /// SGD momentum buffers between steps), the host copies, and the graphs per batch size.
-struct Trainer<T: Scalar> {
+pub struct Trainer<T: Scalar> {
     cfg: EvalConfig,
     /// Parameters (layout order) and their shapes.
     params: Vec<(String, Vec<usize>)>,
     /// The host state by state_dict name (parameters and BN buffers): current after
-    /// [`Trainer::sync_host`], except num_batches_tracked, which the host counts.
-    state: BTreeMap<String, ArrayD<f64>>,
-    /// BN modules of the train graph (their num_batches_tracked count train-mode forwards).
+    /// [`Trainer::sync_host`] (num_batches_tracked is counted on the host).
+    pub state: BTreeMap<String, ArrayD<f64>>,
+    /// SGD's momentum buffers (parameter order), host copies as `state`; None before the
+    /// first step (PyTorch's absent buffers, uploaded as zeros: 0 mu + d = d).
+    pub sgd_buf: Option<Vec<ArrayD<f64>>>,
     sgd: SgdHyper,
     exec: Box<dyn Executor<T>>,
     step_graphs: HashMap<usize, TrainStepGraph>,
@@ -135,6 +140,37 @@ struct Trainer<T: Scalar> {
 }
 
 impl<T: Scalar> Trainer<T> {
+    /// A trainer of the network `cfg` from `state` (every state_dict entry), with SGD
+    /// constants `sgd`, drop path on or off and the auxiliary loss weight, on `exec`. SGD's
+    /// momentum buffers start absent (zero), as PyTorch's.
+    pub fn new(
+        cfg: EvalConfig,
+        state: BTreeMap<String, ArrayD<f64>>,
+        sgd: SgdHyper,
+        (drop_path, aux_weight): (bool, f64),
+        exec: Box<dyn Executor<T>>,
+    ) -> Result<Self, TrainError> {
+        let params = cfg
+            .layout()?
+            .weights()
+            .map(|(n, shape, _)| (n.clone(), shape.clone()))
+            .collect();
+        Ok(Trainer {
+            cfg,
+            params,
+            state,
+            sgd_buf: None,
+            sgd,
+            exec,
+            step_graphs: HashMap::new(),
+            eval_graphs: HashMap::new(),
+            drop_path,
+            aux_weight,
+            device_current: false,
+            host_stale: false,
+        })
+    }
+
     /// Parameters, BN buffers (num_batches_tracked stays on the host) and zero SGD buffers
     /// (PyTorch's absent buffers: 0 mu + d = d) as executor variables.
     fn upload(&mut self) -> Result<(), ExecError> {
@@ -144,19 +180,27 @@ impl<T: Scalar> Trainer<T> {
                 self.exec.set_var(k, &v.mapv(T::of))?;
             }
         }
-        for (n, shape) in &self.params {
-            let zeros = ArrayD::zeros(IxDyn(shape));
-            self.exec.set_var(&names::sgd_buf(n), &zeros)?;
+        for (i, (n, shape)) in self.params.iter().enumerate() {
+            let buf = match &self.sgd_buf {
+                Some(b) => b[i].mapv(T::of),
+                None => ArrayD::zeros(IxDyn(shape)),
+            };
+            self.exec.set_var(&names::sgd_buf(n), &buf)?;
         }
         self.device_current = true;
         Ok(())
     }
 
     /// Copy the executor's parameters and BN buffers back into the host state.
-    fn sync_host(&mut self) -> Result<(), ExecError> {
+    pub fn sync_host(&mut self) -> Result<(), ExecError> {
         if !self.host_stale {
             return Ok(());
         }
+        let mut bufs = Vec::with_capacity(self.params.len());
+        for (n, _) in &self.params {
+            bufs.push(self.exec.var(&names::sgd_buf(n))?.mapv(|v| v.as_f64()));
+        }
+        self.sgd_buf = Some(bufs);
         let keys: Vec<String> = self.state.keys().cloned().collect();
         for k in keys {
             if !k.ends_with(".num_batches_tracked") {
@@ -166,6 +210,19 @@ impl<T: Scalar> Trainer<T> {
         }
         self.host_stale = false;
         Ok(())
+    }
+
+    /// Replace the host state and momentum buffers; the executor is refreshed before the
+    /// next step.
+    pub fn set_state(
+        &mut self,
+        state: BTreeMap<String, ArrayD<f64>>,
+        sgd_buf: Option<Vec<ArrayD<f64>>>,
+    ) {
+        self.state = state;
+        self.sgd_buf = sgd_buf;
+        self.device_current = false;
+        self.host_stale = false;
     }
 
     /// Drop-path feeds: the keep probability and one Bernoulli(keep) mask per cell output.
@@ -200,7 +257,7 @@ impl<T: Scalar> Trainer<T> {
     /// One training step on `batch` (one run of [`TrainStepGraph`]; only the batch, the
     /// drop-path masks and lr go in, only the loss, logits and gradient norm come back);
     /// returns (loss, correct, gradient norm before clipping).
-    fn step(
+    pub fn step(
         &mut self,
         batch: &Batch,
         lr: f64,
@@ -289,27 +346,13 @@ fn run<T: Scalar>(
     drop_rng.set_stream(2);
 
     let state = init_state(&layout, 1, &mut init_rng);
-    let params = layout
-        .weights()
-        .map(|(n, shape, _)| (n.clone(), shape.clone()))
-        .collect();
-    let mut tr = Trainer::<T> {
-        cfg,
-        params,
-        state: state.tensors,
-        sgd: SgdHyper {
-            momentum: opts.momentum,
-            weight_decay: opts.weight_decay,
-            grad_clip: opts.grad_clip,
-        },
-        exec,
-        step_graphs: HashMap::new(),
-        eval_graphs: HashMap::new(),
-        drop_path: opts.drop_path_prob > 0.0,
-        aux_weight: opts.auxiliary_weight,
-        device_current: false,
-        host_stale: false,
+    let sgd = SgdHyper {
+        momentum: opts.momentum,
+        weight_decay: opts.weight_decay,
+        grad_clip: opts.grad_clip,
     };
+    let flags = (opts.drop_path_prob > 0.0, opts.auxiliary_weight);
+    let mut tr = Trainer::<T>::new(cfg, state.tensors, sgd, flags, exec)?;
 
     let train_idx = limited(train_set, opts.train_limit);
     let test_idx = limited(test_set, opts.test_limit);

@@ -1,10 +1,10 @@
 //! Shared fixtures for the DARTS tests: tiny search networks with seeded states and batches.
 #![allow(dead_code)]
 
+use darts::check::oracle::architect::{Batch, Point};
 use darts::darts::init::init_state;
 use darts::darts::network::SearchConfig;
 use darts::darts::params::State;
-use darts::search::architect::{Batch, Point};
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -33,7 +33,7 @@ pub fn state(cfg: &SearchConfig, seed: u64) -> State {
 }
 
 pub fn point(cfg: &SearchConfig, st: &State) -> Point {
-    let weights = darts::search::architect::weight_list(cfg)
+    let weights = darts::check::oracle::architect::weight_list(cfg)
         .unwrap()
         .into_iter()
         .map(|(n, _)| {

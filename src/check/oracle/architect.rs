@@ -1,4 +1,7 @@
-//! The architecture gradient three ways (Liu, Simonyan and Yang, ICLR 2019, eqs. 5-8):
+//! Oracle (tests only): the architecture gradient three ways re-derived on the host in f64
+//! ndarray arithmetic around per-network gradient graphs (Liu, Simonyan and Yang, ICLR 2019,
+//! eqs. 5-8), to check the production step graph ([`crate::search::step_graph`]) and the
+//! `darts gradients` graph ([`crate::search::gradients`]):
 //!
 //! * first order (xi = 0): grad_alpha L_val(w, alpha);
 //! * second order as the paper states it: grad_alpha L_val(w', alpha) - xi * H v with
@@ -13,33 +16,11 @@
 use crate::autodiff;
 use crate::darts::network::{self, SearchConfig};
 use crate::darts::ops::{BnRecord, NetBuilder, ParamSource};
-use crate::exec::{ExecError, Executor, Feeds, Scalar};
+use crate::exec::{Executor, Feeds, Scalar};
 use crate::graph::{Graph, GraphError, NodeId, Shape};
+pub use crate::search::architect::{check_finite, weight_list, ArchError, Order, FD_SCALE};
 use ndarray::{ArrayD, IxDyn};
 use std::collections::{BTreeMap, HashMap};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ArchError {
-    #[error("building the architecture-gradient graphs: {0}")]
-    Graph(#[from] GraphError),
-    #[error("running {what}: {source}")]
-    Exec {
-        what: String,
-        #[source]
-        source: ExecError,
-    },
-    #[error("{what}: tensor '{tensor}' holds {value} at flat index {index}")]
-    NonFinite {
-        what: String,
-        tensor: String,
-        index: usize,
-        value: f64,
-    },
-    #[error("v = grad_w' L_val(w', alpha) is zero, so eps = 0.01 / ||v|| is undefined")]
-    ZeroDirection,
-    #[error("the unrolled graph was not built (ArchGraphs::build_for with unrolled = false)")]
-    NoUnrolledGraph,
-}
 
 /// Hyperparameters of the unrolled step w' = w - eta (mu buf + grad + lambda w).
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -51,9 +32,6 @@ pub struct Unroll {
     /// SGD momentum mu (only used with a momentum buffer).
     pub momentum: f64,
 }
-
-/// The FD step scale of the reference: R = 0.01 / ||v||.
-pub const FD_SCALE: f64 = 0.01;
 
 /// One network on one batch shape: loss, gradients with respect to all weights and both
 /// alphas, and the exact mixed HVP d/dalpha <grad_w L, v> for direction inputs `v/<p>`.
@@ -79,15 +57,6 @@ pub struct UnrolledGraph {
     pub loss_valid_unrolled: NodeId,
     pub grad_alpha_total: [NodeId; 2],
     pub w_prime: Vec<NodeId>,
-}
-
-/// Weight names (state_dict names, module order) and shapes of a configuration.
-pub fn weight_list(cfg: &SearchConfig) -> Result<Vec<(String, Vec<usize>)>, GraphError> {
-    Ok(cfg
-        .layout()?
-        .weights()
-        .map(|(n, s, _)| (n.clone(), s.clone()))
-        .collect())
 }
 
 fn alpha_inputs(g: &mut Graph, k: usize) -> Result<[NodeId; 2], GraphError> {
@@ -275,19 +244,6 @@ fn take_bn_stats(mut it: impl Iterator<Item = ArrayD<f64>>) -> BnStats {
         stats.push((m, v));
     }
     stats
-}
-
-/// Fail on NaN/Inf, naming the step and the tensor.
-pub fn check_finite(what: &str, tensor: &str, a: &ArrayD<f64>) -> Result<(), ArchError> {
-    match a.iter().position(|v| !v.is_finite()) {
-        None => Ok(()),
-        Some(index) => Err(ArchError::NonFinite {
-            what: what.to_string(),
-            tensor: tensor.to_string(),
-            index,
-            value: a.as_slice().map(|s| s[index]).unwrap_or(f64::NAN),
-        }),
-    }
 }
 
 /// Evaluate loss and gradients (and BN statistics) of `net` at `point` on `batch`.
@@ -525,7 +481,14 @@ impl ArchGraphs {
     }
 
     fn unrolled(&self) -> Result<&UnrolledGraph, ArchError> {
-        self.unrolled.as_ref().ok_or(ArchError::NoUnrolledGraph)
+        self.unrolled
+            .as_ref()
+            .ok_or(ArchError::Graph(GraphError::Shape {
+                op: "oracle".into(),
+                label: "unrolled graph".into(),
+                shapes: String::new(),
+                reason: "not built (ArchGraphs::build_for with unrolled = false)".into(),
+            }))
     }
 }
 
@@ -658,19 +621,6 @@ pub fn all_gradients<T: Scalar, E: Executor<T> + ?Sized>(
         check_finite("architecture gradient", k, a)?;
     }
     Ok(rep)
-}
-
-/// Which architecture gradient a search step uses.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-pub enum Order {
-    /// xi = 0: grad_alpha L_val(w, alpha).
-    First,
-    /// The paper's second order: FD mixed HVP at w with eps = 0.01/||v||.
-    Second,
-    /// Autodiff through the unrolled step.
-    Exact,
 }
 
 /// The architecture gradient of one search step, the validation loss it saw, and the BN

@@ -1,4 +1,4 @@
-//! Optimisers of the bilevel loop, with PyTorch's exact update formulas (the reference runs
+//! Oracle (tests only): the optimisers of the bilevel loop on the host in f64, with PyTorch's exact update formulas (the reference runs
 //! torch.optim): SGD with momentum and coupled weight decay for the weights w, Adam with
 //! coupled weight decay for the alphas, and total-norm gradient clipping.
 
