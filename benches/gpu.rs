@@ -68,13 +68,15 @@
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
-use darts::check::oracle::architect::{Batch, Order};
 use darts::darts::init::init_state;
 use darts::darts::network::SearchConfig;
+use darts::data::Batch;
 use darts::exec::gpu::GpuExecutor;
 use darts::exec::{Executor, Feeds};
 use darts::graph::{ConvParams, Graph, NodeId, Op};
-use darts::search::step_graph::{upload_state, StepGraph, StepHyper};
+use darts::search::architect::Order;
+use darts::search::step_graph::{upload_state, OptimState, StepGraph, StepHyper};
+use darts::search::stepper::step_feeds;
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -346,19 +348,9 @@ impl Step {
         let hyper = StepHyper::reference();
         let shape = [n, 3, 32, 32];
         let graph = StepGraph::build(cfg, &shape, &shape, order, &hyper).expect("step graph");
-        upload_state(ex, &layout, &st, None, None).expect("upload the state");
-        let f32_of = |a: &ArrayD<f64>| a.mapv(|v| v as f32);
+        upload_state(ex, &layout, &st, &OptimState::default()).expect("upload the state");
         let (train, valid) = (batch(n, &mut rng), batch(n, &mut rng));
-        let mut feeds = Feeds::new();
-        feeds.insert("train/x", f32_of(&train.x));
-        feeds.insert("train/onehot", f32_of(&train.onehot));
-        feeds.insert("valid/x", f32_of(&valid.x));
-        feeds.insert("valid/onehot", f32_of(&valid.onehot));
-        let scalar = |v: f64| ArrayD::from_elem(IxDyn(&[]), v as f32);
-        feeds.insert("lr", scalar(0.025));
-        // Adam's first step: s = lr_a / (1 - b1), c = sqrt(1 - b2).
-        feeds.insert("adam/step_size", scalar(3e-4 / 0.5));
-        feeds.insert("adam/bc2_sqrt", scalar((1.0f64 - 0.999).sqrt()));
+        let feeds = step_feeds(&train, &valid, 0.025, &hyper, [0, 0]);
         Step { graph, feeds }
     }
 

@@ -1,14 +1,15 @@
-//! Time per op family of one architecture step (first order, second order or exact) plus the
-//! weight step on the CPU executor in f32 at C = 8, layers = 5, batch 32, 32x32:
+//! Time per op family of one whole search step (the step graph: architecture step of the
+//! given order, Adam, weight step) on the CPU executor in f32 at C = 8, layers = 5, batch 32, 32x32:
 //! `cargo run --release --example profile_step -- [first|second|exact]`.
 
-use darts::check::oracle::architect::{
-    arch_gradient, evaluate, weight_list, ArchGraphs, Order, Point, Unroll,
-};
 use darts::darts::init::init_state;
 use darts::darts::network::SearchConfig;
 use darts::data::Batch;
 use darts::exec::cpu::CpuExecutor;
+use darts::exec::Executor;
+use darts::search::architect::Order;
+use darts::search::step_graph::{upload_state, OptimState, StepGraph, StepHyper};
+use darts::search::stepper::step_feeds;
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -27,18 +28,8 @@ fn main() {
         ..SearchConfig::paper()
     };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let st = init_state(&cfg.layout().unwrap(), cfg.k(), &mut rng);
-    let point = Point {
-        weights: weight_list(&cfg)
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| {
-                let a = st.tensors[&n].clone();
-                (n, a)
-            })
-            .collect(),
-        alpha: [st.alpha_normal.clone(), st.alpha_reduce.clone()],
-    };
+    let layout = cfg.layout().unwrap();
+    let st = init_state(&layout, cfg.k(), &mut rng);
     let mut batch = || {
         let x =
             ArrayD::from_shape_simple_fn(IxDyn(&[32, 3, 32, 32]), || rng.sample(StandardNormal));
@@ -50,35 +41,26 @@ fn main() {
     };
     let (train, valid) = (batch(), batch());
     let t = Instant::now();
-    let graphs = ArchGraphs::build_for(
-        &cfg,
-        &[32, 3, 32, 32],
-        &[32, 3, 32, 32],
-        order == Order::Exact,
-    )
-    .unwrap();
+    let hyper = StepHyper::reference();
+    let shape = [32, 3, 32, 32];
+    let sg = StepGraph::build(&cfg, &shape, &shape, order, &hyper).unwrap();
     println!(
-        "graphs built in {:.2} s: train {} nodes, unrolled {} nodes",
+        "step graph built in {:.2} s: {} nodes",
         t.elapsed().as_secs_f64(),
-        graphs.train.graph.len(),
-        graphs.unrolled.as_ref().map_or(0, |u| u.graph.len())
+        sg.graph.len()
     );
-    let u = Unroll {
-        eta: 0.025,
-        weight_decay: 3e-4,
-        momentum: 0.9,
-    };
     let mut ex = CpuExecutor::<f32>::new();
-    // Warm the buffer pool, then profile one step.
-    arch_gradient(&mut ex, &graphs, &point, None, &train, &valid, &u, order).unwrap();
+    upload_state(&mut ex, &layout, &st, &OptimState::default()).unwrap();
+    let feeds = step_feeds::<f32>(&train, &valid, 0.025, &hyper, [0, 0]);
+    // Warm the buffer pool, then profile one whole step (architecture step + weight step).
+    ex.run_assign(&sg.graph, &feeds, &[sg.loss_train], &sg.assign)
+        .unwrap();
     ex.enable_profile();
     let t = Instant::now();
-    arch_gradient(&mut ex, &graphs, &point, None, &train, &valid, &u, order).unwrap();
-    let arch = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    evaluate(&mut ex, &graphs.train, &point, &train, "weight step").unwrap();
-    let weight = t.elapsed().as_secs_f64();
-    println!("{order:?}: architecture step {arch:.2} s, weight step {weight:.2} s");
+    ex.run_assign(&sg.graph, &feeds, &[sg.loss_train], &sg.assign)
+        .unwrap();
+    let step = t.elapsed().as_secs_f64();
+    println!("{order:?}: whole step (architecture step + weight step) {step:.2} s");
     let rss = std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()

@@ -95,7 +95,7 @@ fn run() -> Result<ExitCode> {
             }
             let mut ok = outcomes.iter().all(|o| o.pass());
             if backend == cli::gradients::Backend::Gpu {
-                let mut gpu = darts::exec::gpu::GpuExecutor::new()
+                let mut gpu = darts::exec::open_as::<f32>(darts::exec::Backend::Gpu)
                     .context("--backend gpu needs a GPU adapter")?;
                 let mut rows = Vec::new();
                 for (i, case) in suite.iter().enumerate() {
@@ -106,15 +106,20 @@ fn run() -> Result<ExitCode> {
                         continue;
                     }
                     rows.push(darts::check::gpu_compare::gpu_vs_cpu(
-                        case, &mut gpu, i as u64,
+                        case,
+                        gpu.as_mut(),
+                        i as u64,
                     )?);
                 }
                 ok &= rows.iter().all(|r| r.pass);
                 if format == report::Format::Json {
                     println!("{}", serde_json::to_string_pretty(&rows)?);
                 } else {
-                    println!("\nGPU: {}", gpu.adapter_info());
-                    println!("{}", darts::exec::gpu::f64_support());
+                    println!("\nGPU: {}", gpu.name());
+                    match darts::exec::open_as::<f64>(darts::exec::Backend::Gpu) {
+                        Ok(g) => println!("f64 kernels: available on {}", g.name()),
+                        Err(e) => println!("f64 kernels: unavailable: {e}"),
+                    }
                     print!(
                         "{}",
                         darts::check::gpu_compare::render(

@@ -202,3 +202,88 @@ fn second_order_leaves_the_weights_of_the_in_place_restore() {
     assert!(moved > 0, "no entry drifted out of {total}");
     println!("{moved} of {total} weights drift by the in-place restore");
 }
+
+/// The production `darts gradients` graph (src/search/gradients.rs: the same graph pieces as
+/// the search step) against the host oracle's `all_gradients` (src/check/oracle/), every
+/// array, in f64, with a momentum buffer, on the real (ReLU) network and the smooth one.
+///
+/// Tolerance: the networks' passes are the same graphs on the same executor, bit for bit
+/// given equal inputs; the oracle forms ||v|| (both FD radii) and the audit direction
+/// v + lambda w' itself, in another summation order: within gamma_N relative (N weight
+/// elements), which moves each FD quotient by at most that relative (tests/step_oracle.rs
+/// derives it), and the few elementwise operations after it add u each:
+/// 2 gamma_N + 16 u of each array's largest magnitude. The FD quotients divide a difference
+/// of gradients at w +- R v by 2R, so their own round-off (the same in both) is not part of
+/// the comparison; only the perturbation of R is.
+#[test]
+fn gradients_graph_equals_oracle_f64() {
+    use darts::darts::names;
+    use darts::exec::{Executor, Feeds, Scalar};
+    use darts::search::gradients::GradientsGraph;
+    use darts::search::step_graph::{upload_state, OptimState};
+    use ndarray::{ArrayD, IxDyn};
+    use rand::{Rng, SeedableRng};
+    for smooth in [false, true] {
+        let cfg = tiny(smooth);
+        let st = state(&cfg, 4);
+        let (tb, vb) = (batch(2, 8, 10, 5), batch(2, 8, 10, 6));
+        let p = point(&cfg, &st);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let buf: Vec<ArrayD<f64>> = p
+            .weights
+            .iter()
+            .map(|(_, w)| w.mapv(|_| 0.01 * (rng.random::<f64>() - 0.5)))
+            .collect();
+        let graphs = ArchGraphs::build(&cfg, tb.x.shape(), vb.x.shape()).unwrap();
+        let mut exec = CpuExecutor::<f64>::new();
+        let want = all_gradients(&mut exec, &graphs, &p, Some(&buf), &tb, &vb, &UNROLL).unwrap();
+        let gg = GradientsGraph::build(
+            &cfg,
+            tb.x.shape(),
+            vb.x.shape(),
+            UNROLL.momentum,
+            UNROLL.weight_decay,
+        )
+        .unwrap();
+        let opt = OptimState {
+            sgd_buf: Some(buf.clone()),
+            ..OptimState::default()
+        };
+        let mut exec = CpuExecutor::<f64>::new();
+        upload_state(&mut exec, &cfg.layout().unwrap(), &st, &opt).unwrap();
+        let mut f = Feeds::<f64>::new();
+        f.insert(names::TRAIN_X, tb.x.clone());
+        f.insert(names::TRAIN_ONEHOT, tb.onehot.clone());
+        f.insert(names::VALID_X, vb.x.clone());
+        f.insert(names::VALID_ONEHOT, vb.onehot.clone());
+        f.insert(names::LR, ArrayD::from_elem(IxDyn(&[]), UNROLL.eta));
+        let outs: Vec<_> = gg.outputs.iter().map(|(_, n)| *n).collect();
+        let got = exec.run(&gg.graph, &f, &outs).unwrap();
+        let n: usize = p.weights.iter().map(|(_, w)| w.len()).sum();
+        let u = f64::UNIT_ROUNDOFF;
+        let bound = 2.0 * n as f64 * u / (1.0 - n as f64 * u) + 16.0 * u;
+        assert_eq!(gg.outputs.len(), want.arrays.len());
+        let mut worst = (0f64, String::new());
+        for ((key, _), a) in gg.outputs.iter().zip(&got) {
+            let b = &want.arrays[key];
+            assert_eq!(a.shape(), b.shape(), "{key}");
+            let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-300);
+            let err = a
+                .iter()
+                .zip(b.iter())
+                .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                err <= bound * scale,
+                "smooth {smooth} {key}: {:e} > {bound:e}",
+                err / scale
+            );
+            if err / scale > worst.0 {
+                worst = (err / scale, key.clone());
+            }
+        }
+        println!(
+            "smooth {smooth}: worst {:.2e} at {} (bound {bound:.2e})",
+            worst.0, worst.1
+        );
+    }
+}

@@ -56,19 +56,44 @@ pub trait ExecutorUser {
     fn with<T: Scalar>(self, exec: Box<dyn Executor<T>>) -> Self::Output;
 }
 
-/// Opens the executor for (`backend`, `dtype`) and hands it to `user`: the CPU reference in
-/// either precision; the GPU in f32, or in f64 where the adapter offers SHADER_F64 and passes
-/// the f64 self-check (proofs/gpu-f64-math.md). This is the only place an executor is opened.
+/// An element type an executor can be opened in: how the GPU executor starts in it.
+pub trait Opens: Scalar {
+    fn open_gpu() -> Result<Box<dyn Executor<Self>>, ExecError>;
+}
+
+impl Opens for f32 {
+    fn open_gpu() -> Result<Box<dyn Executor<f32>>, ExecError> {
+        Ok(Box::new(gpu::GpuExecutor::<f32>::new()?))
+    }
+}
+
+impl Opens for f64 {
+    /// f64 kernels exist only where the adapter offers SHADER_F64 and passes the f64
+    /// self-check of every f64 operation they use (proofs/gpu-f64-math.md).
+    fn open_gpu() -> Result<Box<dyn Executor<f64>>, ExecError> {
+        Ok(Box::new(gpu::GpuExecutor::<f64>::new_f64()?))
+    }
+}
+
+/// Opens the executor of `backend` computing in `T`: the CPU reference, or the GPU. This and
+/// [`open`] (the same for a dtype chosen at run time) are the only places an executor is
+/// opened; nothing above this module names a concrete executor.
+pub fn open_as<T: Opens>(backend: Backend) -> Result<Box<dyn Executor<T>>, ExecError> {
+    match backend {
+        Backend::Cpu => Ok(Box::new(cpu::CpuExecutor::<T>::new())),
+        Backend::Gpu => T::open_gpu(),
+    }
+}
+
+/// Opens the executor for (`backend`, `dtype`) ([`open_as`]) and hands it to `user`.
 pub fn open<U: ExecutorUser>(
     backend: Backend,
     dtype: Dtype,
     user: U,
 ) -> Result<U::Output, ExecError> {
-    Ok(match (backend, dtype) {
-        (Backend::Cpu, Dtype::F64) => user.with(Box::new(cpu::CpuExecutor::<f64>::new())),
-        (Backend::Cpu, Dtype::F32) => user.with(Box::new(cpu::CpuExecutor::<f32>::new())),
-        (Backend::Gpu, Dtype::F64) => user.with(Box::new(gpu::GpuExecutor::<f64>::new_f64()?)),
-        (Backend::Gpu, Dtype::F32) => user.with(Box::new(gpu::GpuExecutor::<f32>::new()?)),
+    Ok(match dtype {
+        Dtype::F64 => user.with(open_as::<f64>(backend)?),
+        Dtype::F32 => user.with(open_as::<f32>(backend)?),
     })
 }
 

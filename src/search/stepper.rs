@@ -26,6 +26,30 @@ pub struct StepReport {
     pub grad_norm: f64,
 }
 
+/// The feeds of one [`StepGraph`] run: both batches, the learning rate, and Adam's two scalars
+/// for each alpha's next step (its step count `adam_t[c]` + 1).
+pub fn step_feeds<T: Scalar>(
+    train: &Batch,
+    valid: &Batch,
+    lr: f64,
+    hyper: &StepHyper,
+    adam_t: [u64; 2],
+) -> Feeds<T> {
+    let scalar = |v: f64| ArrayD::from_elem(IxDyn(&[]), T::of(v));
+    let mut f = Feeds::<T>::new();
+    f.insert(names::TRAIN_X, train.x.mapv(T::of));
+    f.insert(names::TRAIN_ONEHOT, train.onehot.mapv(T::of));
+    f.insert(names::VALID_X, valid.x.mapv(T::of));
+    f.insert(names::VALID_ONEHOT, valid.onehot.mapv(T::of));
+    f.insert(names::LR, scalar(lr));
+    for (c, cell) in names::CELLS.into_iter().enumerate() {
+        let (step_size, bc2_sqrt) = hyper.adam.step_scalars(adam_t[c] + 1);
+        f.insert(names::adam_step_size(cell), scalar(step_size));
+        f.insert(names::adam_bc2_sqrt(cell), scalar(bc2_sqrt));
+    }
+    f
+}
+
 /// A search's state and the executor that steps it.
 pub struct Stepper<T: Scalar> {
     pub cfg: SearchConfig,
@@ -141,18 +165,7 @@ impl<T: Scalar> Stepper<T> {
             self.graphs.insert(key, sg);
         }
         self.ensure_device()?;
-        let scalar = |v: f64| ArrayD::from_elem(IxDyn(&[]), T::of(v));
-        let mut f = Feeds::<T>::new();
-        f.insert(names::TRAIN_X, train.x.mapv(T::of));
-        f.insert(names::TRAIN_ONEHOT, train.onehot.mapv(T::of));
-        f.insert(names::VALID_X, valid.x.mapv(T::of));
-        f.insert(names::VALID_ONEHOT, valid.onehot.mapv(T::of));
-        f.insert(names::LR, scalar(lr));
-        for (c, cell) in names::CELLS.into_iter().enumerate() {
-            let (step_size, bc2_sqrt) = self.hyper.adam.step_scalars(self.opt.adam_t[c] + 1);
-            f.insert(names::adam_step_size(cell), scalar(step_size));
-            f.insert(names::adam_bc2_sqrt(cell), scalar(bc2_sqrt));
-        }
+        let f = step_feeds::<T>(train, valid, lr, &self.hyper, self.opt.adam_t);
         let sg = &self.graphs[&key];
         let mut outs = vec![
             sg.loss_train,
