@@ -38,7 +38,7 @@
 //   2 b:      storage, read,       array<S>, second operand, row-major
 //   3 out:    storage, read_write, array<S>, the output, row-major, `total` elements
 //
-// ConvParams (80 bytes; mirrored field for field by `ConvParams` in src/exec/gpu/kernels.rs):
+// ConvParams (80 bytes; mirrored field for field by `ConvParams` in src/exec/gpu/kernels/params.rs):
 //   total:  u32    number of output elements of the entry point
 //   n, c, h, w:    u32  batch, input channels, input height and width
 //   o, oh, ow:     u32  output channels, output height and width
@@ -47,7 +47,7 @@
 //   stride_h, stride_w, pad_h, pad_w, dil_h, dil_w: u32
 //   chunks:        u32  chunks per weight element (conv2d_weight_grad_split and _finish only)
 //   relu_a:        u32  1: a is the input of a ReLU that the kernel applies as it loads a
-//                       (conv2d and the weight gradients: a = x; src/exec/gpu/fusion.rs, rule 6)
+//                       (conv2d and the weight gradients: a = x; src/exec/gpu/fusion/mod.rs, rule 6)
 //   _pad2: u32
 //
 // Invocation id -> output coordinate: the host dispatches (min(G, L), ceil(G / L), 1)

@@ -40,7 +40,7 @@
 //   4 cond:   storage, read,       array<S>, row-major condition (select)
 //
 // EwParams (128 bytes for S = f32 and f64; mirrored field for field by `EwParams` in
-// src/exec/gpu/kernels.rs, which holds `value` as raw bytes):
+// src/exec/gpu/kernels/params.rs, which holds `value` as raw bytes):
 //   total:     u32                      number of output elements
 //   rank:      u32                      number of axes used in shape/strides (<= MAX_RANK)
 //   op:        u32                      f_op or g_op code above

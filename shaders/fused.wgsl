@@ -1,4 +1,4 @@
-// fused.wgsl: the shared part of the fused kernels (src/exec/gpu/fusion.rs). The executor composes
+// fused.wgsl: the shared part of the fused kernels (src/exec/gpu/fusion/mod.rs). The executor composes
 // each kernel as: scalar prelude (S), elementwise_ops.wgsl (unary_op, binary_op), this file, then
 //   an elementwise map: fused_map.wgsl (FusedParams, `params`), then the generated part: the
 //     bindings of its L leaves (bindings 1 ..= L, read) and of its output (binding L + 1,
@@ -9,7 +9,7 @@
 //       fn reduce_input(i) = e(in_0[off_0(i)], ..., in_{L-1}[off_{L-1}(i)]),
 //     so the reduction sums (or maxes) e over the reduced elements without storing it, and
 //       fn reduce_output(o, v) = v, or f(v, in_l[o]) / f(v, literal) for an epilogue f (one
-//     unary or binary op of the reduced value v of output o; fusion.rs, rule 5);
+//     unary or binary op of the reduced value v of output o; fusion/mod.rs, rule 5);
 // where e is a tree of unary_op / binary_op / select calls and exact literals, every
 // intermediate a `let` of type S (rounded once per operation, as the single-op kernels), and i
 // the flat index in the shape of e (the map's output, or the reduction's input).

@@ -1,7 +1,7 @@
 // fused_map.wgsl: the parameters of a fused elementwise kernel (see fused.wgsl for the
 // composition and the equation).
 //
-// FusedParams (368 bytes; mirrored field for field by `FusedParams` in src/exec/gpu/kernels.rs):
+// FusedParams (368 bytes; mirrored field for field by `FusedParams` in src/exec/gpu/kernels/params.rs):
 //   total, rank, views: u32, then one u32 of padding, shape, words: as in fused.wgsl's header.
 //
 // Invocation id -> output index: the host dispatches (min(G, L), ceil(G / L), 1) workgroups,

@@ -2,7 +2,7 @@
 // equations and dispatch, entry points in reduce_core.wgsl) of an elementwise expression e
 // (fused.wgsl), computed element by element as the reduction reads it.
 //
-// FusedReduceParams (512 bytes; mirrored by `FusedReduceParams` in src/exec/gpu/kernels.rs as a
+// FusedReduceParams (512 bytes; mirrored by `FusedReduceParams` in src/exec/gpu/kernels/params.rs as a
 // ReduceParams followed by a FusedParams): the ReduceParams fields of reduce.wgsl (over the
 // shape of e, which is the reduction's input), then the fields of e (fused.wgsl's header).
 

@@ -19,7 +19,7 @@
 //   2 b:      storage, read,       array<S>, second operand, row-major
 //   3 out:    storage, read_write, array<S>, the output, row-major, `total` elements
 //
-// GatherParams (16 bytes; mirrored field for field by `GatherParams` in src/exec/gpu/kernels.rs):
+// GatherParams (16 bytes; mirrored field for field by `GatherParams` in src/exec/gpu/kernels/params.rs):
 //   total: u32   number of output elements
 //   rows:  u32   rows of the table (gather) or of the output (scatter_add)
 //   n:     u32   number of indices

@@ -12,7 +12,7 @@
 //   2 b:      storage, read,       array<S>, [k, n] row-major: b[p, j] = b[p * n + j]
 //   3 out:    storage, read_write, array<S>, [m, n] row-major: out[i, j] = out[i * n + j]
 //
-// MatmulParams (16 bytes; mirrored field for field by `MatmulParams` in src/exec/gpu/kernels.rs):
+// MatmulParams (16 bytes; mirrored field for field by `MatmulParams` in src/exec/gpu/kernels/params.rs):
 //   m:       u32   rows of a and out
 //   k:       u32   columns of a, rows of b
 //   n:       u32   columns of b and out

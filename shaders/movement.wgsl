@@ -26,7 +26,7 @@
 //   1 x:      storage, read,       array<S>, the input, row-major
 //   2 out:    storage, read_write, array<S>, the output, row-major, `total` elements
 //
-// MoveParams (176 bytes; mirrored field for field by `MoveParams` in src/exec/gpu/kernels.rs):
+// MoveParams (176 bytes; mirrored field for field by `MoveParams` in src/exec/gpu/kernels/params.rs):
 //   total:        u32                  number of output elements
 //   rank:         u32                  number of axes (<= MAX_RANK)
 //   base:         u32                  input element offset of the first copied element

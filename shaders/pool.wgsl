@@ -28,7 +28,7 @@
 //   2 b:      storage, read,       array<S>, row-major     (max_pool_gather, max_pool_grad)
 //   3 out:    storage, read_write, array<S>, row-major output of `total` elements (all)
 //
-// PoolParams (48 bytes; mirrored field for field by `PoolParams` in src/exec/gpu/kernels.rs):
+// PoolParams (48 bytes; mirrored field for field by `PoolParams` in src/exec/gpu/kernels/params.rs):
 //   total:  u32   number of output elements of the entry point
 //   planes: u32   n * c
 //   h, w:   u32   input height and width

@@ -19,7 +19,7 @@
 //   2 b:      storage, read,       array<S>, second operands (read by every op; ignored by unary ones)
 //   3 out:    storage, read_write, array<S>, `total` results
 //
-// ProbeParams (16 bytes; mirrored field for field by `ProbeParams` in src/exec/gpu/kernels.rs):
+// ProbeParams (16 bytes; mirrored field for field by `ProbeParams` in src/exec/gpu/kernels/params.rs):
 //   total: u32, op: u32, _pad0: u32, _pad1: u32
 //
 // Invocation id -> element: the host dispatches (min(G, L), ceil(G / L), 1) workgroups,

@@ -32,7 +32,7 @@
 //   1 x:      storage, read,       array<S>, the input, row-major
 //   2 out:    storage, read_write, array<S>, the output, row-major, total_out elements
 //
-// ReduceParams (144 bytes; mirrored field for field by `ReduceParams` in src/exec/gpu/kernels.rs):
+// ReduceParams (144 bytes; mirrored field for field by `ReduceParams` in src/exec/gpu/kernels/params.rs):
 //   total_out:    u32                  number of output elements (product of kept extents)
 //   n_red:        u32                  number of summed elements per output (product of reduced extents)
 //   kept_rank:    u32                  number of kept axes (<= MAX_RANK)
@@ -70,7 +70,7 @@ struct ReduceParams {
 @group(0) @binding(2) var<storage, read_write> out: array<S>;
 
 // The value of input element i: here the input buffer itself; a fused reduction
-// (src/exec/gpu/fusion.rs, fused_reduce.wgsl) computes it from its leaves instead.
+// (src/exec/gpu/fusion/mod.rs, fused_reduce.wgsl) computes it from its leaves instead.
 fn reduce_input(i: u32) -> S {
     return x[i];
 }

@@ -4,7 +4,7 @@
 // MAX_RANK, `params` with the ReduceParams fields, `out`, reduce_input(i), the value of the
 // input's element of flat index i, and reduce_output(o, v), the value stored at output o whose
 // sum (or max) is v: v itself for a reduction, an elementwise epilogue of v for a fused
-// reduction whose root is an elementwise node of the reduction (src/exec/gpu/fusion.rs, rule
+// reduction whose root is an elementwise node of the reduction (src/exec/gpu/fusion/mod.rs, rule
 // 5); workgroup_tree.wgsl (workgroup_sum, workgroup_max) comes with it.
 
 fn base_offset(o: u32) -> u32 {

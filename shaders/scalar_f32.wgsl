@@ -1,5 +1,5 @@
 // scalar_f32.wgsl: the f32 scalar prelude. The executor prepends it to every kernel file of the
-// f32 executor (kernels.rs, `compose`), so each kernel is written once, in the element type S.
+// f32 executor (kernels/mod.rs, `compose`), so each kernel is written once, in the element type S.
 //
 // It defines S = f32 and the scalar functions the kernels call; here they are the WGSL builtins
 // (accuracy: WGSL §15.7.4.1, "Floating point accuracy") and bit-pattern tests:

@@ -1,5 +1,5 @@
 // scalar_f64.wgsl: the f64 scalar prelude, prepended to every kernel file of the f64 executor
-// (needs wgpu::Features::SHADER_F64; kernels.rs, `compose`). Same names as scalar_f32.wgsl.
+// (needs wgpu::Features::SHADER_F64; kernels/mod.rs, `compose`). Same names as scalar_f32.wgsl.
 //
 // SPIR-V's GLSL.std.450 defines Exp, Log, Tanh, Pow, Sin, ... for 16- and 32-bit floats only, and
 // drivers return garbage for them in f64 (Mesa lavapipe 22.3.6: f64 exp, exp2, log, log2, sin, cos,

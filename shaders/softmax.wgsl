@@ -15,7 +15,7 @@
 //   1 x:      storage, read,       array<S>, the input, row-major
 //   2 out:    storage, read_write, array<S>, the output, row-major, the input's shape
 //
-// SoftmaxParams (16 bytes; mirrored field for field by `SoftmaxParams` in src/exec/gpu/kernels.rs):
+// SoftmaxParams (16 bytes; mirrored field for field by `SoftmaxParams` in src/exec/gpu/kernels/params.rs):
 //   lanes: u32   number of lanes (outer * inner)
 //   n:     u32   extent of the softmax axis
 //   inner: u32   product of the extents after the axis

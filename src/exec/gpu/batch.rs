@@ -1,13 +1,13 @@
 //! Batched dispatches: `k` independent kernels of the same code in one dispatch.
 //!
-//! After fusion a paper-configuration second-order step is still ~73,000 dispatches, but its
-//! dependency depth is only ~3,700 (`op_census`): most dispatches of a level are the same
-//! kernel on other buffers (the ops of a node's mixed edges, the cells' parallel batch-norm
-//! statistics, the convolutions of parallel edges). On a real GPU each dispatch costs a launch
-//! and a pipeline barrier whatever its size, so the executor records the dispatches level by
-//! level ([`super::fusion::schedule`]) and runs the kernels of one level that share a text (a
-//! fused kernel's generated text, or a single-op kernel's entry point) as one dispatch of an
-//! *instanced* module: instance `j` is workgroup z-index `j`.
+//! After fusion a search step still has many more dispatches than dependency levels
+//! (`op_census` counts both; the README gives them at the paper configuration): most dispatches
+//! of a level are the same kernel on other buffers (the ops of a node's mixed edges, the cells'
+//! parallel batch-norm statistics, the convolutions of parallel edges). On a real GPU each
+//! dispatch costs a launch and a pipeline barrier whatever its size, so the executor records
+//! the dispatches level by level ([`super::fusion::schedule`]) and runs the kernels of one
+//! level that share a text (a fused kernel's generated text, or a single-op kernel's entry
+//! point) as one dispatch of an *instanced* module: instance `j` is workgroup z-index `j`.
 //!
 //! # The transform
 //!

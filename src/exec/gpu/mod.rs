@@ -39,11 +39,12 @@
 //! the kernel and the node.
 //!
 //! **Layout.** `device.rs`: adapter, device, f64 self-test, settings. [`kernels`]: the WGSL
-//! sources, their parameter blocks and the pipeline cache. `record.rs`: what each op records
-//! (single-op and fused kernels). `dispatch.rs`: one dispatch's bind group, buffer pooling,
-//! held dispatches and their batched flush ([`batch`]). [`fusion`]: which ops fuse and the
-//! schedule of batches. [`tape`] and `run.rs`: record once, replay, submit, read back.
-//! [`probe`]: the f64 operations checked against the host.
+//! sources, their parameter blocks and the pipeline cache. `record/`: what each op records
+//! (single-op kernels, one file per op family, and fused kernels). `dispatch.rs`: one
+//! dispatch's bind group, buffer pooling, held dispatches and their batched flush ([`batch`]).
+//! [`fusion`]: which ops fuse, the schedule of batches and the generated kernels. [`tape`] and
+//! `run.rs`: record once, replay, submit, read back. [`probe`]: the f64 operations checked
+//! against the host.
 
 pub mod batch;
 mod device;
