@@ -65,9 +65,10 @@ impl GpuExecutor<f64> {
     /// random inputs each).
     ///
     /// Errors: [`ExecError::MissingGpuFeature`] naming the adapters when none offers
-    /// `SHADER_F64` (f64 is optional: callers fall back to f32 or the CPU); [`ExecError::Gpu`]
-    /// when there is no adapter at all, when the device cannot be created, or when an f64
-    /// operation is wrong on this adapter (naming the operation, the input and both results).
+    /// `SHADER_F64` (f64 is optional: callers fall back to f32 or the CPU);
+    /// [`ExecError::F64SelfCheck`] when an f64 operation is wrong on this adapter (naming the
+    /// probe, the input and both results; also optional: the adapter runs f32);
+    /// [`ExecError::Gpu`] when there is no adapter at all or the device cannot be created.
     pub fn new_f64() -> Result<Self, ExecError> {
         let (instance, backends) = instance();
         let usable =
@@ -177,34 +178,53 @@ impl GpuExecutor<f64> {
 
     /// Runs every [`Probe`] on its edge cases and `n_random` seeded random inputs
     /// ([`Probe::inputs`]) and returns the worst |device - host| / bound of each; errors with
-    /// the first input whose result is outside its bound, naming the adapter, the operation,
-    /// the input and both results.
+    /// [`ExecError::F64SelfCheck`] for the first input whose result is outside its bound,
+    /// naming the adapter, the operation, the input and both results.
+    ///
+    /// Test-only: with [`FORCE_REFUSE_VAR`](super::probe::FORCE_REFUSE_VAR) set, the device's
+    /// first result of the probe it names is replaced by a wrong one, so the refusal path can
+    /// be tested on an adapter that passes ([`super::probe::forced_refusal`]).
     pub fn check_probes(
         &mut self,
         n_random: usize,
         seed: u64,
     ) -> Result<Vec<(Probe, f64)>, ExecError> {
+        let forced = super::probe::forced_refusal()?;
         let mut worst = Vec::with_capacity(Probe::ALL.len());
         for op in Probe::ALL {
             let inputs = op.inputs(n_random, seed);
             let (a, b): (Vec<f64>, Vec<f64>) = inputs.iter().copied().unzip();
-            let got = self.probe(op, &a, &b)?;
+            let mut got = self.probe(op, &a, &b)?;
+            let forced_here = forced == Some(op) && !got.is_empty();
+            if forced_here {
+                got[0] = if got[0].is_nan() { 0.0 } else { f64::NAN };
+            }
             let mut w = 0.0f64;
             for (k, &g) in got.iter().enumerate() {
                 let r = op.error_ratio(a[k], b[k], g);
                 if r > 1.0 {
                     let want = op.reference(a[k], b[k]);
-                    return Err(ExecError::Gpu(format!(
-                        "adapter {}: the f64 operation {} ({}) is wrong for a = {:e}, b = {:e}: \
-                         device {g:e}, host {want:e}, allowed difference {:e}; the f64 kernels \
-                         rely on it, so this adapter runs f32 only",
-                        self.adapter_info(),
-                        op.wgsl(),
-                        op.domain(),
-                        a[k],
-                        b[k],
-                        op.bound(want)
-                    )));
+                    let note = if forced_here && k == 0 {
+                        format!(
+                            " (forced by {}; test-only)",
+                            super::probe::FORCE_REFUSE_VAR
+                        )
+                    } else {
+                        String::new()
+                    };
+                    return Err(ExecError::F64SelfCheck {
+                        adapter: self.adapter_info(),
+                        probe: op,
+                        failure: format!(
+                            "{} ({}) is wrong for a = {:e}, b = {:e}: device {g:e}, host \
+                             {want:e}, allowed difference {:e}{note}",
+                            op.wgsl(),
+                            op.domain(),
+                            a[k],
+                            b[k],
+                            op.bound(want)
+                        ),
+                    });
                 }
                 w = w.max(r);
             }
