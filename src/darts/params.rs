@@ -152,28 +152,31 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, ArrayD<f64>>, StateError
     Ok(out)
 }
 
-/// Write named f64 arrays to an npz file atomically (temporary file, then rename), so an
-/// interrupted write never leaves a truncated file under the final name.
+/// Write named f64 arrays to an npz file with [`crate::io::write_atomically`]: a regular file
+/// is replaced atomically (temporary file, fsync, rename), so an interrupted write never leaves
+/// a truncated file under the final name; `/dev/null` or a FIFO is written in place.
 pub fn write_npz<'a>(
     path: &Path,
     arrays: impl IntoIterator<Item = (&'a str, &'a ArrayD<f64>)>,
 ) -> Result<(), StateError> {
-    let file = path.display().to_string();
-    let err = |e: String| StateError::File {
-        file: file.clone(),
-        reason: e,
-    };
-    let tmp = path.with_extension("npz.tmp");
-    {
-        let f = File::create(&tmp).map_err(|e| err(e.to_string()))?;
-        let mut w = NpzWriter::new(f);
+    crate::io::write_atomically(path, |sink| {
+        let mut w = NpzWriter::new(sink);
         for (k, a) in arrays {
-            w.add_array(k, a).map_err(|e| err(format!("{k}: {e}")))?;
+            w.add_array(k, a).map_err(|e| format!("{k}: {e}"))?;
         }
-        let f = w.finish().map_err(|e| err(e.to_string()))?;
-        f.sync_all().map_err(|e| err(e.to_string()))?;
+        w.finish().map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .map_err(StateError::from)
+}
+
+impl From<crate::io::OutputError> for StateError {
+    fn from(e: crate::io::OutputError) -> Self {
+        StateError::File {
+            file: e.path.display().to_string(),
+            reason: e.reason,
+        }
     }
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
 }
 
 impl State {

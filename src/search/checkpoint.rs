@@ -13,38 +13,29 @@ use std::path::Path;
 /// Key under which the JSON record is stored (as UTF-8 bytes).
 pub const META_KEY: &str = "meta.json";
 
-/// Write `arrays` and the JSON `meta` to `path` atomically.
+/// Write `arrays` and the JSON `meta` to `path` with [`crate::io::write_atomically`]
+/// (temporary file, fsync, rename; a device or FIFO in place).
 pub fn write(
     path: &Path,
     arrays: &BTreeMap<String, ArrayD<f64>>,
     meta: &serde_json::Value,
 ) -> Result<(), StateError> {
-    let file = path.display().to_string();
-    let err = |e: String| StateError::File {
-        file: file.clone(),
-        reason: e,
-    };
-    let tmp = path.with_extension("npz.tmp");
-    {
-        let f = File::create(&tmp).map_err(|e| err(e.to_string()))?;
-        let mut w = NpzWriter::new(f);
+    let bytes = Array1::from(serde_json::to_vec(meta).map_err(|e| StateError::File {
+        file: path.display().to_string(),
+        reason: format!("{META_KEY}: {e}"),
+    })?);
+    crate::io::write_atomically(path, |sink| {
+        let mut w = NpzWriter::new(sink);
         for (k, a) in arrays {
             w.add_array(k.as_str(), a)
-                .map_err(|e| err(format!("{k}: {e}")))?;
+                .map_err(|e| format!("{k}: {e}"))?;
         }
-        let bytes = Array1::from(serde_json::to_vec(meta).map_err(|e| err(e.to_string()))?);
         w.add_array(META_KEY, &bytes)
-            .map_err(|e| err(e.to_string()))?;
-        let f = w.finish().map_err(|e| err(e.to_string()))?;
-        f.sync_all().map_err(|e| err(e.to_string()))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+            .map_err(|e| format!("{META_KEY}: {e}"))?;
+        w.finish().map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .map_err(StateError::from)
 }
 
 /// Read a checkpoint written by [`write`].
