@@ -260,7 +260,10 @@ pub fn check_output_path(path: &Path, flag: &str) -> Result<(), OutputError> {
     let (f, guard) = create_temp(&final_path).map_err(|e| {
         with_flag(OutputError::new(
             path,
-            format!("cannot create a file in its directory {}: {e}", dir.display()),
+            format!(
+                "cannot create a file in its directory {}: {e}",
+                dir.display()
+            ),
         ))
     })?;
     drop(f);
@@ -326,7 +329,10 @@ mod tests {
         })
         .unwrap_err();
         let msg = e.to_string();
-        assert_eq!(msg, format!("{}: array 'sd/x': shape mismatch", p.display()));
+        assert_eq!(
+            msg,
+            format!("{}: array 'sd/x': shape mismatch", p.display())
+        );
         assert_eq!(std::fs::read(&p).unwrap(), b"good");
         assert_eq!(entries(&d), ["out.npz"]);
     }
@@ -406,7 +412,10 @@ mod tests {
             )
         );
         let e = check_output_path(&d, "--out").unwrap_err().to_string();
-        assert!(e.starts_with(&format!("--out {}: is a directory", d.display())), "{e}");
+        assert!(
+            e.starts_with(&format!("--out {}: is a directory", d.display())),
+            "{e}"
+        );
         assert!(entries(&d).is_empty());
     }
 

@@ -107,11 +107,14 @@ fn unknown_keys_are_errors_everywhere_and_momentum_is_all_or_none() {
     let (back, m) = State::read_with_momentum(&p, &layout, cfg.k()).unwrap();
     assert_eq!(back, st);
     assert_eq!(m.unwrap().len(), layout.weights().count());
-    let (_, m) = State::read_with_momentum(&write("no-momentum.npz", &[]), &layout, cfg.k())
-        .unwrap();
+    let (_, m) =
+        State::read_with_momentum(&write("no-momentum.npz", &[]), &layout, cfg.k()).unwrap();
     assert!(m.is_none());
 
-    let bogus = [("momentum_buffer/cells.0.bogus".to_string(), ArrayD::zeros(IxDyn(&[2])))];
+    let bogus = [(
+        "momentum_buffer/cells.0.bogus".to_string(),
+        ArrayD::zeros(IxDyn(&[2])),
+    )];
     let e = State::from_npz(&write("bogus-momentum.npz", &bogus), &layout, cfg.k()).unwrap_err();
     assert!(
         matches!(e, StateError::Extra { ref key, .. } if key == "momentum_buffer/cells.0.bogus"),
@@ -119,10 +122,17 @@ fn unknown_keys_are_errors_everywhere_and_momentum_is_all_or_none() {
     );
     let stray = [("notes".to_string(), ArrayD::zeros(IxDyn(&[1])))];
     let e = State::from_npz(&write("stray.npz", &stray), &layout, cfg.k()).unwrap_err();
-    assert!(matches!(e, StateError::Extra { ref key, .. } if key == "notes"), "{e}");
+    assert!(
+        matches!(e, StateError::Extra { ref key, .. } if key == "notes"),
+        "{e}"
+    );
 
-    let e = State::from_npz(&write("partial-momentum.npz", &buffers[1..]), &layout, cfg.k())
-        .unwrap_err();
+    let e = State::from_npz(
+        &write("partial-momentum.npz", &buffers[1..]),
+        &layout,
+        cfg.k(),
+    )
+    .unwrap_err();
     assert!(
         matches!(e, StateError::Missing { ref key, .. } if *key == buffers[0].0),
         "{e}"
@@ -130,7 +140,10 @@ fn unknown_keys_are_errors_everywhere_and_momentum_is_all_or_none() {
     let mut wrong = buffers.clone();
     wrong[0].1 = ArrayD::zeros(IxDyn(&[1]));
     let e = State::from_npz(&write("wrong-momentum.npz", &wrong), &layout, cfg.k()).unwrap_err();
-    assert!(matches!(e, StateError::Shape { ref key, .. } if *key == buffers[0].0), "{e}");
+    assert!(
+        matches!(e, StateError::Shape { ref key, .. } if *key == buffers[0].0),
+        "{e}"
+    );
 }
 
 /// A state file whose keys lack the `sd/` prefix is reported as such, not as missing the
@@ -150,7 +163,10 @@ fn a_state_without_the_sd_prefix_is_reported_as_such() {
     let e = State::from_npz(&p, &layout, cfg.k()).unwrap_err();
     assert!(matches!(e, StateError::NoPrefix { .. }), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("'sd/' prefix") && msg.contains("no-prefix.npz"), "{msg}");
+    assert!(
+        msg.contains("'sd/' prefix") && msg.contains("no-prefix.npz"),
+        "{msg}"
+    );
     assert!(!msg.contains("missing"), "{msg}");
 }
 
@@ -173,8 +189,13 @@ fn corruption_and_unsupported_dtypes_are_told_apart() {
     bytes[at + name.len() + 400] ^= 0x10;
     let q = tmp("flipped.npz");
     std::fs::write(&q, &bytes).unwrap();
-    let e = State::from_npz(&q, &layout, cfg.k()).unwrap_err().to_string();
-    assert!(e.contains("sd/classifier.weight") && e.contains("corrupt"), "{e}");
+    let e = State::from_npz(&q, &layout, cfg.k())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sd/classifier.weight") && e.contains("corrupt"),
+        "{e}"
+    );
     assert!(!e.contains("dtype"), "{e}");
 
     let r = tmp("int32.npz");
@@ -183,11 +204,16 @@ fn corruption_and_unsupported_dtypes_are_told_apart() {
         .unwrap();
     w.finish().unwrap();
     let e = darts::darts::params::read_npz(&r).unwrap_err().to_string();
-    assert!(e.contains("alpha/normal") && e.contains("dtype '<i4' is not supported"), "{e}");
+    assert!(
+        e.contains("alpha/normal") && e.contains("dtype '<i4' is not supported"),
+        "{e}"
+    );
 
     let t = tmp("truncated.npz");
     std::fs::write(&t, &bytes[..bytes.len() / 2]).unwrap();
-    let e = State::from_npz(&t, &layout, cfg.k()).unwrap_err().to_string();
+    let e = State::from_npz(&t, &layout, cfg.k())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("truncated.npz") && !e.contains("dtype"), "{e}");
 }
 
@@ -213,9 +239,15 @@ fn batch_files_are_read_strictly() {
     let b = read_batch_npz(&write("batch.npz", vec![]), 10).unwrap();
     assert_eq!(b.train.onehot[[1, 9]], 1.0);
     let e = read_batch_npz(&write("batch-extra.npz", vec![("x_test", &x)]), 10).unwrap_err();
-    assert!(matches!(e, StateError::Extra { ref key, .. } if key == "x_test"), "{e}");
+    assert!(
+        matches!(e, StateError::Extra { ref key, .. } if key == "x_test"),
+        "{e}"
+    );
     let e = read_batch_npz(&write("batch-classes.npz", vec![]), 5)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("y_train") && e.contains("9 is not a class index in 0..5"), "{e}");
+    assert!(
+        e.contains("y_train") && e.contains("9 is not a class index in 0..5"),
+        "{e}"
+    );
 }

@@ -6,8 +6,8 @@ pub mod batch_file;
 pub mod eval_network;
 pub mod genotype;
 pub mod init;
-pub mod npz;
 pub mod network;
+pub mod npz;
 pub mod ops;
 pub mod params;
 

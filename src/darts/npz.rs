@@ -35,6 +35,19 @@ pub fn read_members<R: Read + Seek>(
         file: file.to_string(),
         reason,
     };
+    let mut reader = reader;
+    // The zip crate keeps one entry per name, silently dropping a second member of the same
+    // name: find such a name in the central directory first.
+    let start = zip::ZipArchive::new(&mut reader)
+        .map_err(|e| file_err(format!("not a readable npz (zip) archive: {e}")))?
+        .central_directory_start();
+    if let Some(key) = duplicate_name(&mut reader, start) {
+        return Err(StateError::Read {
+            file: file.to_string(),
+            key,
+            reason: "appears twice in the archive".into(),
+        });
+    }
     let mut zip = zip::ZipArchive::new(reader)
         .map_err(|e| file_err(format!("not a readable npz (zip) archive: {e}")))?;
     let mut out: Vec<(String, Member)> = Vec::with_capacity(zip.len().min(1 << 16));
@@ -64,6 +77,34 @@ pub fn read_members<R: Read + Seek>(
         out.push((key, value));
     }
     Ok(out)
+}
+
+/// The first member name (without `.npy`) that the central directory at `start` lists twice,
+/// walking its file headers until one does not start with the header signature.
+fn duplicate_name<R: Read + Seek>(reader: &mut R, start: u64) -> Option<String> {
+    use std::io::SeekFrom;
+    reader.seek(SeekFrom::Start(start)).ok()?;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..(1usize << 20) {
+        let mut fixed = [0u8; 46];
+        reader.read_exact(&mut fixed).ok()?;
+        if fixed[..4] != *b"PK\x01\x02" {
+            return None;
+        }
+        let le = |i: usize| u16::from_le_bytes([fixed[i], fixed[i + 1]]) as usize;
+        let (name_len, extra_len, comment_len) = (le(28), le(30), le(32));
+        let mut name = vec![0u8; name_len];
+        reader.read_exact(&mut name).ok()?;
+        reader
+            .seek(SeekFrom::Current((extra_len + comment_len) as i64))
+            .ok()?;
+        let name = String::from_utf8_lossy(&name).into_owned();
+        let key = name.strip_suffix(".npy").unwrap_or(&name).to_string();
+        if !seen.insert(key.clone()) {
+            return Some(key);
+        }
+    }
+    None
 }
 
 /// The element types we read, by npy descriptor: (descriptor, bytes per element).
@@ -274,9 +315,11 @@ fn parse_header(text: &str) -> Result<Header, String> {
                     while i < b.len() && b[i].is_ascii_digit() {
                         i += 1;
                     }
-                    let dim: usize = text[start..i]
-                        .parse()
-                        .map_err(|_| format!("a dimension of 'shape' at byte {start} is not a non-negative integer"))?;
+                    let dim: usize = text[start..i].parse().map_err(|_| {
+                        format!(
+                            "a dimension of 'shape' at byte {start} is not a non-negative integer"
+                        )
+                    })?;
                     dims.push(dim);
                     ws(&mut i);
                     match b.get(i) {
@@ -331,13 +374,19 @@ mod tests {
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();
-        let c = npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", &data);
+        let c = npy(
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }",
+            &data,
+        );
         let Member::F64(a) = parse_npy(&c).unwrap() else {
             panic!()
         };
         assert_eq!(a.shape(), [2, 3]);
         assert_eq!(a[[1, 0]], 4.0);
-        let f = npy("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }", &data);
+        let f = npy(
+            "{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }",
+            &data,
+        );
         let Member::F64(a) = parse_npy(&f).unwrap() else {
             panic!()
         };
@@ -347,7 +396,10 @@ mod tests {
             &data,
         ))
         .unwrap_err();
-        assert!(e.contains("needs 96 data bytes, the member holds 48 (truncated)"), "{e}");
+        assert!(
+            e.contains("needs 96 data bytes, the member holds 48 (truncated)"),
+            "{e}"
+        );
         let e = parse_npy(&npy(
             "{'descr': '<i4', 'fortran_order': False, 'shape': (12,), }",
             &data,

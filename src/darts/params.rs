@@ -103,6 +103,9 @@ pub enum StateError {
     },
 }
 
+/// SGD momentum buffers, one per trainable weight in [`Layout::weights`] order.
+pub type MomentumBuffers = Vec<ArrayD<f64>>;
+
 /// Every tensor of a network state (weights and BN buffers) plus the two alpha matrices,
 /// all held in f64.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -194,7 +197,7 @@ impl State {
         path: &Path,
         layout: &Layout,
         k: usize,
-    ) -> Result<(State, Option<Vec<ArrayD<f64>>>), StateError> {
+    ) -> Result<(State, Option<MomentumBuffers>), StateError> {
         let all = read_npz(path)?;
         Self::from_arrays(all, &path.display().to_string(), layout, k)
     }
@@ -208,15 +211,16 @@ impl State {
         file: &str,
         layout: &Layout,
         k: usize,
-    ) -> Result<(State, Option<Vec<ArrayD<f64>>>), StateError> {
+    ) -> Result<(State, Option<MomentumBuffers>), StateError> {
         let file = file.to_string();
         if !all.keys().any(|key| key.starts_with("sd/")) {
             if let Some(key) = all
                 .keys()
                 .find(|key| layout.shape_of(key).is_some())
                 .or_else(|| {
-                    all.keys()
-                        .find(|key| !key.starts_with("alpha/") && !key.starts_with("momentum_buffer/"))
+                    all.keys().find(|key| {
+                        !key.starts_with("alpha/") && !key.starts_with("momentum_buffer/")
+                    })
                 })
             {
                 return Err(StateError::NoPrefix {

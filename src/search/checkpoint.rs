@@ -80,7 +80,9 @@ pub fn read_from<R: std::io::Read + std::io::Seek>(
                 ))
             }
             Member::F64(_) if key == META_KEY => {
-                return Err(read_err("must be bytes (dtype '|u1'), holds numbers".into()))
+                return Err(read_err(
+                    "must be bytes (dtype '|u1'), holds numbers".into(),
+                ))
             }
             Member::F64(a) => {
                 arrays.insert(key, a);

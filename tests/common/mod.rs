@@ -85,7 +85,7 @@ pub fn gpu_executor(test: &str) -> Option<darts::exec::gpu::GpuExecutor> {
 
 /// What [`gpu_f64_executor`] decided for one test: the executor, or a `SKIP` line.
 pub enum F64Outcome {
-    Run(darts::exec::gpu::GpuExecutor<f64>),
+    Run(Box<darts::exec::gpu::GpuExecutor<f64>>),
     Skip(String),
 }
 
@@ -114,11 +114,11 @@ pub fn gpu_f64_policy(test: &str) -> Result<F64Outcome, String> {
     match GpuExecutor::new_f64() {
         Ok(e) => {
             eprintln!("{test}: running in f64 on {}", e.adapter_info());
-            Ok(F64Outcome::Run(e))
+            Ok(F64Outcome::Run(Box::new(e)))
         }
-        Err(e @ ExecError::MissingGpuFeature { .. }) if expect => Err(format!(
-            "{test}: DARTS_EXPECT_GPU_F64=1 but {e}"
-        )),
+        Err(e @ ExecError::MissingGpuFeature { .. }) if expect => {
+            Err(format!("{test}: DARTS_EXPECT_GPU_F64=1 but {e}"))
+        }
         Err(e @ ExecError::MissingGpuFeature { .. }) => {
             Ok(F64Outcome::Skip(format!("SKIP {test}: {e}")))
         }
@@ -158,7 +158,7 @@ pub fn gpu_f64_policy(test: &str) -> Result<F64Outcome, String> {
 /// `DARTS_REQUIRE_GPU=1`.
 pub fn gpu_f64_executor(test: &str) -> Option<darts::exec::gpu::GpuExecutor<f64>> {
     match gpu_f64_policy(test) {
-        Ok(F64Outcome::Run(e)) => Some(e),
+        Ok(F64Outcome::Run(e)) => Some(*e),
         Ok(F64Outcome::Skip(line)) => {
             println!("{line}");
             None

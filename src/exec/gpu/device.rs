@@ -251,10 +251,7 @@ impl GpuExecutor<f64> {
                 if r > 1.0 {
                     let want = op.reference(a[k], b[k]);
                     let note = if forced_here && k == 0 {
-                        format!(
-                            " (forced by {}; test-only)",
-                            super::probe::FORCE_REFUSE_VAR
-                        )
+                        format!(" (forced by {}; test-only)", super::probe::FORCE_REFUSE_VAR)
                     } else {
                         String::new()
                     };
@@ -546,6 +543,9 @@ mod tests {
              vulkan (or vk), dx12 (or d3d12), metal (or mtl), gl (or opengl, gles), webgpu, noop)"
         );
         let e = parse_backends(" , ").unwrap_err().to_string();
-        assert!(e.contains("names no backend") && e.contains("WGPU_BACKEND"), "{e}");
+        assert!(
+            e.contains("names no backend") && e.contains("WGPU_BACKEND"),
+            "{e}"
+        );
     }
 }
