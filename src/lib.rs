@@ -10,6 +10,7 @@ pub mod darts;
 pub mod data;
 pub mod exec;
 pub mod graph;
+pub mod io;
 pub mod linalg;
 pub mod search;
 pub mod step;

@@ -258,8 +258,7 @@ fn gradients_job_runs_in_f64_on_the_gpu() {
     if common::gpu_executor("gradients_job_runs_in_f64_on_the_gpu").is_none() {
         return;
     }
-    if let Err(e) = darts::exec::gpu::GpuExecutor::<f64>::new_f64() {
-        println!("SKIP gradients_job_runs_in_f64_on_the_gpu: no f64 GPU executor ({e})");
+    if common::gpu_f64_executor("gradients_job_runs_in_f64_on_the_gpu").is_none() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("darts-cli-f64gpu-{}", std::process::id()));

@@ -85,3 +85,25 @@ fn malformed_genotypes_point_at_the_offending_token() {
         .unwrap_err();
     assert!(e.to_string().contains("two (op, input) entries"), "{e}");
 }
+
+#[test]
+fn a_field_given_twice_is_an_error_at_its_second_occurrence() {
+    let good = named("DARTS_V2").unwrap().to_string();
+    let v2 = named("DARTS_V2").unwrap();
+    let ops = |c: &darts::darts::genotype::CellGenes| {
+        let items: Vec<String> = c.ops.iter().map(|(o, j)| format!("('{o}', {j})")).collect();
+        format!("[{}]", items.join(", "))
+    };
+    for (field, value) in [
+        ("normal", ops(&v2.normal)),
+        ("normal_concat", "range(2, 6)".to_string()),
+        ("reduce", ops(&v2.reduce)),
+        ("reduce_concat", "[2, 3, 4, 5]".to_string()),
+    ] {
+        let bad = format!("{}, {field}={value})", &good[..good.len() - 1]);
+        let e = bad.parse::<Genotype>().unwrap_err();
+        assert_eq!(e.reason, format!("field '{field}' is given twice"), "{bad}");
+        assert_eq!(e.near, field);
+        assert_eq!(e.column, bad.rfind(&format!(" {field}=")).unwrap() + 2);
+    }
+}

@@ -370,6 +370,17 @@ impl std::str::FromStr for Genotype {
         loop {
             let field = lx.ident()?;
             lx.punct('=')?;
+            let seen = match field.as_str() {
+                "normal" => normal.is_some(),
+                "reduce" => reduce.is_some(),
+                "normal_concat" => nc.is_some(),
+                "reduce_concat" => rc.is_some(),
+                _ => false,
+            };
+            if seen {
+                lx.pos -= 2;
+                return Err(lx.err(format!("field '{field}' is given twice")));
+            }
             match field.as_str() {
                 "normal" => normal = Some(lx.ops()?),
                 "reduce" => reduce = Some(lx.ops()?),

@@ -2,11 +2,13 @@
 //! graphs of primitives), named parameters with the reference's state_dict names, and genotype
 //! derivation. Facts matched: ../shared/reference/REFERENCE_NOTES.md sections 1-3.
 
+pub mod batch_file;
 pub mod eval_network;
 pub mod genotype;
 pub mod init;
 pub mod names;
 pub mod network;
+pub mod npz;
 pub mod ops;
 pub mod params;
 

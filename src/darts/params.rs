@@ -2,7 +2,7 @@
 //! export (keys `sd/<name>`, `alpha/normal`, `alpha/reduce`).
 
 use ndarray::{ArrayD, IxDyn};
-use ndarray_npy::{NpzReader, NpzWriter};
+use ndarray_npy::NpzWriter;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
@@ -89,6 +89,11 @@ pub enum StateError {
     },
     #[error("{file}: {reason}")]
     File { file: String, reason: String },
+    #[error(
+        "{file}: no key has the 'sd/' prefix (found '{key}'); a state file stores the network's \
+         tensors as 'sd/<state_dict name>'"
+    )]
+    NoPrefix { file: String, key: String },
     #[error("{file}: key '{key}' holds a non-finite value ({value}) at flat index {index}")]
     NonFinite {
         file: String,
@@ -97,6 +102,9 @@ pub enum StateError {
         value: f64,
     },
 }
+
+/// SGD momentum buffers, one per trainable weight in [`Layout::weights`] order.
+pub type MomentumBuffers = Vec<ArrayD<f64>>;
 
 /// Every tensor of a network state (weights and BN buffers) plus the two alpha matrices,
 /// all held in f64.
@@ -107,82 +115,120 @@ pub struct State {
     pub alpha_reduce: ArrayD<f64>,
 }
 
-/// Read every array of an npz file as f64 (accepting f64, f32 and i64 payloads).
+/// Read every array of an npz file as f64 (accepting f64, f32 and i64 payloads), strictly
+/// ([`super::npz`]: a corrupt member is reported as corrupt, naming it). A checkpoint's JSON
+/// record (`meta.json`, bytes) is skipped here; [`crate::search::checkpoint::read`] reads it.
 pub fn read_npz(path: &Path) -> Result<BTreeMap<String, ArrayD<f64>>, StateError> {
     let file = path.display().to_string();
     let f = File::open(path).map_err(|e| StateError::File {
         file: file.clone(),
         reason: e.to_string(),
     })?;
-    let mut npz = NpzReader::new(f).map_err(|e| StateError::File {
-        file: file.clone(),
-        reason: format!("not a readable npz archive: {e}"),
-    })?;
-    let names = npz.names().map_err(|e| StateError::File {
-        file: file.clone(),
-        reason: e.to_string(),
-    })?;
+    read_npz_from(std::io::BufReader::new(f), &file)
+}
+
+/// [`read_npz`] of an archive already open (`file` names it in errors).
+pub fn read_npz_from<R: std::io::Read + std::io::Seek>(
+    reader: R,
+    file: &str,
+) -> Result<BTreeMap<String, ArrayD<f64>>, StateError> {
     let mut out = BTreeMap::new();
-    for name in names {
-        let key = name.trim_end_matches(".npy").to_string();
-        // The JSON record of a search checkpoint (bytes), read by `search::checkpoint`.
-        if key == "meta.json" {
-            continue;
+    for (key, member) in super::npz::read_members(reader, file)? {
+        match member {
+            _ if key == "meta.json" => {}
+            super::npz::Member::F64(a) => {
+                out.insert(key, a);
+            }
+            super::npz::Member::Bytes(_) => {
+                return Err(StateError::Read {
+                    file: file.to_string(),
+                    key,
+                    reason: "dtype '|u1' (bytes) is not supported here (want f64 '<f8', f32 \
+                             '<f4' or i64 '<i8')"
+                        .into(),
+                })
+            }
         }
-        let arr: ArrayD<f64> = if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<f64>, IxDyn>(&name) {
-            a
-        } else if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<f32>, IxDyn>(&name) {
-            a.mapv(|v| v as f64)
-        } else if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<i64>, IxDyn>(&name) {
-            a.mapv(|v| v as f64)
-        } else {
-            let e = npz
-                .by_name::<ndarray::OwnedRepr<f64>, IxDyn>(&name)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            return Err(StateError::Read {
-                file,
-                key,
-                reason: format!("unsupported dtype or layout (want f64, f32 or i64): {e}"),
-            });
-        };
-        out.insert(key, arr.as_standard_layout().into_owned());
     }
     Ok(out)
 }
 
-/// Write named f64 arrays to an npz file atomically (temporary file, then rename), so an
-/// interrupted write never leaves a truncated file under the final name.
+/// Write named f64 arrays to an npz file with [`crate::io::write_atomically`]: a regular file
+/// is replaced atomically (temporary file, fsync, rename), so an interrupted write never leaves
+/// a truncated file under the final name; `/dev/null` or a FIFO is written in place.
 pub fn write_npz<'a>(
     path: &Path,
     arrays: impl IntoIterator<Item = (&'a str, &'a ArrayD<f64>)>,
 ) -> Result<(), StateError> {
-    let file = path.display().to_string();
-    let err = |e: String| StateError::File {
-        file: file.clone(),
-        reason: e,
-    };
-    let tmp = path.with_extension("npz.tmp");
-    {
-        let f = File::create(&tmp).map_err(|e| err(e.to_string()))?;
-        let mut w = NpzWriter::new(f);
+    crate::io::write_atomically(path, |sink| {
+        let mut w = NpzWriter::new(sink);
         for (k, a) in arrays {
-            w.add_array(k, a).map_err(|e| err(format!("{k}: {e}")))?;
+            w.add_array(k, a).map_err(|e| format!("{k}: {e}"))?;
         }
-        let f = w.finish().map_err(|e| err(e.to_string()))?;
-        f.sync_all().map_err(|e| err(e.to_string()))?;
+        w.finish().map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .map_err(StateError::from)
+}
+
+impl From<crate::io::OutputError> for StateError {
+    fn from(e: crate::io::OutputError) -> Self {
+        StateError::File {
+            file: e.path.display().to_string(),
+            reason: e.reason,
+        }
     }
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
 }
 
 impl State {
     /// Load `sd/<name>` for every layout entry and `alpha/normal`, `alpha/reduce` with shape
     /// [k, 8]. Missing, extra and mis-shaped keys are errors naming the key and both shapes.
     /// `num_batches_tracked` may be absent (PyTorch 0.3.1 lacked it); it then reads 0.
+    /// `momentum_buffer/<name>` keys are checked as in [`State::read_with_momentum`] and
+    /// dropped.
     pub fn from_npz(path: &Path, layout: &Layout, k: usize) -> Result<State, StateError> {
-        let file = path.display().to_string();
-        let mut all = read_npz(path)?;
+        Self::read_with_momentum(path, layout, k).map(|(st, _)| st)
+    }
+
+    /// [`State::from_npz`], also returning the SGD momentum buffers when the file has them:
+    /// `momentum_buffer/<name>` for every trainable weight (in [`Layout::weights`] order, each
+    /// of its weight's shape), or for none.
+    pub fn read_with_momentum(
+        path: &Path,
+        layout: &Layout,
+        k: usize,
+    ) -> Result<(State, Option<MomentumBuffers>), StateError> {
+        let all = read_npz(path)?;
+        Self::from_arrays(all, &path.display().to_string(), layout, k)
+    }
+
+    /// [`State::read_with_momentum`] of the arrays of a file already read (`file` names it in
+    /// errors). Every key must be one of `sd/<layout name>`, `alpha/normal`, `alpha/reduce`,
+    /// `momentum_buffer/<trainable weight>`; any other key is an error naming it (so is a
+    /// file whose keys lack the `sd/` prefix, reported as such).
+    pub fn from_arrays(
+        mut all: BTreeMap<String, ArrayD<f64>>,
+        file: &str,
+        layout: &Layout,
+        k: usize,
+    ) -> Result<(State, Option<MomentumBuffers>), StateError> {
+        let file = file.to_string();
+        if !all.keys().any(|key| key.starts_with("sd/")) {
+            if let Some(key) = all
+                .keys()
+                .find(|key| layout.shape_of(key).is_some())
+                .or_else(|| {
+                    all.keys().find(|key| {
+                        !key.starts_with("alpha/") && !key.starts_with("momentum_buffer/")
+                    })
+                })
+            {
+                return Err(StateError::NoPrefix {
+                    file,
+                    key: key.clone(),
+                });
+            }
+        }
         let mut tensors = BTreeMap::new();
         for (name, shape, kind) in &layout.entries {
             let key = format!("sd/{name}");
@@ -231,18 +277,50 @@ impl State {
         };
         let alpha_normal = alpha("normal")?;
         let alpha_reduce = alpha("reduce")?;
-        if let Some((key, a)) = all.into_iter().find(|(k, _)| k.starts_with("sd/")) {
-            return Err(StateError::Extra {
-                file,
-                key,
-                got: a.shape().to_vec(),
-            });
+        let mut buffers = Vec::new();
+        let mut missing_buffer = None;
+        for (name, shape, _) in layout.weights() {
+            let key = format!("momentum_buffer/{name}");
+            match all.remove(&key) {
+                Some(m) => {
+                    if m.shape() != shape.as_slice() {
+                        return Err(StateError::Shape {
+                            file,
+                            key,
+                            expected: shape.clone(),
+                            got: m.shape().to_vec(),
+                        });
+                    }
+                    check_finite(&file, &key, &m)?;
+                    buffers.push(m);
+                }
+                None => {
+                    missing_buffer.get_or_insert((key, shape.clone()));
+                }
+            }
         }
-        Ok(State {
-            tensors,
-            alpha_normal,
-            alpha_reduce,
-        })
+        if let Some((key, got)) = all.into_iter().next().map(|(k, a)| (k, a.shape().to_vec())) {
+            return Err(StateError::Extra { file, key, got });
+        }
+        let momentum = match (buffers.is_empty(), missing_buffer) {
+            (true, _) => None,
+            (false, None) => Some(buffers),
+            (false, Some((key, expected))) => {
+                return Err(StateError::Missing {
+                    file,
+                    key,
+                    expected,
+                })
+            }
+        };
+        Ok((
+            State {
+                tensors,
+                alpha_normal,
+                alpha_reduce,
+            },
+            momentum,
+        ))
     }
 
     /// Save as `sd/<name>` plus `alpha/normal`, `alpha/reduce` (atomically).

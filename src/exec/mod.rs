@@ -201,6 +201,20 @@ pub enum ExecError {
     UnknownNode(NodeId),
     #[error("GPU: {0}")]
     Gpu(String),
+    /// The adapter offers `SHADER_F64`, but one f64 operation the f64 kernels use gave a
+    /// wrong result in the executor's self-check ([`gpu::GpuExecutor::check_probes`]): a
+    /// legitimate refusal (this adapter runs f32 only), not a failure of the executor.
+    #[error(
+        "GPU: adapter {adapter} failed the f64 self-check: {failure}; the f64 kernels rely on \
+         it, so this adapter runs f32 only"
+    )]
+    F64SelfCheck {
+        adapter: String,
+        /// The first probe outside its bound.
+        probe: gpu::probe::Probe,
+        /// The operation, the input, both results and the allowed difference, in words.
+        failure: String,
+    },
     #[error("GPU: no adapter offers {feature}, which {needed_for} need (adapters: {adapter})")]
     MissingGpuFeature {
         adapter: String,

@@ -83,37 +83,87 @@ pub fn gpu_executor(test: &str) -> Option<darts::exec::gpu::GpuExecutor> {
     }
 }
 
-/// The f64 GPU executor for `test`, or None with a `SKIP` line: when no adapter offers
-/// SHADER_F64 (always a skip: f64 is optional), or when there is no adapter at all, or the f64
-/// executor fails otherwise (both failures under DARTS_REQUIRE_GPU=1).
-pub fn gpu_f64_executor(test: &str) -> Option<darts::exec::gpu::GpuExecutor<f64>> {
+/// What [`gpu_f64_executor`] decided for one test: the executor, or a `SKIP` line.
+pub enum F64Outcome {
+    Run(Box<darts::exec::gpu::GpuExecutor<f64>>),
+    Skip(String),
+}
+
+/// Whether this machine is expected to run the f64 GPU kernels: `DARTS_EXPECT_GPU_F64=1`.
+pub fn expect_gpu_f64() -> bool {
+    std::env::var("DARTS_EXPECT_GPU_F64").is_ok_and(|v| v == "1")
+}
+
+/// The policy of [`gpu_f64_executor`], returning instead of printing and panicking: `Ok` with
+/// the executor or the `SKIP` line, `Err` with the failure message.
+///
+/// f64 on the GPU is optional, so these are skips, not failures:
+/// * no adapter offers `SHADER_F64` ([`ExecError::MissingGpuFeature`](darts::exec::ExecError));
+/// * an adapter offers it but fails the f64 self-check
+///   ([`ExecError::F64SelfCheck`](darts::exec::ExecError), e.g. Mesa 22.3.6 lavapipe on an
+///   AMD EPYC, whose `f64(i32(a))` is wrong at a = 2147483646.5): the check did its job.
+///
+/// They are failures where f64 is expected to work, i.e. under `DARTS_EXPECT_GPU_F64=1`. The
+/// other errors (no adapter at all, a device that cannot be created) are skips, except under
+/// `DARTS_REQUIRE_GPU=1` where they fail, as for the f32 executor.
+pub fn gpu_f64_policy(test: &str) -> Result<F64Outcome, String> {
     use darts::exec::gpu::GpuExecutor;
     use darts::exec::ExecError;
     let require = std::env::var("DARTS_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    let expect = expect_gpu_f64();
     match GpuExecutor::new_f64() {
         Ok(e) => {
             eprintln!("{test}: running in f64 on {}", e.adapter_info());
-            Some(e)
+            Ok(F64Outcome::Run(Box::new(e)))
+        }
+        Err(e @ ExecError::MissingGpuFeature { .. }) if expect => {
+            Err(format!("{test}: DARTS_EXPECT_GPU_F64=1 but {e}"))
         }
         Err(e @ ExecError::MissingGpuFeature { .. }) => {
-            println!("SKIP {test}: {e}");
-            None
+            Ok(F64Outcome::Skip(format!("SKIP {test}: {e}")))
         }
+        Err(e @ ExecError::F64SelfCheck { .. }) if expect => {
+            Err(format!("{test}: DARTS_EXPECT_GPU_F64=1 but {e}"))
+        }
+        Err(ExecError::F64SelfCheck {
+            adapter, failure, ..
+        }) => Ok(F64Outcome::Skip(format!(
+            "SKIP {test}: f64 self-check refused adapter {adapter}: {failure}"
+        ))),
         Err(e) => match GpuExecutor::new() {
-            Err(no_gpu) if !require => {
-                println!("SKIP {test}: no GPU adapter ({no_gpu})");
-                None
-            }
-            Err(no_gpu) => panic!("{test}: DARTS_REQUIRE_GPU=1 but no GPU adapter: {no_gpu}"),
-            Ok(f32_gpu) if require => panic!(
+            Err(no_gpu) if !require && !expect => Ok(F64Outcome::Skip(format!(
+                "SKIP {test}: no GPU adapter ({no_gpu})"
+            ))),
+            Err(no_gpu) => Err(format!(
+                "{test}: DARTS_REQUIRE_GPU=1 or DARTS_EXPECT_GPU_F64=1 but no GPU adapter: \
+                 {no_gpu}"
+            )),
+            Ok(f32_gpu) if require || expect => Err(format!(
                 "{test}: adapter {} runs f32 but the f64 executor failed: {e}",
                 f32_gpu.adapter_info()
-            ),
-            Ok(_) => {
-                println!("SKIP {test}: the f64 executor failed: {e}");
-                None
-            }
+            )),
+            Ok(_) => Ok(F64Outcome::Skip(format!(
+                "SKIP {test}: the f64 executor failed: {e}"
+            ))),
         },
+    }
+}
+
+/// The f64 GPU executor for `test`, or None with a `SKIP` line; panics where
+/// [`gpu_f64_policy`] says the test fails. Every test that needs the f64 GPU executor gets it
+/// here (not from `GpuExecutor::new_f64` directly), so the rule is applied once:
+/// a missing `SHADER_F64` or a refused f64 self-check skips the test
+/// (`SKIP <test>: f64 self-check refused adapter <info>: <probe>`), unless
+/// `DARTS_EXPECT_GPU_F64=1` says this machine must run f64; no adapter at all fails under
+/// `DARTS_REQUIRE_GPU=1`.
+pub fn gpu_f64_executor(test: &str) -> Option<darts::exec::gpu::GpuExecutor<f64>> {
+    match gpu_f64_policy(test) {
+        Ok(F64Outcome::Run(e)) => Some(*e),
+        Ok(F64Outcome::Skip(line)) => {
+            println!("{line}");
+            None
+        }
+        Err(why) => panic!("{why}"),
     }
 }
 

@@ -15,12 +15,58 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
+/// The variable that restricts wgpu to some backends (read by wgpu itself, checked here).
+pub const BACKEND_VAR: &str = "WGPU_BACKEND";
+
+/// The values [`BACKEND_VAR`] may list (comma-separated), as wgpu reads them, with aliases.
+const BACKEND_NAMES: &str = "vulkan (or vk), dx12 (or d3d12), metal (or mtl), gl (or opengl, \
+                             gles), webgpu, noop";
+
+/// The backends a `WGPU_BACKEND` value names, or an error naming the variable, the value, the
+/// unknown entry and the allowed values (wgpu itself skips unknown names with a log line and
+/// then finds no adapter, reported as `Backends(0x0)`).
+pub fn parse_backends(value: &str) -> Result<wgpu::Backends, ExecError> {
+    let mut backends = wgpu::Backends::empty();
+    let bad = |why: String| {
+        ExecError::Gpu(format!(
+            "{BACKEND_VAR}={value:?}: {why} (allowed, comma-separated: {BACKEND_NAMES})"
+        ))
+    };
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        backends |= match name.to_lowercase().as_str() {
+            "vulkan" | "vk" => wgpu::Backends::VULKAN,
+            "dx12" | "d3d12" => wgpu::Backends::DX12,
+            "metal" | "mtl" => wgpu::Backends::METAL,
+            "opengl" | "gles" | "gl" => wgpu::Backends::GL,
+            "webgpu" => wgpu::Backends::BROWSER_WEBGPU,
+            "noop" => wgpu::Backends::NOOP,
+            _ => return Err(bad(format!("unknown backend '{name}'"))),
+        };
+    }
+    if backends.is_empty() {
+        return Err(bad("names no backend".into()));
+    }
+    Ok(backends)
+}
+
 /// The wgpu instance for the backends `WGPU_BACKEND` names (every backend wgpu was built with
-/// when unset), and those backends.
-pub(super) fn instance() -> (wgpu::Instance, wgpu::Backends) {
+/// when unset), and those backends. Errors: a `WGPU_BACKEND` that names an unknown backend
+/// ([`parse_backends`]) or is not UTF-8.
+pub(super) fn instance() -> Result<(wgpu::Instance, wgpu::Backends), ExecError> {
+    match std::env::var(BACKEND_VAR) {
+        Ok(v) => {
+            parse_backends(&v)?;
+        }
+        Err(std::env::VarError::NotPresent) => {}
+        Err(std::env::VarError::NotUnicode(v)) => {
+            return Err(ExecError::Gpu(format!(
+                "{BACKEND_VAR}={v:?} is not UTF-8 (allowed, comma-separated: {BACKEND_NAMES})"
+            )))
+        }
+    }
     let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     let backends = desc.backends;
-    (wgpu::Instance::new(desc), backends)
+    Ok((wgpu::Instance::new(desc), backends))
 }
 
 fn no_adapter(e: impl std::fmt::Display, backends: wgpu::Backends) -> ExecError {
@@ -42,7 +88,7 @@ impl GpuExecutor<f32> {
     /// GL; `WGPU_BACKEND` chooses one) and a device with the adapter's best limits. Errors name
     /// what is missing: no adapter at all, or an adapter without compute shaders.
     pub fn new() -> Result<Self, ExecError> {
-        let (instance, backends) = instance();
+        let (instance, backends) = instance()?;
         let adapter =
             pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
                 .map_err(|e| no_adapter(e, backends))?;
@@ -65,11 +111,12 @@ impl GpuExecutor<f64> {
     /// random inputs each).
     ///
     /// Errors: [`ExecError::MissingGpuFeature`] naming the adapters when none offers
-    /// `SHADER_F64` (f64 is optional: callers fall back to f32 or the CPU); [`ExecError::Gpu`]
-    /// when there is no adapter at all, when the device cannot be created, or when an f64
-    /// operation is wrong on this adapter (naming the operation, the input and both results).
+    /// `SHADER_F64` (f64 is optional: callers fall back to f32 or the CPU);
+    /// [`ExecError::F64SelfCheck`] when an f64 operation is wrong on this adapter (naming the
+    /// probe, the input and both results; also optional: the adapter runs f32);
+    /// [`ExecError::Gpu`] when there is no adapter at all or the device cannot be created.
     pub fn new_f64() -> Result<Self, ExecError> {
-        let (instance, backends) = instance();
+        let (instance, backends) = instance()?;
         let usable =
             |a: &wgpu::Adapter| has_compute(a) && a.features().contains(wgpu::Features::SHADER_F64);
         let default =
@@ -177,34 +224,50 @@ impl GpuExecutor<f64> {
 
     /// Runs every [`Probe`] on its edge cases and `n_random` seeded random inputs
     /// ([`Probe::inputs`]) and returns the worst |device - host| / bound of each; errors with
-    /// the first input whose result is outside its bound, naming the adapter, the operation,
-    /// the input and both results.
+    /// [`ExecError::F64SelfCheck`] for the first input whose result is outside its bound,
+    /// naming the adapter, the operation, the input and both results.
+    ///
+    /// Test-only: with [`FORCE_REFUSE_VAR`](super::probe::FORCE_REFUSE_VAR) set, the device's
+    /// first result of the probe it names is replaced by a wrong one, so the refusal path can
+    /// be tested on an adapter that passes ([`super::probe::forced_refusal`]).
     pub fn check_probes(
         &mut self,
         n_random: usize,
         seed: u64,
     ) -> Result<Vec<(Probe, f64)>, ExecError> {
+        let forced = super::probe::forced_refusal()?;
         let mut worst = Vec::with_capacity(Probe::ALL.len());
         for op in Probe::ALL {
             let inputs = op.inputs(n_random, seed);
             let (a, b): (Vec<f64>, Vec<f64>) = inputs.iter().copied().unzip();
-            let got = self.probe(op, &a, &b)?;
+            let mut got = self.probe(op, &a, &b)?;
+            let forced_here = forced == Some(op) && !got.is_empty();
+            if forced_here {
+                got[0] = if got[0].is_nan() { 0.0 } else { f64::NAN };
+            }
             let mut w = 0.0f64;
             for (k, &g) in got.iter().enumerate() {
                 let r = op.error_ratio(a[k], b[k], g);
                 if r > 1.0 {
                     let want = op.reference(a[k], b[k]);
-                    return Err(ExecError::Gpu(format!(
-                        "adapter {}: the f64 operation {} ({}) is wrong for a = {:e}, b = {:e}: \
-                         device {g:e}, host {want:e}, allowed difference {:e}; the f64 kernels \
-                         rely on it, so this adapter runs f32 only",
-                        self.adapter_info(),
-                        op.wgsl(),
-                        op.domain(),
-                        a[k],
-                        b[k],
-                        op.bound(want)
-                    )));
+                    let note = if forced_here && k == 0 {
+                        format!(" (forced by {}; test-only)", super::probe::FORCE_REFUSE_VAR)
+                    } else {
+                        String::new()
+                    };
+                    return Err(ExecError::F64SelfCheck {
+                        adapter: self.adapter_info(),
+                        probe: op,
+                        failure: format!(
+                            "{} ({}) is wrong for a = {:e}, b = {:e}: device {g:e}, host \
+                             {want:e}, allowed difference {:e}{note}",
+                            op.wgsl(),
+                            op.domain(),
+                            a[k],
+                            b[k],
+                            op.bound(want)
+                        ),
+                    });
                 }
                 w = w.max(r);
             }
@@ -459,5 +522,30 @@ impl<T: GpuScalar> GpuExecutor<T> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wgpu_backend_values() {
+        assert_eq!(parse_backends("vulkan").unwrap(), wgpu::Backends::VULKAN);
+        assert_eq!(
+            parse_backends(" GL, vk ").unwrap(),
+            wgpu::Backends::GL | wgpu::Backends::VULKAN
+        );
+        let e = parse_backends("vulcan").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "GPU: WGPU_BACKEND=\"vulcan\": unknown backend 'vulcan' (allowed, comma-separated: \
+             vulkan (or vk), dx12 (or d3d12), metal (or mtl), gl (or opengl, gles), webgpu, noop)"
+        );
+        let e = parse_backends(" , ").unwrap_err().to_string();
+        assert!(
+            e.contains("names no backend") && e.contains("WGPU_BACKEND"),
+            "{e}"
+        );
     }
 }

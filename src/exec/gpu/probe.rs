@@ -44,6 +44,41 @@ pub const LIBM_U: f64 = 4.0;
 /// The same for tanh, documented by glibc at 2 ulp: allowed 3 ulp = 6 u.
 pub const LIBM_TANH_U: f64 = 6.0;
 
+/// Test-only: names a probe whose first device result [`super::GpuExecutor::check_probes`]
+/// replaces by a wrong value, so that the f64 executor is refused on an adapter that passes
+/// (tests/gpu_f64_policy.rs). `1` forces [`Probe::Add`] (the first probe checked, so it is the
+/// one reported whatever else this adapter fails); a probe's name (`ToI32`, `Exp`, ...) forces
+/// that one. Unset or empty: no effect. Never set it outside tests.
+pub const FORCE_REFUSE_VAR: &str = "DARTS_GPU_F64_FORCE_REFUSE";
+
+/// The probe [`FORCE_REFUSE_VAR`] forces to fail, if any; an error naming the variable and
+/// the allowed values when it holds anything else.
+pub fn forced_refusal() -> Result<Option<Probe>, crate::exec::ExecError> {
+    let v = match std::env::var(FORCE_REFUSE_VAR) {
+        Ok(v) => v,
+        Err(std::env::VarError::NotPresent) => return Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => String::from("(not UTF-8)"),
+    };
+    let v = v.trim();
+    if v.is_empty() || v == "0" {
+        return Ok(None);
+    }
+    if v == "1" {
+        return Ok(Some(Probe::Add));
+    }
+    Probe::ALL
+        .into_iter()
+        .find(|p| format!("{p:?}") == v)
+        .map(Some)
+        .ok_or_else(|| {
+            let names: Vec<String> = Probe::ALL.iter().map(|p| format!("{p:?}")).collect();
+            crate::exec::ExecError::Gpu(format!(
+                "{FORCE_REFUSE_VAR}={v:?} is not 0, 1 or a probe name ({})",
+                names.join(", ")
+            ))
+        })
+}
+
 /// Smallest positive normal f64, 2^-1022.
 const MIN_NORMAL: f64 = f64::MIN_POSITIVE;
 /// Absolute slack of the inexact probes, for results in the subnormal range where relative
