@@ -213,14 +213,14 @@ fn step_command_rejects_bad_inputs_before_any_work() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--order", "first", "--steps", "0"], "--steps"),
         (vec!["--order", "first", "--eta", "nan"], "--eta"),
-        (vec!["--order", "first", "--eta", "-1"], "--eta"),
+        (vec!["--order", "first", "--eta=-1"], "--eta"),
         (vec!["--order", "first", "--momentum", "1.5"], "--momentum"),
         (
             vec!["--order", "first", "--grad-clip", "inf"],
             "--grad-clip",
         ),
         (
-            vec!["--order", "first", "--arch-weight-decay", "-1"],
+            vec!["--order", "first", "--arch-weight-decay=-1"],
             "--arch-weight-decay",
         ),
     ];

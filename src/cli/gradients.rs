@@ -133,6 +133,7 @@ fn validate(a: &Args) -> Result<()> {
 pub fn run(a: Args) -> Result<()> {
     let start = Instant::now();
     validate(&a)?;
+    darts::io::check_output_path(&a.out, "--out")?;
     let input = read_state(&a.state, a.stem_multiplier, a.multiplier)?;
     let (train, valid) = read_batches(&a.batch, &input.cfg)?;
     let cfg = &input.cfg;

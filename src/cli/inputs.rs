@@ -3,12 +3,13 @@
 //! known, every shape, every value finite) before any work.
 
 use anyhow::{bail, Context, Result};
+use darts::darts::batch_file::{read_batch_npz, LabelledBatch};
 use darts::darts::names;
 use darts::darts::network::SearchConfig;
 use darts::darts::params::{read_npz, State};
 use darts::data::Batch;
 use darts::search::step_graph::OptimState;
-use ndarray::{ArrayD, IxDyn};
+use ndarray::ArrayD;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -78,28 +79,21 @@ pub fn read_state(
     let cfg = SearchConfig::from_state_shapes(shapes, k, stem_multiplier, multiplier)
         .with_context(|| format!("reading the network configuration from {file}"))?;
     let layout = cfg.layout()?;
-    let state = State::from_npz(path, &layout, k)?;
-    all.retain(|key, _| !key.starts_with("sd/") && !names::ALPHA.contains(&key.as_str()));
-    // Optional optimiser state.
-    let mut bufs = Vec::new();
-    for (n, shape, _) in layout.weights() {
-        let key = format!("momentum_buffer/{n}");
-        if let Some(m) = all.remove(&key) {
-            bufs.push(shaped(&file, &key, m, shape)?);
+    // Adam's state is `darts step`'s addition to a state file; the rest is read strictly
+    // (every key known, shapes, finiteness, momentum buffers all or none) by State.
+    let mut adam: BTreeMap<String, ArrayD<f64>> = BTreeMap::new();
+    for key in all.keys().cloned().collect::<Vec<_>>() {
+        if key.starts_with("adam_") {
+            adam.extend(all.remove_entry(&key));
         }
     }
-    let n_weights = layout.weights().count();
-    if !bufs.is_empty() && bufs.len() != n_weights {
-        bail!(
-            "{file}: momentum buffers for {} of {n_weights} weights; give all or none",
-            bufs.len()
-        );
-    }
-    let has_momentum = !bufs.is_empty();
+    let (state, bufs) = State::from_arrays(all, &file, &layout, k)?;
+    let has_momentum = bufs.is_some();
     let mut opt = OptimState {
-        sgd_buf: has_momentum.then_some(bufs),
+        sgd_buf: bufs,
         ..OptimState::default()
     };
+    let mut all = adam;
     let shared_step = all.remove("adam_step");
     for (c, cell) in names::CELLS.into_iter().enumerate() {
         let (mk, vk, sk) = (
@@ -139,7 +133,7 @@ pub fn read_state(
         bail!(
             "{file}: unknown key '{key}' (shape {:?}); a state file holds sd/<name>, \
              alpha/normal, alpha/reduce, momentum_buffer/<weight>, adam_m/<a>, adam_v/<a> \
-             and adam_step[/<a>]",
+             and adam_step[/<a>] (a = normal, reduce)",
             a.shape()
         );
     }
@@ -151,64 +145,16 @@ pub fn read_state(
     })
 }
 
-fn labels_to_onehot(y: &ArrayD<f64>, n: usize, classes: usize, key: &str) -> Result<ArrayD<f64>> {
-    if y.shape() != [n] {
-        bail!(
-            "'{key}' has shape {:?}, expected [{n}] to match its images",
-            y.shape()
-        );
-    }
-    let mut t = ArrayD::zeros(IxDyn(&[n, classes]));
-    for (i, &v) in y.iter().enumerate() {
-        if v < 0.0 || v.fract() != 0.0 || v as usize >= classes {
-            bail!("'{key}'[{i}] = {v} is not a class index in 0..{classes}");
-        }
-        t[[i, v as usize]] = 1.0;
-    }
-    Ok(t)
-}
-
-fn take_batch(
-    all: &mut BTreeMap<String, ArrayD<f64>>,
-    which: &str,
-    classes: usize,
-    file: &str,
-) -> Result<Batch> {
-    let xk = format!("x_{which}");
-    let yk = format!("y_{which}");
-    let x = all
-        .remove(&xk)
-        .with_context(|| format!("{file}: missing key '{xk}'"))?;
-    let y = all
-        .remove(&yk)
-        .with_context(|| format!("{file}: missing key '{yk}'"))?;
-    if x.ndim() != 4 || x.shape()[1] != 3 || x.shape()[0] == 0 {
-        bail!(
-            "{file}: '{xk}' has shape {:?}, expected [N, 3, H, W] with N >= 1",
-            x.shape()
-        );
-    }
-    finite(file, &xk, &x)?;
-    let onehot =
-        labels_to_onehot(&y, x.shape()[0], classes, &yk).with_context(|| file.to_string())?;
-    Ok(Batch { x, onehot })
-}
-
-/// Reads `x_train, y_train, x_valid, y_valid` (NCHW floats, integer labels) for a network
-/// with `classes` classes; images of both batches have one size, which `cfg` must accept.
+/// Reads `x_train, y_train, x_valid, y_valid` (NCHW floats, integer labels) strictly
+/// ([`read_batch_npz`]) for the network `cfg`, whose image size they must fit.
 pub fn read_batches(path: &Path, cfg: &SearchConfig) -> Result<(Batch, Batch)> {
-    let file = path.display().to_string();
-    let mut b = read_npz(path)?;
-    let train = take_batch(&mut b, "train", cfg.num_classes, &file)?;
-    let valid = take_batch(&mut b, "valid", cfg.num_classes, &file)?;
-    if valid.x.shape()[2..] != train.x.shape()[2..] {
-        bail!("{file}: x_train and x_valid differ in image size");
-    }
-    if let Some(key) = b.keys().next() {
-        bail!("{file}: unknown key '{key}'; a batch file holds x_train, y_train, x_valid, y_valid");
-    }
-    let (h, w) = (train.x.shape()[2], train.x.shape()[3]);
+    let b = read_batch_npz(path, cfg.num_classes)?;
+    let (h, w) = (b.train.x.shape()[2], b.train.x.shape()[3]);
     cfg.validate(h, w)
-        .with_context(|| format!("{file}: images of {h}x{w}"))?;
-    Ok((train, valid))
+        .with_context(|| format!("{}: images of {h}x{w}", path.display()))?;
+    let batch = |l: LabelledBatch| Batch {
+        x: l.x,
+        onehot: l.onehot,
+    };
+    Ok((batch(b.train), batch(b.valid)))
 }

@@ -172,6 +172,7 @@ impl ExecutorUser for Iterate<'_> {
 pub fn run(a: Args) -> Result<()> {
     let start = Instant::now();
     validate(&a)?;
+    darts::io::check_output_path(&a.out, "--out")?;
     let input = read_state(&a.state, a.stem_multiplier, a.multiplier)?;
     let (train, valid) = read_batches(&a.batch, &input.cfg)?;
     let cfg = input.cfg;
@@ -208,24 +209,19 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// Writes `out` to `path` (float64 arrays, int64 for num_batches_tracked), atomically.
+/// Writes `out` to `path` (float64 arrays, int64 for num_batches_tracked), atomically and
+/// never over a non-regular file ([`darts::io::write_atomically`]).
 fn write_out(path: &std::path::Path, out: &BTreeMap<String, OutArray>) -> Result<()> {
-    let tmp = path.with_extension("npz.tmp");
-    let write = || -> Result<()> {
-        let f = std::fs::File::create(&tmp)?;
-        let mut w = ndarray_npy::NpzWriter::new(f);
+    darts::io::write_atomically(path, |sink| {
+        let mut w = ndarray_npy::NpzWriter::new(sink);
         for (k, v) in out {
             match v {
-                OutArray::F64(a) => w.add_array(k.as_str(), a)?,
-                OutArray::I64(a) => w.add_array(k.as_str(), a)?,
+                OutArray::F64(a) => w.add_array(k.as_str(), a),
+                OutArray::I64(a) => w.add_array(k.as_str(), a),
             }
+            .map_err(|e| format!("{k}: {e}"))?;
         }
-        w.finish()?.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        e.context(format!("writing {}", path.display()))
-    })
+        w.finish().map(|_| ()).map_err(|e| e.to_string())
+    })?;
+    Ok(())
 }

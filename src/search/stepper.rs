@@ -202,8 +202,8 @@ impl<T: Scalar> Stepper<T> {
         let [an, ar] = alphas;
         self.state.alpha_normal = an;
         self.state.alpha_reduce = ar;
-        for c in 0..2 {
-            self.opt.adam_t[c] += used[c] as u64;
+        for (t, u) in self.opt.adam_t.iter_mut().zip(used) {
+            *t += u as u64;
         }
         for (name, _, kind) in &self.layout.entries {
             if matches!(kind, Kind::NumBatchesTracked) {

@@ -66,8 +66,8 @@ impl OracleSearch {
             sgd_buf: self.sgd.buf.clone(),
             ..OptimState::default()
         };
-        for c in 0..2 {
-            if used[c] && self.adam.t > 0 {
+        for (c, &u) in used.iter().enumerate() {
+            if u && self.adam.t > 0 {
                 opt.adam_m[c] = Some(self.adam.m[c].clone());
                 opt.adam_v[c] = Some(self.adam.v[c].clone());
                 opt.adam_t[c] = self.adam.t;
