@@ -6,6 +6,7 @@
 pub mod architect;
 pub mod checkpoint;
 pub mod gradients;
+pub mod options;
 pub mod run;
 pub mod step_graph;
 pub mod stepper;

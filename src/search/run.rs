@@ -3,9 +3,9 @@
 //! gradient-norm clipping; cosine learning rate with the reference's off-by-one epoch
 //! semantics; per-epoch validation in eval mode; atomic checkpoints and exact resume.
 
-use super::architect::{ArchError, Order};
+use super::architect::ArchError;
 use super::checkpoint;
-use super::step_graph::{OptimState, StepHyper};
+use super::step_graph::OptimState;
 use super::stepper::Stepper;
 use crate::darts::genotype::{derive, softmax_rows, Genotype};
 use crate::darts::init::init_state;
@@ -17,9 +17,8 @@ use crate::data::{
     embedded_subset, fresh_batch, make_batch, permutation, read_cifar_dir, search_split, Augment,
     Batch, DataError, EpochSampler, Images, RngState, SamplerState,
 };
-use crate::exec::{Backend, Executor, Feeds, Scalar};
+use crate::exec::{Executor, Feeds, Scalar};
 use crate::graph::{Graph, NodeId};
-use crate::step::optim::{AdamHyper, SgdHyper};
 use ndarray::{ArrayD, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -32,180 +31,7 @@ use std::time::Instant;
 
 pub use crate::exec::Dtype;
 
-/// Where the CIFAR-10 images come from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DataSource {
-    /// The embedded subset: 4,000 training and 1,000 test images
-    /// ([`crate::data::embedded_subset`]).
-    Embedded,
-    /// A `cifar-10-batches-bin` folder: all 50,000 training and 10,000 test images.
-    Dir(PathBuf),
-}
-
-/// Every hyperparameter of a search (the reference's flags, with its names).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SearchOptions {
-    pub init_channels: usize,
-    pub layers: usize,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub learning_rate: f64,
-    pub learning_rate_min: f64,
-    pub momentum: f64,
-    pub weight_decay: f64,
-    pub grad_clip: f64,
-    pub train_portion: f64,
-    pub arch_learning_rate: f64,
-    pub arch_weight_decay: f64,
-    pub order: Order,
-    pub seed: u64,
-    pub cutout: Option<usize>,
-    pub dtype: Dtype,
-    /// The executor (the numbers depend on it, so a resumed run keeps it).
-    #[serde(default)]
-    pub backend: Backend,
-    pub data: DataSource,
-    /// Use only the first n images of the training set (None: all).
-    pub max_images: Option<usize>,
-}
-
-impl SearchOptions {
-    /// The reference configuration (train_search.py defaults; pass `--order second` for
-    /// the paper's second-order results).
-    pub fn paper() -> Self {
-        SearchOptions {
-            init_channels: 16,
-            layers: 8,
-            epochs: 50,
-            batch_size: 64,
-            learning_rate: 0.025,
-            learning_rate_min: 0.001,
-            momentum: 0.9,
-            weight_decay: 3e-4,
-            grad_clip: 5.0,
-            train_portion: 0.5,
-            arch_learning_rate: 3e-4,
-            arch_weight_decay: 1e-3,
-            order: Order::First,
-            seed: 2,
-            cutout: None,
-            dtype: Dtype::F32,
-            backend: Backend::Cpu,
-            data: DataSource::Embedded,
-            max_images: None,
-        }
-    }
-
-    /// The default: the reference's algorithm and optimiser settings on a network and data
-    /// budget sized to finish in minutes on a 2-core CPU (see README for the measured time).
-    pub fn quick() -> Self {
-        SearchOptions {
-            init_channels: 4,
-            layers: 5,
-            epochs: 4,
-            batch_size: 32,
-            max_images: Some(2000),
-            // A larger architecture learning rate so the alphas move visibly in a few
-            // hundred steps (the reference's 3e-4 is tuned for 50 epochs of 25k images).
-            arch_learning_rate: 3e-3,
-            ..SearchOptions::paper()
-        }
-    }
-
-    /// Every setting's range, checked before any work; the error names the flag.
-    pub fn validate(&self) -> Result<(), SearchError> {
-        let bad = |flag: &str, v: &dyn std::fmt::Display, range: &str| {
-            Err(SearchError::Option {
-                flag: flag.to_string(),
-                reason: format!("{v} is not {range}"),
-            })
-        };
-        for (flag, v) in [
-            ("--init-channels", self.init_channels),
-            ("--layers", self.layers),
-            ("--epochs", self.epochs),
-            ("--batch-size", self.batch_size),
-        ] {
-            if v == 0 {
-                return bad(flag, &v, "at least 1");
-            }
-        }
-        // Limits far above any network this crate can hold, so that shape arithmetic never
-        // overflows; the memory a network needs is checked when its graph is built.
-        for (flag, v, max) in [
-            ("--init-channels", self.init_channels, 4096),
-            ("--layers", self.layers, 1024),
-            ("--batch-size", self.batch_size, 1 << 20),
-        ] {
-            if v > max {
-                return bad(flag, &v, &format!("at most {max}"));
-            }
-        }
-        for (flag, v, positive) in [
-            ("--learning-rate", self.learning_rate, true),
-            ("--learning-rate-min", self.learning_rate_min, false),
-            ("--weight-decay", self.weight_decay, false),
-            ("--grad-clip", self.grad_clip, true),
-            ("--arch-learning-rate", self.arch_learning_rate, true),
-            ("--arch-weight-decay", self.arch_weight_decay, false),
-        ] {
-            let ok = v.is_finite() && if positive { v > 0.0 } else { v >= 0.0 };
-            if !ok {
-                let range = if positive {
-                    "finite and > 0"
-                } else {
-                    "finite and >= 0"
-                };
-                return bad(flag, &v, range);
-            }
-        }
-        if !(0.0..1.0).contains(&self.momentum) {
-            return bad("--momentum", &self.momentum, "in [0, 1)");
-        }
-        if !(self.train_portion > 0.0 && self.train_portion < 1.0) {
-            return bad("--train-portion", &self.train_portion, "in (0, 1)");
-        }
-        if let Some(m) = self.max_images {
-            if m < 2 {
-                return bad("--max-images", &m, "at least 2 (one image for each half)");
-            }
-        }
-        if self.cutout == Some(0) {
-            return bad("--cutout", &0, "at least 1");
-        }
-        Ok(())
-    }
-
-    /// The optimisers' constants: SGD on the weights, the architect's Adam on the alphas.
-    pub fn hyper(&self) -> StepHyper {
-        StepHyper {
-            sgd: SgdHyper {
-                momentum: self.momentum,
-                weight_decay: self.weight_decay,
-                grad_clip: self.grad_clip,
-            },
-            adam: AdamHyper::architect(self.arch_learning_rate, self.arch_weight_decay),
-        }
-    }
-
-    pub fn config(&self) -> SearchConfig {
-        SearchConfig {
-            c: self.init_channels,
-            layers: self.layers,
-            ..SearchConfig::paper()
-        }
-    }
-
-    /// Learning rate of epoch `e` (0-based) under the reference's schedule:
-    /// CosineAnnealingLR(T_max = epochs, eta_min) stepped at the start of every epoch, so epoch e
-    /// uses lr_min + (lr - lr_min) (1 + cos(pi (e + 1) / epochs)) / 2.
-    pub fn lr(&self, e: usize) -> f64 {
-        let t = std::f64::consts::PI * (e + 1) as f64 / self.epochs as f64;
-        self.learning_rate_min
-            + (self.learning_rate - self.learning_rate_min) * (1.0 + t.cos()) / 2.0
-    }
-}
+pub use super::options::{DataSource, SearchOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {

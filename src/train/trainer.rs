@@ -109,6 +109,19 @@ fn limited(images: &Images, limit: Option<usize>) -> Vec<usize> {
     (0..limit.map_or(images.n, |l| l.min(images.n))).collect()
 }
 
+/// Creates the run folder with its `options.json` record `meta`, and opens its `log.jsonl`.
+fn open_run_dir(
+    dir: &Path,
+    meta: &serde_json::Value,
+) -> Result<(std::fs::File, std::path::PathBuf), TrainError> {
+    std::fs::create_dir_all(dir).map_err(|e| run_dir_err(dir, e))?;
+    let text = serde_json::to_string_pretty(meta).map_err(|e| run_dir_err(dir, e))?;
+    std::fs::write(dir.join("options.json"), text).map_err(|e| run_dir_err(dir, e))?;
+    let path = dir.join("log.jsonl");
+    let f = std::fs::File::create(&path).map_err(|e| run_dir_err(&path, e))?;
+    Ok((f, path))
+}
+
 fn run_dir_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::RunDir {
         path: path.to_path_buf(),
@@ -209,6 +222,23 @@ impl<T: Scalar> Trainer<T> {
             }
         }
         self.host_stale = false;
+        Ok(())
+    }
+
+    /// The state as `sd/<state_dict name>` in an npz (train.py's weights.pt, overwritten
+    /// every epoch).
+    fn write_weights(&mut self, path: &Path, epoch: usize) -> Result<(), TrainError> {
+        self.sync_host().map_err(|cause| TrainError::Exec {
+            epoch,
+            what: "reading the state back for weights.npz".into(),
+            cause,
+        })?;
+        let all: Vec<(String, &ArrayD<f64>)> = self
+            .state
+            .iter()
+            .map(|(k, v)| (format!("sd/{k}"), v))
+            .collect();
+        write_npz(path, all.iter().map(|(k, v)| (k.as_str(), *v)))?;
         Ok(())
     }
 
@@ -360,25 +390,20 @@ fn run<T: Scalar>(
     let mut sampler = EpochSampler::new(train_idx, opts.batch_size)?;
     let augment = opts.augment();
 
-    let mut log = None;
-    if let Some(dir) = &reporting.run_dir {
-        std::fs::create_dir_all(dir).map_err(|e| run_dir_err(dir, e))?;
-        let meta = serde_json::json!({
-            "options": opts,
-            "genotype": genotype.to_string(),
-            "parameters": parameters,
-            "parameters_with_aux": parameters_with_aux,
-            "train_images": n_train,
-            "test_images": n_test,
-        });
-        let text = serde_json::to_string_pretty(&meta).map_err(|e| run_dir_err(dir, e))?;
-        std::fs::write(dir.join("options.json"), text).map_err(|e| run_dir_err(dir, e))?;
-        let path = dir.join("log.jsonl");
-        log = Some((
-            std::fs::File::create(&path).map_err(|e| run_dir_err(&path, e))?,
-            path,
-        ));
-    }
+    let mut log = match &reporting.run_dir {
+        Some(dir) => {
+            let meta = serde_json::json!({
+                "options": opts,
+                "genotype": genotype.to_string(),
+                "parameters": parameters,
+                "parameters_with_aux": parameters_with_aux,
+                "train_images": n_train,
+                "test_images": n_test,
+            });
+            Some(open_run_dir(dir, &meta)?)
+        }
+        None => None,
+    };
 
     let bar = if reporting.progress {
         indicatif::ProgressBar::new((sampler.batches_per_epoch() * opts.epochs) as u64)
@@ -440,20 +465,7 @@ fn run<T: Scalar>(
                 .map_err(|e| run_dir_err(path, e))?;
         }
         if let Some(dir) = &reporting.run_dir {
-            tr.sync_host().map_err(|cause| TrainError::Exec {
-                epoch,
-                what: "reading the state back for weights.npz".into(),
-                cause,
-            })?;
-            let all: Vec<(String, &ArrayD<f64>)> = tr
-                .state
-                .iter()
-                .map(|(k, v)| (format!("sd/{k}"), v))
-                .collect();
-            write_npz(
-                &dir.join("weights.npz"),
-                all.iter().map(|(k, v)| (k.as_str(), *v)),
-            )?;
+            tr.write_weights(&dir.join("weights.npz"), epoch)?;
         }
         bar.suspend(|| {
             if let Some(cb) = reporting.on_epoch.as_deref_mut() {
