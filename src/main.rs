@@ -89,6 +89,17 @@ fn run() -> Result<ExitCode> {
                 }
                 outcomes.push(gradcheck::check(case, seed.wrapping_mul(1000) + i as u64)?);
             }
+            if let (Some(f), true) = (&filter, outcomes.is_empty()) {
+                anyhow::bail!(
+                    "--filter '{f}' selects none of the {} checks (their ops: {})",
+                    suite.len(),
+                    suite
+                        .iter()
+                        .map(|c| c.op.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             print!("{}", report::render(&outcomes, format));
             if format != report::Format::Json {
                 println!("({:.2} s)", start.elapsed().as_secs_f64());

@@ -106,8 +106,11 @@ pub fn read_state(
         let step = match (all.remove(&sk), &shared_step) {
             (Some(_), Some(_)) => bail!("{file}: both 'adam_step' and '{sk}' given; give one"),
             (Some(s), None) => Some((sk.clone(), s)),
-            (None, Some(s)) => Some(("adam_step".to_string(), s.clone())),
-            (None, None) => None,
+            // The shared count applies to each alpha that has moments.
+            (None, Some(s)) if m.is_some() || v.is_some() => {
+                Some(("adam_step".to_string(), s.clone()))
+            }
+            (None, _) => None,
         };
         match (m, v, step) {
             (None, None, None) => {}
@@ -128,6 +131,9 @@ pub fn read_state(
                  'adam_step/{cell}' (or 'adam_step'), or none of them"
             ),
         }
+    }
+    if shared_step.is_some() && opt.adam_t == [0, 0] {
+        bail!("{file}: 'adam_step' given without any alpha's 'adam_m/<a>' and 'adam_v/<a>'");
     }
     if let Some((key, a)) = all.iter().next() {
         bail!(

@@ -77,6 +77,9 @@ pub struct Args {
     /// Use every training image (overrides the preset's image budget).
     #[arg(long)]
     pub all_images: bool,
+    /// Skip the check that the network fits in the host's available memory.
+    #[arg(long)]
+    pub no_memory_check: bool,
 }
 
 fn options(a: &Args) -> SearchOptions {
@@ -157,6 +160,9 @@ pub fn run(a: Args) -> Result<()> {
         None => {
             let o = options(&a);
             o.validate()?;
+            if !a.no_memory_check {
+                check_memory(&o)?;
+            }
             let dir = a.run_dir.clone().unwrap_or_else(|| {
                 PathBuf::from(format!(
                     "runs/search-seed{}-{}",
@@ -173,6 +179,34 @@ pub fn run(a: Args) -> Result<()> {
                 .with_context(|| format!("opening the {:?} executor", o.backend))?
         }
     }
+}
+
+/// The host's available memory (MemAvailable of /proc/meminfo), in bytes, where known.
+fn mem_available() -> Option<u128> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses, before any allocation, a network whose step needs more memory than the host has.
+fn check_memory(o: &SearchOptions) -> Result<()> {
+    let need = o.memory_lower_bound()?;
+    if let Some(avail) = mem_available() {
+        if need > avail {
+            bail!(
+                "--init-channels {} --layers {} --batch-size {}: one search step needs at least \
+                 {:.1} GB, and this host has {:.1} GB available (MemAvailable); use a smaller \
+                 network or pass --no-memory-check to try anyway",
+                o.init_channels,
+                o.layers,
+                o.batch_size,
+                need as f64 / 1e9,
+                avail as f64 / 1e9
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Starts or resumes the run once the executor is open.

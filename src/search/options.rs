@@ -156,6 +156,32 @@ impl SearchOptions {
         Ok(())
     }
 
+    /// A lower bound of the memory one search step needs, in bytes: the weights and the state
+    /// that shadows them (weights, momentum buffers, gradients, the unrolled or perturbed
+    /// copies: 4 copies) plus, per cell, one activation per edge of the mixed op's output
+    /// (N x C x 32 x 32 at the first cells; the step holds many more), in the run's dtype.
+    /// It errs low: it is there to refuse absurd networks before allocating, not to predict.
+    pub fn memory_lower_bound(&self) -> Result<u128, SearchError> {
+        let bytes: u128 = match self.dtype {
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+        };
+        let cfg = self.config();
+        let weights: u128 = cfg
+            .layout()?
+            .weights()
+            .map(|(_, s, _)| s.iter().map(|&d| d as u128).product::<u128>())
+            .sum();
+        let edges = crate::darts::num_edges(cfg.steps) as u128;
+        let activations = self.batch_size as u128
+            * self.init_channels as u128
+            * 32
+            * 32
+            * self.layers as u128
+            * edges;
+        Ok(bytes * (4 * weights + activations))
+    }
+
     /// The optimisers' constants: SGD on the weights, the architect's Adam on the alphas.
     pub fn hyper(&self) -> StepHyper {
         StepHyper {
@@ -185,4 +211,3 @@ impl SearchOptions {
             + (self.learning_rate - self.learning_rate_min) * (1.0 + t.cos()) / 2.0
     }
 }
-
