@@ -166,6 +166,10 @@ fn sigkilled_run_resumes_to_the_same_result() {
     while !ck.exists() && t.elapsed().as_secs() < 300 {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before it could be killed mid-run"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(ck.exists());
@@ -190,6 +194,45 @@ fn sigkilled_run_resumes_to_the_same_result() {
     assert_eq!(a["alpha/normal"], b["alpha/normal"]);
     assert_eq!(a["alpha/reduce"], b["alpha/reduce"]);
     assert_eq!(a, b);
+
+    // Ctrl-C (SIGINT): the current step finishes, the checkpoint is written, the exit status
+    // is 130 (as shells report SIGINT) with "epoch E of N, step S of M", and --resume ends
+    // where the uninterrupted run does.
+    let stopped = dir("cli-sigint");
+    let child = std::process::Command::new(bin)
+        .args(args(&stopped))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ck = stopped.join("checkpoint.npz");
+    let t = std::time::Instant::now();
+    while !ck.exists() && t.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(
+        text.contains("interrupted in epoch") && text.contains(" of 3, step "),
+        "{text}"
+    );
+    let out = std::process::Command::new(bin)
+        .args(["search", "--resume"])
+        .arg(&stopped)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(g(&stopped), g(&whole));
 }
 
 /// A non-finite value stops the run with an error naming the step and the tensor, and the
