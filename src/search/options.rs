@@ -185,4 +185,3 @@ impl SearchOptions {
             + (self.learning_rate - self.learning_rate_min) * (1.0 + t.cos()) / 2.0
     }
 }
-
