@@ -13,7 +13,7 @@
 use super::tolerance::{central_difference_bound, evaluation_bound, gamma};
 use crate::autodiff;
 use crate::exec::{cpu::CpuExecutor, ExecError, Executor, Feeds};
-use crate::graph::{Graph, GraphError, NodeId};
+use crate::graph::{Graph, GraphError, NodeId, Shape};
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -181,55 +181,133 @@ pub(crate) fn max_abs_upstream(
     }))
 }
 
-/// Run the three checks on `case` with random directions drawn from `seed`.
-pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
-    let op = case.op.clone();
-    let gerr = |source| CheckError::Graph {
-        op: op.clone(),
+/// Unit round-off of f64.
+const UNIT_ROUNDOFF: f64 = f64::EPSILON / 2.0;
+
+fn graph_error(op: &str) -> impl Fn(GraphError) -> CheckError + '_ {
+    move |source| CheckError::Graph {
+        op: op.to_owned(),
         source,
-    };
-    let eerr = |source| CheckError::Exec {
-        op: op.clone(),
+    }
+}
+
+fn exec_error(op: &str) -> impl Fn(ExecError) -> CheckError + '_ {
+    move |source| CheckError::Exec {
+        op: op.to_owned(),
         source,
-    };
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let u = f64::EPSILON / 2.0;
+    }
+}
+
+fn l1(a: &ArrayD<f64>) -> f64 {
+    a.iter().map(|v| v.abs()).sum::<f64>()
+}
+
+/// The case's graph augmented with the check's inputs (cotangent c, tangents t, directions
+/// v) and the nodes the checks evaluate.
+struct Augmented {
+    g: Graph,
+    out_shape: Shape,
+    /// s = <c, f(x)>.
+    s: NodeId,
+    /// r = <grad s, t> = <t, J^T c>.
+    r: NodeId,
+    /// J t, as the gradient of r with respect to c.
+    jt: NodeId,
+    grads: Vec<NodeId>,
+    /// H v per `wrt` input, when the case is smooth.
+    hv: Option<Vec<NodeId>>,
+    depths: Vec<usize>,
+}
+
+fn augment(case: &Case) -> Result<Augmented, CheckError> {
+    let gerr = graph_error(&case.op);
     let mut g = case.graph.clone();
     let out_shape = g.shape(case.output).clone();
     let c_in = g
         .input("__check_cotangent", out_shape.clone())
-        .map_err(gerr)?;
-    let s = g.dot(case.output, c_in).map_err(gerr)?;
+        .map_err(&gerr)?;
+    let s = g.dot(case.output, c_in).map_err(&gerr)?;
     let grads = match &case.gradient {
         Some(f) => f(&mut g, s, &case.wrt),
         None => autodiff::grad(&mut g, s, &case.wrt),
     }
-    .map_err(gerr)?;
+    .map_err(&gerr)?;
     let mut t_in = Vec::new();
     let mut v_in = Vec::new();
     for (i, &w) in case.wrt.iter().enumerate() {
         let sh = g.shape(w).clone();
         t_in.push(
             g.input(format!("__check_tangent_{i}"), sh.clone())
-                .map_err(gerr)?,
+                .map_err(&gerr)?,
         );
         v_in.push(
             g.input(format!("__check_direction_{i}"), sh)
-                .map_err(gerr)?,
+                .map_err(&gerr)?,
         );
     }
-    let r = autodiff::inner(&mut g, &grads, &t_in).map_err(gerr)?;
-    let jt = autodiff::grad(&mut g, r, &[c_in]).map_err(gerr)?[0];
+    let r = autodiff::inner(&mut g, &grads, &t_in).map_err(&gerr)?;
+    let jt = autodiff::grad(&mut g, r, &[c_in]).map_err(&gerr)?[0];
     let hv = if case.smooth {
-        let s2 = autodiff::inner(&mut g, &grads, &v_in).map_err(gerr)?;
-        Some(autodiff::grad(&mut g, s2, &case.wrt).map_err(gerr)?)
+        let s2 = autodiff::inner(&mut g, &grads, &v_in).map_err(&gerr)?;
+        Some(autodiff::grad(&mut g, s2, &case.wrt).map_err(&gerr)?)
     } else {
         None
     };
     let depths = depth(&g);
+    Ok(Augmented {
+        g,
+        out_shape,
+        s,
+        r,
+        jt,
+        grads,
+        hv,
+        depths,
+    })
+}
 
+/// The augmented graph with its random inputs drawn and its values at the base point.
+struct Prepared<'a> {
+    case: &'a Case,
+    g: Graph,
+    s: NodeId,
+    r: NodeId,
+    jt: NodeId,
+    grads: Vec<NodeId>,
+    hv: Option<Vec<NodeId>>,
+    depths: Vec<usize>,
+    ex: CpuExecutor<f64>,
+    feeds: Feeds<f64>,
+    /// Feed names of the `wrt` inputs.
+    names: Vec<String>,
+    c: ArrayD<f64>,
+    ts: Vec<ArrayD<f64>>,
+    vs: Vec<ArrayD<f64>>,
+    /// Values of [s, output, r, jt, grads.., hv..] at the base point.
+    base: Vec<ArrayD<f64>>,
+}
+
+impl Prepared<'_> {
+    /// Total number of elements of the `wrt` inputs.
+    fn total_in(&self) -> usize {
+        self.ts.iter().map(|t| t.len()).sum()
+    }
+}
+
+/// Draws c, then (t_i, v_i) per input, from `rng`, and evaluates the base values.
+fn prepare<'a>(case: &'a Case, rng: &mut ChaCha8Rng) -> Result<Prepared<'a>, CheckError> {
+    let Augmented {
+        g,
+        out_shape,
+        s,
+        r,
+        jt,
+        grads,
+        hv,
+        depths,
+    } = augment(case)?;
     let mut feeds = case.feeds.clone();
-    let c = normal_like(out_shape.dims(), &mut rng);
+    let c = normal_like(out_shape.dims(), rng);
     feeds.insert("__check_cotangent", c.clone());
     let names: Vec<String> = case
         .wrt
@@ -242,8 +320,8 @@ pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
     let mut ts = Vec::new();
     let mut vs = Vec::new();
     for (i, &w) in case.wrt.iter().enumerate() {
-        let t = normal_like(g.shape(w).dims(), &mut rng);
-        let v = normal_like(g.shape(w).dims(), &mut rng);
+        let t = normal_like(g.shape(w).dims(), rng);
+        let v = normal_like(g.shape(w).dims(), rng);
         feeds.insert(format!("__check_tangent_{i}"), t.clone());
         feeds.insert(format!("__check_direction_{i}"), v.clone());
         ts.push(t);
@@ -255,23 +333,50 @@ pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
     if let Some(hv) = &hv {
         wanted.extend(hv);
     }
-    let base = ex.run(&g, &feeds, &wanted).map_err(eerr)?;
-    let y = &base[1];
-    let r_val = base[2].sum();
-    let jt_val = &base[3];
-    let grad_vals = &base[4..4 + grads.len()];
-    let k = case.k_terms;
+    let base = ex.run(&g, &feeds, &wanted).map_err(exec_error(&case.op))?;
+    Ok(Prepared {
+        case,
+        g,
+        s,
+        r,
+        jt,
+        grads,
+        hv,
+        depths,
+        ex,
+        feeds,
+        names,
+        c,
+        ts,
+        vs,
+        base,
+    })
+}
 
-    // (a) VJP vs central differences of s, element by element. Round-off of each evaluation
-    // of s is relative to the terms it sums, bounded by the largest intermediate value M_s
-    // upstream of s: gamma_K * M_s * sum|c| (plus the |c||y| of the final inner product).
-    let l1 = |a: &ArrayD<f64>| a.iter().map(|v| v.abs()).sum::<f64>();
-    let m_s = max_abs_upstream(&mut ex, &g, &feeds, &[s])?;
-    let eval_err = evaluation_bound(k + y.len(), depths[s.0], abs_dot(&c, y) + m_s * l1(&c), u);
+/// (a) VJP vs central differences of s, element by element; inputs with more than
+/// `MAX_FD_ELEMENTS` elements are subsampled with draws from `rng`.
+fn check_vjp_vs_fd(p: &mut Prepared, rng: &mut ChaCha8Rng) -> Result<Measure, CheckError> {
+    let case = p.case;
+    let eerr = exec_error(&case.op);
+    let u = UNIT_ROUNDOFF;
+    let k = case.k_terms;
+    let s = p.s;
+    let y = &p.base[1];
+    let grad_vals = &p.base[4..4 + p.grads.len()];
+    // Round-off of each evaluation of s is relative to the terms it sums, bounded by the
+    // largest intermediate value M_s upstream of s: gamma_K * M_s * sum|c| (plus the |c||y| of
+    // the final inner product).
+    let m_s = max_abs_upstream(&mut p.ex, &p.g, &p.feeds, &[s])?;
+    let eval_err = evaluation_bound(
+        k + y.len(),
+        p.depths[s.0],
+        abs_dot(&p.c, y) + m_s * l1(&p.c),
+        u,
+    );
     let h = FD_STEP;
     let mut errs_a = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let x0 = feeds.get(name).expect("wrt inputs are fed").clone();
+    for (i, name) in p.names.iter().enumerate() {
+        let x0 = p.feeds.get(name).expect("wrt inputs are fed").clone();
         let n = x0.len();
         let elems: Vec<usize> = if n <= MAX_FD_ELEMENTS {
             (0..n).collect()
@@ -280,10 +385,10 @@ pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
                 .map(|_| rng.random_range(0..n))
                 .collect()
         };
-        let m_g = max_abs_upstream(&mut ex, &g, &feeds, &[grads[i]])?;
+        let m_g = max_abs_upstream(&mut p.ex, &p.g, &p.feeds, &[p.grads[i]])?;
         let mut sval = |x: &ArrayD<f64>| -> Result<f64, CheckError> {
-            feeds.insert(name.clone(), x.clone());
-            Ok(ex.run(&g, &feeds, &[s]).map_err(eerr)?[0].sum())
+            p.feeds.insert(name.clone(), x.clone());
+            Ok(p.ex.run(&p.g, &p.feeds, &[s]).map_err(&eerr)?[0].sum())
         };
         for e in elems {
             let mut d = [0.0; 2];
@@ -300,31 +405,51 @@ pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
             }
             let a = grad_vals[i].as_slice().expect("standard layout")[e];
             let tol = central_difference_bound(d[0], d[1], eval_err, h)
-                + evaluation_bound(k, depths[grads[i].0], m_g, u);
+                + evaluation_bound(k, p.depths[p.grads[i].0], m_g, u);
             errs_a.push((a, d[1], tol));
         }
-        feeds.insert(name.clone(), x0);
+        p.feeds.insert(name.clone(), x0);
     }
-    let vjp_vs_fd = Measure::from(&errs_a);
+    Ok(Measure::from(&errs_a))
+}
 
-    // (b) adjoint identity <J t, c> = <t, J^T c>.
+/// (b) adjoint identity <J t, c> = <t, J^T c>.
+fn check_adjoint(p: &mut Prepared) -> Result<Measure, CheckError> {
+    let case = p.case;
+    let eerr = exec_error(&case.op);
+    let u = UNIT_ROUNDOFF;
+    let k = case.k_terms;
+    let y = &p.base[1];
+    let r_val = p.base[2].sum();
+    let jt_val = &p.base[3];
+    let grad_vals = &p.base[4..4 + p.grads.len()];
     let rhs = r_val;
-    let rhs_abs: f64 = ts.iter().zip(grad_vals).map(|(t, gv)| abs_dot(t, gv)).sum();
-    let total_in: usize = ts.iter().map(|t| t.len()).sum();
+    let rhs_abs: f64 =
+        p.ts.iter()
+            .zip(grad_vals)
+            .map(|(t, gv)| abs_dot(t, gv))
+            .sum();
+    let total_in = p.total_in();
     let mut errs_b = Vec::new();
     if case.linear {
         // J_i t = f(.., t, ..) - f(.., 0, ..): f is affine in each input separately.
-        for (i, name) in names.iter().enumerate() {
-            let x0 = feeds.get(name).expect("fed").clone();
-            feeds.insert(name.clone(), ts[i].clone());
-            let yt = ex.run(&g, &feeds, &[case.output]).map_err(eerr)?.remove(0);
-            feeds.insert(name.clone(), ArrayD::zeros(x0.raw_dim()));
-            let y0 = ex.run(&g, &feeds, &[case.output]).map_err(eerr)?.remove(0);
-            feeds.insert(name.clone(), x0);
-            let lhs = dot(&yt, &c) - dot(&y0, &c);
-            let rhs_i = dot(&ts[i], &grad_vals[i]);
-            let tol = gamma(k * depths[grads[i].0] + yt.len() + ts[i].len(), u)
-                * (abs_dot(&yt, &c) + abs_dot(&y0, &c) + abs_dot(&ts[i], &grad_vals[i]));
+        for (i, name) in p.names.iter().enumerate() {
+            let x0 = p.feeds.get(name).expect("fed").clone();
+            p.feeds.insert(name.clone(), p.ts[i].clone());
+            let yt =
+                p.ex.run(&p.g, &p.feeds, &[case.output])
+                    .map_err(&eerr)?
+                    .remove(0);
+            p.feeds.insert(name.clone(), ArrayD::zeros(x0.raw_dim()));
+            let y0 =
+                p.ex.run(&p.g, &p.feeds, &[case.output])
+                    .map_err(&eerr)?
+                    .remove(0);
+            p.feeds.insert(name.clone(), x0);
+            let lhs = dot(&yt, &p.c) - dot(&y0, &p.c);
+            let rhs_i = dot(&p.ts[i], &grad_vals[i]);
+            let tol = gamma(k * p.depths[p.grads[i].0] + yt.len() + p.ts[i].len(), u)
+                * (abs_dot(&yt, &p.c) + abs_dot(&y0, &p.c) + abs_dot(&p.ts[i], &grad_vals[i]));
             errs_b.push((lhs, rhs_i, tol));
         }
     } else {
@@ -332,58 +457,74 @@ pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
         // with two values per channel has a Jacobian of order eps). Round-off is relative to
         // the terms, not to the result: bound each term by the largest intermediate value M
         // upstream of the two sides, giving gamma_K * M * (sum |t| + sum |c|).
-        let m = max_abs_upstream(&mut ex, &g, &feeds, &[jt, r])?;
-        let c = &c;
-        let terms = m * (ts.iter().map(l1).sum::<f64>() + l1(c));
+        let m = max_abs_upstream(&mut p.ex, &p.g, &p.feeds, &[p.jt, p.r])?;
+        let c = &p.c;
+        let terms = m * (p.ts.iter().map(l1).sum::<f64>() + l1(c));
         let lhs = dot(jt_val, c);
-        let tol = gamma(k * depths[jt.0] + y.len() + total_in, u)
+        let tol = gamma(k * p.depths[p.jt.0] + y.len() + total_in, u)
             * (abs_dot(jt_val, c) + rhs_abs + terms);
         errs_b.push((lhs, rhs, tol));
     }
-    let adjoint = Measure::from(&errs_b);
+    Ok(Measure::from(&errs_b))
+}
 
-    // (c) exact H v against central differences of the gradient along v.
-    let second_order = match &hv {
-        None => None,
-        Some(hv_nodes) => {
-            let hv_vals = &base[4 + grads.len()..];
-            let x0: Vec<ArrayD<f64>> = names
-                .iter()
-                .map(|n| feeds.get(n).expect("fed").clone())
-                .collect();
-            let mut grad_at = |step: f64| -> Result<Vec<ArrayD<f64>>, CheckError> {
-                for (i, name) in names.iter().enumerate() {
-                    feeds.insert(name.clone(), &x0[i] + &(&vs[i] * step));
-                }
-                ex.run(&g, &feeds, &grads).map_err(eerr)
-            };
-            let gp = grad_at(h)?;
-            let gm = grad_at(-h)?;
-            let gp2 = grad_at(h / 2.0)?;
-            let gm2 = grad_at(-h / 2.0)?;
-            for (i, name) in names.iter().enumerate() {
-                feeds.insert(name.clone(), x0[i].clone());
-            }
-            let mut errs_c = Vec::new();
-            for i in 0..names.len() {
-                // Round-off of each gradient evaluation is relative to the largest value
-                // upstream of it (cancellation inside, e.g. batch norm, is covered).
-                let m_g = max_abs_upstream(&mut ex, &g, &feeds, &[grads[i]])?;
-                let m_hv = max_abs_upstream(&mut ex, &g, &feeds, &[hv_nodes[i]])?;
-                let eval_g = evaluation_bound(k + total_in, depths[grads[i].0], m_g, u);
-                for e in 0..hv_vals[i].len() {
-                    let at = |a: &ArrayD<f64>| a.as_slice().expect("standard layout")[e];
-                    let d1 = (at(&gp[i]) - at(&gm[i])) / (2.0 * h);
-                    let d2 = (at(&gp2[i]) - at(&gm2[i])) / h;
-                    let tol = central_difference_bound(d1, d2, eval_g, h)
-                        + evaluation_bound(k, depths[hv_nodes[i].0], m_hv, u);
-                    errs_c.push((at(&hv_vals[i]), d2, tol));
-                }
-            }
-            Some(Measure::from(&errs_c))
+/// (c) exact H v against central differences of the gradient along v; `hv_nodes` are the
+/// H v nodes of a smooth case.
+fn check_second_order(p: &mut Prepared, hv_nodes: &[NodeId]) -> Result<Measure, CheckError> {
+    let case = p.case;
+    let eerr = exec_error(&case.op);
+    let u = UNIT_ROUNDOFF;
+    let k = case.k_terms;
+    let h = FD_STEP;
+    let total_in = p.total_in();
+    let hv_vals = &p.base[4 + p.grads.len()..];
+    let x0: Vec<ArrayD<f64>> = p
+        .names
+        .iter()
+        .map(|n| p.feeds.get(n).expect("fed").clone())
+        .collect();
+    let mut grad_at = |step: f64| -> Result<Vec<ArrayD<f64>>, CheckError> {
+        for (i, name) in p.names.iter().enumerate() {
+            p.feeds.insert(name.clone(), &x0[i] + &(&p.vs[i] * step));
         }
+        p.ex.run(&p.g, &p.feeds, &p.grads).map_err(&eerr)
     };
+    let gp = grad_at(h)?;
+    let gm = grad_at(-h)?;
+    let gp2 = grad_at(h / 2.0)?;
+    let gm2 = grad_at(-h / 2.0)?;
+    for (i, name) in p.names.iter().enumerate() {
+        p.feeds.insert(name.clone(), x0[i].clone());
+    }
+    let mut errs_c = Vec::new();
+    for i in 0..p.names.len() {
+        // Round-off of each gradient evaluation is relative to the largest value
+        // upstream of it (cancellation inside, e.g. batch norm, is covered).
+        let m_g = max_abs_upstream(&mut p.ex, &p.g, &p.feeds, &[p.grads[i]])?;
+        let m_hv = max_abs_upstream(&mut p.ex, &p.g, &p.feeds, &[hv_nodes[i]])?;
+        let eval_g = evaluation_bound(k + total_in, p.depths[p.grads[i].0], m_g, u);
+        for e in 0..hv_vals[i].len() {
+            let at = |a: &ArrayD<f64>| a.as_slice().expect("standard layout")[e];
+            let d1 = (at(&gp[i]) - at(&gm[i])) / (2.0 * h);
+            let d2 = (at(&gp2[i]) - at(&gm2[i])) / h;
+            let tol = central_difference_bound(d1, d2, eval_g, h)
+                + evaluation_bound(k, p.depths[hv_nodes[i].0], m_hv, u);
+            errs_c.push((at(&hv_vals[i]), d2, tol));
+        }
+    }
+    Ok(Measure::from(&errs_c))
+}
 
+/// Run the three checks on `case` with random directions drawn from `seed`.
+pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut p = prepare(case, &mut rng)?;
+    let vjp_vs_fd = check_vjp_vs_fd(&mut p, &mut rng)?;
+    let adjoint = check_adjoint(&mut p)?;
+    let second_order = match p.hv.clone() {
+        None => None,
+        Some(hv_nodes) => Some(check_second_order(&mut p, &hv_nodes)?),
+    };
     Ok(Outcome {
         op: case.op.clone(),
         shapes: case.shapes.clone(),

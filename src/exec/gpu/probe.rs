@@ -272,36 +272,7 @@ impl Probe {
     /// `n` values drawn from a seeded generator.
     pub fn inputs(self, n: usize, seed: u64) -> Vec<(f64, f64)> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ ((self.code() as u64) << 32));
-        let specials = [
-            0.0,
-            -0.0,
-            1.0,
-            -1.0,
-            0.5,
-            2.0,
-            3.0,
-            0.1,
-            -0.1,
-            1.0 / 3.0,
-            std::f64::consts::PI,
-            1.0 + f64::EPSILON,
-            1.0 - f64::EPSILON / 2.0,
-            1e300,
-            -1e300,
-            1e-300,
-            f64::MAX,
-            f64::MIN,
-            MIN_NORMAL,
-            MIN_NORMAL * (1.0 + f64::EPSILON),
-            5e-324,
-            -5e-324,
-            1e-310,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::NAN,
-            -f64::NAN,
-        ];
-        let mut v: Vec<(f64, f64)> = Vec::new();
+        let rng = &mut rng;
         match self {
             Probe::Add
             | Probe::Sub
@@ -310,197 +281,274 @@ impl Probe {
             | Probe::Greater
             | Probe::Less
             | Probe::GreaterEq
-            | Probe::Equal => {
-                for &a in &specials {
-                    for &b in &specials {
-                        v.push((a, b));
-                    }
-                }
-                // The last product of exp_s near the overflow threshold: a significand just
-                // below 2 times 2^1023, finite (the largest f64 and the value of
-                // e^709.782712893384), and 2 * 2^1023, which overflows.
-                let top = 2f64.powi(1023);
-                for m in [2.0 - f64::EPSILON, 1.999_999_999_999_952, 2.0] {
-                    v.push((m, top));
-                    v.push((top, m));
-                }
-                for _ in 0..n {
-                    let a = any_f64(&mut rng, -300, 300);
-                    // Equal operands now and then, for the comparisons.
-                    let b = if rng.random_bool(0.1) {
-                        a
-                    } else {
-                        any_f64(&mut rng, -300, 300)
-                    };
-                    v.push((a, b));
-                }
-            }
-            Probe::Sqrt | Probe::Abs | Probe::IsNan | Probe::Rsqrt => {
-                v.extend(specials.iter().map(|&a| (a, 0.0)));
-                // NaNs whose payload has no bit f32 keeps, signalling and quiet, both signs.
-                v.extend(
-                    [
-                        0x7ff0_0000_0000_0001u64,
-                        0xfff0_0000_0000_0001,
-                        0x7ff8_0000_0000_0000,
-                        0x7ff0_0000_1000_0000,
-                    ]
-                    .map(|b| (f64::from_bits(b), 0.0)),
-                );
-                v.extend((0..n).map(|_| (any_f64(&mut rng, -1074, 1023), 0.0)));
-            }
-            Probe::ToF32 => {
-                v.extend(specials.iter().map(|&a| (a, 0.0)));
-                // Around the f32 range: overflow to infinity, f32 subnormals, underflow.
-                v.extend([
-                    (f32::MAX as f64, 0.0),
-                    (f32::MAX as f64 * (1.0 + f64::EPSILON), 0.0),
-                    (3.5e38, 0.0),
-                    (1e-40, 0.0),
-                    (1e-46, 0.0),
-                ]);
-                v.extend((0..n).map(|_| (any_f64(&mut rng, -160, 140), 0.0)));
-            }
-            Probe::ToI32 => {
-                let edge = [0.0, -0.0, 0.5, -0.5, 0.999, -0.999, 1.0, -1.0, 2147483647.0];
-                v.extend(edge.iter().map(|&a| (a, 0.0)));
-                v.extend([(-2147483647.0, 0.0), (2147483646.5, 0.0)]);
-                v.extend((0..n).map(|_| {
-                    let a: f64 = if rng.random_bool(0.5) {
-                        rng.random_range(-1100.0..1100.0)
-                    } else {
-                        rng.random_range(-2147483647.0..2147483647.0)
-                    };
-                    (a, 0.0)
-                }));
-            }
-            Probe::ToU32 => {
-                let edge = [0.0, -0.0, 0.5, 0.999, 1.0, 4294967295.0, 4294967294.5];
-                v.extend(edge.iter().map(|&a| (a, 0.0)));
-                v.extend((0..n).map(|_| {
-                    let a: f64 = if rng.random_bool(0.5) {
-                        rng.random_range(0.0..4096.0)
-                    } else {
-                        rng.random_range(0.0..4294967295.0)
-                    };
-                    (a, 0.0)
-                }));
-            }
-            Probe::Pow2 => {
-                // Up to 1023: exp_s takes 2^1023 at the top of its range.
-                v.extend((-1022..=1023).map(|k| (k as f64, 0.0)));
-            }
-            Probe::SplitMantissa | Probe::SplitExponent => {
-                let edge = [
-                    1.0,
-                    2.0,
-                    0.5,
-                    1.0 - f64::EPSILON / 2.0,
-                    f64::MAX,
-                    MIN_NORMAL,
-                    5e-324,
-                    1e-310,
-                    3.0,
-                ];
-                v.extend(edge.iter().map(|&a| (a, 0.0)));
-                v.extend((0..n).map(|_| (any_f64(&mut rng, -1074, 1023).abs(), 0.0)));
-            }
-            Probe::Exp => {
-                let edge = [
-                    709.782712893384,
-                    709.79,
-                    -745.1332191019411,
-                    -745.14,
-                    -708.39,
-                    -709.1,
-                    0.34657359027997264,
-                    -0.34657359027997264,
-                    1e-20,
-                    -1e-20,
-                    710.0,
-                    -746.0,
-                    800.0,
-                    -800.0,
-                ];
-                v.extend(specials.iter().chain(&edge).map(|&a| (a, 0.0)));
-                v.extend((0..n).map(|_| {
-                    let a: f64 = match rng.random_range(0..3) {
-                        0 => rng.random_range(-750.0..712.0),
-                        1 => rng.random_range(-1.0..1.0),
-                        _ => any_f64(&mut rng, -60, 4),
-                    };
-                    (a, 0.0)
-                }));
-            }
-            Probe::Expm1Neg => {
-                let edge = [
-                    0.0,
-                    -0.0,
-                    -0.34657359027997264,
-                    -0.3465735902799727,
-                    -1e-300,
-                    -5e-324,
-                    -1.0,
-                    -40.0,
-                    -800.0,
-                    f64::NEG_INFINITY,
-                    f64::NAN,
-                ];
-                v.extend(edge.iter().map(|&a| (a, 0.0)));
-                v.extend((0..n).map(|_| {
-                    let a: f64 = match rng.random_range(0..3) {
-                        0 => rng.random_range(-40.0..0.0),
-                        1 => rng.random_range(-0.5..0.0),
-                        _ => -any_f64(&mut rng, -60, 2).abs(),
-                    };
-                    (a, 0.0)
-                }));
-            }
-            Probe::Log1pUnit => {
-                let lo = std::f64::consts::FRAC_1_SQRT_2 - 1.0;
-                let edge = [0.0, -0.0, 1.0, lo, 1e-300, 5e-324, 1e-10, -1e-10, 0.5];
-                v.extend(edge.iter().map(|&a| (a, 0.0)));
-                v.extend((0..n).map(|_| {
-                    let a: f64 = if rng.random_bool(0.5) {
-                        rng.random_range(lo..=1.0)
-                    } else {
-                        any_f64(&mut rng, -60, 0).abs().min(1.0)
-                    };
-                    (a, 0.0)
-                }));
-            }
-            Probe::Log => {
-                let edge = [
-                    std::f64::consts::SQRT_2,
-                    std::f64::consts::FRAC_1_SQRT_2,
-                    std::f64::consts::SQRT_2 * (1.0 + f64::EPSILON),
-                ];
-                v.extend(specials.iter().chain(&edge).map(|&a| (a, 0.0)));
-                v.extend((0..n).map(|_| {
-                    let a: f64 = match rng.random_range(0..3) {
-                        0 => any_f64(&mut rng, -1074, 1023).abs(),
-                        1 => rng.random_range(0.5..2.0),
-                        _ => 1.0 + rng.random_range(-1e-6..1e-6),
-                    };
-                    (a, 0.0)
-                }));
-            }
-            Probe::Tanh => {
-                let edge = [22.0, -22.0, 22.000000000000004, 0.17328679513998632, 1e-300];
-                v.extend(specials.iter().chain(&edge).map(|&a| (a, 0.0)));
-                v.extend((0..n).map(|_| {
-                    let a: f64 = match rng.random_range(0..3) {
-                        0 => rng.random_range(-25.0..25.0),
-                        1 => rng.random_range(-0.6..0.6),
-                        _ => any_f64(&mut rng, -60, 1),
-                    };
-                    (a, 0.0)
-                }));
-            }
-            Probe::Nan | Probe::NegInf => v.push((0.0, 0.0)),
+            | Probe::Equal => binary_inputs(n, rng),
+            Probe::Sqrt | Probe::Abs | Probe::IsNan | Probe::Rsqrt => any_unary_inputs(n, rng),
+            Probe::ToF32 => to_f32_inputs(n, rng),
+            Probe::ToI32 => to_i32_inputs(n, rng),
+            Probe::ToU32 => to_u32_inputs(n, rng),
+            // Up to 1023: exp_s takes 2^1023 at the top of its range.
+            Probe::Pow2 => (-1022..=1023).map(|k| (k as f64, 0.0)).collect(),
+            Probe::SplitMantissa | Probe::SplitExponent => split_inputs(n, rng),
+            Probe::Exp => exp_inputs(n, rng),
+            Probe::Expm1Neg => expm1_neg_inputs(n, rng),
+            Probe::Log1pUnit => log1p_unit_inputs(n, rng),
+            Probe::Log => log_inputs(n, rng),
+            Probe::Tanh => tanh_inputs(n, rng),
+            Probe::Nan | Probe::NegInf => vec![(0.0, 0.0)],
         }
-        v
     }
+}
+
+/// The edge cases every probe on "any a" (and both operands of the binary probes) is
+/// checked on.
+const SPECIALS: [f64; 27] = [
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.5,
+    2.0,
+    3.0,
+    0.1,
+    -0.1,
+    1.0 / 3.0,
+    std::f64::consts::PI,
+    1.0 + f64::EPSILON,
+    1.0 - f64::EPSILON / 2.0,
+    1e300,
+    -1e300,
+    1e-300,
+    f64::MAX,
+    f64::MIN,
+    MIN_NORMAL,
+    MIN_NORMAL * (1.0 + f64::EPSILON),
+    5e-324,
+    -5e-324,
+    1e-310,
+    f64::INFINITY,
+    f64::NEG_INFINITY,
+    f64::NAN,
+    -f64::NAN,
+];
+
+/// `+ - * /` and the comparisons: every pair of [`SPECIALS`], the overflow threshold of
+/// exp_s, and `n` random pairs.
+fn binary_inputs(n: usize, rng: &mut ChaCha8Rng) -> Vec<(f64, f64)> {
+    let mut v: Vec<(f64, f64)> = Vec::new();
+    for &a in &SPECIALS {
+        for &b in &SPECIALS {
+            v.push((a, b));
+        }
+    }
+    // The last product of exp_s near the overflow threshold: a significand just
+    // below 2 times 2^1023, finite (the largest f64 and the value of
+    // e^709.782712893384), and 2 * 2^1023, which overflows.
+    let top = 2f64.powi(1023);
+    for m in [2.0 - f64::EPSILON, 1.999_999_999_999_952, 2.0] {
+        v.push((m, top));
+        v.push((top, m));
+    }
+    for _ in 0..n {
+        let a = any_f64(rng, -300, 300);
+        // Equal operands now and then, for the comparisons.
+        let b = if rng.random_bool(0.1) {
+            a
+        } else {
+            any_f64(rng, -300, 300)
+        };
+        v.push((a, b));
+    }
+    v
+}
+
+/// sqrt, abs, is_nan and 1 / sqrt.
+fn any_unary_inputs(n: usize, rng: &mut ChaCha8Rng) -> Vec<(f64, f64)> {
+    let mut v: Vec<(f64, f64)> = Vec::new();
+    v.extend(SPECIALS.iter().map(|&a| (a, 0.0)));
+    // NaNs whose payload has no bit f32 keeps, signalling and quiet, both signs.
+    v.extend(
+        [
+            0x7ff0_0000_0000_0001u64,
+            0xfff0_0000_0000_0001,
+            0x7ff8_0000_0000_0000,
+            0x7ff0_0000_1000_0000,
+        ]
+        .map(|b| (f64::from_bits(b), 0.0)),
+    );
+    v.extend((0..n).map(|_| (any_f64(rng, -1074, 1023), 0.0)));
+    v
+}
+
+fn to_f32_inputs(n: usize, rng: &mut ChaCha8Rng) -> Vec<(f64, f64)> {
+    let mut v: Vec<(f64, f64)> = Vec::new();
+    v.extend(SPECIALS.iter().map(|&a| (a, 0.0)));
+    // Around the f32 range: overflow to infinity, f32 subnormals, underflow.
+    v.extend([
+        (f32::MAX as f64, 0.0),
+        (f32::MAX as f64 * (1.0 + f64::EPSILON), 0.0),
+        (3.5e38, 0.0),
+        (1e-40, 0.0),
+        (1e-46, 0.0),
+    ]);
+    v.extend((0..n).map(|_| (any_f64(rng, -160, 140), 0.0)));
+    v
+}
+
+fn to_i32_inputs(n: usize, rng: &mut ChaCha8Rng) -> Vec<(f64, f64)> {
+    let mut v: Vec<(f64, f64)> = Vec::new();
+    let edge = [0.0, -0.0, 0.5, -0.5, 0.999, -0.999, 1.0, -1.0, 2147483647.0];
+    v.extend(edge.iter().map(|&a| (a, 0.0)));
+    v.extend([(-2147483647.0, 0.0), (2147483646.5, 0.0)]);
+    v.extend((0..n).map(|_| {
+        let a: f64 = if rng.random_bool(0.5) {
+            rng.random_range(-1100.0..1100.0)
+        } else {
+            rng.random_range(-2147483647.0..2147483647.0)
+        };
+        (a, 0.0)
+    }));
+    v
+}
+
+fn to_u32_inputs(n: usize, rng: &mut ChaCha8Rng) -> Vec<(f64, f64)> {
+    let mut v: Vec<(f64, f64)> = Vec::new();
+    let edge = [0.0, -0.0, 0.5, 0.999, 1.0, 4294967295.0, 4294967294.5];
+    v.extend(edge.iter().map(|&a| (a, 0.0)));
+    v.extend((0..n).map(|_| {
+        let a: f64 = if rng.random_bool(0.5) {
+            rng.random_range(0.0..4096.0)
+        } else {
+            rng.random_range(0.0..4294967295.0)
+        };
+        (a, 0.0)
+    }));
+    v
+}
+
+/// split(a).m and split(a).e.
+fn split_inputs(n: usize, rng: &mut ChaCha8Rng) -> Vec<(f64, f64)> {
+    let mut v: Vec<(f64, f64)> = Vec::new();
+    let edge = [
+        1.0,
+        2.0,
+        0.5,
+        1.0 - f64::EPSILON / 2.0,
+        f64::MAX,
+        MIN_NORMAL,
+        5e-324,
+        1e-310,
+        3.0,
+    ];
+    v.extend(edge.iter().map(|&a| (a, 0.0)));
+    v.extend((0..n).map(|_| (any_f64(rng, -1074, 1023).abs(), 0.0)));
+    v
+}
+
+fn exp_inputs(n: usize, rng: &mut ChaCha8Rng) -> Vec<(f64, f64)> {
+    let mut v: Vec<(f64, f64)> = Vec::new();
+    let edge = [
+        709.782712893384,
+        709.79,
+        -745.1332191019411,
+        -745.14,
+        -708.39,
+        -709.1,
+        0.34657359027997264,
+        -0.34657359027997264,
+        1e-20,
+        -1e-20,
+        710.0,
+        -746.0,
+        800.0,
+        -800.0,
+    ];
+    v.extend(SPECIALS.iter().chain(&edge).map(|&a| (a, 0.0)));
+    v.extend((0..n).map(|_| {
+        let a: f64 = match rng.random_range(0..3) {
+            0 => rng.random_range(-750.0..712.0),
+            1 => rng.random_range(-1.0..1.0),
+            _ => any_f64(rng, -60, 4),
+        };
+        (a, 0.0)
+    }));
+    v
+}
+
+fn expm1_neg_inputs(n: usize, rng: &mut ChaCha8Rng) -> Vec<(f64, f64)> {
+    let mut v: Vec<(f64, f64)> = Vec::new();
+    let edge = [
+        0.0,
+        -0.0,
+        -0.34657359027997264,
+        -0.3465735902799727,
+        -1e-300,
+        -5e-324,
+        -1.0,
+        -40.0,
+        -800.0,
+        f64::NEG_INFINITY,
+        f64::NAN,
+    ];
+    v.extend(edge.iter().map(|&a| (a, 0.0)));
+    v.extend((0..n).map(|_| {
+        let a: f64 = match rng.random_range(0..3) {
+            0 => rng.random_range(-40.0..0.0),
+            1 => rng.random_range(-0.5..0.0),
+            _ => -any_f64(rng, -60, 2).abs(),
+        };
+        (a, 0.0)
+    }));
+    v
+}
+
+fn log1p_unit_inputs(n: usize, rng: &mut ChaCha8Rng) -> Vec<(f64, f64)> {
+    let mut v: Vec<(f64, f64)> = Vec::new();
+    let lo = std::f64::consts::FRAC_1_SQRT_2 - 1.0;
+    let edge = [0.0, -0.0, 1.0, lo, 1e-300, 5e-324, 1e-10, -1e-10, 0.5];
+    v.extend(edge.iter().map(|&a| (a, 0.0)));
+    v.extend((0..n).map(|_| {
+        let a: f64 = if rng.random_bool(0.5) {
+            rng.random_range(lo..=1.0)
+        } else {
+            any_f64(rng, -60, 0).abs().min(1.0)
+        };
+        (a, 0.0)
+    }));
+    v
+}
+
+fn log_inputs(n: usize, rng: &mut ChaCha8Rng) -> Vec<(f64, f64)> {
+    let mut v: Vec<(f64, f64)> = Vec::new();
+    let edge = [
+        std::f64::consts::SQRT_2,
+        std::f64::consts::FRAC_1_SQRT_2,
+        std::f64::consts::SQRT_2 * (1.0 + f64::EPSILON),
+    ];
+    v.extend(SPECIALS.iter().chain(&edge).map(|&a| (a, 0.0)));
+    v.extend((0..n).map(|_| {
+        let a: f64 = match rng.random_range(0..3) {
+            0 => any_f64(rng, -1074, 1023).abs(),
+            1 => rng.random_range(0.5..2.0),
+            _ => 1.0 + rng.random_range(-1e-6..1e-6),
+        };
+        (a, 0.0)
+    }));
+    v
+}
+
+fn tanh_inputs(n: usize, rng: &mut ChaCha8Rng) -> Vec<(f64, f64)> {
+    let mut v: Vec<(f64, f64)> = Vec::new();
+    let edge = [22.0, -22.0, 22.000000000000004, 0.17328679513998632, 1e-300];
+    v.extend(SPECIALS.iter().chain(&edge).map(|&a| (a, 0.0)));
+    v.extend((0..n).map(|_| {
+        let a: f64 = match rng.random_range(0..3) {
+            0 => rng.random_range(-25.0..25.0),
+            1 => rng.random_range(-0.6..0.6),
+            _ => any_f64(rng, -60, 1),
+        };
+        (a, 0.0)
+    }));
+    v
 }
 
 /// x = m 2^e with m in [1, 2), for finite x > 0, from the bit pattern.
