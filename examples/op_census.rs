@@ -34,7 +34,7 @@ fn main() {
         e.1 += n.shape.numel() as u64;
     }
     // Dispatches the GPU executor records: one per node, less inputs, reshapes (aliases) and
-    // the nodes fusion saves (src/exec/gpu/fusion.rs).
+    // the nodes fusion saves (src/exec/gpu/fusion/).
     let mut keep = vec![sg.loss_train];
     keep.extend(sg.assign.iter().map(|(n, _)| *n));
     let (needed, _) = darts::exec::liveness(&sg.graph, &keep).unwrap();

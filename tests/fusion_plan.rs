@@ -1,4 +1,4 @@
-//! The fusion plan of the GPU executor (src/exec/gpu/fusion.rs), without a GPU: which nodes
+//! The fusion plan of the GPU executor (src/exec/gpu/fusion/), without a GPU: which nodes
 //! share a kernel, what each kernel reads, and when buffers die (proofs/gpu-kernel-choices.md,
 //! claim 1).
 
@@ -592,7 +592,7 @@ fn rsqrt_and_division_are_recomputed_exp_is_not() {
     assert_eq!(p.fused[&y2.0].leaves, vec![x, var, gr, e]);
 }
 
-/// The schedule (src/exec/gpu/fusion.rs, `schedule`): every recorded node once; a batch's
+/// The schedule (src/exec/gpu/fusion/plan.rs, `schedule`): every recorded node once; a batch's
 /// members share a fused text and none reads a buffer written in its own or a later batch;
 /// `last_batch` is the last batch reading each buffer; without batching, graph order.
 #[test]

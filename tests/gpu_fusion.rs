@@ -1,5 +1,5 @@
 //! The GPU executor's kernel choices against the CPU reference (f64): fused elementwise
-//! kernels (src/exec/gpu/fusion.rs) against the single-op kernels, and the two weight-gradient
+//! kernels (src/exec/gpu/fusion/) against the single-op kernels, and the two weight-gradient
 //! kernels (one invocation per weight element, one workgroup per weight element;
 //! shaders/conv.wgsl).
 //!

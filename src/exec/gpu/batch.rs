@@ -46,8 +46,9 @@ use std::fmt::Write;
 /// `log2(MAX_INSTANCES) + 1` module variants per kernel).
 pub const MAX_INSTANCES: usize = 16;
 
-/// Most instances on a CPU adapter (lavapipe, llvmpipe): LLVM took minutes to optimise 8
-/// instances of a single-op elementwise kernel (whose broadcast offsets are loops), and a CPU
+/// Most instances on a CPU adapter (lavapipe, llvmpipe): LLVM optimises modules of many
+/// instances of a kernel with loops very slowly (benches/results/gpu-design-measurements.md),
+/// and a CPU
 /// adapter gains nothing from fewer dispatches (its time is arithmetic), so batching there is
 /// exercised, not relied on.
 pub const MAX_INSTANCES_CPU: usize = 4;

@@ -344,12 +344,12 @@ impl<T: GpuScalar> GpuExecutor<T> {
             },
             fusion: true,
             // A CPU adapter (lavapipe, llvmpipe) is bound by arithmetic, not dispatches, and
-            // its LLVM compiles instanced modules slowly and into slower code (the tiny
-            // lavapipe step took 6.8 s batched, 3.5 s not): batching is for GPUs.
+            // its LLVM compiles instanced modules slowly and into slower code
+            // (benches/results/gpu-design-measurements.md): batching is for GPUs.
             batching: info.device_type != wgpu::DeviceType::Cpu,
             pending: None,
-            // LLVM (lavapipe, llvmpipe) optimises a module of 8 instances of a kernel with
-            // loops (the single-op elementwise kernels' broadcast offsets) for minutes.
+            // LLVM (lavapipe, llvmpipe) optimises modules of many instances of a kernel with
+            // loops (the single-op elementwise kernels' broadcast offsets) very slowly.
             max_instances: if info.device_type == wgpu::DeviceType::Cpu {
                 batch::MAX_INSTANCES_CPU
             } else {

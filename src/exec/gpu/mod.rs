@@ -75,7 +75,8 @@ use std::sync::{Arc, Mutex};
 /// Pooled buffers kept per byte size. A buffer is created only when none of its size is free,
 /// so the buffers of one size never outnumber the most that were alive at once (in any run):
 /// the pool holds at most the working set of the runs so far, and a repeated run (a search
-/// step) creates none. (A cap of 8 made a third of a step's allocations fresh buffers.)
+/// step) creates none (a small cap made many allocations fresh buffers:
+/// benches/results/gpu-design-measurements.md).
 const POOL_PER_SIZE: usize = 1024;
 
 /// Element types the GPU executor runs in: f32 on every adapter, f64 where the adapter offers

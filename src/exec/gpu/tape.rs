@@ -1,9 +1,9 @@
 //! Tapes: a run recorded once, then replayed while the same graph runs again.
 //!
-//! A search step runs the same graph every step with new batches. Recording its ~10^5
-//! dispatches cost the host 13 to 20 us each on lavapipe's host (a bind group created and
-//! destroyed, the parameters packed, buffers taken from and returned to the pool, then wgpu's
-//! validation of the pass), as long as a small kernel takes on a real GPU. What is recorded
+//! A search step runs the same graph every step with new batches. Recording a dispatch costs
+//! the host a bind group created and destroyed, the parameters packed, buffers taken from and
+//! returned to the pool, then wgpu's validation of the pass, about as long as a small kernel
+//! takes on a real GPU (benches/results/gpu-design-measurements.md). What is recorded
 //! depends only on the graph, the nodes kept and where each input comes from, never on the
 //! values; so the first run builds a [`Tape`] (the pipeline, bind group and grid of each
 //! dispatch, the parameters in a uniform buffer written once, the feeds' buffers and the

@@ -1,8 +1,7 @@
 //! Elementwise fusion: chains of elementwise nodes run as one generated kernel.
 //!
-//! A DARTS search step is mostly small elementwise nodes (at the paper configuration the
-//! second-order step has 312,502 nodes, of which about 185,000 are unary, binary, select or
-//! broadcast and 27,000 constants; `cargo run --release --example op_census -- second`). On a
+//! A DARTS search step is mostly small elementwise nodes (`cargo run --release --example
+//! op_census -- second` counts them; benches/results/gpu-design-measurements.md). On a
 //! real GPU each dispatch costs a fixed overhead whatever its size (a pipeline barrier and a
 //! launch; the README gives the cost measured per dispatch), which makes that overhead, not
 //! arithmetic, the larger part of an unfused step. This module plans which nodes share a

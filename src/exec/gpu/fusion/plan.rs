@@ -32,9 +32,8 @@ pub(super) fn view_op(op: &Op) -> bool {
 /// Ops cheap enough to recompute (rule 1's recomputation): arithmetic, comparisons, division,
 /// square root and reciprocal square root (an instruction or a few on a GPU; in the DARTS
 /// graphs they are mostly batch norm's per-channel `rsqrt(var + eps)` and its backward
-/// quotients, which every element of a map reads: recomputing them removes about 4,000
-/// dispatches from the paper configuration's second-order step, and did not change the time
-/// of the tiny lavapipe step); no exp, log, tanh, sigmoid or softplus (the f64 prelude computes
+/// quotients, which every element of a map reads: recomputing them saves their dispatches
+/// and costs little, benches/results/gpu-design-measurements.md); no exp, log, tanh, sigmoid or softplus (the f64 prelude computes
 /// them by polynomials; exp of the alphas would be recomputed for every element of a mixed op).
 fn cheap(op: &Op) -> bool {
     use crate::graph::{BinaryOp as B, UnaryOp as U};
