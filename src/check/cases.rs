@@ -5,16 +5,14 @@
 
 use super::gradcheck::Case;
 use crate::exec::Feeds;
-use crate::graph::{
-    compose, BinaryOp, ConvParams, Graph, GraphError, NodeId, Op, PoolParams, Shape, UnaryOp,
-};
+use crate::graph::{compose, BinaryOp, ConvParams, Graph, NodeId, Op, PoolParams, Shape, UnaryOp};
 use ndarray::{ArrayD, IxDyn};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
-type R<T> = Result<T, GraphError>;
+use crate::graph::Result as R;
 
 /// Distance kept from kinks (relu at 0, max ties, max-pool ties): far larger than the FD step
 /// times any direction component we draw, so no finite difference crosses a kink.

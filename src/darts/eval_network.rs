@@ -20,7 +20,7 @@ use super::ops::{BnRecord, NetBuilder, ParamSource};
 use super::params::{Kind, Layout};
 use crate::graph::{compose, Graph, GraphError, NodeId, PoolParams, Shape};
 
-type R<T> = Result<T, GraphError>;
+use crate::graph::Result as R;
 
 /// Stem output channels are `STEM_MULTIPLIER * C` (fixed in NetworkCIFAR).
 pub const STEM_MULTIPLIER: usize = 3;

@@ -5,9 +5,9 @@
 use super::num_edges;
 use super::ops::{BnRecord, NetBuilder, ParamSource};
 use super::params::Layout;
-use crate::graph::{compose, Graph, GraphError, NodeId};
+use crate::graph::{compose, Graph, NodeId};
 
-type R<T> = Result<T, GraphError>;
+use crate::graph::Result as R;
 
 /// Shape of a search network. The reference fixes steps 4, multiplier 4, stem_multiplier 3.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -8,7 +8,7 @@ use super::params::{Kind, Layout};
 use crate::graph::{compose, ConvParams, Graph, GraphError, NodeId, PoolParams, UnaryOp};
 use std::collections::HashMap;
 
-type R<T> = Result<T, GraphError>;
+use crate::graph::Result as R;
 
 /// Where a network's parameters come from.
 #[derive(Clone, Debug)]

@@ -24,7 +24,7 @@ use crate::step::optim::total_norm;
 use ndarray::ArrayD;
 use std::collections::HashMap;
 
-type R<T> = Result<T, GraphError>;
+use crate::graph::Result as R;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchError {

@@ -41,11 +41,11 @@ use crate::darts::network::SearchConfig;
 use crate::darts::ops::BnRecord;
 use crate::darts::params::{Kind, Layout, State};
 use crate::exec::{ExecError, Executor, Scalar};
-use crate::graph::{Graph, GraphError, NodeId, Shape};
+use crate::graph::{Graph, NodeId, Shape};
 use crate::step::optim::{clip_and_sgd, running_stats, AdamHyper, SgdHyper};
 use ndarray::ArrayD;
 
-type R<T> = Result<T, GraphError>;
+use crate::graph::Result as R;
 
 /// The constants of one search's optimisers (fixed for a run; the learning rate is fed).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

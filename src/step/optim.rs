@@ -5,10 +5,10 @@
 
 use crate::darts::names;
 use crate::darts::ops::BnRecord;
-use crate::graph::{BinaryOp, Graph, GraphError, NodeId, UnaryOp};
+use crate::graph::{BinaryOp, Graph, NodeId, UnaryOp};
 use std::collections::HashMap;
 
-type R<T> = Result<T, GraphError>;
+use crate::graph::Result as R;
 
 /// BN running-average momentum (PyTorch's default, the reference's).
 pub const BN_MOMENTUM: f64 = 0.1;
