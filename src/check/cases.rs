@@ -4,6 +4,7 @@
 //! the property tests in tests/gradcheck.rs (random shapes through the same builders).
 
 use super::gradcheck::Case;
+use crate::darts::names;
 use crate::exec::Feeds;
 use crate::graph::{compose, BinaryOp, ConvParams, Graph, NodeId, Op, PoolParams, Shape, UnaryOp};
 use ndarray::{ArrayD, IxDyn};
@@ -150,7 +151,7 @@ pub fn unary(op: UnaryOp, shape: &[usize], seed: u64) -> R<Case> {
         UnaryOp::Recip | UnaryOp::Relu | UnaryOp::Step => b.away_from_zero(shape, KINK_MARGIN),
         _ => b.normal(shape),
     };
-    let x = b.input("x", v, true)?;
+    let x = b.input(names::X, v, true)?;
     let y = b.g.unary(op, x)?;
     Ok(b.finish(&Op::Unary(op).name(), "", y, op == UnaryOp::Neg, true))
 }
@@ -192,7 +193,7 @@ pub fn reduce(max: bool, shape: &[usize], axes: &[usize], seed: u64) -> R<Case> 
     } else {
         b.normal(shape)
     };
-    let x = b.input("x", v, true)?;
+    let x = b.input(names::X, v, true)?;
     let y = if max {
         b.g.reduce_max(x, axes)?
     } else {
@@ -207,7 +208,7 @@ pub fn reduce(max: bool, shape: &[usize], axes: &[usize], seed: u64) -> R<Case> 
 pub fn movement(n: usize, m: usize, seed: u64) -> R<Case> {
     let mut b = CaseBuilder::new(seed);
     let (va, vb) = (b.normal(&[n, 1, m]), b.normal(&[2, n, m]));
-    let x = b.input("x", va, true)?;
+    let x = b.input(names::X, va, true)?;
     let z = b.input("z", vb, true)?;
     let bx = b.g.broadcast_to(x, [n, 2, m])?;
     let p = b.g.permute(bx, &[1, 0, 2])?;
@@ -258,7 +259,7 @@ pub fn conv2d(cc: ConvCase, seed: u64) -> R<Case> {
     let mut b = CaseBuilder::new(seed);
     let vx = b.normal(&[cc.n, cc.c, cc.hw, cc.hw]);
     let vw = b.normal(&[cc.o, cc.c / cc.p.groups, cc.k, cc.k]);
-    let x = b.input("x", vx, true)?;
+    let x = b.input(names::X, vx, true)?;
     let w = b.input("w", vw, true)?;
     let y = b.g.conv2d(x, w, cc.p)?;
     Ok(b.finish("conv2d", &cc.desc(), y, true, true))
@@ -271,14 +272,14 @@ pub fn conv2d_transposes(cc: ConvCase, weight_grad: bool, seed: u64) -> R<Case> 
     let mut probe = Graph::new();
     let xs = [cc.n, cc.c, cc.hw, cc.hw];
     let ws = [cc.o, cc.c / cc.p.groups, cc.k, cc.k];
-    let px = probe.input("x", xs)?;
+    let px = probe.input(names::X, xs)?;
     let pw = probe.input("w", ws)?;
     let py = probe.conv2d(px, pw, cc.p)?;
     let ys = probe.shape(py).dims().to_vec();
     let vgy = b.normal(&ys);
     if weight_grad {
         let vx = b.normal(&xs);
-        let x = b.input("x", vx, true)?;
+        let x = b.input(names::X, vx, true)?;
         let gy = b.input("gy", vgy, true)?;
         let z = b.g.add(
             Op::Conv2dWeightGrad {
@@ -316,14 +317,14 @@ pub enum PoolKind {
 pub fn pool(kind: PoolKind, shape: [usize; 4], p: PoolParams, seed: u64) -> R<Case> {
     let mut b = CaseBuilder::new(seed);
     let mut probe = Graph::new();
-    let px = probe.input("x", shape)?;
+    let px = probe.input(names::X, shape)?;
     let py = probe.avg_pool2d(px, p)?;
     let ys = probe.shape(py).dims().to_vec();
     let desc = format!("k{} s{} p{}", p.kernel[0], p.stride[0], p.padding[0]);
     let (out, linear) = match kind {
         PoolKind::Avg => {
             let v = b.normal(&shape);
-            let x = b.input("x", v, true)?;
+            let x = b.input(names::X, v, true)?;
             (b.g.avg_pool2d(x, p)?, true)
         }
         PoolKind::AvgGrad => {
@@ -334,19 +335,19 @@ pub fn pool(kind: PoolKind, shape: [usize; 4], p: PoolParams, seed: u64) -> R<Ca
         }
         PoolKind::Max => {
             let v = b.distinct(&shape);
-            let x = b.input("x", v, true)?;
+            let x = b.input(names::X, v, true)?;
             (b.g.max_pool2d(x, p)?, false)
         }
         PoolKind::MaxGrad => {
             let v = b.distinct(&shape);
-            let x = b.input("x", v, false)?;
+            let x = b.input(names::X, v, false)?;
             let vg = b.normal(&ys);
             let gy = b.input("gy", vg, true)?;
             (b.g.add(Op::MaxPool2dGrad(p), &[x, gy])?, true)
         }
         PoolKind::MaxGather => {
             let v = b.distinct(&shape);
-            let x = b.input("x", v, false)?;
+            let x = b.input(names::X, v, false)?;
             let vc = b.normal(&shape);
             let c = b.input("c", vc, true)?;
             (b.g.add(Op::MaxPool2dGather(p), &[x, c])?, true)
@@ -380,7 +381,7 @@ pub fn gather_scatter(scatter: bool, rows: usize, dim: usize, n: usize, seed: u6
 pub fn log_softmax(shape: &[usize], axis: usize, seed: u64) -> R<Case> {
     let mut b = CaseBuilder::new(seed);
     let v = b.normal(shape);
-    let x = b.input("x", v, true)?;
+    let x = b.input(names::X, v, true)?;
     let y = b.g.log_softmax(x, axis)?;
     Ok(b.finish(&format!("log_softmax(axis {axis})"), "", y, false, true))
 }
@@ -389,7 +390,7 @@ pub fn log_softmax(shape: &[usize], axis: usize, seed: u64) -> R<Case> {
 pub fn batch_norm(shape: [usize; 4], affine: bool, seed: u64) -> R<Case> {
     let mut b = CaseBuilder::new(seed);
     let v = b.normal(&shape);
-    let x = b.input("x", v, true)?;
+    let x = b.input(names::X, v, true)?;
     let (gm, bt) = if affine {
         let vg = b.uniform(&[shape[1]], 0.5, 1.5);
         let vb = b.normal(&[shape[1]]);
@@ -418,7 +419,7 @@ pub fn softmax_cross_entropy(n: usize, classes: usize, seed: u64) -> R<Case> {
     for r in 0..n {
         onehot[[r, b.rng.random_range(0..classes)]] = 1.0;
     }
-    let t = b.input("onehot", onehot, false)?;
+    let t = b.input(names::ONEHOT, onehot, false)?;
     let l = compose::cross_entropy_mean(&mut b.g, z, t)?;
     Ok(b.finish("softmax_cross_entropy", "", l, false, true))
 }
@@ -517,14 +518,14 @@ pub fn search_network(seed: u64) -> R<Case> {
     let layout = cfg.layout()?;
     let mut b = CaseBuilder::new(seed);
     let vx = b.normal(&[2, 3, 8, 8]);
-    let x = b.input("x", vx, false)?;
+    let x = b.input(names::X, vx, false)?;
     let mut onehot = ArrayD::zeros(IxDyn(&[2, cfg.num_classes]));
     onehot[[0, 3]] = 1.0;
     onehot[[1, 7]] = 1.0;
-    let t = b.input("onehot", onehot, false)?;
+    let t = b.input(names::ONEHOT, onehot, false)?;
     let (va, vr) = (b.normal(&[cfg.k(), 8]), b.normal(&[cfg.k(), 8]));
-    let an = b.input("alpha/normal", va, true)?;
-    let ar = b.input("alpha/reduce", vr, true)?;
+    let an = b.input(names::ALPHA[0], va, true)?;
+    let ar = b.input(names::ALPHA[1], vr, true)?;
     for (name, shape, kind) in layout.weights() {
         let bound = match kind {
             crate::darts::params::Kind::Weight { fan_in }

@@ -18,6 +18,7 @@
 use super::genotype::{CellGenes, Genotype, KNOWN_OPS};
 use super::ops::{BnRecord, NetBuilder, ParamSource};
 use super::params::{Kind, Layout};
+use crate::darts::names;
 use crate::graph::{compose, Graph, GraphError, NodeId, PoolParams, Shape};
 
 use crate::graph::Result as R;
@@ -320,8 +321,8 @@ impl EvalConfig {
     pub fn layout(&self) -> R<Layout> {
         let mut layout = Layout::default();
         let mut g = Graph::new();
-        let x = g.input("x", [2, 3, 32, 32])?;
-        let t = g.input("onehot", [2, self.num_classes])?;
+        let x = g.input(names::X, [2, 3, 32, 32])?;
+        let t = g.input(names::ONEHOT, [2, self.num_classes])?;
         let mut nb = NetBuilder {
             g: &mut g,
             source: ParamSource::Inputs,

@@ -5,6 +5,7 @@
 use super::num_edges;
 use super::ops::{BnRecord, NetBuilder, ParamSource};
 use super::params::Layout;
+use crate::darts::names;
 use crate::graph::{compose, Graph, NodeId};
 
 use crate::graph::Result as R;
@@ -105,11 +106,11 @@ impl SearchConfig {
     pub fn layout(&self) -> R<Layout> {
         let mut layout = Layout::default();
         let mut g = Graph::new();
-        let x = g.input("x", [2, 3, 8, 8])?;
-        let t = g.input("onehot", [2, self.num_classes])?;
+        let x = g.input(names::X, [2, 3, 8, 8])?;
+        let t = g.input(names::ONEHOT, [2, self.num_classes])?;
         let k = self.k();
-        let an = g.input("alpha/normal", [k, 8])?;
-        let ar = g.input("alpha/reduce", [k, 8])?;
+        let an = g.input(names::ALPHA[0], [k, 8])?;
+        let ar = g.input(names::ALPHA[1], [k, 8])?;
         let mut nb = NetBuilder::search(&mut g, ParamSource::Inputs, self.smooth);
         nb.layout = Some(&mut layout);
         build(&mut nb, self, x, t, an, ar)?;

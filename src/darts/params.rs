@@ -1,6 +1,7 @@
 //! Named parameters and buffers under the reference's state_dict names, with npz import and
 //! export (keys `sd/<name>`, `alpha/normal`, `alpha/reduce`).
 
+use crate::darts::names;
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::NpzWriter;
 use std::collections::BTreeMap;
@@ -257,8 +258,8 @@ impl State {
                 }
             }
         }
-        let mut alpha = |which: &str| -> Result<ArrayD<f64>, StateError> {
-            let key = format!("alpha/{which}");
+        let mut alpha = |key: &str| -> Result<ArrayD<f64>, StateError> {
+            let key = key.to_string();
             let a = all.remove(&key).ok_or_else(|| StateError::Missing {
                 file: file.clone(),
                 key: key.clone(),
@@ -275,8 +276,8 @@ impl State {
             check_finite(&file, &key, &a)?;
             Ok(a)
         };
-        let alpha_normal = alpha("normal")?;
-        let alpha_reduce = alpha("reduce")?;
+        let alpha_normal = alpha(names::ALPHA[0])?;
+        let alpha_reduce = alpha(names::ALPHA[1])?;
         let mut buffers = Vec::new();
         let mut missing_buffer = None;
         for (name, shape, _) in layout.weights() {
@@ -331,8 +332,8 @@ impl State {
             .map(String::as_str)
             .zip(self.tensors.values())
             .collect();
-        items.push(("alpha/normal", &self.alpha_normal));
-        items.push(("alpha/reduce", &self.alpha_reduce));
+        items.push((names::ALPHA[0], &self.alpha_normal));
+        items.push((names::ALPHA[1], &self.alpha_reduce));
         write_npz(path, items)
     }
 }

@@ -14,6 +14,7 @@
 //! Derivations: proofs/architecture-gradient.md and proofs/finite-difference-hvp.md.
 
 use crate::autodiff;
+use crate::darts::names;
 use crate::darts::network::{self, SearchConfig};
 use crate::darts::ops::{BnRecord, NetBuilder, ParamSource};
 use crate::exec::{Executor, Feeds, Scalar};
@@ -61,8 +62,8 @@ pub struct UnrolledGraph {
 
 fn alpha_inputs(g: &mut Graph, k: usize) -> Result<[NodeId; 2], GraphError> {
     Ok([
-        g.input("alpha/normal", [k, 8])?,
-        g.input("alpha/reduce", [k, 8])?,
+        g.input(names::ALPHA[0], [k, 8])?,
+        g.input(names::ALPHA[1], [k, 8])?,
     ])
 }
 
@@ -70,8 +71,8 @@ impl NetGraph {
     /// Build the network for images of shape `x_shape` = [N, 3, H, W].
     pub fn build(cfg: &SearchConfig, x_shape: &[usize]) -> Result<NetGraph, GraphError> {
         let mut g = Graph::new();
-        let x = g.input("x", x_shape.to_vec())?;
-        let t = g.input("onehot", [x_shape[0], cfg.num_classes])?;
+        let x = g.input(names::X, x_shape.to_vec())?;
+        let t = g.input(names::ONEHOT, [x_shape[0], cfg.num_classes])?;
         let alpha = alpha_inputs(&mut g, cfg.k())?;
         let mut nb = NetBuilder::search(&mut g, ParamSource::Inputs, cfg.smooth);
         let net = network::build(&mut nb, cfg, x, t, alpha[0], alpha[1])?;
@@ -113,10 +114,10 @@ impl UnrolledGraph {
         valid_shape: &[usize],
     ) -> Result<UnrolledGraph, GraphError> {
         let mut g = Graph::new();
-        let xt = g.input("train/x", train_shape.to_vec())?;
-        let tt = g.input("train/onehot", [train_shape[0], cfg.num_classes])?;
-        let xv = g.input("valid/x", valid_shape.to_vec())?;
-        let tv = g.input("valid/onehot", [valid_shape[0], cfg.num_classes])?;
+        let xt = g.input(names::TRAIN_X, train_shape.to_vec())?;
+        let tt = g.input(names::TRAIN_ONEHOT, [train_shape[0], cfg.num_classes])?;
+        let xv = g.input(names::VALID_X, valid_shape.to_vec())?;
+        let tv = g.input(names::VALID_ONEHOT, [valid_shape[0], cfg.num_classes])?;
         let alpha = alpha_inputs(&mut g, cfg.k())?;
         let xi = g.input("xi", Shape::scalar())?;
         let lambda = g.input("weight_decay", Shape::scalar())?;
@@ -169,10 +170,10 @@ impl Point {
         for (n, a) in &self.weights {
             f.insert(n.clone(), cast(a));
         }
-        f.insert("alpha/normal", cast(&self.alpha[0]));
-        f.insert("alpha/reduce", cast(&self.alpha[1]));
-        f.insert("x", cast(&batch.x));
-        f.insert("onehot", cast(&batch.onehot));
+        f.insert(names::ALPHA[0], cast(&self.alpha[0]));
+        f.insert(names::ALPHA[1], cast(&self.alpha[1]));
+        f.insert(names::X, cast(&batch.x));
+        f.insert(names::ONEHOT, cast(&batch.onehot));
         f
     }
 
@@ -513,12 +514,12 @@ pub fn unrolled_feeds<T: Scalar>(
         };
         f.insert(format!("moment/{n}"), cast(&m));
     }
-    f.insert("alpha/normal", cast(&point.alpha[0]));
-    f.insert("alpha/reduce", cast(&point.alpha[1]));
-    f.insert("train/x", cast(&train.x));
-    f.insert("train/onehot", cast(&train.onehot));
-    f.insert("valid/x", cast(&valid.x));
-    f.insert("valid/onehot", cast(&valid.onehot));
+    f.insert(names::ALPHA[0], cast(&point.alpha[0]));
+    f.insert(names::ALPHA[1], cast(&point.alpha[1]));
+    f.insert(names::TRAIN_X, cast(&train.x));
+    f.insert(names::TRAIN_ONEHOT, cast(&train.onehot));
+    f.insert(names::VALID_X, cast(&valid.x));
+    f.insert(names::VALID_ONEHOT, cast(&valid.onehot));
     f.insert("xi", cast(&scalar(u.eta)));
     f.insert("weight_decay", cast(&scalar(u.weight_decay)));
     f

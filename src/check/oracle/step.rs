@@ -8,6 +8,7 @@ use super::architect::{
     arch_gradient, check_finite, evaluate, ArchError, ArchGraphs, BnStats, Order, Point, Unroll,
 };
 use super::optim::{clip_grad_norm, update_running_stats, Adam, Sgd};
+use crate::darts::names;
 use crate::darts::network::SearchConfig;
 use crate::darts::ops::BnRecord;
 use crate::darts::params::{Layout, State};
@@ -151,8 +152,8 @@ impl OracleSearch {
             .map(|(g, u)| u.then_some(g))
             .collect();
         self.adam.step_present(&mut alphas, &grads);
-        check_finite("architect step", "alpha/normal", &alphas[0])?;
-        check_finite("architect step", "alpha/reduce", &alphas[1])?;
+        check_finite("architect step", names::ALPHA[0], &alphas[0])?;
+        check_finite("architect step", names::ALPHA[1], &alphas[1])?;
         let arch_bn: Vec<BnRecord> = match self.order {
             Order::First => graphs.valid.bn.clone(),
             Order::Second => graphs.train.bn.clone(),
