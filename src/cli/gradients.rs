@@ -113,21 +113,14 @@ impl ExecutorUser for Compute<'_> {
 
 /// The validated flags of `darts gradients`, before any work.
 fn validate(a: &Args) -> Result<()> {
-    for (flag, v, positive) in [
-        ("--eta", a.eta, true),
-        ("--weight-decay", a.weight_decay, false),
-    ] {
-        if !(v.is_finite() && if positive { v > 0.0 } else { v >= 0.0 }) {
-            bail!(
-                "{flag} {v}: must be finite and {}",
-                if positive { "> 0" } else { ">= 0" }
-            );
-        }
-    }
-    if !(0.0..1.0).contains(&a.momentum) {
-        bail!("--momentum {}: must lie in [0, 1)", a.momentum);
-    }
-    Ok(())
+    use super::Sign::{NonNegative, Positive};
+    super::check_flags(
+        &[
+            ("--eta", a.eta, Positive),
+            ("--weight-decay", a.weight_decay, NonNegative),
+        ],
+        a.momentum,
+    )
 }
 
 pub fn run(a: Args) -> Result<()> {

@@ -18,3 +18,34 @@ impl std::fmt::Display for Interrupted {
 }
 
 impl std::error::Error for Interrupted {}
+
+/// The ranges of the optimiser flags `gradients` and `step` share: each of `flags` finite
+/// and positive ([`Sign::Positive`]) or not negative ([`Sign::NonNegative`]), and
+/// `--momentum` in [0, 1). The error names the flag and the allowed range.
+pub fn check_flags(flags: &[(&str, f64, Sign)], momentum: f64) -> anyhow::Result<()> {
+    for &(flag, v, sign) in flags {
+        let ok = v.is_finite()
+            && match sign {
+                Sign::Positive => v > 0.0,
+                Sign::NonNegative => v >= 0.0,
+            };
+        if !ok {
+            let range = match sign {
+                Sign::Positive => "> 0",
+                Sign::NonNegative => ">= 0",
+            };
+            anyhow::bail!("{flag} {v}: must be finite and {range}");
+        }
+    }
+    if !(0.0..1.0).contains(&momentum) {
+        anyhow::bail!("--momentum {momentum}: must lie in [0, 1)");
+    }
+    Ok(())
+}
+
+/// Which values a flag allows (see [`check_flags`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Sign {
+    Positive,
+    NonNegative,
+}

@@ -69,24 +69,17 @@ fn validate(a: &Args) -> Result<()> {
     if a.steps == 0 || a.steps > 1_000_000 {
         bail!("--steps {}: must lie in 1..=1000000", a.steps);
     }
-    for (flag, v, positive) in [
-        ("--eta", a.eta, true),
-        ("--weight-decay", a.weight_decay, false),
-        ("--arch-learning-rate", a.arch_learning_rate, true),
-        ("--arch-weight-decay", a.arch_weight_decay, false),
-        ("--grad-clip", a.grad_clip, true),
-    ] {
-        if !(v.is_finite() && if positive { v > 0.0 } else { v >= 0.0 }) {
-            bail!(
-                "{flag} {v}: must be finite and {}",
-                if positive { "> 0" } else { ">= 0" }
-            );
-        }
-    }
-    if !(0.0..1.0).contains(&a.momentum) {
-        bail!("--momentum {}: must lie in [0, 1)", a.momentum);
-    }
-    Ok(())
+    use super::Sign::{NonNegative, Positive};
+    super::check_flags(
+        &[
+            ("--eta", a.eta, Positive),
+            ("--weight-decay", a.weight_decay, NonNegative),
+            ("--arch-learning-rate", a.arch_learning_rate, Positive),
+            ("--arch-weight-decay", a.arch_weight_decay, NonNegative),
+            ("--grad-clip", a.grad_clip, Positive),
+        ],
+        a.momentum,
+    )
 }
 
 /// An output array: float64, or int64 for num_batches_tracked (as PyTorch stores it).
