@@ -136,6 +136,15 @@ impl StepInputs {
         })
     }
 
+    /// The SGD momentum buffers as inputs ([`names::sgd_buf`], one per weight, in weight
+    /// order): the unrolled step reads them, the weight step updates them.
+    pub fn momentum_buffers(&self, g: &mut Graph) -> R<Vec<NodeId>> {
+        self.names
+            .iter()
+            .map(|(n, s)| g.input(names::sgd_buf(n), s.clone()))
+            .collect()
+    }
+
     /// Weight name -> node, for a network built at the weights `nodes` (in weight order).
     pub fn at(&self, nodes: &[NodeId]) -> HashMap<String, NodeId> {
         self.names

@@ -35,11 +35,7 @@ impl GradientsGraph {
     ) -> Result<GradientsGraph, GraphError> {
         let mut g = Graph::new();
         let inp = StepInputs::declare(&mut g, cfg, train_shape, valid_shape)?;
-        let buf = inp
-            .names
-            .iter()
-            .map(|(n, s)| g.input(names::sgd_buf(n), s.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let buf = inp.momentum_buffers(&mut g)?;
         let (alpha, w) = (inp.alpha, &inp.w);
         let mut out = Outputs::new(&inp.names);
 

@@ -167,11 +167,7 @@ impl StepGraph {
     ) -> R<StepGraph> {
         let mut g = Graph::new();
         let inp = StepInputs::declare(&mut g, cfg, train_shape, valid_shape)?;
-        let buf = inp
-            .names
-            .iter()
-            .map(|(n, s)| g.input(names::sgd_buf(n), s.clone()))
-            .collect::<R<Vec<_>>>()?;
+        let buf = inp.momentum_buffers(&mut g)?;
 
         // 1. The architecture gradient.
         let arch = arch_part(&mut g, cfg, &inp, &buf, order, h)?;
