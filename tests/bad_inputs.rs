@@ -352,6 +352,10 @@ fn bad_inputs_are_clear_errors_that_write_nothing() {
         (train(&["--epochs", "0"]), "epochs"),
         (train(&["--batch-size", "0"]), "batch_size"),
         (train(&["--train-limit", "0"]), "train_limit"),
+        (
+            train(&["--init-channels", "4000", "--layers", "600"]),
+            "MemAvailable",
+        ),
         // gradcheck: a filter that selects nothing is an error, not "all passed".
         (args(&["gradcheck", "--filter", "no_such_op"]), "--filter"),
     ];

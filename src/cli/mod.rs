@@ -49,3 +49,28 @@ pub enum Sign {
     Positive,
     NonNegative,
 }
+
+/// The host's available memory (MemAvailable of /proc/meminfo), in bytes, where known.
+fn mem_available() -> Option<u128> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses, before any allocation, a network whose step needs at least `need` bytes when the
+/// host has less available; `flags` names the settings that size it.
+pub fn check_memory(need: u128, flags: &str) -> anyhow::Result<()> {
+    if let Some(avail) = mem_available() {
+        if need > avail {
+            anyhow::bail!(
+                "{flags}: one step needs at least {:.1} GB, and this host has {:.1} GB \
+                 available (MemAvailable); use a smaller network or pass --no-memory-check to \
+                 try anyway",
+                need as f64 / 1e9,
+                avail as f64 / 1e9
+            );
+        }
+    }
+    Ok(())
+}

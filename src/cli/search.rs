@@ -161,7 +161,11 @@ pub fn run(a: Args) -> Result<()> {
             let o = options(&a);
             o.validate()?;
             if !a.no_memory_check {
-                check_memory(&o)?;
+                let flags = format!(
+                    "--init-channels {} --layers {} --batch-size {}",
+                    o.init_channels, o.layers, o.batch_size
+                );
+                crate::cli::check_memory(o.memory_lower_bound()?, &flags)?;
             }
             let dir = a.run_dir.clone().unwrap_or_else(|| {
                 PathBuf::from(format!(
@@ -179,34 +183,6 @@ pub fn run(a: Args) -> Result<()> {
                 .with_context(|| format!("opening the {:?} executor", o.backend))?
         }
     }
-}
-
-/// The host's available memory (MemAvailable of /proc/meminfo), in bytes, where known.
-fn mem_available() -> Option<u128> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// Refuses, before any allocation, a network whose step needs more memory than the host has.
-fn check_memory(o: &SearchOptions) -> Result<()> {
-    let need = o.memory_lower_bound()?;
-    if let Some(avail) = mem_available() {
-        if need > avail {
-            bail!(
-                "--init-channels {} --layers {} --batch-size {}: one search step needs at least \
-                 {:.1} GB, and this host has {:.1} GB available (MemAvailable); use a smaller \
-                 network or pass --no-memory-check to try anyway",
-                o.init_channels,
-                o.layers,
-                o.batch_size,
-                need as f64 / 1e9,
-                avail as f64 / 1e9
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Starts or resumes the run once the executor is open.

@@ -92,6 +92,9 @@ pub struct Args {
     /// Use only the first n test images.
     #[arg(long)]
     pub test_limit: Option<usize>,
+    /// Skip the check that the network fits in the host's available memory.
+    #[arg(long)]
+    pub no_memory_check: bool,
 }
 
 /// The genotype from a name or its text form; parse errors point at the token.
@@ -173,6 +176,16 @@ pub fn run(a: Args) -> Result<()> {
     };
     let opts = options(&a);
     opts.validate()?;
+    if !a.no_memory_check {
+        let need = opts.memory_lower_bound(&genotype)?;
+        crate::cli::check_memory(
+            need,
+            &format!(
+                "--init-channels {} --layers {} --batch-size {}",
+                opts.init_channels, opts.layers, opts.batch_size
+            ),
+        )?;
+    }
     let run_dir = a.run_dir.clone().unwrap_or_else(|| {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -127,6 +127,31 @@ impl TrainOptions {
     }
 
     /// Reject values train.py could not run (or that make no sense), naming the option.
+    /// A lower bound of the memory one training step needs, in bytes: the parameters and the
+    /// state that shadows them (parameters, momentum buffers, gradients: 3 copies) plus, per
+    /// cell, one activation per op of its genotype (N x C x 32 x 32 at the first cells), in
+    /// the run's dtype. It errs low: it refuses absurd networks before allocating.
+    pub fn memory_lower_bound(&self, genotype: &Genotype) -> Result<u128, TrainError> {
+        let bytes: u128 = match self.dtype {
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+        };
+        let params: u128 = self
+            .eval_config(genotype)
+            .layout()?
+            .weights()
+            .map(|(_, s, _)| s.iter().map(|&d| d as u128).product::<u128>())
+            .sum();
+        let nodes = genotype.normal.ops.len() as u128;
+        let activations = self.batch_size as u128
+            * self.init_channels as u128
+            * 32
+            * 32
+            * self.layers as u128
+            * nodes;
+        Ok(bytes * (3 * params + activations))
+    }
+
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |option: &'static str, reason: String| Err(TrainError::Option { option, reason });
         for (v, name) in [
