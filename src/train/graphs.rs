@@ -27,6 +27,28 @@ pub struct EvalGraph {
     pub logits: NodeId,
 }
 
+/// The batch inputs of `n` images: images and one-hot labels.
+fn batch_inputs(g: &mut Graph, cfg: &EvalConfig, n: usize) -> Result<(NodeId, NodeId), GraphError> {
+    Ok((
+        g.input(names::X, [n, 3, 32, 32])?,
+        g.input(names::ONEHOT, [n, cfg.num_classes])?,
+    ))
+}
+
+/// A builder of the evaluation network (affine BN, parameters as graph inputs), in train or
+/// evaluation mode.
+fn evaluation_builder(g: &mut Graph, train_mode: bool) -> NetBuilder<'_> {
+    NetBuilder {
+        g,
+        source: ParamSource::Inputs,
+        layout: None,
+        bn: Vec::new(),
+        smooth: false,
+        affine: true,
+        train_mode,
+    }
+}
+
 pub fn build_train_graph(
     cfg: &EvalConfig,
     weights: &[String],
@@ -35,17 +57,8 @@ pub fn build_train_graph(
     aux_weight: f64,
 ) -> Result<TrainGraph, GraphError> {
     let mut g = Graph::new();
-    let x = g.input(names::X, [n, 3, 32, 32])?;
-    let t = g.input(names::ONEHOT, [n, cfg.num_classes])?;
-    let mut nb = NetBuilder {
-        g: &mut g,
-        source: ParamSource::Inputs,
-        layout: None,
-        bn: Vec::new(),
-        smooth: false,
-        affine: true,
-        train_mode: true,
-    };
+    let (x, t) = batch_inputs(&mut g, cfg, n)?;
+    let mut nb = evaluation_builder(&mut g, true);
     let out = eval_network::build(
         &mut nb,
         cfg,
@@ -78,17 +91,8 @@ pub fn build_train_graph(
 
 pub fn build_eval_graph(cfg: &EvalConfig, n: usize) -> Result<EvalGraph, GraphError> {
     let mut g = Graph::new();
-    let x = g.input(names::X, [n, 3, 32, 32])?;
-    let t = g.input(names::ONEHOT, [n, cfg.num_classes])?;
-    let mut nb = NetBuilder {
-        g: &mut g,
-        source: ParamSource::Inputs,
-        layout: None,
-        bn: Vec::new(),
-        smooth: false,
-        affine: true,
-        train_mode: false,
-    };
+    let (x, t) = batch_inputs(&mut g, cfg, n)?;
+    let mut nb = evaluation_builder(&mut g, false);
     let out = eval_network::build(&mut nb, cfg, x, t, None, 0.0)?;
     Ok(EvalGraph {
         graph: g,
