@@ -28,14 +28,24 @@ pub struct Args {
     /// Output npz.
     #[arg(long)]
     pub out: PathBuf,
-    /// xi of the unrolled step (the reference uses the weight learning rate eta).
-    #[arg(long, default_value_t = 0.025)]
-    pub eta: f64,
-    #[arg(long, default_value_t = 3e-4)]
-    pub weight_decay: f64,
-    /// SGD momentum mu (applies to the momentum buffer, when the state has one).
-    #[arg(long, default_value_t = 0.9)]
-    pub momentum: f64,
+    /// Which half of DARTS: the convolutional cells (CIFAR-10) or the recurrent cell (PTB).
+    #[arg(long, value_enum, default_value_t = Space::Cnn)]
+    pub space: Space,
+    /// xi of the unrolled step (the reference uses the weight learning rate eta; used as given,
+    /// with no seq_len/bptt scaling) [default: 0.025 cnn, 20 rnn].
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// Coupled weight decay lambda of the unrolled step [default: 3e-4 cnn, 5e-7 rnn].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// SGD momentum mu (applies to the momentum buffer, when the state has one) [default: 0.9;
+    /// cnn only: the recurrent search's SGD has none].
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// The recurrent architect's gradient clip (`_clip`, applied to the train gradient of the
+    /// unrolled step and to v) [default: 0.25; rnn only].
+    #[arg(long)]
+    pub clip: Option<f64>,
     #[arg(long, value_enum, default_value_t = Dtype::F64)]
     pub dtype: Dtype,
     /// Executor: the CPU reference, or the wgpu GPU path (f64 only where the adapter offers
@@ -54,12 +64,28 @@ pub struct Args {
 
 pub use darts::exec::{Backend, Dtype};
 
+/// The two search spaces of the paper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Space {
+    /// Convolutional cells on CIFAR-10.
+    Cnn,
+    /// The recurrent cell on Penn Treebank.
+    Rnn,
+}
+
+/// The settings of `darts gradients --space cnn` with their defaults filled in.
+struct CnnSettings {
+    eta: f64,
+    weight_decay: f64,
+    momentum: f64,
+}
+
 /// What `darts gradients` computes once the executor is open.
 struct Compute<'a> {
     input: &'a SearchInput,
     train: &'a Batch,
     valid: &'a Batch,
-    a: &'a Args,
+    a: &'a CnnSettings,
 }
 
 impl ExecutorUser for Compute<'_> {
@@ -111,21 +137,33 @@ impl ExecutorUser for Compute<'_> {
     }
 }
 
-/// The validated flags of `darts gradients`, before any work.
-fn validate(a: &Args) -> Result<()> {
+/// The validated flags of `darts gradients --space cnn`, before any work.
+fn validate(a: &Args) -> Result<CnnSettings> {
     use super::Sign::{NonNegative, Positive};
+    if a.clip.is_some() {
+        bail!("--clip applies to --space rnn only (the conv architect's unrolled step does not clip)");
+    }
+    let s = CnnSettings {
+        eta: a.eta.unwrap_or(0.025),
+        weight_decay: a.weight_decay.unwrap_or(3e-4),
+        momentum: a.momentum.unwrap_or(0.9),
+    };
     super::check_flags(
         &[
-            ("--eta", a.eta, Positive),
-            ("--weight-decay", a.weight_decay, NonNegative),
+            ("--eta", s.eta, Positive),
+            ("--weight-decay", s.weight_decay, NonNegative),
         ],
-        a.momentum,
-    )
+        s.momentum,
+    )?;
+    Ok(s)
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.space == Space::Rnn {
+        return super::gradients_rnn::run(a);
+    }
     let start = Instant::now();
-    validate(&a)?;
+    let settings = validate(&a)?;
     darts::io::check_output_path(&a.out, "--out")?;
     let input = read_state(&a.state, a.stem_multiplier, a.multiplier)?;
     let (train, valid) = read_batches(&a.batch, &input.cfg)?;
@@ -146,14 +184,14 @@ pub fn run(a: Args) -> Result<()> {
         input: &input,
         train: &train,
         valid: &valid,
-        a: &a,
+        a: &settings,
     };
     let (arrays, [r_paper, r_audit]) =
         darts::exec::open(a.backend, a.dtype, user).with_context(|| {
             format!("--backend {:?} --dtype {:?}", a.backend, a.dtype).to_lowercase()
         })??;
     write_npz(&a.out, arrays.iter().map(|(k, v)| (k.as_str(), v)))?;
-    print_summary(&arrays, (r_paper, r_audit), a.eta);
+    print_summary(&arrays, (r_paper, r_audit), settings.eta);
     println!(
         "wrote {} arrays to {} ({:.2} s)",
         arrays.len(),
@@ -164,7 +202,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// ||x||_2 over several tensors together.
-fn norm(v: &[ArrayD<f64>]) -> f64 {
+pub(crate) fn norm(v: &[ArrayD<f64>]) -> f64 {
     v.iter()
         .flat_map(|a| a.iter())
         .map(|x| x * x)

@@ -1,6 +1,7 @@
 //! Subcommands of the `darts` tool.
 
 pub mod gradients;
+pub mod gradients_rnn;
 pub mod inputs;
 pub mod search;
 pub mod step;

@@ -101,7 +101,7 @@ pub fn derive(
     }
 }
 
-fn fmt_concat(c: &[usize]) -> String {
+pub(crate) fn fmt_concat(c: &[usize]) -> String {
     let contiguous = c.windows(2).all(|w| w[1] == w[0] + 1) && !c.is_empty();
     if contiguous {
         format!("range({}, {})", c[0], c[c.len() - 1] + 1)
@@ -116,7 +116,7 @@ fn fmt_concat(c: &[usize]) -> String {
     }
 }
 
-fn fmt_ops(ops: &[(String, usize)]) -> String {
+pub(crate) fn fmt_ops(ops: &[(String, usize)]) -> String {
     let items: Vec<String> = ops.iter().map(|(o, j)| format!("('{o}', {j})")).collect();
     format!("[{}]", items.join(", "))
 }
@@ -144,21 +144,21 @@ pub struct ParseError {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-enum Tok {
+pub(crate) enum Tok {
     Ident(String),
     Str(String),
     Int(usize),
     Punct(char),
 }
 
-struct Lexer {
+pub(crate) struct Lexer {
     toks: Vec<(Tok, usize, String)>,
-    pos: usize,
+    pub(crate) pos: usize,
     len: usize,
 }
 
 impl Lexer {
-    fn new(s: &str) -> Result<Lexer, ParseError> {
+    pub(crate) fn new(s: &str) -> Result<Lexer, ParseError> {
         let chars: Vec<char> = s.chars().collect();
         let mut toks = Vec::new();
         let mut i = 0;
@@ -216,7 +216,7 @@ impl Lexer {
         })
     }
 
-    fn err(&self, reason: impl Into<String>) -> ParseError {
+    pub(crate) fn err(&self, reason: impl Into<String>) -> ParseError {
         match self.toks.get(self.pos) {
             Some((_, col, text)) => ParseError {
                 column: *col,
@@ -231,17 +231,17 @@ impl Lexer {
         }
     }
 
-    fn peek(&self) -> Option<&Tok> {
+    pub(crate) fn peek(&self) -> Option<&Tok> {
         self.toks.get(self.pos).map(|t| &t.0)
     }
 
-    fn next(&mut self) -> Option<Tok> {
+    pub(crate) fn next(&mut self) -> Option<Tok> {
         let t = self.toks.get(self.pos).map(|t| t.0.clone());
         self.pos += 1;
         t
     }
 
-    fn punct(&mut self, c: char) -> Result<(), ParseError> {
+    pub(crate) fn punct(&mut self, c: char) -> Result<(), ParseError> {
         match self.peek() {
             Some(Tok::Punct(d)) if *d == c => {
                 self.pos += 1;
@@ -251,7 +251,7 @@ impl Lexer {
         }
     }
 
-    fn int(&mut self) -> Result<usize, ParseError> {
+    pub(crate) fn int(&mut self) -> Result<usize, ParseError> {
         match self.peek() {
             Some(Tok::Int(v)) => {
                 let v = *v;
@@ -262,7 +262,7 @@ impl Lexer {
         }
     }
 
-    fn ident(&mut self) -> Result<String, ParseError> {
+    pub(crate) fn ident(&mut self) -> Result<String, ParseError> {
         match self.peek() {
             Some(Tok::Ident(s)) => {
                 let s = s.clone();
@@ -275,6 +275,17 @@ impl Lexer {
 
     /// `[('op', j), ...]`, each op known and each j a valid earlier state.
     fn ops(&mut self) -> Result<Vec<(String, usize)>, ParseError> {
+        self.ops_of(&KNOWN_OPS, 2, 2)
+    }
+
+    /// A list of `('op', j)` pairs, `per_node` per node, op one of `known`, and node n's
+    /// input j one of its `base + n` earlier states.
+    pub(crate) fn ops_of(
+        &mut self,
+        known: &[&str],
+        per_node: usize,
+        base: usize,
+    ) -> Result<Vec<(String, usize)>, ParseError> {
         self.punct('[')?;
         let mut ops = Vec::new();
         loop {
@@ -294,30 +305,30 @@ impl Lexer {
                 Some(Tok::Str(s)) => s.clone(),
                 _ => return Err(self.err("expected an operation name in quotes")),
             };
-            if !KNOWN_OPS.contains(&op.as_str()) {
+            if !known.contains(&op.as_str()) {
                 return Err(self.err(format!(
                     "unknown operation '{op}' (known: {})",
-                    KNOWN_OPS.join(", ")
+                    known.join(", ")
                 )));
             }
             self.pos += 1;
             self.punct(',')?;
-            let node = ops.len() / 2;
+            let node = ops.len() / per_node;
             let j = self.int()?;
-            if j >= node + 2 {
+            if j >= node + base {
                 self.pos -= 1;
                 return Err(self.err(format!(
                     "input index {j} is not an earlier state of node {node} (must be < {})",
-                    node + 2
+                    node + base
                 )));
             }
             self.punct(')')?;
             ops.push((op, j));
         }
-        if ops.is_empty() || ops.len() % 2 != 0 {
+        if ops.is_empty() || ops.len() % per_node != 0 {
             self.pos -= 1;
             return Err(self.err(format!(
-                "a cell needs two (op, input) entries per node, got {}",
+                "a cell needs {per_node} (op, input) entries per node, got {}",
                 ops.len()
             )));
         }
@@ -325,7 +336,7 @@ impl Lexer {
     }
 
     /// `range(a, b)` or `[i, j, ...]`.
-    fn concat(&mut self) -> Result<Vec<usize>, ParseError> {
+    pub(crate) fn concat(&mut self) -> Result<Vec<usize>, ParseError> {
         match self.peek() {
             Some(Tok::Ident(s)) if s == "range" => {
                 self.pos += 1;

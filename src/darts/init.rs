@@ -17,7 +17,8 @@ pub fn init_state<R: Rng>(layout: &Layout, k: usize, rng: &mut R) -> State {
                 ArrayD::from_shape_simple_fn(IxDyn(shape), || rng.random_range(-b..b))
             }
             Kind::BnWeight | Kind::RunningVar => ArrayD::ones(IxDyn(shape)),
-            Kind::BnBias | Kind::RunningMean | Kind::NumBatchesTracked => {
+            // No conv layout has a tied entry; the recurrent model initialises its own.
+            Kind::BnBias | Kind::RunningMean | Kind::NumBatchesTracked | Kind::Tied => {
                 ArrayD::zeros(IxDyn(shape))
             }
         };

@@ -11,6 +11,7 @@ pub mod network;
 pub mod npz;
 pub mod ops;
 pub mod params;
+pub mod rnn;
 
 /// The candidate operations of the conv search space, in the reference's column order of
 /// the alpha matrices (cnn/genotypes.py PRIMITIVES).

@@ -26,6 +26,9 @@ pub enum Kind {
     RunningMean,
     RunningVar,
     NumBatchesTracked,
+    /// A second state_dict name of an earlier parameter (the recurrent language model's
+    /// `decoder.weight`, the same tensor as `encoder.weight`): stored, not a parameter.
+    Tied,
 }
 
 impl Kind {
@@ -214,70 +217,9 @@ impl State {
         k: usize,
     ) -> Result<(State, Option<MomentumBuffers>), StateError> {
         let file = file.to_string();
-        if !all.keys().any(|key| key.starts_with("sd/")) {
-            if let Some(key) = all
-                .keys()
-                .find(|key| layout.shape_of(key).is_some())
-                .or_else(|| {
-                    all.keys().find(|key| {
-                        !key.starts_with("alpha/") && !key.starts_with("momentum_buffer/")
-                    })
-                })
-            {
-                return Err(StateError::NoPrefix {
-                    file,
-                    key: key.clone(),
-                });
-            }
-        }
-        let mut tensors = BTreeMap::new();
-        for (name, shape, kind) in &layout.entries {
-            let key = format!("sd/{name}");
-            match all.remove(&key) {
-                Some(a) => {
-                    if a.shape() != shape.as_slice() {
-                        return Err(StateError::Shape {
-                            file,
-                            key,
-                            expected: shape.clone(),
-                            got: a.shape().to_vec(),
-                        });
-                    }
-                    check_finite(&file, &key, &a)?;
-                    tensors.insert(name.clone(), a);
-                }
-                None if *kind == Kind::NumBatchesTracked => {
-                    tensors.insert(name.clone(), ArrayD::zeros(IxDyn(&[])));
-                }
-                None => {
-                    return Err(StateError::Missing {
-                        file,
-                        key,
-                        expected: shape.clone(),
-                    })
-                }
-            }
-        }
-        let mut alpha = |key: &str| -> Result<ArrayD<f64>, StateError> {
-            let key = key.to_string();
-            let a = all.remove(&key).ok_or_else(|| StateError::Missing {
-                file: file.clone(),
-                key: key.clone(),
-                expected: vec![k, 8],
-            })?;
-            if a.shape() != [k, 8] {
-                return Err(StateError::Shape {
-                    file: file.clone(),
-                    key,
-                    expected: vec![k, 8],
-                    got: a.shape().to_vec(),
-                });
-            }
-            check_finite(&file, &key, &a)?;
-            Ok(a)
-        };
-        let alpha_normal = alpha(names::ALPHA[0])?;
-        let alpha_reduce = alpha(names::ALPHA[1])?;
+        let tensors = take_tensors(&mut all, &file, layout)?;
+        let alpha_normal = take_exact(&mut all, &file, names::ALPHA[0], &[k, 8])?;
+        let alpha_reduce = take_exact(&mut all, &file, names::ALPHA[1], &[k, 8])?;
         let mut buffers = Vec::new();
         let mut missing_buffer = None;
         for (name, shape, _) in layout.weights() {
@@ -300,9 +242,7 @@ impl State {
                 }
             }
         }
-        if let Some((key, got)) = all.into_iter().next().map(|(k, a)| (k, a.shape().to_vec())) {
-            return Err(StateError::Extra { file, key, got });
-        }
+        refuse_extra(all, &file)?;
         let momentum = match (buffers.is_empty(), missing_buffer) {
             (true, _) => None,
             (false, None) => Some(buffers),
@@ -335,6 +275,101 @@ impl State {
         items.push((names::ALPHA[0], &self.alpha_normal));
         items.push((names::ALPHA[1], &self.alpha_reduce));
         write_npz(path, items)
+    }
+}
+
+/// Remove `sd/<name>` for every layout entry from `all`, checked for shape and finiteness
+/// (`num_batches_tracked` may be absent: PyTorch 0.3.1 lacked it; it then reads 0). A file
+/// whose keys lack the `sd/` prefix is reported as such.
+pub(crate) fn take_tensors(
+    all: &mut BTreeMap<String, ArrayD<f64>>,
+    file: &str,
+    layout: &Layout,
+) -> Result<BTreeMap<String, ArrayD<f64>>, StateError> {
+    let file = file.to_string();
+    if !all.keys().any(|key| key.starts_with("sd/")) {
+        if let Some(key) = all
+            .keys()
+            .find(|key| layout.shape_of(key).is_some())
+            .or_else(|| {
+                all.keys().find(|key| {
+                    !key.starts_with("alpha/") && !key.starts_with("momentum_buffer/")
+                })
+            })
+        {
+            return Err(StateError::NoPrefix {
+                file,
+                key: key.clone(),
+            });
+        }
+    }
+    let mut tensors = BTreeMap::new();
+    for (name, shape, kind) in &layout.entries {
+        let key = format!("sd/{name}");
+        match all.remove(&key) {
+            Some(a) => {
+                if a.shape() != shape.as_slice() {
+                    return Err(StateError::Shape {
+                        file,
+                        key,
+                        expected: shape.clone(),
+                        got: a.shape().to_vec(),
+                    });
+                }
+                check_finite(&file, &key, &a)?;
+                tensors.insert(name.clone(), a);
+            }
+            None if *kind == Kind::NumBatchesTracked => {
+                tensors.insert(name.clone(), ArrayD::zeros(IxDyn(&[])));
+            }
+            None => {
+                return Err(StateError::Missing {
+                    file,
+                    key,
+                    expected: shape.clone(),
+                })
+            }
+        }
+    }
+    Ok(tensors)
+}
+
+/// Remove `key` from `all`: present, of shape `shape`, finite.
+pub(crate) fn take_exact(
+    all: &mut BTreeMap<String, ArrayD<f64>>,
+    file: &str,
+    key: &str,
+    shape: &[usize],
+) -> Result<ArrayD<f64>, StateError> {
+    let a = all.remove(key).ok_or_else(|| StateError::Missing {
+        file: file.to_string(),
+        key: key.to_string(),
+        expected: shape.to_vec(),
+    })?;
+    if a.shape() != shape {
+        return Err(StateError::Shape {
+            file: file.to_string(),
+            key: key.to_string(),
+            expected: shape.to_vec(),
+            got: a.shape().to_vec(),
+        });
+    }
+    check_finite(file, key, &a)?;
+    Ok(a)
+}
+
+/// An error naming the first key left in `all` (every expected key has been taken).
+pub(crate) fn refuse_extra(
+    all: BTreeMap<String, ArrayD<f64>>,
+    file: &str,
+) -> Result<(), StateError> {
+    match all.into_iter().next() {
+        Some((key, a)) => Err(StateError::Extra {
+            file: file.to_string(),
+            key,
+            got: a.shape().to_vec(),
+        }),
+        None => Ok(()),
     }
 }
 

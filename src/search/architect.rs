@@ -184,31 +184,44 @@ pub fn net_at(
 /// The unrolled weights (eq. 6 with the reference's momentum and decay terms):
 /// w' = w - xi ((mu buf) + (grad + lambda w)), in the reference's operation order;
 /// `buf` is zero where PyTorch has no momentum buffer yet (architect.py's bare `except`).
+/// Without momentum (`buf` None: the recurrent architect) w' = w - xi (grad + lambda w).
 pub fn unrolled_weights(
     g: &mut Graph,
-    (w, grad, buf): (&[NodeId], &[NodeId], &[NodeId]),
+    (w, grad): (&[NodeId], &[NodeId]),
+    buf: Option<(&[NodeId], f64)>,
     xi: NodeId,
-    momentum: f64,
     weight_decay: f64,
 ) -> R<Vec<NodeId>> {
-    let mu = g.scalar(momentum)?;
     let lambda = g.scalar(weight_decay)?;
+    let mu = match buf {
+        Some((_, momentum)) => Some(g.scalar(momentum)?),
+        None => None,
+    };
     let mut w_prime = Vec::with_capacity(w.len());
     for i in 0..w.len() {
         let decay = g.mul(w[i], lambda)?;
         let dtheta = g.add2(grad[i], decay)?;
-        let m = g.mul(buf[i], mu)?;
-        let step = g.add2(m, dtheta)?;
+        let step = match (buf, mu) {
+            (Some((b, _)), Some(mu)) => {
+                let m = g.mul(b[i], mu)?;
+                g.add2(m, dtheta)?
+            }
+            _ => dtheta,
+        };
         let step = g.mul(step, xi)?;
         w_prime.push(g.sub(w[i], step)?);
     }
     Ok(w_prime)
 }
 
+/// A network's training loss at given weights, as the finite difference needs it: the loss
+/// node and the BN records of its train-mode forward.
+pub type LossAt<'a> = dyn FnMut(&mut Graph, &[NodeId]) -> R<(NodeId, Vec<BnRecord>)> + 'a;
+
 /// A central-difference mixed HVP as graph nodes (see [`fd_mixed_hvp`]).
 pub struct FdHvp {
-    /// (g+ - g-) / 2R for [normal, reduce].
-    pub hvp: [NodeId; 2],
+    /// (g+ - g-) / 2R, one per alpha.
+    pub hvp: Vec<NodeId>,
     /// ||d|| and R = scale / ||d||.
     pub norm_d: NodeId,
     pub r: NodeId,
@@ -219,20 +232,18 @@ pub struct FdHvp {
 }
 
 /// Central-difference mixed HVP as the reference computes it (architect.py
-/// `_hessian_vector_product`): R = scale / ||d|| (scale = [`FD_SCALE`] in the reference),
-/// w+ = w + R d, w- = w+ + (-2R) d (the reference perturbs in place, so w- is reached from
-/// w+), hvp = (grad_alpha L(w+) - grad_alpha L(w-)) / 2R on `batch`. The reference then adds
-/// R d back in place: `restored` = w- + R d, equal to w in real arithmetic but not always in
-/// floating point (about one ulp; proof claim 3a), and the model goes on from it. The points
-/// w+- are held constant (through d they may depend on alpha): this is a difference of two
-/// partial derivatives.
-#[allow(clippy::too_many_arguments)]
+/// `_hessian_vector_product`, in both halves): R = scale / ||d|| (scale = [`FD_SCALE`] in
+/// the reference; ||d|| the 2-norm of all of d concatenated), w+ = w + R d,
+/// w- = w+ + (-2R) d (the reference perturbs in place, so w- is reached from w+),
+/// hvp = (grad_alpha L(w+) - grad_alpha L(w-)) / 2R, with `loss_at` the loss on the
+/// difference's batch. The reference then adds R d back in place: `restored` = w- + R d,
+/// equal to w in real arithmetic but not always in floating point (about one ulp; proof
+/// claim 3a), and the model goes on from it. The points w+- are held constant (through d they
+/// may depend on alpha): this is a difference of two partial derivatives.
 pub fn fd_mixed_hvp(
     g: &mut Graph,
-    cfg: &SearchConfig,
-    inputs: &StepInputs,
-    batch: (NodeId, NodeId),
-    alpha: [NodeId; 2],
+    loss_at: &mut LossAt,
+    alpha: &[NodeId],
     at: &[NodeId],
     d: &[NodeId],
     scale: f64,
@@ -252,24 +263,43 @@ pub fn fd_mixed_hvp(
         plus.push(p);
         minus.push(m);
     }
-    let np = net_at(g, cfg, batch, alpha, inputs.at(&plus))?;
-    let gp = autodiff::grad_holding(g, np.loss, &alpha, &plus)?;
-    let nm = net_at(g, cfg, batch, alpha, inputs.at(&minus))?;
-    let gm = autodiff::grad_holding(g, nm.loss, &alpha, &minus)?;
+    let (loss_p, bn_p) = loss_at(g, &plus)?;
+    let gp = autodiff::grad_holding(g, loss_p, alpha, &plus)?;
+    let (loss_m, bn_m) = loss_at(g, &minus)?;
+    let gm = autodiff::grad_holding(g, loss_m, alpha, &minus)?;
     let two = g.scalar(2.0)?;
     let two_r = g.mul(two, r)?;
-    let mut hvp = [gp[0], gp[1]];
-    for c in 0..2 {
+    let mut hvp = Vec::with_capacity(alpha.len());
+    for c in 0..alpha.len() {
         let diff = g.sub(gp[c], gm[c])?;
-        hvp[c] = g.div(diff, two_r)?;
+        hvp.push(g.div(diff, two_r)?);
     }
     Ok(FdHvp {
         hvp,
         norm_d,
         r,
         restored,
-        bn: [np.bn, nm.bn],
+        bn: [bn_p, bn_m],
     })
+}
+
+/// [`fd_mixed_hvp`] of the conv search network's training loss on `batch`.
+#[allow(clippy::too_many_arguments)]
+pub fn fd_mixed_hvp_conv(
+    g: &mut Graph,
+    cfg: &SearchConfig,
+    inputs: &StepInputs,
+    batch: (NodeId, NodeId),
+    alpha: [NodeId; 2],
+    at: &[NodeId],
+    d: &[NodeId],
+    scale: f64,
+) -> R<FdHvp> {
+    let mut loss_at = |g: &mut Graph, w: &[NodeId]| -> R<(NodeId, Vec<BnRecord>)> {
+        let n = net_at(g, cfg, batch, alpha, inputs.at(w))?;
+        Ok((n.loss, n.bn))
+    };
+    fd_mixed_hvp(g, &mut loss_at, &alpha, at, d, scale)
 }
 
 /// The exact mixed HVP d/dalpha <grad_w L(w, alpha), v> = (d2 L / dalpha dw) v by autodiff
@@ -279,24 +309,23 @@ pub fn exact_mixed_hvp(
     g: &mut Graph,
     grad_w: &[NodeId],
     v: &[NodeId],
-    alpha: [NodeId; 2],
-) -> R<[NodeId; 2]> {
+    alpha: &[NodeId],
+) -> R<Vec<NodeId>> {
     let s = autodiff::inner(g, grad_w, v)?;
-    let h = autodiff::grad_holding(g, s, &alpha, v)?;
-    Ok([h[0], h[1]])
+    autodiff::grad_holding(g, s, alpha, v)
 }
 
-/// grad_alpha(a) - xi * hvp, per cell type (eq. 7 with eq. 8's approximation).
+/// grad_alpha(a) - xi * hvp, per alpha (eq. 7 with eq. 8's approximation).
 pub fn second_order(
     g: &mut Graph,
-    partial: [NodeId; 2],
-    hvp: [NodeId; 2],
+    partial: &[NodeId],
+    hvp: &[NodeId],
     xi: NodeId,
-) -> R<[NodeId; 2]> {
-    let mut out = partial;
-    for c in 0..2 {
+) -> R<Vec<NodeId>> {
+    let mut out = Vec::with_capacity(partial.len());
+    for c in 0..partial.len() {
         let xi_hvp = g.mul(hvp[c], xi)?;
-        out[c] = g.sub(partial[c], xi_hvp)?;
+        out.push(g.sub(partial[c], xi_hvp)?);
     }
     Ok(out)
 }

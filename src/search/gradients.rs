@@ -3,7 +3,7 @@
 //! ([`super::architect`]), so what the command reports is what a search step computes.
 
 use super::architect::{
-    exact_mixed_hvp, fd_mixed_hvp, net_at, second_order, unrolled_weights, StepInputs, FD_SCALE,
+    exact_mixed_hvp, fd_mixed_hvp_conv, net_at, second_order, unrolled_weights, StepInputs, FD_SCALE,
 };
 use crate::autodiff;
 use crate::darts::names;
@@ -50,7 +50,13 @@ impl GradientsGraph {
         out.scalar("loss_valid", nv.loss);
         out.alpha("grad_alpha_first", [first[0], first[1]]);
         // The unrolled step and the partial derivatives at w' (w' held).
-        let w_prime = unrolled_weights(&mut g, (w, &gw, &buf), inp.lr, momentum, weight_decay)?;
+        let w_prime = unrolled_weights(
+            &mut g,
+            (w, &gw),
+            Some((&buf, momentum)),
+            inp.lr,
+            weight_decay,
+        )?;
         out.weights("unrolled_w", &w_prime);
         let nu = net_at(&mut g, cfg, inp.valid, alpha, inp.at(&w_prime))?;
         out.scalar("loss_valid_unrolled", nu.loss);
@@ -63,21 +69,21 @@ impl GradientsGraph {
         out.alpha("grad_alpha_unrolled_partial", partial);
         // The paper's FD mixed HVP at w along v, and the audit variant at w' along
         // v + lambda w'.
-        let fd = fd_mixed_hvp(&mut g, cfg, &inp, inp.train, alpha, w, v, FD_SCALE)?;
-        out.alpha("hvp_fd", fd.hvp);
+        let fd = fd_mixed_hvp_conv(&mut g, cfg, &inp, inp.train, alpha, w, v, FD_SCALE)?;
+        out.alpha("hvp_fd", [fd.hvp[0], fd.hvp[1]]);
         let lambda = g.scalar(weight_decay)?;
         let mut d = Vec::with_capacity(v.len());
         for (&vi, &wi) in v.iter().zip(&w_prime) {
             let decay = g.mul(wi, lambda)?;
             d.push(g.add2(vi, decay)?);
         }
-        let audit = fd_mixed_hvp(&mut g, cfg, &inp, inp.train, alpha, &w_prime, &d, FD_SCALE)?;
-        out.alpha("hvp_fd_at_unrolled", audit.hvp);
+        let audit = fd_mixed_hvp_conv(&mut g, cfg, &inp, inp.train, alpha, &w_prime, &d, FD_SCALE)?;
+        out.alpha("hvp_fd_at_unrolled", [audit.hvp[0], audit.hvp[1]]);
         // The exact mixed HVP at w along v, and the paper's second-order gradient.
-        let hvp_exact = exact_mixed_hvp(&mut g, &gw, v, alpha)?;
-        out.alpha("hvp_exact", hvp_exact);
-        let second = second_order(&mut g, partial, fd.hvp, inp.lr)?;
-        out.alpha("grad_alpha_second", second);
+        let hvp_exact = exact_mixed_hvp(&mut g, &gw, v, &alpha)?;
+        out.alpha("hvp_exact", [hvp_exact[0], hvp_exact[1]]);
+        let second = second_order(&mut g, &partial, &fd.hvp, inp.lr)?;
+        out.alpha("grad_alpha_second", [second[0], second[1]]);
         // Exact: autodiff through the unrolled step (w' depends on alpha here).
         let exact = autodiff::grad(&mut g, nu.loss, &alpha)?;
         out.alpha("grad_alpha_unrolled_exact", [exact[0], exact[1]]);

@@ -7,6 +7,7 @@ pub mod architect;
 pub mod checkpoint;
 pub mod gradients;
 pub mod options;
+pub mod recurrent;
 pub mod run;
 pub mod step_graph;
 pub mod stepper;

@@ -34,7 +34,7 @@
 //! numbers as PyTorch's absent one (0 mu + d = d exactly).
 
 use super::architect::FD_SCALE;
-use super::architect::{fd_mixed_hvp, net_at, second_order, unrolled_weights, Order, StepInputs};
+use super::architect::{fd_mixed_hvp_conv, net_at, second_order, unrolled_weights, Order, StepInputs};
 use crate::autodiff;
 use crate::darts::names;
 use crate::darts::network::SearchConfig;
@@ -126,7 +126,7 @@ fn arch_part(
     let nt = net_at(g, cfg, inp.train, alpha, inp.at(w))?;
     let gw = autodiff::grad(g, nt.loss, w)?;
     let (mu, lambda) = (h.sgd.momentum, h.sgd.weight_decay);
-    let w_prime = unrolled_weights(g, (w, &gw, buf), inp.lr, mu, lambda)?;
+    let w_prime = unrolled_weights(g, (w, &gw), Some((buf, mu)), inp.lr, lambda)?;
     let nv = net_at(g, cfg, inp.valid, alpha, inp.at(&w_prime))?;
     if order == Order::Exact {
         let ga = autodiff::grad(g, nv.loss, &alpha)?;
@@ -144,11 +144,11 @@ fn arch_part(
     wrt.extend(alpha);
     let grads = autodiff::grad_holding(g, nv.loss, &wrt, &w_prime)?;
     let (v, partial) = grads.split_at(w_prime.len());
-    let fd = fd_mixed_hvp(g, cfg, inp, inp.train, alpha, w, v, FD_SCALE)?;
-    let grad = second_order(g, [partial[0], partial[1]], fd.hvp, inp.lr)?;
+    let fd = fd_mixed_hvp_conv(g, cfg, inp, inp.train, alpha, w, v, FD_SCALE)?;
+    let grad = second_order(g, partial, &fd.hvp, inp.lr)?;
     let [bn_plus, bn_minus] = fd.bn;
     Ok(ArchPart {
-        grad,
+        grad: [grad[0], grad[1]],
         loss_valid: nv.loss,
         w_after: fd.restored,
         norm_v: Some(fd.norm_d),

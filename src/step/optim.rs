@@ -124,6 +124,32 @@ pub fn total_norm(g: &mut Graph, ts: &[NodeId], per_tensor_sqrt: bool) -> R<Node
     g.unary(UnaryOp::Sqrt, sum)
 }
 
+/// Total-norm clipping's numbers as graph nodes ([`clip_coefficient`]).
+pub struct Clip {
+    /// N = sqrt(sum_i sqrt(sum g_i^2)^2).
+    pub norm: NodeId,
+    /// c = max_norm / (N + 1e-6), uncapped (the recurrent architect's `_clip` returns this).
+    pub coef: NodeId,
+    /// min(c, 1), built as -max(-c, -1): exactly c below 1 and exactly 1 otherwise, so
+    /// g factor is g itself when nothing is clipped, as in PyTorch.
+    pub factor: NodeId,
+}
+
+/// The clip coefficient of `clip_grad_norm_` (and of the recurrent architect's `_clip`,
+/// which computes the same numbers) for the tensors `grads`.
+pub fn clip_coefficient(g: &mut Graph, grads: &[NodeId], max_norm: f64) -> R<Clip> {
+    let norm = total_norm(g, grads, true)?;
+    let tiny = g.scalar(1e-6)?;
+    let den = g.add2(norm, tiny)?;
+    let max_norm = g.scalar(max_norm)?;
+    let coef = g.div(max_norm, den)?;
+    let neg_coef = g.neg(coef)?;
+    let minus_one = g.scalar(-1.0)?;
+    let neg_factor = g.binary(BinaryOp::Max, neg_coef, minus_one)?;
+    let factor = g.neg(neg_factor)?;
+    Ok(Clip { norm, coef, factor })
+}
+
 /// Gradient clipping and the SGD step as graph nodes (`clip_grad_norm_` then `SGD.step`, in
 /// their operation order): N = sqrt(sum_i sqrt(sum g_i^2)^2), the factor
 /// min(max_norm / (N + 1e-6), 1) built as -max(-coef, -1) (exactly coef below 1, exactly 1
@@ -139,15 +165,11 @@ pub fn clip_and_sgd(
     lr: NodeId,
     h: &SgdHyper,
 ) -> R<(NodeId, Vec<(NodeId, String)>)> {
-    let grad_norm = total_norm(g, grads, true)?;
-    let tiny = g.scalar(1e-6)?;
-    let den = g.add2(grad_norm, tiny)?;
-    let max_norm = g.scalar(h.grad_clip)?;
-    let coef = g.div(max_norm, den)?;
-    let neg_coef = g.neg(coef)?;
-    let minus_one = g.scalar(-1.0)?;
-    let neg_factor = g.binary(BinaryOp::Max, neg_coef, minus_one)?;
-    let factor = g.neg(neg_factor)?;
+    let Clip {
+        norm: grad_norm,
+        factor,
+        ..
+    } = clip_coefficient(g, grads, h.grad_clip)?;
     let mu = g.scalar(h.momentum)?;
     let lambda = g.scalar(h.weight_decay)?;
     let mut assign = Vec::with_capacity(2 * names.len());
