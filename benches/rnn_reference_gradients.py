@@ -14,7 +14,8 @@ mapped to None). It runs in float64.
         --state S.npz --batch B.npz --out REF.npz [--eta 20 --clip 0.25 --wdecay 5e-7]
 
 Keys written (float64): every key that `darts gradients --space rnn` writes. The reference's
-own code computes loss_train, loss_valid, grad_w_train/*, grad_alpha_first, clip_coef_train,
+own code computes loss_train, loss_valid, grad_w_train/*, grad_alpha_train (grad_alpha
+L_train(w, alpha), the scale of the finite difference's round-off), grad_alpha_first, clip_coef_train,
 unrolled_w/*, loss_valid_unrolled, v/*, grad_alpha_unrolled_partial, hvp_fd,
 grad_alpha_second (its `_backward_step_unrolled`, run as it is) and the hidden states. It has
 no exact gradient: hvp_exact, grad_alpha_unrolled_exact and grad_alpha_unrolled_intended are
@@ -117,8 +118,10 @@ def main():
     loss, hidden_next = model._loss(ht, xt, yt)
     out["loss_train"] = loss.item()
     out["hidden_train_next"] = hidden_next[0].detach()
-    for n, g in zip(names, torch.autograd.grad(loss, params)):
+    grads = torch.autograd.grad(loss, params + [alpha])
+    for n, g in zip(names, grads):
         out[f"grad_w_train/{n}"] = g
+    out["grad_alpha_train/recurrent"] = grads[-1]
     loss, hidden_next = model._loss(hv, xv, yv)
     out["loss_valid"] = loss.item()
     out["hidden_valid_next_first"] = hidden_next[0].detach()

@@ -139,7 +139,9 @@ pub(crate) fn normal_like(shape: &[usize], rng: &mut ChaCha8Rng) -> ArrayD<f64> 
     ArrayD::from_shape_simple_fn(IxDyn(shape), || rng.sample::<f64, _>(StandardNormal))
 }
 
-pub(crate) fn depth(g: &Graph) -> Vec<usize> {
+/// The number of nodes on the longest path ending at each node (inputs count 1): the
+/// `depth` of [`crate::check::tolerance::evaluation_bound`].
+pub fn depth(g: &Graph) -> Vec<usize> {
     let mut d = vec![0usize; g.len()];
     for (i, n) in g.nodes().iter().enumerate() {
         d[i] = 1 + n.inputs.iter().map(|j| d[j.0]).max().unwrap_or(0);

@@ -141,7 +141,9 @@ impl ExecutorUser for Compute<'_> {
 fn validate(a: &Args) -> Result<CnnSettings> {
     use super::Sign::{NonNegative, Positive};
     if a.clip.is_some() {
-        bail!("--clip applies to --space rnn only (the conv architect's unrolled step does not clip)");
+        bail!(
+            "--clip applies to --space rnn only (the conv architect's unrolled step does not clip)"
+        );
     }
     let s = CnnSettings {
         eta: a.eta.unwrap_or(0.025),

@@ -5,16 +5,14 @@
 
 use super::gradients::{norm, Args};
 use anyhow::{bail, Context, Result};
-use darts::darts::names::LR;
 use darts::darts::params::write_npz;
 use darts::darts::rnn::batch_file::{read_rnn_batch_npz, RnnBatchFile};
-use darts::darts::rnn::names;
 use darts::darts::rnn::state::{RnnConfig, RnnState};
-use darts::exec::{ExecutorUser, Executor, Feeds, Scalar};
+use darts::exec::{Executor, ExecutorUser, Scalar};
 use darts::graph::NodeId;
 use darts::search::architect::{check_finite, ArchError};
-use darts::search::recurrent::RnnGradientsGraph;
-use ndarray::{ArrayD, IxDyn};
+use darts::search::recurrent::{rnn_feeds, RnnGradientsGraph};
+use ndarray::ArrayD;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -77,19 +75,7 @@ impl ExecutorUser for Compute<'_> {
             batches.valid.tb(),
             (s.clip, s.weight_decay),
         )?;
-        let mut f = Feeds::<T>::new();
-        for (which, b) in [(names::TRAIN, &batches.train), (names::VALID, &batches.valid)] {
-            f.insert(names::of(which, names::X), b.x.mapv(T::of));
-            f.insert(names::of(which, names::TARGET), b.onehot(cfg.ntoken).mapv(T::of));
-            f.insert(names::of(which, names::HIDDEN), b.hidden.mapv(T::of));
-        }
-        for (name, _, kind) in &cfg.search_layout().entries {
-            if kind.trainable() {
-                f.insert(name.clone(), state.tensors[name].mapv(T::of));
-            }
-        }
-        f.insert(names::ALPHA, state.alpha.mapv(T::of));
-        f.insert(LR, ArrayD::from_elem(IxDyn(&[]), T::of(s.eta)));
+        let f = rnn_feeds::<T>(&cfg, state, batches, s.eta);
         let mut outs: Vec<NodeId> = gg.outputs.iter().map(|(_, n)| *n).collect();
         outs.push(gg.r);
         let vals = exec

@@ -292,9 +292,8 @@ pub(crate) fn take_tensors(
             .keys()
             .find(|key| layout.shape_of(key).is_some())
             .or_else(|| {
-                all.keys().find(|key| {
-                    !key.starts_with("alpha/") && !key.starts_with("momentum_buffer/")
-                })
+                all.keys()
+                    .find(|key| !key.starts_with("alpha/") && !key.starts_with("momentum_buffer/"))
             })
         {
             return Err(StateError::NoPrefix {

@@ -3,7 +3,8 @@
 //! ([`super::architect`]), so what the command reports is what a search step computes.
 
 use super::architect::{
-    exact_mixed_hvp, fd_mixed_hvp_conv, net_at, second_order, unrolled_weights, StepInputs, FD_SCALE,
+    exact_mixed_hvp, fd_mixed_hvp_conv, net_at, second_order, unrolled_weights, StepInputs,
+    FD_SCALE,
 };
 use crate::autodiff;
 use crate::darts::names;

@@ -21,13 +21,16 @@
 
 use super::architect::{exact_mixed_hvp, fd_mixed_hvp, second_order, unrolled_weights, FD_SCALE};
 use crate::autodiff;
-use crate::darts::ops::BnRecord;
-use crate::darts::rnn::model::{self, Cell, LmBatch, LmOut};
-use crate::darts::rnn::state::RnnConfig;
-use crate::darts::rnn::{names, PRIMITIVES, ROWS};
 use crate::darts::names::LR;
+use crate::darts::ops::BnRecord;
+use crate::darts::rnn::batch_file::RnnBatchFile;
+use crate::darts::rnn::model::{self, Cell, LmBatch, LmOut};
+use crate::darts::rnn::state::{RnnConfig, RnnState};
+use crate::darts::rnn::{names, PRIMITIVES, ROWS};
+use crate::exec::{Feeds, Scalar};
 use crate::graph::{Graph, NodeId, Shape};
 use crate::step::optim::{clip_coefficient, Clip};
+use ndarray::{ArrayD, IxDyn};
 use std::collections::HashMap;
 
 use crate::graph::Result as R;
@@ -204,6 +207,36 @@ pub struct RnnGradientsGraph {
     pub r: NodeId,
 }
 
+/// The feeds of an [`RnnInputs`] graph without dropout: both batches (ids, one-hot targets,
+/// hidden states), the 11 parameters and alpha of `state`, and the learning rate `eta`.
+pub fn rnn_feeds<T: Scalar>(
+    cfg: &RnnConfig,
+    state: &RnnState,
+    batches: &RnnBatchFile,
+    eta: f64,
+) -> Feeds<T> {
+    let mut f = Feeds::<T>::new();
+    for (which, b) in [
+        (names::TRAIN, &batches.train),
+        (names::VALID, &batches.valid),
+    ] {
+        f.insert(names::of(which, names::X), b.x.mapv(T::of));
+        f.insert(
+            names::of(which, names::TARGET),
+            b.onehot(cfg.ntoken).mapv(T::of),
+        );
+        f.insert(names::of(which, names::HIDDEN), b.hidden.mapv(T::of));
+    }
+    for (name, _, kind) in &cfg.search_layout().entries {
+        if kind.trainable() {
+            f.insert(name.clone(), state.tensors[name].mapv(T::of));
+        }
+    }
+    f.insert(names::ALPHA, state.alpha.mapv(T::of));
+    f.insert(LR, ArrayD::from_elem(IxDyn(&[]), T::of(eta)));
+    f
+}
+
 impl RnnGradientsGraph {
     /// For a train batch of T x B = `train` and a valid batch of `valid`, no dropout.
     pub fn build(
@@ -226,6 +259,8 @@ impl RnnGradientsGraph {
         let so = reference_second_order(&mut g, &inp, (clip, weight_decay))?;
         out.push(("loss_train".into(), so.train.loss));
         weights(&mut out, "grad_w_train", &so.grad_w);
+        let train_alpha = autodiff::grad(&mut g, so.train.loss, &[inp.alpha])?[0];
+        out.push((alpha_key("grad_alpha_train"), train_alpha));
         // First order on the valid batch at w.
         let nv = inp.lm_at(&mut g, &inp.valid, &inp.w)?;
         let first = autodiff::grad(&mut g, nv.loss, &[inp.alpha])?[0];

@@ -34,7 +34,9 @@
 //! numbers as PyTorch's absent one (0 mu + d = d exactly).
 
 use super::architect::FD_SCALE;
-use super::architect::{fd_mixed_hvp_conv, net_at, second_order, unrolled_weights, Order, StepInputs};
+use super::architect::{
+    fd_mixed_hvp_conv, net_at, second_order, unrolled_weights, Order, StepInputs,
+};
 use crate::autodiff;
 use crate::darts::names;
 use crate::darts::network::SearchConfig;

@@ -105,7 +105,10 @@ fn half(
     if y.shape() != [t, b] {
         return Err(read_err(
             &yk,
-            format!("has shape {:?}, expected [{t}, {b}] to match '{xk}'", y.shape()),
+            format!(
+                "has shape {:?}, expected [{t}, {b}] to match '{xk}'",
+                y.shape()
+            ),
         ));
     }
     for (key, a) in [(&xk, &x), (&yk, &y)] {

@@ -59,5 +59,11 @@ pub mod names {
     /// Dropout masks, fed per forward (absent when the dropout is 0): the embedding's
     /// per-word mask [V, 1], the input and output locked masks [B, H], the cell's x and h
     /// masks [B, H].
-    pub const MASKS: [&str; 5] = ["mask/embedding", "mask/input", "mask/output", "mask/x", "mask/h"];
+    pub const MASKS: [&str; 5] = [
+        "mask/embedding",
+        "mask/input",
+        "mask/output",
+        "mask/x",
+        "mask/h",
+    ];
 }

@@ -132,7 +132,11 @@ pub fn forward(
             reason: "no node given for this parameter".into(),
         })
     };
-    let masks = if train_mode { batch.masks } else { Masks::default() };
+    let masks = if train_mode {
+        batch.masks
+    } else {
+        Masks::default()
+    };
     let e = get(names::ENCODER)?;
     // Embedding (embedded_dropout: one factor per word, for the whole batch).
     let table = match masks.embedding {
@@ -379,7 +383,12 @@ impl<'g, 'c> CellBuilder<'g, 'c> {
     }
 
     /// sum_j p[off_i + j, k] (s_j + sigma(c_j) (f_k(u_j) - s_j)) over the stacked states.
-    fn mixed_term(&mut self, i: usize, k: usize, (stack, c, u): (NodeId, NodeId, NodeId)) -> R<NodeId> {
+    fn mixed_term(
+        &mut self,
+        i: usize,
+        k: usize,
+        (stack, c, u): (NodeId, NodeId, NodeId),
+    ) -> R<NodeId> {
         let f = self.act(k, u)?;
         let unweighted = self.blend(stack, c, f)?;
         let weighted = self.g.mul(self.probs[i][k], unweighted)?;

@@ -43,7 +43,11 @@ impl RnnConfig {
             l.push(names::ws(i), &[h, 2 * h], Kind::Weight { fan_in: h });
         }
         if bn {
-            l.push(format!("{}.running_mean", names::BN), &[h], Kind::RunningMean);
+            l.push(
+                format!("{}.running_mean", names::BN),
+                &[h],
+                Kind::RunningMean,
+            );
             l.push(format!("{}.running_var", names::BN), &[h], Kind::RunningVar);
             l.push(
                 format!("{}.num_batches_tracked", names::BN),
@@ -93,15 +97,19 @@ impl RnnState {
         let e = st.tensors[names::ENCODER].clone();
         st.tensors.insert(names::DECODER_WEIGHT.to_string(), e);
         if with_alpha {
-            st.alpha = ArrayD::from_shape_simple_fn(IxDyn(&[ROWS, super::PRIMITIVES.len()]), || {
-                1e-3 * rng.sample::<f64, _>(StandardNormal)
-            });
+            st.alpha =
+                ArrayD::from_shape_simple_fn(IxDyn(&[ROWS, super::PRIMITIVES.len()]), || {
+                    1e-3 * rng.sample::<f64, _>(StandardNormal)
+                });
         }
         st
     }
 
     /// The configuration a search-model state file describes, from encoder.weight [V, H].
-    pub fn config_of(all: &BTreeMap<String, ArrayD<f64>>, file: &str) -> Result<RnnConfig, StateError> {
+    pub fn config_of(
+        all: &BTreeMap<String, ArrayD<f64>>,
+        file: &str,
+    ) -> Result<RnnConfig, StateError> {
         let key = format!("sd/{}", names::ENCODER);
         let e = all.get(&key).ok_or_else(|| StateError::Missing {
             file: file.to_string(),
@@ -109,7 +117,10 @@ impl RnnState {
             expected: vec![],
         })?;
         match e.shape() {
-            [v, h] if *v > 0 && *h > 0 => Ok(RnnConfig { ntoken: *v, nhid: *h }),
+            [v, h] if *v > 0 && *h > 0 => Ok(RnnConfig {
+                ntoken: *v,
+                nhid: *h,
+            }),
             s => Err(StateError::Read {
                 file: file.to_string(),
                 key,
@@ -133,7 +144,12 @@ impl RnnState {
     ) -> Result<(RnnConfig, RnnState), StateError> {
         let cfg = Self::config_of(&all, file)?;
         let tensors = take_tensors(&mut all, file, &cfg.search_layout())?;
-        let alpha = take_exact(&mut all, file, names::ALPHA, &[ROWS, super::PRIMITIVES.len()])?;
+        let alpha = take_exact(
+            &mut all,
+            file,
+            names::ALPHA,
+            &[ROWS, super::PRIMITIVES.len()],
+        )?;
         refuse_extra(all, file)?;
         check_tied(&tensors, file)?;
         Ok((cfg, RnnState { tensors, alpha }))
@@ -142,8 +158,11 @@ impl RnnState {
     /// Save as `sd/<name>` plus `alpha/recurrent` when there is one (atomically).
     pub fn to_npz(&self, path: &Path) -> Result<(), StateError> {
         let keys: Vec<String> = self.tensors.keys().map(|k| format!("sd/{k}")).collect();
-        let mut items: Vec<(&str, &ArrayD<f64>)> =
-            keys.iter().map(String::as_str).zip(self.tensors.values()).collect();
+        let mut items: Vec<(&str, &ArrayD<f64>)> = keys
+            .iter()
+            .map(String::as_str)
+            .zip(self.tensors.values())
+            .collect();
         if !self.alpha.is_empty() {
             items.push((names::ALPHA, &self.alpha));
         }
@@ -155,7 +174,12 @@ impl RnnState {
 /// differ is refused, naming both keys.
 fn check_tied(tensors: &BTreeMap<String, ArrayD<f64>>, file: &str) -> Result<(), StateError> {
     let (e, d) = (&tensors[names::ENCODER], &tensors[names::DECODER_WEIGHT]);
-    if let Some((i, (a, b))) = e.iter().zip(d.iter()).enumerate().find(|(_, (a, b))| a != b) {
+    if let Some((i, (a, b))) = e
+        .iter()
+        .zip(d.iter())
+        .enumerate()
+        .find(|(_, (a, b))| a != b)
+    {
         return Err(StateError::Read {
             file: file.to_string(),
             key: format!("sd/{}", names::DECODER_WEIGHT),
