@@ -154,6 +154,52 @@ fn fixtures() -> Fixtures {
     f.batch_variant("x_rank.npz", |a| {
         a.insert("x_train".into(), ArrayD::zeros(IxDyn(&[2, 3, 8])));
     });
+    // The recurrent space: the reference fixture and its variants.
+    let rnn = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rnn/clip_active");
+    std::fs::copy(rnn.join("state.npz"), f.dir.join("rnn_state.npz")).unwrap();
+    std::fs::copy(rnn.join("batch.npz"), f.dir.join("rnn_batch.npz")).unwrap();
+    let rnn_variant =
+        |from: &str, name: &str, edit: &dyn Fn(&mut BTreeMap<String, ArrayD<f64>>)| {
+            let mut a = read_npz(&f.dir.join(from)).unwrap();
+            edit(&mut a);
+            write_npz(&f.dir.join(name), a.iter().map(|(k, v)| (k.as_str(), v))).unwrap();
+        };
+    rnn_variant("rnn_state.npz", "rnn_untied.npz", &|a| {
+        a.get_mut("sd/decoder.weight")
+            .unwrap()
+            .as_slice_mut()
+            .unwrap()[3] += 1e-9;
+    });
+    rnn_variant("rnn_state.npz", "rnn_alpha_shape.npz", &|a| {
+        a.insert("alpha/recurrent".into(), ArrayD::zeros(IxDyn(&[36, 8])));
+    });
+    rnn_variant("rnn_state.npz", "rnn_no_alpha.npz", &|a| {
+        a.remove("alpha/recurrent");
+    });
+    rnn_variant("rnn_state.npz", "rnn_no_decoder.npz", &|a| {
+        a.remove("sd/decoder.weight");
+    });
+    rnn_variant("rnn_batch.npz", "rnn_b1.npz", &|a| {
+        for k in ["x_train", "y_train"] {
+            a.insert(k.into(), ArrayD::zeros(IxDyn(&[5, 1])));
+        }
+        a.insert("hidden_train".into(), ArrayD::zeros(IxDyn(&[1, 1, 8])));
+    });
+    rnn_variant("rnn_batch.npz", "rnn_bad_token.npz", &|a| {
+        a.get_mut("y_valid").unwrap().as_slice_mut().unwrap()[2] = 50.0;
+    });
+    rnn_variant("rnn_batch.npz", "rnn_frac_token.npz", &|a| {
+        a.get_mut("x_train").unwrap().as_slice_mut().unwrap()[0] = 1.5;
+    });
+    rnn_variant("rnn_batch.npz", "rnn_hidden_shape.npz", &|a| {
+        a.insert("hidden_train".into(), ArrayD::zeros(IxDyn(&[1, 3, 7])));
+    });
+    rnn_variant("rnn_batch.npz", "rnn_nan_hidden.npz", &|a| {
+        a.get_mut("hidden_valid").unwrap().as_slice_mut().unwrap()[1] = f64::NAN;
+    });
+    rnn_variant("rnn_batch.npz", "rnn_y_shape.npz", &|a| {
+        a.insert("y_train".into(), ArrayD::zeros(IxDyn(&[4, 3])));
+    });
     std::fs::write(f.dir.join("empty.npz"), b"").unwrap();
     std::fs::write(f.dir.join("text.npz"), b"this is not an npz archive\n").unwrap();
     let bytes = std::fs::read(f.dir.join("state.npz")).unwrap();
@@ -184,6 +230,11 @@ fn bad_inputs_are_clear_errors_that_write_nothing() {
             .collect();
         v.extend(["--out".to_string(), out.clone()]);
         v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let rgrad = |state: &str, batch: &str, extra: &[&str]| -> Vec<String> {
+        let mut v = grad(state, batch, extra);
+        v.extend(["--space".to_string(), "rnn".to_string()]);
         v
     };
     let step = |state: &str, extra: &[&str]| -> Vec<String> {
@@ -317,6 +368,68 @@ fn bad_inputs_are_clear_errors_that_write_nothing() {
         (
             grad("state.npz", "batch.npz", &["--multiplier", "3"]),
             "multiplier",
+        ),
+        // gradients --space rnn: files and flags.
+        (
+            rgrad("rnn_untied.npz", "rnn_batch.npz", &[]),
+            "decoder.weight",
+        ),
+        (
+            rgrad("rnn_untied.npz", "rnn_batch.npz", &[]),
+            "encoder.weight",
+        ),
+        (
+            rgrad("rnn_alpha_shape.npz", "rnn_batch.npz", &[]),
+            "alpha/recurrent",
+        ),
+        (
+            rgrad("rnn_no_alpha.npz", "rnn_batch.npz", &[]),
+            "alpha/recurrent",
+        ),
+        (
+            rgrad("rnn_no_decoder.npz", "rnn_batch.npz", &[]),
+            "sd/decoder.weight",
+        ),
+        (
+            rgrad("state.npz", "rnn_batch.npz", &[]),
+            "sd/encoder.weight",
+        ),
+        (rgrad("rnn_state.npz", "rnn_b1.npz", &[]), "B = 1"),
+        (rgrad("rnn_state.npz", "rnn_bad_token.npz", &[]), "y_valid"),
+        (rgrad("rnn_state.npz", "rnn_frac_token.npz", &[]), "x_train"),
+        (
+            rgrad("rnn_state.npz", "rnn_hidden_shape.npz", &[]),
+            "hidden_train",
+        ),
+        (
+            rgrad("rnn_state.npz", "rnn_nan_hidden.npz", &[]),
+            "hidden_valid",
+        ),
+        (rgrad("rnn_state.npz", "rnn_y_shape.npz", &[]), "y_train"),
+        (rgrad("rnn_state.npz", "batch.npz", &[]), "x_train"),
+        (
+            rgrad("rnn_state.npz", "rnn_batch.npz", &["--clip", "0"]),
+            "--clip",
+        ),
+        (
+            rgrad("rnn_state.npz", "rnn_batch.npz", &["--clip", "nan"]),
+            "--clip",
+        ),
+        (
+            rgrad("rnn_state.npz", "rnn_batch.npz", &["--eta=-20"]),
+            "--eta",
+        ),
+        (
+            rgrad("rnn_state.npz", "rnn_batch.npz", &["--momentum", "0.9"]),
+            "--momentum",
+        ),
+        (
+            rgrad("rnn_state.npz", "rnn_batch.npz", &["--multiplier", "4"]),
+            "--multiplier",
+        ),
+        (
+            grad("state.npz", "batch.npz", &["--clip", "0.25"]),
+            "--clip",
         ),
         // step: its flags, the optimiser state, the output path.
         (step("state.npz", &["--steps", "0"]), "--steps"),

@@ -83,8 +83,6 @@ fn half(
         format!("hidden_{which}"),
     );
     let x = take(&xk, "input token ids, shape [T, B]")?;
-    let y = take(&yk, "target token ids, shape [T, B]")?;
-    let hidden = take(&hk, "incoming hidden state, shape [1, B, H]")?;
     let (t, b) = match x.shape() {
         [t, b] if *t >= 1 && *b >= 1 => (*t, *b),
         s => {
@@ -102,6 +100,7 @@ fn half(
                 .into(),
         ));
     }
+    let y = take(&yk, "target token ids, shape [T, B]")?;
     if y.shape() != [t, b] {
         return Err(read_err(
             &yk,
@@ -123,6 +122,7 @@ fn half(
             ));
         }
     }
+    let hidden = take(&hk, "incoming hidden state, shape [1, B, H]")?;
     if hidden.shape() != [1, b, cfg.nhid] {
         return Err(read_err(
             &hk,
