@@ -15,13 +15,13 @@
 //! quantity it guards (the ratios are printed), so it cannot pass a wrong semantics, and the negative controls show two wrong
 //! variants rejected by the same comparison.
 
-use darts::check::gradcheck::depth;
-use darts::check::tolerance::evaluation_bound;
+mod common;
+
+use common::bounds::GraphBounds;
 use darts::darts::params::read_npz;
 use darts::darts::rnn::batch_file::read_rnn_batch_npz;
 use darts::darts::rnn::state::RnnState;
-use darts::exec::{open_as, Backend};
-use darts::graph::{Graph, NodeId, Op};
+use darts::graph::NodeId;
 use darts::search::recurrent::{rnn_feeds, RnnGradientsGraph};
 use ndarray::ArrayD;
 use std::collections::BTreeMap;
@@ -92,7 +92,7 @@ fn run_cli(case: &Case, clip: f64, tag: &str) -> BTreeMap<String, ArrayD<f64>> {
 }
 
 /// The derived bound on |ours - reference| for every output key, from our graph on the
-/// fixture (evaluated in-process on the CPU in f64, every node kept for M).
+/// fixture (evaluated in-process on the CPU in f64, every node kept for M), and our values.
 fn bounds(case: &Case) -> (BTreeMap<String, f64>, BTreeMap<String, ArrayD<f64>>) {
     let d = dir(case.name);
     let (cfg, state) = RnnState::read_search(&d.join("state.npz")).unwrap();
@@ -105,78 +105,27 @@ fn bounds(case: &Case) -> (BTreeMap<String, f64>, BTreeMap<String, ArrayD<f64>>)
         (case.clip, case.weight_decay),
     )
     .unwrap();
-    let g = &gg.graph;
     let feeds = rnn_feeds::<f64>(&cfg, &state, &batches, case.eta);
-    let (needed, _) =
-        darts::exec::liveness(g, &gg.outputs.iter().map(|o| o.1).collect::<Vec<_>>()).unwrap();
-    let ids: Vec<NodeId> = (0..g.len()).filter(|&i| needed[i]).map(NodeId).collect();
-    let mut ex = open_as::<f64>(Backend::Cpu).unwrap();
-    let vals = ex.run(g, &feeds, &ids).unwrap();
-    let mut upstream = vec![0.0f64; g.len()];
-    for (id, v) in ids.iter().zip(&vals) {
-        upstream[id.0] = v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    }
-    for (i, n) in g.nodes().iter().enumerate() {
-        for j in &n.inputs {
-            upstream[i] = upstream[i].max(upstream[j.0]);
-        }
-    }
-    // K(o): the longest accumulation upstream of o (inclusive).
-    let mut k_up: Vec<usize> = Vec::with_capacity(g.len());
-    for (i, n) in g.nodes().iter().enumerate() {
-        let own = accumulation_length(g, NodeId(i));
-        k_up.push(n.inputs.iter().map(|j| k_up[j.0]).fold(own, usize::max));
-    }
-    let dep = depth(g);
-    let value = |key: &str| -> ArrayD<f64> {
-        let id = gg.outputs.iter().find(|o| o.0 == key).unwrap().1;
-        vals[ids.iter().position(|&i| i == id).unwrap()].clone()
-    };
-    let r = {
-        let p = ids.iter().position(|&i| i == gg.r).unwrap();
-        vals[p].sum()
+    let mut outs: Vec<NodeId> = gg.outputs.iter().map(|o| o.1).collect();
+    outs.push(gg.r);
+    let b = GraphBounds::of(&gg.graph, &feeds, &outs);
+    let r = b.values[outs.len() - 1].sum();
+    let value = |key: &str| -> &ArrayD<f64> {
+        &b.values[gg.outputs.iter().position(|o| o.0 == key).unwrap()]
     };
     let eta_c = case.eta * value("clip_coef_train").sum();
     let mut out = BTreeMap::new();
     let mut ours = BTreeMap::new();
-    for (key, id) in &gg.outputs {
-        let base = 2.0 * evaluation_bound(k_up[id.0], dep[id.0], upstream[id.0], U64);
+    for (i, (key, _)) in gg.outputs.iter().enumerate() {
         let amplification = match key.as_str() {
             "hvp_fd/recurrent" => 1.0 / (2.0 * r),
             "grad_alpha_second/recurrent" => 1.0 + eta_c / (2.0 * r),
             _ => 1.0,
         };
-        if std::env::var("DARTS_DEBUG_BOUNDS").is_ok() {
-            println!(
-                "{key}: K {} depth {} M {:.3e} amp {amplification:.3e}",
-                k_up[id.0], dep[id.0], upstream[id.0]
-            );
-        }
-        out.insert(key.clone(), base * amplification);
-        ours.insert(key.clone(), value(key));
+        out.insert(key.clone(), b.bound(i, &[U64, U64]) * amplification);
+        ours.insert(key.clone(), b.values[i].clone());
     }
     (out, ours)
-}
-
-/// The number of terms a node sums per output element (1 for elementwise and movement ops):
-/// the K of one accumulation, whose forward error is at most gamma_K times its abs-sum.
-fn accumulation_length(g: &Graph, id: NodeId) -> usize {
-    let n = g.node(id);
-    let in_dims = |i: usize| g.shape(n.inputs[i]).dims().to_vec();
-    match &n.op {
-        Op::ReduceSum { axes } | Op::ReduceMax { axes } => {
-            let d = in_dims(0);
-            axes.iter().map(|&a| d[a]).product()
-        }
-        Op::MatMul => in_dims(0)[1],
-        Op::LogSoftmax { axis } => in_dims(0)[*axis],
-        Op::ScatterAdd { .. } => in_dims(0)[0],
-        Op::Conv2d(_) | Op::Conv2dInputGrad { .. } | Op::Conv2dWeightGrad { .. } => in_dims(0)
-            .iter()
-            .product::<usize>()
-            .max(in_dims(1).iter().product()),
-        _ => 1,
-    }
 }
 
 fn max_diff(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
