@@ -29,6 +29,9 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
     out
 }
 
+/// The arrays of an npz file by key.
+type Arrays = BTreeMap<String, ArrayD<f64>>;
+
 struct Fixtures {
     dir: PathBuf,
 }
