@@ -162,7 +162,7 @@ fn fixtures() -> Fixtures {
     std::fs::copy(rnn.join("state.npz"), f.dir.join("rnn_state.npz")).unwrap();
     std::fs::copy(rnn.join("batch.npz"), f.dir.join("rnn_batch.npz")).unwrap();
     let rnn_variant =
-        |from: &str, name: &str, edit: &dyn Fn(&mut BTreeMap<String, ArrayD<f64>>)| {
+        |from: &str, name: &str, edit: &dyn Fn(&mut Arrays)| {
             let mut a = read_npz(&f.dir.join(from)).unwrap();
             edit(&mut a);
             write_npz(&f.dir.join(name), a.iter().map(|(k, v)| (k.as_str(), v))).unwrap();
