@@ -161,12 +161,11 @@ fn fixtures() -> Fixtures {
     let rnn = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rnn/clip_active");
     std::fs::copy(rnn.join("state.npz"), f.dir.join("rnn_state.npz")).unwrap();
     std::fs::copy(rnn.join("batch.npz"), f.dir.join("rnn_batch.npz")).unwrap();
-    let rnn_variant =
-        |from: &str, name: &str, edit: &dyn Fn(&mut Arrays)| {
-            let mut a = read_npz(&f.dir.join(from)).unwrap();
-            edit(&mut a);
-            write_npz(&f.dir.join(name), a.iter().map(|(k, v)| (k.as_str(), v))).unwrap();
-        };
+    let rnn_variant = |from: &str, name: &str, edit: &dyn Fn(&mut Arrays)| {
+        let mut a = read_npz(&f.dir.join(from)).unwrap();
+        edit(&mut a);
+        write_npz(&f.dir.join(name), a.iter().map(|(k, v)| (k.as_str(), v))).unwrap();
+    };
     rnn_variant("rnn_state.npz", "rnn_untied.npz", &|a| {
         a.get_mut("sd/decoder.weight")
             .unwrap()

@@ -5,6 +5,8 @@
 //!   embedded 4,000 + 1,000 image subset in `data/cifar10-subset/`.
 //! * [`augment`]: the reference's transforms (cnn/utils.py `_data_transforms_cifar10`):
 //!   RandomCrop(32, padding 4), RandomHorizontalFlip, ToTensor, Normalize, Cutout.
+//! * [`ptb`]: the Penn Treebank word-level corpus (embedded in `data/ptb/`), its dictionary,
+//!   `batchify` and `get_batch` (rnn/data.py, rnn/utils.py).
 //! * [`sampler`]: the search split (cnn/train_search.py), `SubsetRandomSampler` epochs,
 //!   the fresh-iterator arch batch, and the exact capture/restore of the RNG.
 //!
@@ -18,6 +20,7 @@ use ndarray::ArrayD;
 
 pub mod augment;
 pub mod cifar;
+pub mod ptb;
 pub mod sampler;
 
 pub use augment::{
