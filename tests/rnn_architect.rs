@@ -35,7 +35,7 @@ fn fixture() -> (RnnConfig, RnnState, RnnBatchFile) {
 }
 
 fn inputs(g: &mut Graph, cfg: RnnConfig, smooth: bool, b: &RnnBatchFile) -> RnnInputs {
-    RnnInputs::declare(g, cfg, smooth, b.train.tb(), b.valid.tb(), [false; 5]).unwrap()
+    RnnInputs::declare(g, cfg, smooth, b.train.tb(), b.valid.tb()).unwrap()
 }
 
 fn run(g: &Graph, f: &Feeds<f64>, outs: &[NodeId]) -> Vec<ArrayD<f64>> {

@@ -4,6 +4,7 @@ pub mod gradients;
 pub mod gradients_rnn;
 pub mod inputs;
 pub mod search;
+pub mod search_rnn;
 pub mod step;
 pub mod train;
 

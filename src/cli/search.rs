@@ -20,6 +20,9 @@ pub enum Preset {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Which half of DARTS: the convolutional cells on CIFAR-10 or the recurrent cell on PTB.
+    #[arg(long, value_enum, default_value_t = crate::cli::gradients::Space::Cnn)]
+    pub space: crate::cli::gradients::Space,
     #[arg(long, value_enum, default_value_t = Preset::Quick)]
     pub preset: Preset,
     /// Continue the run in this folder from its last checkpoint with the settings it was
@@ -80,6 +83,8 @@ pub struct Args {
     /// Skip the check that the network fits in the host's available memory.
     #[arg(long)]
     pub no_memory_check: bool,
+    #[command(flatten)]
+    pub rnn: crate::cli::search_rnn::RnnFlags,
 }
 
 fn options(a: &Args) -> SearchOptions {
@@ -124,6 +129,10 @@ fn options(a: &Args) -> SearchOptions {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.space == crate::cli::gradients::Space::Rnn {
+        return crate::cli::search_rnn::run(&a);
+    }
+    a.rnn.refuse_for_cnn()?;
     match &a.resume {
         Some(dir) => {
             let o = saved_options(dir).with_context(|| format!("resuming {}", dir.display()))?;

@@ -8,6 +8,8 @@ pub mod checkpoint;
 pub mod gradients;
 pub mod options;
 pub mod recurrent;
+pub mod recurrent_run;
+pub mod recurrent_step;
 pub mod run;
 pub mod step_graph;
 pub mod stepper;

@@ -24,7 +24,7 @@ use crate::autodiff;
 use crate::darts::names::LR;
 use crate::darts::ops::BnRecord;
 use crate::darts::rnn::batch_file::RnnBatchFile;
-use crate::darts::rnn::model::{self, Cell, LmBatch, LmOut};
+use crate::darts::rnn::model::{self, Cell, LmBatch, LmOut, Masks};
 use crate::darts::rnn::state::{RnnConfig, RnnState};
 use crate::darts::rnn::{names, PRIMITIVES, ROWS};
 use crate::exec::{Feeds, Scalar};
@@ -50,18 +50,16 @@ pub struct RnnInputs {
 }
 
 impl RnnInputs {
-    /// Inputs for a train batch of T x B = `train` and a valid batch of `valid`, with the
-    /// dropout masks that `dropout_on` switches on (see [`LmBatch::declare`]).
+    /// Inputs for a train batch of T x B = `train` and a valid batch of `valid`.
     pub fn declare(
         g: &mut Graph,
         cfg: RnnConfig,
         smooth: bool,
         train: (usize, usize),
         valid: (usize, usize),
-        dropout_on: [bool; 5],
     ) -> R<RnnInputs> {
-        let tb = LmBatch::declare(g, &cfg, names::TRAIN, train, dropout_on)?;
-        let vb = LmBatch::declare(g, &cfg, names::VALID, valid, dropout_on)?;
+        let tb = LmBatch::declare(g, &cfg, names::TRAIN, train)?;
+        let vb = LmBatch::declare(g, &cfg, names::VALID, valid)?;
         let alpha = g.input(names::ALPHA, [ROWS, PRIMITIVES.len()])?;
         let lr = g.input(LR, Shape::scalar())?;
         let names: Vec<(String, Vec<usize>)> = cfg
@@ -86,8 +84,30 @@ impl RnnInputs {
     }
 
     /// The language model (train mode) on `batch` at the parameters `w` (named_parameters
-    /// order).
+    /// order), without dropout.
     pub fn lm_at(&self, g: &mut Graph, batch: &LmBatch, w: &[NodeId]) -> R<LmOut> {
+        self.lm_masked(g, batch, w, &Masks::default())
+    }
+
+    /// [`RnnInputs::lm_at`] with dropout masks.
+    pub fn lm_masked(
+        &self,
+        g: &mut Graph,
+        batch: &LmBatch,
+        w: &[NodeId],
+        masks: &Masks,
+    ) -> R<LmOut> {
+        self.lm(g, batch, (w, self.alpha), masks)
+    }
+
+    /// The language model (train mode) at the parameters `w` and the architecture `alpha`.
+    pub fn lm(
+        &self,
+        g: &mut Graph,
+        batch: &LmBatch,
+        (w, alpha): (&[NodeId], NodeId),
+        masks: &Masks,
+    ) -> R<LmOut> {
         let map: HashMap<String, NodeId> = self
             .names
             .iter()
@@ -95,10 +115,10 @@ impl RnnInputs {
             .map(|((n, _), &id)| (n.clone(), id))
             .collect();
         let cell = Cell::Search {
-            alpha: self.alpha,
+            alpha,
             smooth: self.smooth,
         };
-        model::forward(g, &self.cfg, cell, &map, batch, true)
+        model::forward(g, &self.cfg, cell, &map, batch, masks, true)
     }
 }
 
@@ -158,25 +178,30 @@ pub struct RnnSecondOrder {
 }
 
 /// The reference's second-order architecture gradient (architect.py
-/// `_backward_step_unrolled`), with the hyperparameters (clip, weight decay).
+/// `_backward_step_unrolled`), with the hyperparameters (clip, weight decay) and the dropout
+/// masks of its four forwards in order (train at w, valid at w', train at w + R v, train at
+/// w - R v; the reference draws fresh ones at each).
 pub fn reference_second_order(
     g: &mut Graph,
     inp: &RnnInputs,
     (clip, weight_decay): (f64, f64),
+    masks: &[Masks; 4],
 ) -> R<RnnSecondOrder> {
     let w = &inp.w;
-    let train = inp.lm_at(g, &inp.train, w)?;
+    let train = inp.lm_masked(g, &inp.train, w, &masks[0])?;
     let grad_w = autodiff::grad(g, train.loss, w)?;
     let unrolled = reference_unrolled(g, (w, &grad_w), inp.lr, (clip, weight_decay), false)?;
-    let valid_unrolled = inp.lm_at(g, &inp.valid, &unrolled.w_prime)?;
+    let valid_unrolled = inp.lm_masked(g, &inp.valid, &unrolled.w_prime, &masks[1])?;
     // Partial derivatives at (w', alpha): w' held (the exact variant keeps that path).
     let mut wrt = unrolled.w_prime.clone();
     wrt.push(inp.alpha);
     let grads = autodiff::grad_holding(g, valid_unrolled.loss, &wrt, &unrolled.w_prime)?;
     let (v_raw, partial) = grads.split_at(w.len());
     let v = clip_direction(g, v_raw, clip)?;
+    let mut fd_masks = masks[2..].iter();
     let mut loss_at = |g: &mut Graph, at: &[NodeId]| -> R<(NodeId, Vec<BnRecord>)> {
-        let o = inp.lm_at(g, &inp.train, at)?;
+        let m = fd_masks.next().copied().unwrap_or_default();
+        let o = inp.lm_masked(g, &inp.train, at, &m)?;
         Ok((o.loss, o.bn))
     };
     let fd = fd_mixed_hvp(g, &mut loss_at, &[inp.alpha], w, &v, FD_SCALE)?;
@@ -247,7 +272,7 @@ impl RnnGradientsGraph {
         (clip, weight_decay): (f64, f64),
     ) -> R<RnnGradientsGraph> {
         let mut g = Graph::new();
-        let inp = RnnInputs::declare(&mut g, cfg, smooth, train, valid, [false; 5])?;
+        let inp = RnnInputs::declare(&mut g, cfg, smooth, train, valid)?;
         let mut out: Vec<(String, NodeId)> = Vec::new();
         let weights = |out: &mut Vec<(String, NodeId)>, key: &str, nodes: &[NodeId]| {
             for ((n, _), &id) in inp.names.iter().zip(nodes) {
@@ -256,7 +281,8 @@ impl RnnGradientsGraph {
         };
         let alpha_key = |key: &str| format!("{key}/recurrent");
 
-        let so = reference_second_order(&mut g, &inp, (clip, weight_decay))?;
+        let so =
+            reference_second_order(&mut g, &inp, (clip, weight_decay), &[Masks::default(); 4])?;
         out.push(("loss_train".into(), so.train.loss));
         weights(&mut out, "grad_w_train", &so.grad_w);
         let train_alpha = autodiff::grad(&mut g, so.train.loss, &[inp.alpha])?[0];

@@ -213,7 +213,7 @@ impl StepGraph {
         let (grad_norm, sgd) = clip_and_sgd(
             &mut g,
             &inp.names,
-            (&arch.w_after, &buf),
+            (&arch.w_after, Some(&buf)),
             &gw,
             inp.lr,
             &h.sgd,

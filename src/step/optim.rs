@@ -155,12 +155,14 @@ pub fn clip_coefficient(g: &mut Graph, grads: &[NodeId], max_norm: f64) -> R<Cli
 /// min(max_norm / (N + 1e-6), 1) built as -max(-coef, -1) (exactly coef below 1, exactly 1
 /// otherwise), buf' = buf mu + (g factor + w lambda), w' = w - buf' lr. A zero buffer gives
 /// PyTorch's first step (buf = d) exactly: 0 mu + d = d. `names` are the weights' variable
-/// names, `(w, buf)` their input nodes. Returns N and the assignments w' -> name,
+/// names, `(w, buf)` their input nodes; without buffers (`None`: SGD without momentum, as the
+/// recurrent search's) w' = w - d lr, which is PyTorch's w + (-lr) d exactly (the products
+/// differ only in sign). Returns N and the assignments w' -> name,
 /// buf' -> [`names::sgd_buf`].
 pub fn clip_and_sgd(
     g: &mut Graph,
     names: &[(String, Vec<usize>)],
-    (w, buf): (&[NodeId], &[NodeId]),
+    (w, buf): (&[NodeId], Option<&[NodeId]>),
     grads: &[NodeId],
     lr: NodeId,
     h: &SgdHyper,
@@ -177,6 +179,12 @@ pub fn clip_and_sgd(
         let gi = g.mul(grads[i], factor)?;
         let decay = g.mul(w[i], lambda)?;
         let d = g.add2(gi, decay)?;
+        let Some(buf) = buf else {
+            // Without momentum (the recurrent search's SGD): w' = w - d lr.
+            let step = g.mul(d, lr)?;
+            assign.push((g.sub(w[i], step)?, n.clone()));
+            continue;
+        };
         let mb = g.mul(buf[i], mu)?;
         let b_new = g.add2(mb, d)?;
         let step = g.mul(b_new, lr)?;

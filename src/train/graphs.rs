@@ -137,7 +137,7 @@ impl TrainStepGraph {
             buf.push(g.input(names::sgd_buf(k), shape.clone())?);
         }
         let grads = train.grads.clone();
-        let (grad_norm, mut assign) = clip_and_sgd(g, params, (&w, &buf), &grads, lr, h)?;
+        let (grad_norm, mut assign) = clip_and_sgd(g, params, (&w, Some(&buf)), &grads, lr, h)?;
         assign.extend(running_stats(g, std::slice::from_ref(&train.bn))?);
         Ok(TrainStepGraph {
             train,

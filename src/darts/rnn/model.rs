@@ -50,49 +50,63 @@ pub struct Masks {
 }
 
 /// One batch of the language model: token ids x [T, B] (exact integers), one-hot targets
-/// [T B, V] (row t B + b, as the reference flattens the target block), the incoming hidden
-/// state [1, B, H], and the dropout masks.
+/// [T B, V] (row t B + b, as the reference flattens the target block), and the incoming
+/// hidden state [1, B, H].
 #[derive(Clone, Copy, Debug)]
 pub struct LmBatch {
     pub x: NodeId,
     pub target: NodeId,
     pub hidden: NodeId,
-    pub masks: Masks,
 }
 
 impl LmBatch {
     /// Declare a batch's inputs `<prefix>/x`, `<prefix>/target`, `<prefix>/hidden` for T time
-    /// steps and B sequences (and `<prefix>/mask/...` for each dropout that is on, in the
-    /// order of [`names::MASKS`]).
+    /// steps and B sequences.
     pub fn declare(
         g: &mut Graph,
         cfg: &RnnConfig,
         prefix: &str,
         (t, b): (usize, usize),
-        dropout_on: [bool; 5],
     ) -> R<LmBatch> {
-        let (v, h) = (cfg.ntoken, cfg.nhid);
-        let x = g.input(names::of(prefix, names::X), [t, b])?;
-        let target = g.input(names::of(prefix, names::TARGET), [t * b, v])?;
-        let hidden = g.input(names::of(prefix, names::HIDDEN), [1, b, h])?;
+        Ok(LmBatch {
+            x: g.input(names::of(prefix, names::X), [t, b])?,
+            target: g.input(names::of(prefix, names::TARGET), [t * b, cfg.ntoken])?,
+            hidden: g.input(names::of(prefix, names::HIDDEN), [1, b, cfg.nhid])?,
+        })
+    }
+}
+
+/// Which dropouts are on (p > 0), in the order of [`names::MASKS`]: embedding, input, output,
+/// x, h.
+pub type DropoutOn = [bool; 5];
+
+impl Masks {
+    /// Declare the masks of one forward as inputs `<prefix>/mask/...` for B sequences (one
+    /// per dropout that is on; the reference draws fresh masks at every forward call).
+    pub fn declare(
+        g: &mut Graph,
+        cfg: &RnnConfig,
+        prefix: &str,
+        b: usize,
+        on: DropoutOn,
+    ) -> R<Masks> {
         let mut m = [None; 5];
-        for (i, on) in dropout_on.into_iter().enumerate() {
+        for (i, on) in on.into_iter().enumerate() {
             if on {
-                let shape = if i == 0 { vec![v, 1] } else { vec![b, h] };
+                let shape = if i == 0 {
+                    vec![cfg.ntoken, 1]
+                } else {
+                    vec![b, cfg.nhid]
+                };
                 m[i] = Some(g.input(names::of(prefix, names::MASKS[i]), shape)?);
             }
         }
-        Ok(LmBatch {
-            x,
-            target,
-            hidden,
-            masks: Masks {
-                embedding: m[0],
-                input: m[1],
-                output: m[2],
-                x: m[3],
-                h: m[4],
-            },
+        Ok(Masks {
+            embedding: m[0],
+            input: m[1],
+            output: m[2],
+            x: m[3],
+            h: m[4],
         })
     }
 }
@@ -105,6 +119,8 @@ pub struct LmOut {
     pub hidden_next: NodeId,
     /// The cell outputs before the output dropout [T, B, H] (TAR reads these).
     pub raw: NodeId,
+    /// The same after the output dropout (AR reads these).
+    pub output: NodeId,
     /// The BN statistics of the forward's 9 T train-mode BN calls, in call order.
     pub bn: Vec<BnRecord>,
 }
@@ -119,6 +135,7 @@ pub fn forward(
     cell: Cell,
     w: &HashMap<String, NodeId>,
     batch: &LmBatch,
+    masks: &Masks,
     train_mode: bool,
 ) -> R<LmOut> {
     let (v, h) = (cfg.ntoken, cfg.nhid);
@@ -132,11 +149,7 @@ pub fn forward(
             reason: "no node given for this parameter".into(),
         })
     };
-    let masks = if train_mode {
-        batch.masks
-    } else {
-        Masks::default()
-    };
+    let masks = if train_mode { *masks } else { Masks::default() };
     let e = get(names::ENCODER)?;
     // Embedding (embedded_dropout: one factor per word, for the whole batch).
     let table = match masks.embedding {
@@ -177,6 +190,7 @@ pub fn forward(
         loss,
         hidden_next,
         raw,
+        output: out,
         bn,
     })
 }
