@@ -2,15 +2,16 @@
 //!
 //! (a) VJP vs central differences: for a random cotangent c, the gradient of s = <c, f(x)>
 //!     against central differences of s, element by element;
-//! (b) the adjoint (dot-product) identity <J t, c> = <t, J^T c>: J t from the forward map
-//!     itself when f is linear in the input, otherwise from differentiating <J^T c, t> with
-//!     respect to c (which exercises the VJP rules of the VJP nodes);
+//! (b) the adjoint (dot-product) identity <c, J t> = <t, J^T c> along one random tangent t
+//!     moving every input at once, with <c, J t> computed without the VJP graph: from the
+//!     forward map itself when f is linear in the input, otherwise from central differences
+//!     of phi(tau) = <c, f(x + tau t)>, so a wrong nonlinear rule fails it;
 //! (c) second order: the gradient of <grad s, v> (an exact Hessian-vector product) against
 //!     central differences of grad s along v, on smooth compositions.
 //!
 //! Tolerances come from `check::tolerance` (derivations: proofs/gradient-checking.md).
 
-use super::tolerance::{central_difference_bound, evaluation_bound, gamma};
+use super::tolerance::{central_difference_bound, evaluation_bound, gamma, rounded_point_bound};
 use crate::autodiff;
 use crate::exec::{cpu::CpuExecutor, ExecError, Executor, Feeds};
 use crate::graph::{Graph, GraphError, NodeId, Shape};
@@ -53,21 +54,25 @@ pub struct Measure {
     pub rel_err: f64,
     /// max over entries of |a - b| / tolerance (pass iff <= 1).
     pub worst_ratio: f64,
+    /// max |b|: the size of the reference values (0 when the derivative checked is zero).
+    pub reference_max: f64,
+    /// Largest tolerance over max |b|: how small the allowed error is against the quantity
+    /// it guards (infinite when every reference value is zero).
+    pub tolerance_rel: f64,
     pub pass: bool,
 }
 
 impl Measure {
     fn from(errs: &[(f64, f64, f64)]) -> Measure {
         // (analytic, reference, tolerance)
-        let scale = errs
-            .iter()
-            .map(|e| e.1.abs())
-            .fold(0.0, f64::max)
-            .max(1e-300);
+        let reference_max = errs.iter().map(|e| e.1.abs()).fold(0.0, f64::max);
+        let scale = reference_max.max(1e-300);
         let mut rel: f64 = 0.0;
         let mut ratio: f64 = 0.0;
+        let mut largest_tol: f64 = 0.0;
         let mut finite = true;
         for &(a, b, tol) in errs {
+            largest_tol = largest_tol.max(tol);
             let d = (a - b).abs();
             finite &= a.is_finite() && b.is_finite();
             rel = rel.max(d / scale);
@@ -86,6 +91,12 @@ impl Measure {
         Measure {
             rel_err: rel,
             worst_ratio: ratio,
+            reference_max,
+            tolerance_rel: if reference_max > 0.0 {
+                largest_tol / reference_max
+            } else {
+                f64::INFINITY
+            },
             pass: finite && ratio <= 1.0,
         }
     }
@@ -204,17 +215,14 @@ fn l1(a: &ArrayD<f64>) -> f64 {
     a.iter().map(|v| v.abs()).sum::<f64>()
 }
 
-/// The case's graph augmented with the check's inputs (cotangent c, tangents t, directions
-/// v) and the nodes the checks evaluate.
+/// The case's graph augmented with the check's inputs (cotangent c, directions v) and the
+/// nodes the checks evaluate. The adjoint check's tangents t add no node: both sides of its
+/// identity are inner products taken on the host.
 struct Augmented {
     g: Graph,
     out_shape: Shape,
     /// s = <c, f(x)>.
     s: NodeId,
-    /// r = <grad s, t> = <t, J^T c>.
-    r: NodeId,
-    /// J t, as the gradient of r with respect to c.
-    jt: NodeId,
     grads: Vec<NodeId>,
     /// H v per `wrt` input, when the case is smooth.
     hv: Option<Vec<NodeId>>,
@@ -234,21 +242,14 @@ fn augment(case: &Case) -> Result<Augmented, CheckError> {
         None => autodiff::grad(&mut g, s, &case.wrt),
     }
     .map_err(&gerr)?;
-    let mut t_in = Vec::new();
     let mut v_in = Vec::new();
     for (i, &w) in case.wrt.iter().enumerate() {
         let sh = g.shape(w).clone();
-        t_in.push(
-            g.input(format!("__check_tangent_{i}"), sh.clone())
-                .map_err(&gerr)?,
-        );
         v_in.push(
             g.input(format!("__check_direction_{i}"), sh)
                 .map_err(&gerr)?,
         );
     }
-    let r = autodiff::inner(&mut g, &grads, &t_in).map_err(&gerr)?;
-    let jt = autodiff::grad(&mut g, r, &[c_in]).map_err(&gerr)?[0];
     let hv = if case.smooth {
         let s2 = autodiff::inner(&mut g, &grads, &v_in).map_err(&gerr)?;
         Some(autodiff::grad(&mut g, s2, &case.wrt).map_err(&gerr)?)
@@ -260,8 +261,6 @@ fn augment(case: &Case) -> Result<Augmented, CheckError> {
         g,
         out_shape,
         s,
-        r,
-        jt,
         grads,
         hv,
         depths,
@@ -273,8 +272,6 @@ struct Prepared<'a> {
     case: &'a Case,
     g: Graph,
     s: NodeId,
-    r: NodeId,
-    jt: NodeId,
     grads: Vec<NodeId>,
     hv: Option<Vec<NodeId>>,
     depths: Vec<usize>,
@@ -285,7 +282,7 @@ struct Prepared<'a> {
     c: ArrayD<f64>,
     ts: Vec<ArrayD<f64>>,
     vs: Vec<ArrayD<f64>>,
-    /// Values of [s, output, r, jt, grads.., hv..] at the base point.
+    /// Values of [s, output, grads.., hv..] at the base point.
     base: Vec<ArrayD<f64>>,
 }
 
@@ -302,8 +299,6 @@ fn prepare<'a>(case: &'a Case, rng: &mut ChaCha8Rng) -> Result<Prepared<'a>, Che
         g,
         out_shape,
         s,
-        r,
-        jt,
         grads,
         hv,
         depths,
@@ -324,13 +319,12 @@ fn prepare<'a>(case: &'a Case, rng: &mut ChaCha8Rng) -> Result<Prepared<'a>, Che
     for (i, &w) in case.wrt.iter().enumerate() {
         let t = normal_like(g.shape(w).dims(), rng);
         let v = normal_like(g.shape(w).dims(), rng);
-        feeds.insert(format!("__check_tangent_{i}"), t.clone());
         feeds.insert(format!("__check_direction_{i}"), v.clone());
         ts.push(t);
         vs.push(v);
     }
     let mut ex = CpuExecutor::<f64>::new();
-    let mut wanted = vec![s, case.output, r, jt];
+    let mut wanted = vec![s, case.output];
     wanted.extend(&grads);
     if let Some(hv) = &hv {
         wanted.extend(hv);
@@ -340,8 +334,6 @@ fn prepare<'a>(case: &'a Case, rng: &mut ChaCha8Rng) -> Result<Prepared<'a>, Che
         case,
         g,
         s,
-        r,
-        jt,
         grads,
         hv,
         depths,
@@ -355,6 +347,21 @@ fn prepare<'a>(case: &'a Case, rng: &mut ChaCha8Rng) -> Result<Prepared<'a>, Che
     })
 }
 
+/// Round-off bound of one evaluation of s = <c, f(x)> near the base point. It is relative to
+/// the terms s sums, bounded by the largest intermediate value M_s upstream of s:
+/// gamma_K * M_s * sum|c| (plus the |c||y| of the final inner product).
+fn s_evaluation_bound(p: &mut Prepared) -> Result<f64, CheckError> {
+    let u = UNIT_ROUNDOFF;
+    let y = &p.base[1];
+    let m_s = max_abs_upstream(&mut p.ex, &p.g, &p.feeds, &[p.s])?;
+    Ok(evaluation_bound(
+        p.case.k_terms + y.len(),
+        p.depths[p.s.0],
+        abs_dot(&p.c, y) + m_s * l1(&p.c),
+        u,
+    ))
+}
+
 /// (a) VJP vs central differences of s, element by element; inputs with more than
 /// `MAX_FD_ELEMENTS` elements are subsampled with draws from `rng`.
 fn check_vjp_vs_fd(p: &mut Prepared, rng: &mut ChaCha8Rng) -> Result<Measure, CheckError> {
@@ -363,18 +370,8 @@ fn check_vjp_vs_fd(p: &mut Prepared, rng: &mut ChaCha8Rng) -> Result<Measure, Ch
     let u = UNIT_ROUNDOFF;
     let k = case.k_terms;
     let s = p.s;
-    let y = &p.base[1];
-    let grad_vals = &p.base[4..4 + p.grads.len()];
-    // Round-off of each evaluation of s is relative to the terms it sums, bounded by the
-    // largest intermediate value M_s upstream of s: gamma_K * M_s * sum|c| (plus the |c||y| of
-    // the final inner product).
-    let m_s = max_abs_upstream(&mut p.ex, &p.g, &p.feeds, &[s])?;
-    let eval_err = evaluation_bound(
-        k + y.len(),
-        p.depths[s.0],
-        abs_dot(&p.c, y) + m_s * l1(&p.c),
-        u,
-    );
+    let grad_vals = p.base[2..2 + p.grads.len()].to_vec();
+    let eval_err = s_evaluation_bound(p)?;
     let h = FD_STEP;
     let mut errs_a = Vec::new();
     for (i, name) in p.names.iter().enumerate() {
@@ -415,23 +412,19 @@ fn check_vjp_vs_fd(p: &mut Prepared, rng: &mut ChaCha8Rng) -> Result<Measure, Ch
     Ok(Measure::from(&errs_a))
 }
 
-/// (b) adjoint identity <J t, c> = <t, J^T c>.
+/// (b) adjoint identity <c, J t> = <t, K c> for the VJP K c under test (the gradients of
+/// s = <c, f(x)>) and one random tangent t per input, with <c, J t> computed without the VJP
+/// graph. A linear case takes J_i t_i = f(.., t_i, ..) - f(.., 0, ..) from the forward map, one
+/// input at a time, and the only error is summation round-off. Any other case moves every
+/// input at once and takes the central difference of phi(tau) = <c, f(x + tau t)>, whose
+/// derivative at 0 is <c, J t>: forward evaluations only, so any wrong VJP rule (linear or
+/// not) fails it, whichever element of whichever input it gets wrong.
 fn check_adjoint(p: &mut Prepared) -> Result<Measure, CheckError> {
     let case = p.case;
     let eerr = exec_error(&case.op);
     let u = UNIT_ROUNDOFF;
     let k = case.k_terms;
-    let y = &p.base[1];
-    let r_val = p.base[2].sum();
-    let jt_val = &p.base[3];
-    let grad_vals = &p.base[4..4 + p.grads.len()];
-    let rhs = r_val;
-    let rhs_abs: f64 =
-        p.ts.iter()
-            .zip(grad_vals)
-            .map(|(t, gv)| abs_dot(t, gv))
-            .sum();
-    let total_in = p.total_in();
+    let grad_vals = p.base[2..2 + p.grads.len()].to_vec();
     let mut errs_b = Vec::new();
     if case.linear {
         // J_i t = f(.., t, ..) - f(.., 0, ..): f is affine in each input separately.
@@ -448,25 +441,58 @@ fn check_adjoint(p: &mut Prepared) -> Result<Measure, CheckError> {
                     .map_err(&eerr)?
                     .remove(0);
             p.feeds.insert(name.clone(), x0);
-            let lhs = dot(&yt, &p.c) - dot(&y0, &p.c);
-            let rhs_i = dot(&p.ts[i], &grad_vals[i]);
+            let jvp = dot(&yt, &p.c) - dot(&y0, &p.c);
+            let vjp = dot(&p.ts[i], &grad_vals[i]);
             let tol = gamma(k * p.depths[p.grads[i].0] + yt.len() + p.ts[i].len(), u)
                 * (abs_dot(&yt, &p.c) + abs_dot(&y0, &p.c) + abs_dot(&p.ts[i], &grad_vals[i]));
-            errs_b.push((lhs, rhs_i, tol));
+            errs_b.push((vjp, jvp, tol));
         }
-    } else {
-        // Both sides are computed through the VJP graph, where terms can cancel (batch norm
-        // with two values per channel has a Jacobian of order eps). Round-off is relative to
-        // the terms, not to the result: bound each term by the largest intermediate value M
-        // upstream of the two sides, giving gamma_K * M * (sum |t| + sum |c|).
-        let m = max_abs_upstream(&mut p.ex, &p.g, &p.feeds, &[p.jt, p.r])?;
-        let c = &p.c;
-        let terms = m * (p.ts.iter().map(l1).sum::<f64>() + l1(c));
-        let lhs = dot(jt_val, c);
-        let tol = gamma(k * p.depths[p.jt.0] + y.len() + total_in, u)
-            * (abs_dot(jt_val, c) + rhs_abs + terms);
-        errs_b.push((lhs, rhs, tol));
+        return Ok(Measure::from(&errs_b));
     }
+    let h = FD_STEP;
+    let x0: Vec<ArrayD<f64>> = p
+        .names
+        .iter()
+        .map(|n| p.feeds.get(n).expect("fed").clone())
+        .collect();
+    // Largest |s| change from rounding the evaluation point x + tau t (tau <= h) to doubles:
+    // u sum_j |d_j s| (|x_j| + h |t_j|) (`rounded_point_bound`).
+    let point_abs: f64 = (0..x0.len())
+        .map(|i| {
+            grad_vals[i]
+                .iter()
+                .zip(x0[i].iter().zip(p.ts[i].iter()))
+                .map(|(g, (x, t))| g.abs() * (x.abs() + h * t.abs()))
+                .sum::<f64>()
+        })
+        .sum();
+    let eval_err = s_evaluation_bound(p)? + rounded_point_bound(point_abs, u);
+    let s = p.s;
+    let mut phi = |tau: f64| -> Result<f64, CheckError> {
+        for (i, name) in p.names.iter().enumerate() {
+            p.feeds.insert(name.clone(), &x0[i] + &(&p.ts[i] * tau));
+        }
+        Ok(p.ex.run(&p.g, &p.feeds, &[s]).map_err(&eerr)?[0].sum())
+    };
+    let d_h = (phi(h)? - phi(-h)?) / (2.0 * h);
+    let d_half = (phi(h / 2.0)? - phi(-h / 2.0)?) / h;
+    for (i, name) in p.names.iter().enumerate() {
+        p.feeds.insert(name.clone(), x0[i].clone());
+    }
+    // The VJP side <t, K c> = sum_i <t_i, g_i>: each gradient entry carries the evaluation
+    // bound of its graph (as in check (a)), and the inner product its own gamma_n.
+    let mut vjp = 0.0;
+    let mut vjp_err = 0.0;
+    let mut vjp_abs = 0.0;
+    for ((t, g), &node) in p.ts.iter().zip(&grad_vals).zip(&p.grads) {
+        let m_g = max_abs_upstream(&mut p.ex, &p.g, &p.feeds, &[node])?;
+        vjp += dot(t, g);
+        vjp_abs += abs_dot(t, g);
+        vjp_err += evaluation_bound(k, p.depths[node.0], m_g, u) * l1(t);
+    }
+    vjp_err += gamma(p.total_in(), u) * vjp_abs;
+    let tol = central_difference_bound(d_h, d_half, eval_err, h) + vjp_err;
+    errs_b.push((vjp, d_half, tol));
     Ok(Measure::from(&errs_b))
 }
 
@@ -479,7 +505,7 @@ fn check_second_order(p: &mut Prepared, hv_nodes: &[NodeId]) -> Result<Measure, 
     let k = case.k_terms;
     let h = FD_STEP;
     let total_in = p.total_in();
-    let hv_vals = &p.base[4 + p.grads.len()..];
+    let hv_vals = &p.base[2 + p.grads.len()..];
     let x0: Vec<ArrayD<f64>> = p
         .names
         .iter()

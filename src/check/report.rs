@@ -40,7 +40,9 @@ const HEADER: [&str; 6] = [
 const LEGEND: &str = "Each check shows the max relative error and, in parentheses, the worst \
 ratio of error to its derived tolerance (pass iff <= 1). VJP vs FD: gradient of <c, f(x)> \
 against central differences (Richardson-estimated truncation + round-off bound). adjoint: \
-<J t, c> = <t, J^T c> within gamma_K round-off. 2nd order: exact H v against central \
+<c, J t> = <t, J^T c> along one random tangent, with <c, J t> from the forward map (linear ops, \
+gamma_K round-off) or from central differences of f along the tangent (Richardson + round-off \
+bound), never from the VJP graph. 2nd order: exact H v against central \
 differences of the gradient. Derivations: proofs/gradient-checking.md.";
 
 /// Render outcomes in the chosen format.

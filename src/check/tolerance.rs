@@ -25,6 +25,16 @@ pub fn central_difference_bound(d_h: f64, d_half: f64, eval_err: f64, h: f64) ->
     (d_h - d_half).abs() + 2.0 * eval_err / h
 }
 
+/// Change of a function s caused by rounding the point p = x + tau t at which it is evaluated
+/// to doubles: each coordinate moves by |fl(p_j) - p_j| <= u |p_j|, so by the mean value
+/// theorem |s(fl(p)) - s(p)| <= u sum_j |d_j s| |p_j| to first order in u (the gradient changes
+/// by O(u) over that distance). `abs_grad_dot_point` is sum_j |d_j s| (|x_j| + |tau t_j|), which
+/// bounds sum_j |d_j s| |p_j|. It is an evaluation error of s, to be added to the graph's own
+/// round-off before [`central_difference_bound`] divides by the step.
+pub fn rounded_point_bound(abs_grad_dot_point: f64, u: f64) -> f64 {
+    u * abs_grad_dot_point
+}
+
 /// Round-off bound of evaluating a graph whose longest accumulation has `k` terms and which
 /// has `depth` nodes on its longest path, for a result whose terms sum in absolute value to
 /// `abs_sum`: each node adds at most one more rounding per term, so the bound is

@@ -210,11 +210,12 @@ impl ExecutorUser for Start {
         } else {
             Search::<T>::new(self.opts, &self.dir, exec)?
         };
-        drive(s)
+        drive(s, self.resume)
     }
 }
 
-fn drive<T: darts::exec::Scalar>(mut s: Search<T>) -> Result<()> {
+/// Runs `s` to its end or to Ctrl-C; `resumed` says whether it was loaded from a checkpoint.
+fn drive<T: darts::exec::Scalar>(mut s: Search<T>, resumed: bool) -> Result<()> {
     let o = s.opts.clone();
     println!(
         "search: C={} layers={} epochs={} batch={} order={:?} dtype={:?} seed={} | {} | run folder {}",
@@ -247,9 +248,30 @@ fn drive<T: darts::exec::Scalar>(mut s: Search<T>) -> Result<()> {
         .expect("valid template")
         .progress_chars("=> "),
     );
+    // Where this process starts: a resumed run continues at its checkpoint's step and random
+    // state, a fresh one at step 0 (tests/search.rs tells the two apart by this line).
+    let p = &s.progress;
+    let at = if p.epoch < o.epochs {
+        format!(
+            "epoch {} of {}, step {} of the epoch",
+            p.epoch + 1,
+            o.epochs,
+            if p.in_epoch { p.sums.steps } else { 0 }
+        )
+    } else {
+        format!("all {} epochs done", o.epochs)
+    };
+    println!(
+        "{} at global step {} ({at}), rng word position {}",
+        if resumed { "resuming" } else { "starting" },
+        p.global_step,
+        s.rng_position().word_pos
+    );
     let start = Instant::now();
+    let mut steps_here = 0usize;
     let mut on_step =
         |epoch: usize, step: usize, per: usize, sums: &darts::search::run::EpochSums| {
+            steps_here += 1;
             bar.set_length(per as u64);
             bar.set_prefix(format!("{}/{}", epoch + 1, o.epochs));
             bar.set_position(step as u64);
@@ -281,8 +303,10 @@ fn drive<T: darts::exec::Scalar>(mut s: Search<T>) -> Result<()> {
         Finish::Done { genotype } => {
             println!("genotype = {genotype}");
             println!(
-                "done in {:.1} s; log, checkpoint and genotype.txt in {}",
+                "done in {:.1} s at global step {} ({steps_here} steps run in this process); \
+                 log, checkpoint and genotype.txt in {}",
                 start.elapsed().as_secs_f64(),
+                s.progress.global_step,
                 s.run_dir.display()
             );
         }
@@ -293,7 +317,7 @@ fn drive<T: darts::exec::Scalar>(mut s: Search<T>) -> Result<()> {
             global_step,
         } => {
             println!(
-                "interrupted in epoch {} of {}, step {step} of {of} ({global_step} steps in all); checkpoint written. Continue with: darts search --resume {}",
+                "interrupted in epoch {} of {}, step {step} of {of} ({global_step} steps in all, {steps_here} run in this process); checkpoint written. Continue with: darts search --resume {}",
                 epoch + 1,
                 o.epochs,
                 s.run_dir.display()

@@ -365,6 +365,13 @@ impl<T: Scalar> Search<T> {
         Ok(())
     }
 
+    /// The state of the run's random generator now (its keystream position moves with every
+    /// augmentation, batch and shuffle draw): a resumed run starts where its checkpoint left
+    /// it, a fresh one where seeding and initialisation leave it.
+    pub fn rng_position(&self) -> RngState {
+        RngState::capture(&self.rng)
+    }
+
     pub fn executor_name(&self) -> String {
         self.stepper.executor_name()
     }
@@ -533,6 +540,7 @@ impl<T: Scalar> Search<T> {
             let s = self.progress.sums.clone();
             let line = serde_json::json!({
                 "epoch": epoch,
+                "global_step": self.progress.global_step,
                 "lr": self.opts.lr(epoch),
                 "genotype_at_start": self.progress.genotype_at_epoch_start,
                 "train_loss": s.loss / s.seen as f64,
