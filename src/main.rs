@@ -48,7 +48,7 @@ enum Command {
     /// implementations).
     Step(cli::step::Args),
     /// Architecture search (bilevel DARTS) on CIFAR-10, with checkpoints and resume.
-    Search(cli::search::Args),
+    Search(Box<cli::search::Args>),
     /// Train a genotype's evaluation network from scratch on CIFAR-10 (cnn/train.py).
     Train(Box<cli::train::Args>),
 }
@@ -155,7 +155,7 @@ fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Search(args) => {
-            cli::search::run(args)?;
+            cli::search::run(*args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Train(args) => {
