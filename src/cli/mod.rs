@@ -7,6 +7,7 @@ pub mod search;
 pub mod search_rnn;
 pub mod step;
 pub mod train;
+pub mod train_rnn;
 
 /// A run stopped by Ctrl-C after writing its checkpoint: the tool exits with status 130, as
 /// shells report a command ended by SIGINT, so a script can tell it from a finished run.

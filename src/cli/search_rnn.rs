@@ -24,16 +24,16 @@ pub struct RnnFlags {
     /// Evaluation batch size [10].
     #[arg(long)]
     pub eval_batch_size: Option<usize>,
-    /// Output locked dropout [quick 0.25, paper 0.75].
+    /// Output locked dropout [quick 0, paper 0.75].
     #[arg(long)]
     pub dropout: Option<f64>,
-    /// The cell's h dropout [quick 0.1, paper 0.25].
+    /// The cell's h dropout [quick 0, paper 0.25].
     #[arg(long)]
     pub dropouth: Option<f64>,
-    /// The cell's x dropout [quick 0.1, paper 0.75].
+    /// The cell's x dropout [quick 0, paper 0.75].
     #[arg(long)]
     pub dropoutx: Option<f64>,
-    /// Input locked dropout [quick 0.1, paper 0.2].
+    /// Input locked dropout [quick 0, paper 0.2].
     #[arg(long)]
     pub dropouti: Option<f64>,
     /// Per-word embedding dropout [0].

@@ -16,6 +16,10 @@ pub enum Preset {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Which half of DARTS: the convolutional network on CIFAR-10 or the recurrent language
+    /// model on PTB.
+    #[arg(long, value_enum, default_value_t = crate::cli::gradients::Space::Cnn)]
+    pub space: crate::cli::gradients::Space,
     /// The genotype: its text form as the search prints it
     /// ("Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=[2, 3, 4, 5], ...)"),
     /// or one of the reference's names DARTS_V1, DARTS_V2, DARTS (= DARTS_V2).
@@ -95,6 +99,8 @@ pub struct Args {
     /// Skip the check that the network fits in the host's available memory.
     #[arg(long)]
     pub no_memory_check: bool,
+    #[command(flatten)]
+    pub rnn: crate::cli::train_rnn::RnnTrainFlags,
 }
 
 /// The genotype from a name or its text form; parse errors point at the token.
@@ -165,6 +171,10 @@ fn print_epoch(r: &EpochRecord, epochs: usize) {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.space == crate::cli::gradients::Space::Rnn {
+        return crate::cli::train_rnn::run(&a);
+    }
+    a.rnn.refuse_for_cnn()?;
     let genotype = match (&a.genotype, &a.genotype_file) {
         (Some(t), _) => parse_genotype(t, "--genotype")?,
         (None, Some(f)) => {

@@ -32,6 +32,7 @@
 
 pub mod graphs;
 pub mod options;
+pub mod recurrent;
 pub mod trainer;
 
 pub use options::{
