@@ -271,6 +271,11 @@ fn bad_inputs_are_clear_errors_that_write_nothing() {
         v.extend(args(extra));
         v
     };
+    let rsearch = |extra: &[&str]| -> Vec<String> {
+        let mut v = args(&["search", "--space", "rnn", "--epochs", "1"]);
+        v.extend(args(extra));
+        v
+    };
     let train = |extra: &[&str]| -> Vec<String> {
         let mut v = args(&["train", "--genotype", "DARTS_V2", "--epochs", "1"]);
         v.extend(args(extra));
@@ -324,6 +329,25 @@ fn bad_inputs_are_clear_errors_that_write_nothing() {
         ),
         (
             args(&["search", "--resume", "/nonexistent/run"]),
+            "/nonexistent/run",
+        ),
+        // search --space rnn: flags of the recurrent search, and the other space's.
+        (rsearch(&["--nhid", "0"]), "--nhid"),
+        (rsearch(&["--dropout", "1"]), "--dropout"),
+        (rsearch(&["--dropouth=-0.1"]), "--dropouth"),
+        (rsearch(&["--bptt", "1"]), "--bptt"),
+        (rsearch(&["--batch-size", "1"]), "--batch-size"),
+        (rsearch(&["--beta", "nan"]), "--beta"),
+        (rsearch(&["--learning-rate", "inf"]), "--learning-rate"),
+        (rsearch(&["--layers", "3"]), "--layers"),
+        (rsearch(&["--max-train-rows", "2"]), "--max-train-rows"),
+        (
+            rsearch(&["--data-dir", "/nonexistent/ptb"]),
+            "/nonexistent/ptb",
+        ),
+        (search(&["--nhid", "8"]), "--nhid"),
+        (
+            args(&["search", "--space", "rnn", "--resume", "/nonexistent/run"]),
             "/nonexistent/run",
         ),
         // gradients: files and flags.

@@ -254,3 +254,39 @@ fn recurrent_search_resumes_bit_identically_after_sigkill() {
         std::fs::remove_dir_all(&d).ok();
     }
 }
+
+/// A diverging run stops with an error naming the step and the tensor, and keeps its last
+/// checkpoint.
+#[test]
+fn recurrent_search_reports_nan_naming_step_and_tensor() {
+    let corpus = Corpus::embedded().unwrap();
+    let d = dir("nan");
+    let mut o = tiny(Order::First, 1);
+    o.lr = 1e30;
+    o.hyper.clip = 1e30;
+    o.checkpoint_every = 1;
+    let mut s = search(o, &corpus, &d);
+    let e = s
+        .run(&AtomicBool::new(false), &mut |_, _, _, _| {})
+        .unwrap_err()
+        .to_string();
+    println!("{e}");
+    assert!(e.contains("step ") && e.contains("row "), "{e}");
+    assert!(
+        ["L_train", "L_val", "||grad_w||", "alpha/recurrent"]
+            .iter()
+            .any(|t| e.contains(t)),
+        "{e}"
+    );
+    // The last checkpoint is the state before the failing step, and it is finite.
+    let (arrays, meta) = checkpoint::read(&d.join(CHECKPOINT)).unwrap();
+    let step: u64 = e["step ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(meta["progress"]["global_step"].as_u64(), Some(step));
+    assert!(arrays.values().all(|a| a.iter().all(|x| x.is_finite())));
+    std::fs::remove_dir_all(&d).ok();
+}
