@@ -15,10 +15,17 @@ use ndarray::{ArrayD, IxDyn};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-/// Size-keyed pool of dead buffers.
+/// The most elements the buffer pool keeps (2^28: 1 GiB in f32, 2 GiB in f64).
+pub const MAX_POOLED_ELEMENTS: usize = 1 << 28;
+
+/// Size-keyed pool of dead buffers, holding at most [`MAX_POOLED_ELEMENTS`] elements in all
+/// (graphs of many shapes, such as the recurrent model's variable sequence lengths, would
+/// otherwise keep up to 8 buffers of every size they ever used).
 #[derive(Default)]
 pub struct BufferPool<T> {
     free: HashMap<usize, Vec<Vec<T>>>,
+    /// Elements held in `free`.
+    pooled: usize,
     /// Allocations served from the pool / fresh, for the executor's statistics.
     pub reused: usize,
     pub fresh: usize,
@@ -31,6 +38,7 @@ impl<T: Scalar> BufferPool<T> {
         let v = match self.free.get_mut(&n).and_then(|l| l.pop()) {
             Some(v) => {
                 self.reused += 1;
+                self.pooled -= v.len();
                 v
             }
             None => {
@@ -51,9 +59,13 @@ impl<T: Scalar> BufferPool<T> {
     pub fn recycle(&mut self, a: ArrayD<T>) {
         if a.is_standard_layout() {
             let (v, off) = a.into_raw_vec_and_offset();
-            if off.unwrap_or(0) == 0 && !v.is_empty() {
+            if off.unwrap_or(0) == 0
+                && !v.is_empty()
+                && self.pooled + v.len() <= MAX_POOLED_ELEMENTS
+            {
                 let list = self.free.entry(v.len()).or_default();
                 if list.len() < 8 {
+                    self.pooled += v.len();
                     list.push(v);
                 }
             }
@@ -76,6 +88,7 @@ impl<T: Scalar> CpuExecutor<T> {
         CpuExecutor {
             pool: BufferPool {
                 free: HashMap::new(),
+                pooled: 0,
                 reused: 0,
                 fresh: 0,
             },
