@@ -340,6 +340,10 @@ fn bad_inputs_are_clear_errors_that_write_nothing() {
         (rsearch(&["--beta", "nan"]), "--beta"),
         (rsearch(&["--learning-rate", "inf"]), "--learning-rate"),
         (rsearch(&["--layers", "3"]), "--layers"),
+        (
+            rsearch(&["--batch-size", "100000", "--bptt", "1000"]),
+            "MemAvailable",
+        ),
         (rsearch(&["--max-train-rows", "2"]), "--max-train-rows"),
         (
             rsearch(&["--data-dir", "/nonexistent/ptb"]),

@@ -238,6 +238,14 @@ pub fn run(a: &Args) -> Result<()> {
                 );
             }
             let corpus = corpus(a)?;
+            if !a.no_memory_check {
+                let flags = format!(
+                    "--batch-size {} --bptt {} --order {:?}",
+                    o.batch_size, o.bptt, o.order
+                )
+                .to_lowercase();
+                super::check_memory(o.memory_lower_bound(corpus.vocab()), &flags)?;
+            }
             let user = Start {
                 opts: o.clone(),
                 dir,

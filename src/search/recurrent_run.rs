@@ -97,6 +97,24 @@ impl RnnSearchOptions {
     }
 }
 
+impl RnnSearchOptions {
+    /// A lower bound of one step's memory in bytes for a vocabulary of `ntoken` words: every
+    /// train-mode forward of the step keeps its [T B, V] log-probabilities for its backward
+    /// (2 forwards first order, 3 exact, 5 second), at T = bptt, in the run's dtype.
+    pub fn memory_lower_bound(&self, ntoken: usize) -> u128 {
+        let forwards: u128 = match self.order {
+            Order::First => 2,
+            Order::Exact => 3,
+            Order::Second => 5,
+        };
+        let bytes: u128 = match self.dtype {
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+        };
+        forwards * (self.bptt * self.batch_size * ntoken) as u128 * bytes
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RnnSearchError {
     #[error(transparent)]
