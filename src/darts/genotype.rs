@@ -327,8 +327,13 @@ impl Lexer {
         }
         if ops.is_empty() || ops.len() % per_node != 0 {
             self.pos -= 1;
+            let per = match per_node {
+                1 => "one".to_string(),
+                2 => "two".to_string(),
+                n => n.to_string(),
+            };
             return Err(self.err(format!(
-                "a cell needs {per_node} (op, input) entries per node, got {}",
+                "a cell needs {per} (op, input) entries per node, got {}",
                 ops.len()
             )));
         }
