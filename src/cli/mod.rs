@@ -46,6 +46,21 @@ pub fn check_flags(flags: &[(&str, f64, Sign)], momentum: f64) -> anyhow::Result
     Ok(())
 }
 
+/// The flag a long run polls to stop cleanly: the first Ctrl-C sets it (the run finishes its
+/// step and writes a checkpoint), a second one exits at once with status 130.
+pub fn stop_on_ctrl_c() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing the current step, then writing a checkpoint");
+    });
+    stop
+}
+
 /// Which values a flag allows (see [`check_flags`]).
 #[derive(Clone, Copy, Debug)]
 pub enum Sign {

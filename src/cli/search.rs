@@ -6,8 +6,6 @@ use darts::search::architect::Order;
 use darts::search::run::{saved_options, DataSource, Dtype, Finish, Search, SearchOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -229,17 +227,7 @@ fn drive<T: darts::exec::Scalar>(mut s: Search<T>, resumed: bool) -> Result<()> 
         s.executor_name(),
         s.run_dir.display()
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // First Ctrl-C: finish the current step, checkpoint, exit. A second one kills.
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupt: finishing the current step, then writing a checkpoint");
-        });
-    }
+    let stop = crate::cli::stop_on_ctrl_c();
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(

@@ -8,8 +8,6 @@ use darts::exec::{Executor, ExecutorUser, Scalar};
 use darts::search::recurrent_run::{RnnFinish, RnnSearch, RnnSearchOptions, CHECKPOINT, LOG};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// The flags only the recurrent search has (train_search.py's names).
@@ -284,16 +282,7 @@ fn drive<T: Scalar>(s: &mut RnnSearch<T>) -> Result<()> {
         s.cfg.ntoken, o.nhid, o.epochs, o.batch_size, o.bptt, o.order, o.dtype, o.seed,
         s.dir.display()
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupt: finishing the current step, then writing a checkpoint");
-        });
-    }
+    let stop = crate::cli::stop_on_ctrl_c();
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
