@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use darts::data::ptb::Corpus;
 use darts::exec::{Executor, ExecutorUser, Scalar};
 use darts::search::recurrent_run::{RnnFinish, RnnSearch, RnnSearchOptions, CHECKPOINT, LOG};
+use darts::search::recurrent_step::Dropouts;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,21 +23,8 @@ pub struct RnnFlags {
     /// Evaluation batch size [10].
     #[arg(long)]
     pub eval_batch_size: Option<usize>,
-    /// Output locked dropout [quick 0, paper 0.75].
-    #[arg(long)]
-    pub dropout: Option<f64>,
-    /// The cell's h dropout [quick 0, paper 0.25].
-    #[arg(long)]
-    pub dropouth: Option<f64>,
-    /// The cell's x dropout [quick 0, paper 0.75].
-    #[arg(long)]
-    pub dropoutx: Option<f64>,
-    /// Input locked dropout [quick 0, paper 0.2].
-    #[arg(long)]
-    pub dropouti: Option<f64>,
-    /// Per-word embedding dropout [0].
-    #[arg(long)]
-    pub dropoute: Option<f64>,
+    #[command(flatten)]
+    pub dropouts: DropoutFlags,
     /// TAR's beta [1e-3].
     #[arg(long)]
     pub beta: Option<f64>,
@@ -61,11 +49,6 @@ impl RnnFlags {
             ("--nhid", self.nhid.is_some()),
             ("--bptt", self.bptt.is_some()),
             ("--eval-batch-size", self.eval_batch_size.is_some()),
-            ("--dropout", self.dropout.is_some()),
-            ("--dropouth", self.dropouth.is_some()),
-            ("--dropoutx", self.dropoutx.is_some()),
-            ("--dropouti", self.dropouti.is_some()),
-            ("--dropoute", self.dropoute.is_some()),
             ("--beta", self.beta.is_some()),
             ("--alpha", self.alpha.is_some()),
             ("--max-train-rows", self.max_train_rows.is_some()),
@@ -74,6 +57,70 @@ impl RnnFlags {
         ];
         if let Some((flag, _)) = given.iter().find(|g| g.1) {
             bail!("{flag} applies to --space rnn only");
+        }
+        self.dropouts.refuse_for_cnn()
+    }
+}
+
+/// The recurrent model's five dropout flags (train_search.py's and train.py's names), shared
+/// by `search --space rnn` and `train --space rnn`.
+#[derive(clap::Args, Debug, Default)]
+pub struct DropoutFlags {
+    /// Output locked dropout [quick 0, paper 0.75].
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// The cell's h dropout [quick 0, paper 0.25].
+    #[arg(long)]
+    pub dropouth: Option<f64>,
+    /// The cell's x dropout [quick 0, paper 0.75].
+    #[arg(long)]
+    pub dropoutx: Option<f64>,
+    /// Input locked dropout [quick 0, paper 0.2].
+    #[arg(long)]
+    pub dropouti: Option<f64>,
+    /// Per-word embedding dropout [search 0; train: quick 0, paper 0.1].
+    #[arg(long)]
+    pub dropoute: Option<f64>,
+}
+
+impl DropoutFlags {
+    fn flags(&self) -> [(&'static str, Option<f64>); 5] {
+        [
+            ("--dropout", self.dropout),
+            ("--dropouth", self.dropouth),
+            ("--dropoutx", self.dropoutx),
+            ("--dropouti", self.dropouti),
+            ("--dropoute", self.dropoute),
+        ]
+    }
+
+    /// Any of them given with `--space cnn` is an error.
+    pub fn refuse_for_cnn(&self) -> Result<()> {
+        match self.flags().iter().find(|f| f.1.is_some()) {
+            Some((flag, _)) => bail!("{flag} applies to --space rnn only"),
+            None => Ok(()),
+        }
+    }
+
+    /// The given ones written into `d`, then every probability checked to lie in [0, 1).
+    pub fn apply(&self, d: &mut Dropouts) -> Result<()> {
+        let targets = [
+            &mut d.output,
+            &mut d.h,
+            &mut d.x,
+            &mut d.input,
+            &mut d.embedding,
+        ];
+        for ((flag, given), target) in self.flags().into_iter().zip(targets) {
+            if let Some(p) = given {
+                *target = p;
+            }
+            if !(0.0..1.0).contains(target) {
+                bail!(
+                    "{flag} {}: a dropout probability must lie in [0, 1)",
+                    *target
+                );
+            }
         }
         Ok(())
     }
@@ -109,9 +156,7 @@ fn options(a: &Args) -> Result<RnnSearchOptions> {
         a.weight_decay => o.hyper.weight_decay, a.grad_clip => o.hyper.clip,
         a.arch_learning_rate => o.hyper.adam.lr, a.arch_weight_decay => o.hyper.adam.weight_decay,
         r.nhid => o.nhid, r.bptt => o.bptt, r.eval_batch_size => o.eval_batch_size,
-        r.dropout => o.hyper.dropouts.output, r.dropouth => o.hyper.dropouts.h,
-        r.dropoutx => o.hyper.dropouts.x, r.dropouti => o.hyper.dropouts.input,
-        r.dropoute => o.hyper.dropouts.embedding, r.beta => o.hyper.tar_beta,
+        r.beta => o.hyper.tar_beta,
         r.alpha => o.hyper.ar_alpha, r.checkpoint_every => o.checkpoint_every,
     );
     if r.max_train_rows.is_some() {
@@ -120,6 +165,7 @@ fn options(a: &Args) -> Result<RnnSearchOptions> {
     if r.max_eval_rows.is_some() {
         o.max_eval_rows = r.max_eval_rows;
     }
+    r.dropouts.apply(&mut o.hyper.dropouts)?;
     use super::Sign::{NonNegative, Positive};
     let h = &o.hyper;
     super::check_flags(
@@ -134,17 +180,6 @@ fn options(a: &Args) -> Result<RnnSearchOptions> {
         ],
         0.0,
     )?;
-    for (flag, p) in [
-        ("--dropout", h.dropouts.output),
-        ("--dropouth", h.dropouts.h),
-        ("--dropoutx", h.dropouts.x),
-        ("--dropouti", h.dropouts.input),
-        ("--dropoute", h.dropouts.embedding),
-    ] {
-        if !(0.0..1.0).contains(&p) {
-            bail!("{flag} {p}: a dropout probability must lie in [0, 1)");
-        }
-    }
     for (flag, v, min) in [
         ("--nhid", o.nhid, 1),
         ("--epochs", o.epochs, 1),

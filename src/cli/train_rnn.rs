@@ -23,21 +23,8 @@ pub struct RnnTrainFlags {
     /// Test batch size [quick 10, paper 1].
     #[arg(long)]
     pub test_batch_size: Option<usize>,
-    /// Output locked dropout [quick 0, paper 0.75].
-    #[arg(long)]
-    pub dropout: Option<f64>,
-    /// The cell's h dropout [quick 0, paper 0.25].
-    #[arg(long)]
-    pub dropouth: Option<f64>,
-    /// The cell's x dropout [quick 0, paper 0.75].
-    #[arg(long)]
-    pub dropoutx: Option<f64>,
-    /// Input locked dropout [quick 0, paper 0.2].
-    #[arg(long)]
-    pub dropouti: Option<f64>,
-    /// Per-word embedding dropout [quick 0, paper 0.1].
-    #[arg(long)]
-    pub dropoute: Option<f64>,
+    #[command(flatten)]
+    pub dropouts: super::search_rnn::DropoutFlags,
     /// TAR's beta [1e-3].
     #[arg(long)]
     pub beta: Option<f64>,
@@ -62,11 +49,6 @@ impl RnnTrainFlags {
             ("--bptt", self.bptt.is_some()),
             ("--eval-batch-size", self.eval_batch_size.is_some()),
             ("--test-batch-size", self.test_batch_size.is_some()),
-            ("--dropout", self.dropout.is_some()),
-            ("--dropouth", self.dropouth.is_some()),
-            ("--dropoutx", self.dropoutx.is_some()),
-            ("--dropouti", self.dropouti.is_some()),
-            ("--dropoute", self.dropoute.is_some()),
             ("--beta", self.beta.is_some()),
             ("--alpha", self.alpha.is_some()),
             ("--nonmono", self.nonmono.is_some()),
@@ -76,7 +58,7 @@ impl RnnTrainFlags {
         if let Some((flag, _)) = given.iter().find(|g| g.1) {
             bail!("{flag} applies to --space rnn only");
         }
-        Ok(())
+        self.dropouts.refuse_for_cnn()
     }
 }
 
@@ -112,8 +94,6 @@ fn options(a: &Args) -> Result<RnnTrainOptions> {
         a.batch_size => o.batch_size, a.learning_rate => o.lr, a.weight_decay => o.weight_decay,
         a.grad_clip => o.clip, r.nhid => o.nhid, r.bptt => o.bptt,
         r.eval_batch_size => o.eval_batch_size, r.test_batch_size => o.test_batch_size,
-        r.dropout => o.dropouts.output, r.dropouth => o.dropouts.h, r.dropoutx => o.dropouts.x,
-        r.dropouti => o.dropouts.input, r.dropoute => o.dropouts.embedding,
         r.beta => o.tar_beta, r.alpha => o.ar_alpha, r.nonmono => o.nonmono,
     );
     if r.max_train_rows.is_some() {
@@ -133,18 +113,7 @@ fn options(a: &Args) -> Result<RnnTrainOptions> {
         ],
         0.0,
     )?;
-    let d = &o.dropouts;
-    for (flag, p) in [
-        ("--dropout", d.output),
-        ("--dropouth", d.h),
-        ("--dropoutx", d.x),
-        ("--dropouti", d.input),
-        ("--dropoute", d.embedding),
-    ] {
-        if !(0.0..1.0).contains(&p) {
-            bail!("{flag} {p}: a dropout probability must lie in [0, 1)");
-        }
-    }
+    r.dropouts.apply(&mut o.dropouts)?;
     for (flag, v, min) in [
         ("--nhid", o.nhid, 1),
         ("--epochs", o.epochs, 1),
