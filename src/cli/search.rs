@@ -134,28 +134,7 @@ pub fn run(a: Args) -> Result<()> {
     match &a.resume {
         Some(dir) => {
             let o = saved_options(dir).with_context(|| format!("resuming {}", dir.display()))?;
-            for (flag, given, saved) in [
-                (
-                    "--backend",
-                    a.backend.map(|b| format!("{b:?}")),
-                    format!("{:?}", o.backend),
-                ),
-                (
-                    "--dtype",
-                    a.dtype.map(|d| format!("{d:?}")),
-                    format!("{:?}", o.dtype),
-                ),
-            ] {
-                if let Some(given) = given.filter(|g| *g != saved) {
-                    bail!(
-                        "{flag} {}: the run in {} was started with {} (a resumed run keeps \
-                         every setting that changes its numbers)",
-                        given.to_lowercase(),
-                        dir.display(),
-                        saved.to_lowercase()
-                    );
-                }
-            }
+            refuse_changed_executor(&a, dir, o.backend, o.dtype)?;
             let user = Start {
                 opts: o.clone(),
                 dir: dir.clone(),
@@ -190,6 +169,39 @@ pub fn run(a: Args) -> Result<()> {
                 .with_context(|| format!("opening the {:?} executor", o.backend))?
         }
     }
+}
+
+/// On `--resume`, a `--backend` or `--dtype` that disagrees with the run's is an error (a
+/// resumed run keeps every setting that changes its numbers); both searches check it here.
+pub(crate) fn refuse_changed_executor(
+    a: &Args,
+    dir: &std::path::Path,
+    backend: Backend,
+    dtype: Dtype,
+) -> Result<()> {
+    for (flag, given, saved) in [
+        (
+            "--backend",
+            a.backend.map(|b| format!("{b:?}")),
+            format!("{backend:?}"),
+        ),
+        (
+            "--dtype",
+            a.dtype.map(|d| format!("{d:?}")),
+            format!("{dtype:?}"),
+        ),
+    ] {
+        if let Some(given) = given.filter(|g| *g != saved) {
+            bail!(
+                "{flag} {}: the run in {} was started with {} (a resumed run keeps every \
+                 setting that changes its numbers)",
+                given.to_lowercase(),
+                dir.display(),
+                saved.to_lowercase()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Starts or resumes the run once the executor is open.

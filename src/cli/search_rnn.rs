@@ -224,27 +224,7 @@ pub fn run(a: &Args) -> Result<()> {
             }
             let o: RnnSearchOptions = serde_json::from_value(meta["options"].clone())
                 .with_context(|| format!("{}: options", dir.display()))?;
-            for (flag, given, saved) in [
-                (
-                    "--backend",
-                    a.backend.map(|b| format!("{b:?}")),
-                    format!("{:?}", o.backend),
-                ),
-                (
-                    "--dtype",
-                    a.dtype.map(|d| format!("{d:?}")),
-                    format!("{:?}", o.dtype),
-                ),
-            ] {
-                if let Some(given) = given.filter(|g| *g != saved) {
-                    bail!(
-                        "{flag} {}: the run in {} was started with {}",
-                        given.to_lowercase(),
-                        dir.display(),
-                        saved.to_lowercase()
-                    );
-                }
-            }
+            super::search::refuse_changed_executor(a, dir, o.backend, o.dtype)?;
             let corpus = corpus(a)?;
             let user = Start {
                 opts: o.clone(),
