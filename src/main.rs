@@ -47,6 +47,10 @@ enum Command {
     /// of batches, the state after each written to an npz (for comparison with other
     /// implementations).
     Step(cli::step::Args),
+    /// Compare two `gradients` or `step` dumps (ours or another implementation's) key by key
+    /// in dependency order, with tolerances derived from our graph at the recorded inputs;
+    /// names the first quantity that disagrees. Exit status 1 on disagreement.
+    Compare(cli::compare::Args),
     /// Architecture search (bilevel DARTS) on CIFAR-10, with checkpoints and resume.
     Search(Box<cli::search::Args>),
     /// Train a genotype's evaluation network from scratch on CIFAR-10 (cnn/train.py).
@@ -148,6 +152,10 @@ fn run() -> Result<ExitCode> {
         }
         Command::Gradients(args) => {
             cli::gradients::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compare(args) => {
+            cli::compare::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Step(args) => {

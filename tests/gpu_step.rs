@@ -290,7 +290,7 @@ fn second_gradient() -> SecondGradient {
         gg.r_paper,
     ];
     let feeds = gradient_feeds(&cfg, &st, &train, &valid, ETA);
-    let bounds = common::bounds::GraphBounds::of(&gg.graph, &feeds, &outs);
+    let bounds = common::bounds::GraphBounds::of(&gg.graph, &feeds, &outs).unwrap();
     SecondGradient {
         graph: gg.graph,
         outs,

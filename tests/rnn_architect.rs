@@ -125,9 +125,17 @@ fn hvps(smooth: bool, scales: &[f64]) -> (Vec<ArrayD<f64>>, ArrayD<f64>) {
                 Ok((o.loss, o.bn))
             };
         outs.push(
-            fd_mixed_hvp(&mut g, &mut loss_at, &[inp.alpha], &inp.w, &v, s)
-                .unwrap()
-                .hvp[0],
+            fd_mixed_hvp(
+                &mut g,
+                &darts::search::architect::Paper,
+                &mut loss_at,
+                &[inp.alpha],
+                &inp.w,
+                &v,
+                s,
+            )
+            .unwrap()
+            .hvp[0],
         );
     }
     let exact = exact_mixed_hvp(&mut g, &gw, &v, &[inp.alpha]).unwrap()[0];

@@ -45,7 +45,7 @@ fn gpu_f64_recurrent_gradients_match_cpu() {
         return;
     };
     let (gg, f, outs) = setup();
-    let b = GraphBounds::of(&gg.graph, &f, &outs);
+    let b = GraphBounds::of(&gg.graph, &f, &outs).unwrap();
     let r = b.values[outs.len() - 1].sum();
     let pos = |k: &str| gg.outputs.iter().position(|o| o.0 == k).unwrap();
     let eta_c = ETA * b.values[pos("clip_coef_train")].sum();
@@ -191,7 +191,7 @@ fn gpu_f64_recurrent_search_step_matches_cpu() {
             ("hidden_valid_next".to_string(), sg.hidden_valid_next),
         ]);
         let nodes: Vec<NodeId> = outs.iter().map(|o| o.1).collect();
-        let bounds = GraphBounds::of(&sg.graph, &f, &nodes);
+        let bounds = GraphBounds::of(&sg.graph, &f, &nodes).unwrap();
         let got = gpu.run(&sg.graph, &f, &nodes).unwrap();
         let alpha_out = outs.iter().position(|o| o.0 == names::ALPHA).unwrap();
         assert_eq!(got[alpha_out], st.alpha, "Adam lr 0 leaves alpha exactly");

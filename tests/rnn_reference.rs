@@ -108,7 +108,7 @@ fn bounds(case: &Case) -> (BTreeMap<String, f64>, BTreeMap<String, ArrayD<f64>>)
     let feeds = rnn_feeds::<f64>(&cfg, &state, &batches, case.eta);
     let mut outs: Vec<NodeId> = gg.outputs.iter().map(|o| o.1).collect();
     outs.push(gg.r);
-    let b = GraphBounds::of(&gg.graph, &feeds, &outs);
+    let b = GraphBounds::of(&gg.graph, &feeds, &outs).unwrap();
     let r = b.values[outs.len() - 1].sum();
     let value = |key: &str| -> &ArrayD<f64> {
         &b.values[gg.outputs.iter().position(|o| o.0 == key).unwrap()]

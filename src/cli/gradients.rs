@@ -6,12 +6,9 @@ use anyhow::{bail, Context, Result};
 use darts::darts::names;
 use darts::darts::params::write_npz;
 use darts::data::Batch;
-use darts::exec::{Executor, ExecutorUser, Feeds, Scalar};
-use darts::graph::NodeId;
-use darts::search::architect::{check_finite, ArchError};
+use darts::exec::{Executor, ExecutorUser, Scalar};
 use darts::search::gradients::GradientsGraph;
-use darts::search::step_graph::upload_state;
-use ndarray::{ArrayD, IxDyn};
+use ndarray::ArrayD;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -105,35 +102,18 @@ impl ExecutorUser for Compute<'_> {
             a.momentum,
             a.weight_decay,
         )?;
-        upload_state(
-            exec.as_mut(),
-            &input.cfg.layout()?,
-            &input.state,
-            &input.opt,
-        )?;
-        let mut f = Feeds::<T>::new();
-        f.insert(names::TRAIN_X, train.x.mapv(T::of));
-        f.insert(names::TRAIN_ONEHOT, train.onehot.mapv(T::of));
-        f.insert(names::VALID_X, valid.x.mapv(T::of));
-        f.insert(names::VALID_ONEHOT, valid.onehot.mapv(T::of));
-        f.insert(names::LR, ArrayD::from_elem(IxDyn(&[]), T::of(a.eta)));
-        let mut outs: Vec<NodeId> = gg.outputs.iter().map(|(_, n)| *n).collect();
-        outs.extend([gg.r_paper, gg.r_audit]);
-        let vals = exec
-            .run(&gg.graph, &f, &outs)
+        let e = gg
+            .evaluate(
+                exec.as_mut(),
+                &input.cfg,
+                &input.state,
+                &input.opt,
+                train,
+                valid,
+                a.eta,
+            )
             .context("running the gradients graph")?;
-        let mut vals: Vec<ArrayD<f64>> = vals.into_iter().map(|v| v.mapv(|x| x.as_f64())).collect();
-        let r_audit = vals.pop().map_or(f64::NAN, |v| v.sum());
-        let r_paper = vals.pop().map_or(f64::NAN, |v| v.sum());
-        let mut arrays = BTreeMap::new();
-        for ((key, _), v) in gg.outputs.iter().zip(vals) {
-            check_finite("architecture gradient", key, &v)?;
-            arrays.insert(key.clone(), v);
-        }
-        if !(r_paper.is_finite() && r_audit.is_finite()) {
-            bail!(ArchError::ZeroDirection);
-        }
-        Ok((arrays, [r_paper, r_audit]))
+        Ok((e.arrays, [e.r_paper, e.r_audit]))
     }
 }
 
@@ -188,12 +168,18 @@ pub fn run(a: Args) -> Result<()> {
         valid: &valid,
         a: &settings,
     };
-    let (arrays, [r_paper, r_audit]) =
-        darts::exec::open(a.backend, a.dtype, user).with_context(|| {
+    let (mut arrays, [r_paper, r_audit]) = darts::exec::open(a.backend, a.dtype, user)
+        .with_context(|| {
             format!("--backend {:?} --dtype {:?}", a.backend, a.dtype).to_lowercase()
         })??;
-    write_npz(&a.out, arrays.iter().map(|(k, v)| (k.as_str(), v)))?;
     print_summary(&arrays, (r_paper, r_audit), settings.eta);
+    let settings = [
+        ("eta", settings.eta),
+        ("weight_decay", settings.weight_decay),
+        ("momentum", settings.momentum),
+    ];
+    super::provenance::record(&mut arrays, &a.state, &a.batch, &settings)?;
+    write_npz(&a.out, arrays.iter().map(|(k, v)| (k.as_str(), v)))?;
     println!(
         "wrote {} arrays to {} ({:.2} s)",
         arrays.len(),

@@ -116,11 +116,17 @@ pub fn run(a: Args) -> Result<()> {
         batches: &batches,
         s: &s,
     };
-    let (arrays, r) = darts::exec::open(a.backend, a.dtype, user).with_context(|| {
+    let (mut arrays, r) = darts::exec::open(a.backend, a.dtype, user).with_context(|| {
         format!("--backend {:?} --dtype {:?}", a.backend, a.dtype).to_lowercase()
     })??;
-    write_npz(&a.out, arrays.iter().map(|(k, v)| (k.as_str(), v)))?;
     print_summary(&arrays, r);
+    let settings = [
+        ("eta", s.eta),
+        ("weight_decay", s.weight_decay),
+        ("clip", s.clip),
+    ];
+    super::provenance::record(&mut arrays, &a.state, &a.batch, &settings)?;
+    write_npz(&a.out, arrays.iter().map(|(k, v)| (k.as_str(), v)))?;
     println!(
         "wrote {} arrays to {} ({:.2} s)",
         arrays.len(),

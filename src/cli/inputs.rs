@@ -3,7 +3,7 @@
 //! known, every shape, every value finite) before any work.
 
 use anyhow::{bail, Context, Result};
-use darts::darts::batch_file::{read_batch_npz, LabelledBatch};
+use darts::darts::batch_file::{batch_from_arrays, LabelledBatch};
 use darts::darts::names;
 use darts::darts::network::SearchConfig;
 use darts::darts::params::{read_npz, State};
@@ -55,7 +55,17 @@ pub fn read_state(
     multiplier: Option<usize>,
 ) -> Result<SearchInput> {
     let file = path.display().to_string();
-    let mut all = read_npz(path)?;
+    state_from_arrays(&file, read_npz(path)?, stem_multiplier, multiplier)
+}
+
+/// [`read_state`] of the arrays of a state file (`file` names it in errors).
+pub fn state_from_arrays(
+    file: &str,
+    mut all: BTreeMap<String, ArrayD<f64>>,
+    stem_multiplier: Option<usize>,
+    multiplier: Option<usize>,
+) -> Result<SearchInput> {
+    let file = file.to_string();
     if !all.keys().any(|k| k.starts_with("sd/")) {
         bail!(
             "{file}: no 'sd/<name>' keys: a state file names every weight and BN buffer \
@@ -154,10 +164,19 @@ pub fn read_state(
 /// Reads `x_train, y_train, x_valid, y_valid` (NCHW floats, integer labels) strictly
 /// ([`read_batch_npz`]) for the network `cfg`, whose image size they must fit.
 pub fn read_batches(path: &Path, cfg: &SearchConfig) -> Result<(Batch, Batch)> {
-    let b = read_batch_npz(path, cfg.num_classes)?;
+    batches_from_arrays(&path.display().to_string(), read_npz(path)?, cfg)
+}
+
+/// [`read_batches`] of the arrays of a batch file (`file` names it in errors).
+pub fn batches_from_arrays(
+    file: &str,
+    all: BTreeMap<String, ArrayD<f64>>,
+    cfg: &SearchConfig,
+) -> Result<(Batch, Batch)> {
+    let b = batch_from_arrays(all, file, cfg.num_classes)?;
     let (h, w) = (b.train.x.shape()[2], b.train.x.shape()[3]);
     cfg.validate(h, w)
-        .with_context(|| format!("{}: images of {h}x{w}", path.display()))?;
+        .with_context(|| format!("{file}: images of {h}x{w}"))?;
     let batch = |l: LabelledBatch| Batch {
         x: l.x,
         onehot: l.onehot,

@@ -1,8 +1,10 @@
 //! Subcommands of the `darts` tool.
 
+pub mod compare;
 pub mod gradients;
 pub mod gradients_rnn;
 pub mod inputs;
+pub mod provenance;
 pub mod search;
 pub mod search_rnn;
 pub mod step;

@@ -5,8 +5,6 @@
 
 use super::inputs::{read_batches, read_state, SearchInput};
 use anyhow::{bail, Context, Result};
-use darts::darts::names;
-use darts::darts::params::Kind;
 use darts::data::Batch;
 use darts::exec::{Backend, Dtype, Executor, ExecutorUser, Scalar};
 use darts::search::architect::Order;
@@ -82,12 +80,6 @@ fn validate(a: &Args) -> Result<()> {
     )
 }
 
-/// An output array: float64, or int64 for num_batches_tracked (as PyTorch stores it).
-pub enum OutArray {
-    F64(ArrayD<f64>),
-    I64(ArrayD<i64>),
-}
-
 /// The N iterations, once the executor is open.
 struct Iterate<'a> {
     input: SearchInput,
@@ -96,7 +88,7 @@ struct Iterate<'a> {
 }
 
 impl ExecutorUser for Iterate<'_> {
-    type Output = Result<BTreeMap<String, OutArray>>;
+    type Output = Result<BTreeMap<String, ArrayD<f64>>>;
     fn with<T: Scalar>(self, exec: Box<dyn Executor<T>>) -> Self::Output {
         let Iterate { input, batches, a } = self;
         println!("backend: {}", exec.name());
@@ -115,49 +107,14 @@ impl ExecutorUser for Iterate<'_> {
                 .step(batches.0, batches.1, a.eta)
                 .with_context(|| format!("iteration {k}"))?;
             s.sync_host()?;
-            let p = format!("iter{k}");
-            out.insert(
-                format!("{p}/loss_train"),
-                OutArray::F64(ArrayD::from_elem(vec![], rep.loss_train)),
-            );
-            out.insert(
-                format!("{p}/grad_norm"),
-                OutArray::F64(ArrayD::from_elem(vec![], rep.grad_norm)),
-            );
-            out.insert(
-                format!("{p}/{}", names::ALPHA[0]),
-                OutArray::F64(s.state.alpha_normal.clone()),
-            );
-            out.insert(
-                format!("{p}/{}", names::ALPHA[1]),
-                OutArray::F64(s.state.alpha_reduce.clone()),
-            );
-            for (name, _, kind) in &s.layout.entries {
-                let v = &s.state.tensors[name];
-                let arr = match kind {
-                    Kind::NumBatchesTracked => OutArray::I64(v.mapv(|x| x as i64)),
-                    _ => OutArray::F64(v.clone()),
-                };
-                out.insert(format!("{p}/sd/{name}"), arr);
-            }
+            out.extend(s.iteration_arrays(k, &rep));
             println!(
                 "iteration {k}: L_train {:.10} | L_val {:.10} | ||grad_w|| {:.6e}",
                 rep.loss_train, rep.loss_valid, rep.grad_norm
             );
         }
         // The final optimiser state, under the input's names.
-        let bufs = s.opt.sgd_buf.as_ref().expect("a step sets every buffer");
-        for ((name, _, _), b) in s.layout.weights().zip(bufs) {
-            out.insert(format!("momentum_buffer/{name}"), OutArray::F64(b.clone()));
-        }
-        for (c, cell) in names::CELLS.into_iter().enumerate() {
-            if let (Some(m), Some(v)) = (&s.opt.adam_m[c], &s.opt.adam_v[c]) {
-                out.insert(names::adam_m(cell), OutArray::F64(m.clone()));
-                out.insert(names::adam_v(cell), OutArray::F64(v.clone()));
-                let t = ArrayD::from_elem(vec![], s.opt.adam_t[c] as f64);
-                out.insert(format!("adam_step/{cell}"), OutArray::F64(t));
-            }
-        }
+        out.extend(s.optimiser_arrays());
         Ok(out)
     }
 }
@@ -189,9 +146,20 @@ pub fn run(a: Args) -> Result<()> {
         batches: (&train, &valid),
         a: &a,
     };
-    let out = darts::exec::open(a.backend, a.dtype, user).with_context(|| {
+    let mut out = darts::exec::open(a.backend, a.dtype, user).with_context(|| {
         format!("--backend {:?} --dtype {:?}", a.backend, a.dtype).to_lowercase()
     })??;
+    let settings = [
+        ("order", order_code(a.order)),
+        ("eta", a.eta),
+        ("weight_decay", a.weight_decay),
+        ("momentum", a.momentum),
+        ("arch_learning_rate", a.arch_learning_rate),
+        ("arch_weight_decay", a.arch_weight_decay),
+        ("grad_clip", a.grad_clip),
+        ("steps", a.steps as f64),
+    ];
+    super::provenance::record(&mut out, &a.state, &a.batch, &settings)?;
     write_out(&a.out, &out)?;
     println!(
         "wrote {} arrays to {} ({:.2} s)",
@@ -202,15 +170,26 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// Writes `out` to `path` (float64 arrays, int64 for num_batches_tracked), atomically and
-/// never over a non-regular file ([`darts::io::write_atomically`]).
-fn write_out(path: &std::path::Path, out: &BTreeMap<String, OutArray>) -> Result<()> {
+/// The architecture gradient's order as a recorded setting: 0 first, 1 second, 2 exact.
+pub fn order_code(order: Order) -> f64 {
+    match order {
+        Order::First => 0.0,
+        Order::Second => 1.0,
+        Order::Exact => 2.0,
+    }
+}
+
+/// Writes `out` to `path` (float64 arrays; int64 for the iterations' num_batches_tracked, as
+/// PyTorch stores it), atomically and never over a non-regular file
+/// ([`darts::io::write_atomically`]).
+fn write_out(path: &std::path::Path, out: &BTreeMap<String, ArrayD<f64>>) -> Result<()> {
     darts::io::write_atomically(path, |sink| {
         let mut w = ndarray_npy::NpzWriter::new(sink);
         for (k, v) in out {
-            match v {
-                OutArray::F64(a) => w.add_array(k.as_str(), a),
-                OutArray::I64(a) => w.add_array(k.as_str(), a),
+            if k.starts_with("iter") && k.ends_with("num_batches_tracked") {
+                w.add_array(k.as_str(), &v.mapv(|x| x as i64))
+            } else {
+                w.add_array(k.as_str(), v)
             }
             .map_err(|e| format!("{k}: {e}"))?;
         }

@@ -64,6 +64,53 @@ pub enum Order {
 /// The FD step scale of the reference: R = 0.01 / ||v||.
 pub const FD_SCALE: f64 = 0.01;
 
+/// The pieces of the architecture step whose porting goes wrong in practice, as one seam:
+/// the unrolled step (eq. 6), the point the finite difference is taken at, the norm that
+/// sets R, the difference quotient and the direction the weights are restored along. Every
+/// production graph is built with [`Paper`], whose methods are these defaults; the audit's
+/// bug zoo (`check::bug_zoo`) overrides one method per known porting mistake, so that
+/// `darts compare` can be shown to name each one.
+pub trait Pieces {
+    /// A short name for reports.
+    fn name(&self) -> &str {
+        "paper"
+    }
+    /// w' of eq. 6 ([`unrolled_weights`]).
+    fn unrolled(
+        &self,
+        g: &mut Graph,
+        w_grad: (&[NodeId], &[NodeId]),
+        buf: Option<(&[NodeId], f64)>,
+        xi: NodeId,
+        weight_decay: f64,
+    ) -> R<Vec<NodeId>> {
+        unrolled_weights(g, w_grad, buf, xi, weight_decay)
+    }
+    /// The point of the paper's finite difference (eq. 8): w, not w'.
+    fn fd_point<'a>(&self, w: &'a [NodeId], _w_prime: &'a [NodeId]) -> &'a [NodeId] {
+        w
+    }
+    /// ||d||, the 2-norm of all of d concatenated, in R = 0.01 / ||d||.
+    fn fd_norm(&self, g: &mut Graph, d: &[NodeId]) -> R<NodeId> {
+        total_norm(g, d, false)
+    }
+    /// (g+ - g-) / (2R).
+    fn fd_quotient(&self, g: &mut Graph, diff: NodeId, r: NodeId) -> R<NodeId> {
+        let two = g.scalar(2.0)?;
+        let two_r = g.mul(two, r)?;
+        g.div(diff, two_r)
+    }
+    /// The direction the weights are moved back along after the difference: d itself.
+    fn fd_restore_direction(&self, _g: &mut Graph, d: &[NodeId], _at: &[NodeId]) -> R<Vec<NodeId>> {
+        Ok(d.to_vec())
+    }
+}
+
+/// The architecture step as the paper and the reference compute it.
+pub struct Paper;
+
+impl Pieces for Paper {}
+
 /// Weight names (state_dict names, module order) and shapes of a configuration.
 pub fn weight_list(cfg: &SearchConfig) -> Result<Vec<(String, Vec<usize>)>, GraphError> {
     Ok(cfg
@@ -239,27 +286,35 @@ pub struct FdHvp {
 /// difference's batch. The reference then adds R d back in place: `restored` = w- + R d,
 /// equal to w in real arithmetic but not always in floating point (about one ulp; proof
 /// claim 3a), and the model goes on from it. The points w+- are held constant (through d they
-/// may depend on alpha): this is a difference of two partial derivatives.
+/// may depend on alpha): this is a difference of two partial derivatives. The norm, the
+/// quotient and the restoring direction are `pieces`' ([`Paper`] in production).
 pub fn fd_mixed_hvp(
     g: &mut Graph,
+    pieces: &dyn Pieces,
     loss_at: &mut LossAt,
     alpha: &[NodeId],
     at: &[NodeId],
     d: &[NodeId],
     scale: f64,
 ) -> R<FdHvp> {
-    let norm_d = total_norm(g, d, false)?;
+    let norm_d = pieces.fd_norm(g, d)?;
     let scale = g.scalar(scale)?;
     let r = g.div(scale, norm_d)?;
     let minus_two = g.scalar(-2.0)?;
     let m2r = g.mul(minus_two, r)?;
+    let back = pieces.fd_restore_direction(g, d, at)?;
     let (mut plus, mut minus, mut restored) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..at.len() {
         let rd = g.mul(d[i], r)?;
         let p = g.add2(at[i], rd)?;
         let m2rd = g.mul(d[i], m2r)?;
         let m = g.add2(p, m2rd)?;
-        restored.push(g.add2(m, rd)?);
+        let r_back = if back[i] == d[i] {
+            rd
+        } else {
+            g.mul(back[i], r)?
+        };
+        restored.push(g.add2(m, r_back)?);
         plus.push(p);
         minus.push(m);
     }
@@ -267,12 +322,10 @@ pub fn fd_mixed_hvp(
     let gp = autodiff::grad_holding(g, loss_p, alpha, &plus)?;
     let (loss_m, bn_m) = loss_at(g, &minus)?;
     let gm = autodiff::grad_holding(g, loss_m, alpha, &minus)?;
-    let two = g.scalar(2.0)?;
-    let two_r = g.mul(two, r)?;
     let mut hvp = Vec::with_capacity(alpha.len());
     for c in 0..alpha.len() {
         let diff = g.sub(gp[c], gm[c])?;
-        hvp.push(g.div(diff, two_r)?);
+        hvp.push(pieces.fd_quotient(g, diff, r)?);
     }
     Ok(FdHvp {
         hvp,
@@ -287,6 +340,7 @@ pub fn fd_mixed_hvp(
 #[allow(clippy::too_many_arguments)]
 pub fn fd_mixed_hvp_conv(
     g: &mut Graph,
+    pieces: &dyn Pieces,
     cfg: &SearchConfig,
     inputs: &StepInputs,
     batch: (NodeId, NodeId),
@@ -299,7 +353,7 @@ pub fn fd_mixed_hvp_conv(
         let n = net_at(g, cfg, batch, alpha, inputs.at(w))?;
         Ok((n.loss, n.bn))
     };
-    fd_mixed_hvp(g, &mut loss_at, &alpha, at, d, scale)
+    fd_mixed_hvp(g, pieces, &mut loss_at, &alpha, at, d, scale)
 }
 
 /// The exact mixed HVP d/dalpha <grad_w L(w, alpha), v> = (d2 L / dalpha dw) v by autodiff

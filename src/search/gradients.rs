@@ -2,14 +2,28 @@
 //! at one state and one pair of batches, built from the same pieces as the search step
 //! ([`super::architect`]), so what the command reports is what a search step computes.
 
+use super::architect::{check_finite, ArchError};
 use super::architect::{
-    exact_mixed_hvp, fd_mixed_hvp_conv, net_at, second_order, unrolled_weights, StepInputs,
-    FD_SCALE,
+    exact_mixed_hvp, fd_mixed_hvp_conv, net_at, second_order, Paper, Pieces, StepInputs, FD_SCALE,
 };
+use super::step_graph::{upload_state, OptimState};
 use crate::autodiff;
 use crate::darts::names;
 use crate::darts::network::SearchConfig;
+use crate::darts::params::State;
+use crate::data::Batch;
+use crate::exec::{Executor, Feeds, Scalar};
 use crate::graph::{Graph, GraphError, NodeId};
+use ndarray::{ArrayD, IxDyn};
+use std::collections::BTreeMap;
+
+/// What one evaluation of a [`GradientsGraph`] gives: every output by its key, and R of the
+/// paper's finite difference and of the audit variant.
+pub struct Evaluated {
+    pub arrays: BTreeMap<String, ArrayD<f64>>,
+    pub r_paper: f64,
+    pub r_audit: f64,
+}
 
 /// The graph and its outputs, keyed as in the output npz (`<key>/<weight>` for weight-shaped
 /// tensors, `<key>/normal|reduce` for alpha-shaped ones). Inputs: as a search step's
@@ -34,6 +48,25 @@ impl GradientsGraph {
         momentum: f64,
         weight_decay: f64,
     ) -> Result<GradientsGraph, GraphError> {
+        Self::build_with(
+            &Paper,
+            cfg,
+            train_shape,
+            valid_shape,
+            momentum,
+            weight_decay,
+        )
+    }
+
+    /// [`GradientsGraph::build`] from the architect's `pieces` (the bug zoo's seam).
+    pub fn build_with(
+        pieces: &dyn Pieces,
+        cfg: &SearchConfig,
+        train_shape: &[usize],
+        valid_shape: &[usize],
+        momentum: f64,
+        weight_decay: f64,
+    ) -> Result<GradientsGraph, GraphError> {
         let mut g = Graph::new();
         let inp = StepInputs::declare(&mut g, cfg, train_shape, valid_shape)?;
         let buf = inp.momentum_buffers(&mut g)?;
@@ -51,7 +84,7 @@ impl GradientsGraph {
         out.scalar("loss_valid", nv.loss);
         out.alpha("grad_alpha_first", [first[0], first[1]]);
         // The unrolled step and the partial derivatives at w' (w' held).
-        let w_prime = unrolled_weights(
+        let w_prime = pieces.unrolled(
             &mut g,
             (w, &gw),
             Some((&buf, momentum)),
@@ -70,7 +103,9 @@ impl GradientsGraph {
         out.alpha("grad_alpha_unrolled_partial", partial);
         // The paper's FD mixed HVP at w along v, and the audit variant at w' along
         // v + lambda w'.
-        let fd = fd_mixed_hvp_conv(&mut g, cfg, &inp, inp.train, alpha, w, v, FD_SCALE)?;
+        let at = pieces.fd_point(w, &w_prime);
+        let fd = fd_mixed_hvp_conv(&mut g, pieces, cfg, &inp, inp.train, alpha, at, v, FD_SCALE)?;
+        out.scalar("fd_r", fd.r);
         out.alpha("hvp_fd", [fd.hvp[0], fd.hvp[1]]);
         let lambda = g.scalar(weight_decay)?;
         let mut d = Vec::with_capacity(v.len());
@@ -78,7 +113,10 @@ impl GradientsGraph {
             let decay = g.mul(wi, lambda)?;
             d.push(g.add2(vi, decay)?);
         }
-        let audit = fd_mixed_hvp_conv(&mut g, cfg, &inp, inp.train, alpha, &w_prime, &d, FD_SCALE)?;
+        let audit = fd_mixed_hvp_conv(
+            &mut g, pieces, cfg, &inp, inp.train, alpha, &w_prime, &d, FD_SCALE,
+        )?;
+        out.scalar("fd_r_at_unrolled", audit.r);
         out.alpha("hvp_fd_at_unrolled", [audit.hvp[0], audit.hvp[1]]);
         // The exact mixed HVP at w along v, and the paper's second-order gradient.
         let hvp_exact = exact_mixed_hvp(&mut g, &gw, v, &alpha)?;
@@ -93,6 +131,59 @@ impl GradientsGraph {
             outputs: out.list,
             r_paper: fd.r,
             r_audit: audit.r,
+        })
+    }
+}
+
+impl GradientsGraph {
+    /// The graph's feeds: both batches and xi (`eta`, the learning rate input).
+    pub fn feeds<T: Scalar>(train: &Batch, valid: &Batch, eta: f64) -> Feeds<T> {
+        let mut f = Feeds::<T>::new();
+        f.insert(names::TRAIN_X, train.x.mapv(T::of));
+        f.insert(names::TRAIN_ONEHOT, train.onehot.mapv(T::of));
+        f.insert(names::VALID_X, valid.x.mapv(T::of));
+        f.insert(names::VALID_ONEHOT, valid.onehot.mapv(T::of));
+        f.insert(names::LR, ArrayD::from_elem(IxDyn(&[]), T::of(eta)));
+        f
+    }
+
+    /// Runs the graph on `exec` at `state` (with the momentum buffers of `opt`), on the batches,
+    /// with xi = `eta`: every output, each checked finite (the error names it), and both R.
+    #[allow(clippy::too_many_arguments)]
+    pub fn evaluate<T: Scalar>(
+        &self,
+        exec: &mut dyn Executor<T>,
+        cfg: &SearchConfig,
+        state: &State,
+        opt: &OptimState,
+        train: &Batch,
+        valid: &Batch,
+        eta: f64,
+    ) -> Result<Evaluated, ArchError> {
+        let exec_err = |source| ArchError::Exec {
+            what: "the gradients graph".into(),
+            source,
+        };
+        upload_state(exec, &cfg.layout()?, state, opt).map_err(exec_err)?;
+        let f = Self::feeds::<T>(train, valid, eta);
+        let mut outs: Vec<NodeId> = self.outputs.iter().map(|(_, n)| *n).collect();
+        outs.extend([self.r_paper, self.r_audit]);
+        let vals = exec.run(&self.graph, &f, &outs).map_err(exec_err)?;
+        let mut vals: Vec<ArrayD<f64>> = vals.into_iter().map(|v| v.mapv(|x| x.as_f64())).collect();
+        let r_audit = vals.pop().map_or(f64::NAN, |v| v.sum());
+        let r_paper = vals.pop().map_or(f64::NAN, |v| v.sum());
+        let mut arrays = BTreeMap::new();
+        for ((key, _), v) in self.outputs.iter().zip(vals) {
+            check_finite("architecture gradient", key, &v)?;
+            arrays.insert(key.clone(), v);
+        }
+        if !(r_paper.is_finite() && r_audit.is_finite()) {
+            return Err(ArchError::ZeroDirection);
+        }
+        Ok(Evaluated {
+            arrays,
+            r_paper,
+            r_audit,
         })
     }
 }

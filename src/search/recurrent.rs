@@ -19,7 +19,9 @@
 //!
 //! Derivations and the measured size of each quirk: proofs/recurrent-architect.md.
 
-use super::architect::{exact_mixed_hvp, fd_mixed_hvp, second_order, unrolled_weights, FD_SCALE};
+use super::architect::{
+    exact_mixed_hvp, fd_mixed_hvp, second_order, unrolled_weights, Paper, FD_SCALE,
+};
 use crate::autodiff;
 use crate::darts::names::LR;
 use crate::darts::ops::BnRecord;
@@ -204,7 +206,7 @@ pub fn reference_second_order(
         let o = inp.lm_masked(g, &inp.train, at, &m)?;
         Ok((o.loss, o.bn))
     };
-    let fd = fd_mixed_hvp(g, &mut loss_at, &[inp.alpha], w, &v, FD_SCALE)?;
+    let fd = fd_mixed_hvp(g, &Paper, &mut loss_at, &[inp.alpha], w, &v, FD_SCALE)?;
     let xi = g.mul(inp.lr, unrolled.clip.coef)?;
     let grad = second_order(g, &[partial[0]], &fd.hvp, xi)?[0];
     let bn_runs = vec![train.bn.clone(), fd.bn[0].clone(), fd.bn[1].clone()];
@@ -297,6 +299,7 @@ impl RnnGradientsGraph {
         out.push(("loss_valid_unrolled".into(), so.valid_unrolled.loss));
         weights(&mut out, "v", &so.v);
         out.push((alpha_key("grad_alpha_unrolled_partial"), so.partial));
+        out.push(("fd_r".into(), so.r));
         out.push((alpha_key("hvp_fd"), so.hvp_fd));
         let hvp_exact = exact_mixed_hvp(&mut g, &so.grad_w, &so.v, &[inp.alpha])?[0];
         out.push((alpha_key("hvp_exact"), hvp_exact));

@@ -34,9 +34,7 @@
 //! numbers as PyTorch's absent one (0 mu + d = d exactly).
 
 use super::architect::FD_SCALE;
-use super::architect::{
-    fd_mixed_hvp_conv, net_at, second_order, unrolled_weights, Order, StepInputs,
-};
+use super::architect::{fd_mixed_hvp_conv, net_at, second_order, Order, Paper, Pieces, StepInputs};
 use crate::autodiff;
 use crate::darts::names;
 use crate::darts::network::SearchConfig;
@@ -107,6 +105,7 @@ struct ArchPart {
 
 fn arch_part(
     g: &mut Graph,
+    pieces: &dyn Pieces,
     cfg: &SearchConfig,
     inp: &StepInputs,
     buf: &[NodeId],
@@ -128,7 +127,7 @@ fn arch_part(
     let nt = net_at(g, cfg, inp.train, alpha, inp.at(w))?;
     let gw = autodiff::grad(g, nt.loss, w)?;
     let (mu, lambda) = (h.sgd.momentum, h.sgd.weight_decay);
-    let w_prime = unrolled_weights(g, (w, &gw), Some((buf, mu)), inp.lr, lambda)?;
+    let w_prime = pieces.unrolled(g, (w, &gw), Some((buf, mu)), inp.lr, lambda)?;
     let nv = net_at(g, cfg, inp.valid, alpha, inp.at(&w_prime))?;
     if order == Order::Exact {
         let ga = autodiff::grad(g, nv.loss, &alpha)?;
@@ -146,7 +145,8 @@ fn arch_part(
     wrt.extend(alpha);
     let grads = autodiff::grad_holding(g, nv.loss, &wrt, &w_prime)?;
     let (v, partial) = grads.split_at(w_prime.len());
-    let fd = fd_mixed_hvp_conv(g, cfg, inp, inp.train, alpha, w, v, FD_SCALE)?;
+    let at = pieces.fd_point(w, &w_prime);
+    let fd = fd_mixed_hvp_conv(g, pieces, cfg, inp, inp.train, alpha, at, v, FD_SCALE)?;
     let grad = second_order(g, partial, &fd.hvp, inp.lr)?;
     let [bn_plus, bn_minus] = fd.bn;
     Ok(ArchPart {
@@ -167,12 +167,24 @@ impl StepGraph {
         order: Order,
         h: &StepHyper,
     ) -> R<StepGraph> {
+        Self::build_with(&Paper, cfg, train_shape, valid_shape, order, h)
+    }
+
+    /// [`StepGraph::build`] from the architect's `pieces` (the bug zoo's seam).
+    pub fn build_with(
+        pieces: &dyn Pieces,
+        cfg: &SearchConfig,
+        train_shape: &[usize],
+        valid_shape: &[usize],
+        order: Order,
+        h: &StepHyper,
+    ) -> R<StepGraph> {
         let mut g = Graph::new();
         let inp = StepInputs::declare(&mut g, cfg, train_shape, valid_shape)?;
         let buf = inp.momentum_buffers(&mut g)?;
 
         // 1. The architecture gradient.
-        let arch = arch_part(&mut g, cfg, &inp, &buf, order, h)?;
+        let arch = arch_part(&mut g, pieces, cfg, &inp, &buf, order, h)?;
         let mut bn_runs = arch.bn_runs;
 
         // 2. Adam on alpha. An alpha no cell uses (alphas_normal when every cell reduces) has

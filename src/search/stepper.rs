@@ -3,7 +3,7 @@
 //! asked ([`Stepper::sync_host`]: checkpoints, `darts step` outputs, the end of a run). The
 //! search loop ([`super::run::Search`]) and `darts step` both advance through [`Stepper::step`].
 
-use super::architect::{check_finite, ArchError, Order};
+use super::architect::{check_finite, ArchError, Order, Paper, Pieces};
 use super::step_graph::{download_state, upload_state, OptimState, StepGraph, StepHyper};
 use crate::darts::names;
 use crate::darts::network::SearchConfig;
@@ -11,7 +11,7 @@ use crate::darts::params::{Kind, Layout, State};
 use crate::data::Batch;
 use crate::exec::{ExecError, Executor, Feeds, Scalar};
 use ndarray::{ArrayD, IxDyn};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// What one step reports (the state itself stays in the executor).
 #[derive(Clone, Debug)]
@@ -56,6 +56,8 @@ pub struct Stepper<T: Scalar> {
     pub layout: Layout,
     pub order: Order,
     pub hyper: StepHyper,
+    /// The architect's pieces the step graph is built from ([`Paper`]; the bug zoo's seam).
+    pieces: Box<dyn Pieces>,
     exec: Box<dyn Executor<T>>,
     graphs: HashMap<(usize, usize), StepGraph>,
     /// The host copies: current after [`Stepper::sync_host`] (alphas and num_batches_tracked
@@ -89,6 +91,7 @@ impl<T: Scalar> Stepper<T> {
             cfg,
             order,
             hyper,
+            pieces: Box::new(Paper),
             exec,
             graphs: HashMap::new(),
             state,
@@ -96,6 +99,57 @@ impl<T: Scalar> Stepper<T> {
             device_current: false,
             host_stale: false,
         })
+    }
+
+    /// Steps with the architect's `pieces` instead of [`Paper`]'s (the audit's bug zoo).
+    pub fn with_pieces(mut self, pieces: Box<dyn Pieces>) -> Self {
+        self.pieces = pieces;
+        self.graphs.clear();
+        self
+    }
+
+    /// The arrays `darts step` writes for iteration `k` with its report `rep` (call
+    /// [`Stepper::sync_host`] first): `iter{k}/loss_train`, `iter{k}/grad_norm`,
+    /// `iter{k}/alpha/<cell>` and `iter{k}/sd/<state_dict name>` (counts as whole floats).
+    pub fn iteration_arrays(&self, k: usize, rep: &StepReport) -> BTreeMap<String, ArrayD<f64>> {
+        let p = format!("iter{k}");
+        let scalar = |v: f64| ArrayD::from_elem(IxDyn(&[]), v);
+        let mut out = BTreeMap::new();
+        out.insert(format!("{p}/loss_train"), scalar(rep.loss_train));
+        out.insert(format!("{p}/grad_norm"), scalar(rep.grad_norm));
+        out.insert(
+            format!("{p}/{}", names::ALPHA[0]),
+            self.state.alpha_normal.clone(),
+        );
+        out.insert(
+            format!("{p}/{}", names::ALPHA[1]),
+            self.state.alpha_reduce.clone(),
+        );
+        for (name, _, _) in &self.layout.entries {
+            out.insert(format!("{p}/sd/{name}"), self.state.tensors[name].clone());
+        }
+        out
+    }
+
+    /// The optimiser state under a state file's names (call [`Stepper::sync_host`] first):
+    /// `momentum_buffer/<weight>`, and per alpha Adam has stepped `adam_m/<a>`, `adam_v/<a>`,
+    /// `adam_step/<a>`.
+    pub fn optimiser_arrays(&self) -> BTreeMap<String, ArrayD<f64>> {
+        let mut out = BTreeMap::new();
+        if let Some(bufs) = &self.opt.sgd_buf {
+            for ((name, _, _), b) in self.layout.weights().zip(bufs) {
+                out.insert(format!("momentum_buffer/{name}"), b.clone());
+            }
+        }
+        for (c, cell) in names::CELLS.into_iter().enumerate() {
+            if let (Some(m), Some(v)) = (&self.opt.adam_m[c], &self.opt.adam_v[c]) {
+                out.insert(names::adam_m(cell), m.clone());
+                out.insert(names::adam_v(cell), v.clone());
+                let t = ArrayD::from_elem(IxDyn(&[]), self.opt.adam_t[c] as f64);
+                out.insert(format!("adam_step/{cell}"), t);
+            }
+        }
+        out
     }
 
     pub fn executor_name(&self) -> String {
@@ -155,7 +209,8 @@ impl<T: Scalar> Stepper<T> {
                 let s = b.x.shape();
                 vec![n, s[1], s[2], s[3]]
             };
-            let sg = StepGraph::build(
+            let sg = StepGraph::build_with(
+                self.pieces.as_ref(),
                 &self.cfg,
                 &x_shape(key.0, train),
                 &x_shape(key.1, valid),
