@@ -39,8 +39,9 @@ pub const GRADIENTS_ORDER: [&str; 21] = [
 ];
 
 /// The stages of one iteration of a `darts step` dump (under `iter<k>/`), in dependency
-/// order: the architecture step's new alphas, then the weight step at them.
-pub const STEP_ORDER: [&str; 4] = ["alpha/", "loss_train", "grad_norm", "sd/"];
+/// order: the architecture step's new alphas, the point the weight step starts from (the
+/// second order's restored weights), then the weight step.
+pub const STEP_ORDER: [&str; 5] = ["alpha/", "w_restored/", "loss_train", "grad_norm", "sd/"];
 
 /// The optimiser state a `darts step` dump ends with (after its last iteration).
 pub const OPTIMISER_ORDER: [&str; 4] = ["momentum_buffer/", "adam_m/", "adam_v/", "adam_step/"];

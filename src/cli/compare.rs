@@ -53,11 +53,20 @@ struct Derived {
     notes: Vec<String>,
 }
 
-/// The outputs whose bounds are wanted: dump key -> node; and the finite differences whose
-/// round-off amplification applies downstream of them: (R node, xi).
+/// The outputs whose bounds are wanted (dump key -> node), and the finite differences whose
+/// division by 2R amplifies round-off downstream of them: (their quotient nodes, the R node,
+/// xi).
 struct Plan {
     keys: Vec<(String, NodeId)>,
-    sources: Vec<(NodeId, f64)>,
+    sources: Vec<(Vec<NodeId>, NodeId, f64)>,
+}
+
+/// The nodes of `keys` whose key starts with `prefix`.
+fn nodes_of(keys: &[(String, NodeId)], prefix: &str) -> Vec<NodeId> {
+    keys.iter()
+        .filter(|k| k.0.starts_with(prefix))
+        .map(|k| k.1)
+        .collect()
 }
 
 fn bounds_of(
@@ -68,16 +77,22 @@ fn bounds_of(
     u: f64,
 ) -> Result<BTreeMap<String, f64>> {
     let mut outs: Vec<NodeId> = plan.keys.iter().map(|k| k.1).collect();
-    outs.extend(plan.sources.iter().map(|s| s.0));
+    outs.extend(plan.sources.iter().map(|s| s.1));
     let b = GraphBounds::of_on(exec, g, feeds, &outs).context("evaluating our graph")?;
     let n = plan.keys.len();
     let amps: Vec<(Vec<bool>, f64)> = plan
         .sources
         .iter()
         .enumerate()
-        .map(|(j, &(node, xi))| {
+        .map(|(j, (quotients, _, xi))| {
             let r = b.values[n + j].sum();
-            (downstream_of(g, node), xi.max(1.0) / r)
+            let mut down = vec![false; g.len()];
+            for q in quotients {
+                for (d, x) in down.iter_mut().zip(downstream_of(g, *q)) {
+                    *d |= x;
+                }
+            }
+            (down, xi.max(1.0) / r)
         })
         .collect();
     let mut out = BTreeMap::new();
@@ -120,8 +135,15 @@ fn derive_gradients_cnn(mut rec: Recorded, file: &str, u: f64) -> Result<Derived
     )?;
     let feeds = GradientsGraph::feeds::<f64>(&train, &valid, eta);
     let plan = Plan {
+        sources: vec![
+            (nodes_of(&gg.outputs, "hvp_fd/"), gg.r_paper, eta),
+            (
+                nodes_of(&gg.outputs, "hvp_fd_at_unrolled/"),
+                gg.r_audit,
+                eta,
+            ),
+        ],
         keys: gg.outputs.clone(),
-        sources: vec![(gg.r_paper, eta), (gg.r_audit, eta)],
     };
     Ok(Derived {
         bounds: bounds_of(&gg.graph, exec.as_mut(), &feeds, &plan, u)?,
@@ -158,8 +180,8 @@ fn derive_gradients_rnn(mut rec: Recorded, file: &str, u: f64) -> Result<Derived
         None => 1.0,
     };
     let plan = Plan {
+        sources: vec![(nodes_of(&gg.outputs, "hvp_fd/"), gg.r, eta * c.max(1.0))],
         keys: gg.outputs.clone(),
-        sources: vec![(gg.r, eta * c.max(1.0))],
     };
     Ok(Derived {
         bounds: bounds_of(&gg.graph, exec.as_mut(), &feeds, &plan, u)?,
@@ -223,17 +245,22 @@ fn derive_step(mut rec: Recorded, file: &str, u: f64) -> Result<Derived> {
         }
     }
     // R = 0.01 / ||v|| divides the second order's round-off; xi is the learning rate.
-    let mut sources = vec![];
-    if let Some(norm_v) = sg.norm_v {
+    if let (Some(norm_v), Some(hvp)) = (sg.norm_v, sg.fd_hvp) {
+        for ((name, _, _), node) in layout.weights().zip(&sg.w_after) {
+            keys.push((format!("iter0/w_restored/{name}"), *node));
+        }
         let mut g = sg.graph.clone();
         let scale = g.scalar(darts::search::architect::FD_SCALE)?;
         let r = g.div(scale, norm_v)?;
-        sources.push((r, eta));
+        let sources = vec![(hvp.to_vec(), r, eta)];
         let plan = Plan { keys, sources };
         let bounds = bounds_of(&g, exec.as_mut(), &feeds, &plan, u)?;
         return Ok(step_notes(bounds, &layout, steps));
     }
-    let plan = Plan { keys, sources };
+    let plan = Plan {
+        keys,
+        sources: vec![],
+    };
     let bounds = bounds_of(&sg.graph, exec.as_mut(), &feeds, &plan, u)?;
     Ok(step_notes(bounds, &layout, steps))
 }

@@ -100,7 +100,8 @@ impl ExecutorUser for Iterate<'_> {
             },
             adam: AdamHyper::architect(a.arch_learning_rate, a.arch_weight_decay),
         };
-        let mut s = Stepper::new(input.cfg, a.order, hyper, exec, input.state, input.opt)?;
+        let mut s = Stepper::new(input.cfg, a.order, hyper, exec, input.state, input.opt)?
+            .reporting_restored();
         let mut out = BTreeMap::new();
         for k in 0..a.steps {
             let rep = s

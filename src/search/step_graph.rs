@@ -84,6 +84,12 @@ pub struct StepGraph {
     pub grad_norm: NodeId,
     /// ||v|| of the second order's finite difference (R = 0.01 / ||v||); None otherwise.
     pub norm_v: Option<NodeId>,
+    /// The second order's difference quotients (g+ - g-) / 2R [normal, reduce]; None
+    /// otherwise.
+    pub fd_hvp: Option<[NodeId; 2]>,
+    /// The weights the weight step starts from, in weight order: the second order's restored
+    /// point ((w + R v) - 2R v) + R v, else w itself.
+    pub w_after: Vec<NodeId>,
     /// The updated alphas [normal, reduce].
     pub alpha_new: [NodeId; 2],
     /// Train-mode forwards whose statistics the running averages absorb, per step (each adds
@@ -100,6 +106,7 @@ struct ArchPart {
     loss_valid: NodeId,
     w_after: Vec<NodeId>,
     norm_v: Option<NodeId>,
+    fd_hvp: Option<[NodeId; 2]>,
     bn_runs: Vec<Vec<BnRecord>>,
 }
 
@@ -121,6 +128,7 @@ fn arch_part(
             loss_valid: nv.loss,
             w_after: w.clone(),
             norm_v: None,
+            fd_hvp: None,
             bn_runs: vec![nv.bn],
         });
     }
@@ -136,6 +144,7 @@ fn arch_part(
             loss_valid: nv.loss,
             w_after: w.clone(),
             norm_v: None,
+            fd_hvp: None,
             bn_runs: vec![nt.bn],
         });
     }
@@ -154,6 +163,7 @@ fn arch_part(
         loss_valid: nv.loss,
         w_after: fd.restored,
         norm_v: Some(fd.norm_d),
+        fd_hvp: Some([fd.hvp[0], fd.hvp[1]]),
         bn_runs: vec![nt.bn, bn_plus, bn_minus],
     })
 }
@@ -244,6 +254,8 @@ impl StepGraph {
             loss_valid: arch.loss_valid,
             grad_norm,
             norm_v: arch.norm_v,
+            fd_hvp: arch.fd_hvp,
+            w_after: arch.w_after.clone(),
             alpha_new,
             bn_updates,
             alphas_used,

@@ -24,6 +24,9 @@ pub struct StepReport {
     pub loss_valid: f64,
     /// ||grad_w L_train(w, alpha')|| before clipping.
     pub grad_norm: f64,
+    /// The weights the weight step started from (the second order's restored point), in
+    /// weight order, when the stepper was asked for them ([`Stepper::reporting_restored`]).
+    pub restored: Option<Vec<ArrayD<f64>>>,
 }
 
 /// The feeds of one [`StepGraph`] run: both batches, the learning rate, and Adam's two scalars
@@ -58,6 +61,8 @@ pub struct Stepper<T: Scalar> {
     pub hyper: StepHyper,
     /// The architect's pieces the step graph is built from ([`Paper`]; the bug zoo's seam).
     pieces: Box<dyn Pieces>,
+    /// Read back the second order's restored point every step (for `darts step` dumps).
+    report_restored: bool,
     exec: Box<dyn Executor<T>>,
     graphs: HashMap<(usize, usize), StepGraph>,
     /// The host copies: current after [`Stepper::sync_host`] (alphas and num_batches_tracked
@@ -92,6 +97,7 @@ impl<T: Scalar> Stepper<T> {
             order,
             hyper,
             pieces: Box::new(Paper),
+            report_restored: false,
             exec,
             graphs: HashMap::new(),
             state,
@@ -108,9 +114,17 @@ impl<T: Scalar> Stepper<T> {
         self
     }
 
+    /// Reads back, with each second-order step, the weights the weight step starts from
+    /// ([`StepReport::restored`]).
+    pub fn reporting_restored(mut self) -> Self {
+        self.report_restored = true;
+        self
+    }
+
     /// The arrays `darts step` writes for iteration `k` with its report `rep` (call
     /// [`Stepper::sync_host`] first): `iter{k}/loss_train`, `iter{k}/grad_norm`,
-    /// `iter{k}/alpha/<cell>` and `iter{k}/sd/<state_dict name>` (counts as whole floats).
+    /// `iter{k}/alpha/<cell>`, `iter{k}/sd/<state_dict name>` (counts as whole floats) and,
+    /// when reported, `iter{k}/w_restored/<weight>`.
     pub fn iteration_arrays(&self, k: usize, rep: &StepReport) -> BTreeMap<String, ArrayD<f64>> {
         let p = format!("iter{k}");
         let scalar = |v: f64| ArrayD::from_elem(IxDyn(&[]), v);
@@ -127,6 +141,11 @@ impl<T: Scalar> Stepper<T> {
         );
         for (name, _, _) in &self.layout.entries {
             out.insert(format!("{p}/sd/{name}"), self.state.tensors[name].clone());
+        }
+        if let Some(restored) = &rep.restored {
+            for ((name, _, _), w) in self.layout.weights().zip(restored) {
+                out.insert(format!("{p}/w_restored/{name}"), w.clone());
+            }
         }
         out
     }
@@ -231,13 +250,19 @@ impl<T: Scalar> Stepper<T> {
             sg.alpha_new[1],
         ];
         outs.extend(sg.norm_v);
+        let restored_from = outs.len();
+        if self.report_restored && self.order == Order::Second {
+            outs.extend(&sg.w_after);
+        }
         let (bn_updates, used) = (sg.bn_updates, sg.alphas_used);
         let vals = self
             .exec
             .run_assign(&sg.graph, &f, &outs, &sg.assign)
             .map_err(exec_err("the search step"))?;
         self.host_stale = true;
-        let mut it = vals.into_iter().map(|a| a.mapv(|x| x.as_f64()));
+        let mut vals: Vec<ArrayD<f64>> = vals.into_iter().map(|a| a.mapv(|x| x.as_f64())).collect();
+        let restored = (vals.len() > restored_from).then(|| vals.split_off(restored_from));
+        let mut it = vals.into_iter();
         let mut next = || it.next().expect("one value per output");
         let (loss_train, logits, loss_valid, grad_norm) =
             (next().sum(), next(), next().sum(), next().sum());
@@ -272,6 +297,7 @@ impl<T: Scalar> Stepper<T> {
             logits,
             loss_valid,
             grad_norm,
+            restored,
         })
     }
 }
