@@ -354,6 +354,37 @@ fn bad_inputs_are_clear_errors_that_write_nothing() {
             args(&["search", "--space", "rnn", "--resume", "/nonexistent/run"]),
             "/nonexistent/run",
         ),
+        // compare: files, dumps and flags, before any graph is built.
+        (
+            args(&["compare", &p("missing.npz"), &p("state.npz")]),
+            "missing.npz",
+        ),
+        (
+            args(&["compare", &p("nan_weight.npz"), &p("state.npz")]),
+            "nan_weight.npz",
+        ),
+        (
+            args(&["compare", &p("alpha_shape.npz"), &p("state.npz")]),
+            "alpha/reduce",
+        ),
+        (
+            args(&["compare", &p("state.npz"), &p("state.npz")]),
+            "records the inputs",
+        ),
+        (
+            args(&["compare", &p("state.npz"), &p("batch.npz")]),
+            "no key in common",
+        ),
+        (
+            args(&[
+                "compare",
+                "--dtype",
+                "f16",
+                &p("state.npz"),
+                &p("state.npz"),
+            ]),
+            "--dtype",
+        ),
         // gradients: files and flags.
         (grad("missing.npz", "batch.npz", &[]), "missing.npz"),
         (grad("empty.npz", "batch.npz", &[]), "empty.npz"),

@@ -200,7 +200,7 @@ fn gpu_resident_search_step_matches_cpu() {
 // `grad_alpha_second` output of the conv gradients graph (src/search/gradients.rs), built
 // from the same pieces as the step's (src/search/step_graph.rs `arch_part`). Each side of a
 // comparison evaluates it within evaluation_bound(K, depth, M, u) of the exact value
-// (tests/common/bounds.rs: K the longest accumulation upstream, depth the longest path, M the
+// (src/check/bounds.rs: K the longest accumulation upstream, depth the longest path, M the
 // largest |value| upstream), times the finite difference's explicit amplification, which
 // depth does not cover: the quotient divides the round-off of g+ - g- by 2R and multiplies it
 // by xi, so 1 + xi / (2R) (as tests/rnn_reference.rs). Adam's first step is
@@ -268,7 +268,7 @@ fn gradient_feeds(
 struct SecondGradient {
     graph: darts::graph::Graph,
     outs: Vec<darts::graph::NodeId>,
-    bounds: common::bounds::GraphBounds,
+    bounds: darts::check::bounds::GraphBounds,
     feeds: darts::exec::Feeds<f64>,
 }
 
@@ -290,7 +290,7 @@ fn second_gradient() -> SecondGradient {
         gg.r_paper,
     ];
     let feeds = gradient_feeds(&cfg, &st, &train, &valid, ETA);
-    let bounds = common::bounds::GraphBounds::of(&gg.graph, &feeds, &outs).unwrap();
+    let bounds = darts::check::bounds::GraphBounds::of(&gg.graph, &feeds, &outs).unwrap();
     SecondGradient {
         graph: gg.graph,
         outs,

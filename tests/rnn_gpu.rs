@@ -1,7 +1,7 @@
 //! The recurrent network on the GPU against the CPU: every output of the recurrent gradients
 //! graph (losses, weight gradients, the architecture gradients, the exact H v, the hidden
 //! states) computed by the f64 GPU kernels within the derived f64 bound of the CPU's
-//! (tests/common/bounds.rs; both sides f64, so each within evaluation_bound(K, depth, M, 2^-53)),
+//! (src/check/bounds.rs; both sides f64, so each within evaluation_bound(K, depth, M, 2^-53)),
 //! with the finite difference's explicit amplifications as in tests/rnn_reference.rs, and a
 //! negative control (alpha's relu column moved by 1e-3 on the GPU side is rejected). The f32 GPU run is
 //! reported against the f64 CPU (its worst-case bound is vacuous at this depth; the relative
@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::bounds::GraphBounds;
+use darts::check::bounds::GraphBounds;
 use darts::darts::rnn::batch_file::read_rnn_batch_npz;
 use darts::darts::rnn::names;
 use darts::darts::rnn::state::RnnState;

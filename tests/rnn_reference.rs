@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::bounds::GraphBounds;
+use darts::check::bounds::GraphBounds;
 use darts::darts::params::read_npz;
 use darts::darts::rnn::batch_file::read_rnn_batch_npz;
 use darts::darts::rnn::state::RnnState;

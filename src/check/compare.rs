@@ -83,6 +83,9 @@ pub fn iteration(key: &str) -> Option<(usize, &str)> {
     Some((n.parse().ok()?, rest))
 }
 
+/// A dump: key -> array.
+pub type Dump = BTreeMap<String, ArrayD<f64>>;
+
 /// One key's comparison.
 #[derive(Clone, Debug)]
 pub struct Row {
@@ -144,10 +147,7 @@ pub enum CompareError {
 /// bounds `bounds` (absent keys are not judged). Shapes must agree and every value must be
 /// finite.
 pub fn compare(
-    (a, b): (
-        &BTreeMap<String, ArrayD<f64>>,
-        &BTreeMap<String, ArrayD<f64>>,
-    ),
+    (a, b): (&Dump, &Dump),
     files: (&str, &str),
     bounds: &BTreeMap<String, f64>,
 ) -> Result<Comparison, CompareError> {

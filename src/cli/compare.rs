@@ -319,6 +319,8 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
     }
+    // Every array finite, shapes agreeing, some key shared: checked before any graph is built.
+    compare((&da, &db), (&fa, &fb), &BTreeMap::new())?;
     let (rec, file) = match (ra, rb) {
         (Some(r), _) => (r, fa.clone()),
         (None, Some(r)) => (r, fb.clone()),

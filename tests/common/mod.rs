@@ -1,8 +1,6 @@
 //! Shared fixtures for the DARTS tests: tiny search networks with seeded states and batches.
 #![allow(dead_code)]
 
-pub mod bounds;
-
 use darts::check::oracle::architect::{Batch, Point};
 use darts::darts::init::init_state;
 use darts::darts::network::SearchConfig;
