@@ -580,6 +580,7 @@ pub fn all_gradients<T: Scalar, E: Executor<T> + ?Sized>(
     let FdHvp { hvp: hvp_fd, r, .. } =
         fd_mixed_hvp(exec, &graphs.train, point, &v, train, FD_SCALE)?;
     rep.r_paper = r;
+    rep.put("fd_r", ArrayD::from_elem(ndarray::IxDyn(&[]), r));
     rep.put_alpha("hvp_fd", &hvp_fd);
     // Audit variant: at w' along v + lambda w'.
     let d: Vec<ArrayD<f64>> = v
@@ -593,6 +594,10 @@ pub fn all_gradients<T: Scalar, E: Executor<T> + ?Sized>(
         ..
     } = fd_mixed_hvp(exec, &graphs.train, &wp, &d, train, FD_SCALE)?;
     rep.r_audit = r_audit;
+    rep.put(
+        "fd_r_at_unrolled",
+        ArrayD::from_elem(ndarray::IxDyn(&[]), r_audit),
+    );
     rep.put_alpha("hvp_fd_at_unrolled", &hvp_audit);
     // Exact mixed HVP at w.
     let hvp_exact = exact_mixed_hvp(exec, &graphs.train, point, &v, train)?;
