@@ -81,6 +81,15 @@ pub struct Args {
     /// Skip the check that the network fits in the host's available memory.
     #[arg(long)]
     pub no_memory_check: bool,
+    /// Audit the architecture gradient every K steps, in f64 on the CPU, on that step's
+    /// batches: every approximation against the exact unrolled gradient, the kinks the finite
+    /// difference crosses, an eps sweep (log.jsonl `audit` lines; the run's numbers are
+    /// unchanged). May be given on --resume.
+    #[arg(long)]
+    pub audit_every: Option<usize>,
+    /// Terms of the audit's Neumann series for the inverse Hessian [default: 5].
+    #[arg(long)]
+    pub neumann_terms: Option<usize>,
     #[command(flatten)]
     pub rnn: crate::cli::search_rnn::RnnFlags,
 }
@@ -123,7 +132,19 @@ fn options(a: &Args) -> SearchOptions {
     if let Some(d) = &a.data_dir {
         o.data = DataSource::Dir(d.clone());
     }
+    audit_flags(a, &mut o);
     o
+}
+
+/// `--audit-every` and `--neumann-terms` (also on --resume: the audit leaves the run's
+/// numbers as they are).
+fn audit_flags(a: &Args, o: &mut SearchOptions) {
+    if a.audit_every.is_some() {
+        o.audit_every = a.audit_every;
+    }
+    if let Some(k) = a.neumann_terms {
+        o.neumann_terms = k;
+    }
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -133,8 +154,11 @@ pub fn run(a: Args) -> Result<()> {
     a.rnn.refuse_for_cnn()?;
     match &a.resume {
         Some(dir) => {
-            let o = saved_options(dir).with_context(|| format!("resuming {}", dir.display()))?;
+            let mut o =
+                saved_options(dir).with_context(|| format!("resuming {}", dir.display()))?;
             refuse_changed_executor(&a, dir, o.backend, o.dtype)?;
+            audit_flags(&a, &mut o);
+            o.validate()?;
             let user = Start {
                 opts: o.clone(),
                 dir: dir.clone(),

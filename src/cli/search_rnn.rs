@@ -212,6 +212,17 @@ fn corpus(a: &Args) -> Result<Corpus> {
 }
 
 pub fn run(a: &Args) -> Result<()> {
+    for (flag, given) in [
+        ("--audit-every", a.audit_every.is_some()),
+        ("--neumann-terms", a.neumann_terms.is_some()),
+    ] {
+        if given {
+            bail!(
+                "{flag}: the audit covers the convolutional search only so far \
+                 (`darts gradients --space rnn` audits one recurrent point)"
+            );
+        }
+    }
     match &a.resume {
         Some(dir) => {
             let (_, meta) = darts::search::checkpoint::read(&dir.join(CHECKPOINT))

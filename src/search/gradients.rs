@@ -36,6 +36,8 @@ pub struct GradientsGraph {
     /// along v + lambda w').
     pub r_paper: NodeId,
     pub r_audit: NodeId,
+    /// The graph's inputs (both batches, alphas, xi, the weights).
+    pub inputs: StepInputs,
 }
 
 impl GradientsGraph {
@@ -131,11 +133,17 @@ impl GradientsGraph {
             outputs: out.list,
             r_paper: fd.r,
             r_audit: audit.r,
+            inputs: inp,
         })
     }
 }
 
 impl GradientsGraph {
+    /// The node of output `key` (as in the dump), if the graph has it.
+    pub fn output(&self, key: &str) -> Option<NodeId> {
+        self.outputs.iter().find(|o| o.0 == key).map(|o| o.1)
+    }
+
     /// The graph's feeds: both batches and xi (`eta`, the learning rate input).
     pub fn feeds<T: Scalar>(train: &Batch, valid: &Batch, eta: f64) -> Feeds<T> {
         let mut f = Feeds::<T>::new();

@@ -4,6 +4,7 @@
 //! `darts gradients` graph.
 
 pub mod architect;
+pub mod audit;
 pub mod checkpoint;
 pub mod gradients;
 pub mod options;

@@ -47,6 +47,16 @@ pub struct SearchOptions {
     pub data: DataSource,
     /// Use only the first n images of the training set (None: all).
     pub max_images: Option<usize>,
+    /// Audit the architecture gradient every this many steps (`--audit-every`; None: never).
+    #[serde(default)]
+    pub audit_every: Option<usize>,
+    /// Terms of the audit's Neumann series (`--neumann-terms`).
+    #[serde(default = "default_neumann_terms")]
+    pub neumann_terms: usize,
+}
+
+fn default_neumann_terms() -> usize {
+    5
 }
 
 impl SearchOptions {
@@ -73,6 +83,8 @@ impl SearchOptions {
             backend: Backend::Cpu,
             data: DataSource::Embedded,
             max_images: None,
+            audit_every: None,
+            neumann_terms: default_neumann_terms(),
         }
     }
 
@@ -152,6 +164,12 @@ impl SearchOptions {
         }
         if self.cutout == Some(0) {
             return bad("--cutout", &0, "at least 1");
+        }
+        if self.audit_every == Some(0) {
+            return bad("--audit-every", &0, "at least 1");
+        }
+        if !(1..=100).contains(&self.neumann_terms) {
+            return bad("--neumann-terms", &self.neumann_terms, "in 1..=100");
         }
         Ok(())
     }

@@ -127,6 +127,8 @@ pub struct Search<T: Scalar> {
     sampler: EpochSampler,
     pub progress: Progress,
     pub run_dir: PathBuf,
+    /// The f64 CPU auditor of `--audit-every` (opened at the first audit).
+    auditor: Option<crate::search::audit::Auditor>,
 }
 
 fn load_images(opts: &SearchOptions) -> Result<Images, SearchError> {
@@ -270,6 +272,7 @@ impl<T: Scalar> Search<T> {
             sampler,
             progress,
             run_dir: run_dir.to_path_buf(),
+            auditor: None,
         }
     }
 
@@ -427,8 +430,11 @@ impl<T: Scalar> Search<T> {
         let train = make_batch(&self.images, idx, Some(&self.augment), &mut self.rng, 10)?;
         let sidx = fresh_batch(&self.valid_idx, self.opts.batch_size, &mut self.rng);
         let search = make_batch(&self.images, &sidx, Some(&self.augment), &mut self.rng, 10)?;
-        let t0 = Instant::now();
         let step = self.progress.global_step;
+        if self.opts.audit_every.is_some_and(|k| step % k == 0) {
+            self.audit(&train, &search, epoch)?;
+        }
+        let t0 = Instant::now();
         let rep = self
             .stepper
             .step(&train, &search, self.opts.lr(epoch))
@@ -442,6 +448,30 @@ impl<T: Scalar> Search<T> {
         s.step_seconds += t0.elapsed().as_secs_f64();
         self.progress.global_step += 1;
         Ok(())
+    }
+
+    /// The audit of the architecture gradient at the current state on this step's batches
+    /// ([`crate::search::audit`]), appended to log.jsonl as `{"audit": ..., "step", "epoch"}`.
+    fn audit(&mut self, train: &Batch, search: &Batch, epoch: usize) -> Result<(), SearchError> {
+        let step = self.progress.global_step;
+        let err = |cause| SearchError::Step { epoch, step, cause };
+        if self.auditor.is_none() {
+            let a = crate::search::audit::Auditor::new(
+                self.opts.momentum,
+                self.opts.weight_decay,
+                self.opts.neumann_terms,
+            )?;
+            self.auditor = Some(a);
+        }
+        self.stepper.sync_host().map_err(err)?;
+        let lr = self.opts.lr(epoch);
+        let (cfg, st, opt) = (self.cfg, &self.stepper.state, &self.stepper.opt);
+        let auditor = self.auditor.as_mut().expect("opened above");
+        let a = auditor
+            .audit(&cfg, st, opt, train, search, lr)
+            .map_err(err)?;
+        let line = serde_json::json!({ "audit": a, "step": step, "epoch": epoch, "lr": lr });
+        self.append_log(&line)
     }
 
     /// Validation loss and accuracy in eval mode (running BN statistics) on the arch half,
