@@ -51,6 +51,9 @@ enum Command {
     /// in dependency order, with tolerances derived from our graph at the recorded inputs;
     /// names the first quantity that disagrees. Exit status 1 on disagreement.
     Compare(cli::compare::Args),
+    /// Audit a finished (or stopped) search that ran without --audit-every: replay it from
+    /// its seed with the audit on, check the replay reproduced it, write DIR/audit.jsonl.
+    Audit(cli::audit::Args),
     /// Architecture search (bilevel DARTS) on CIFAR-10, with checkpoints and resume.
     Search(Box<cli::search::Args>),
     /// Train a genotype's evaluation network from scratch on CIFAR-10 (cnn/train.py).
@@ -152,6 +155,10 @@ fn run() -> Result<ExitCode> {
         }
         Command::Gradients(args) => {
             cli::gradients::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(args) => {
+            cli::audit::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Compare(args) => {

@@ -368,3 +368,78 @@ fn search_audit_logs_every_step_and_leaves_the_run_unchanged() {
     assert_eq!(alphas[0], alphas[1], "the audit changed the run");
     std::fs::remove_dir_all(&base).ok();
 }
+
+/// `darts audit --run` on a run made without the audit: the replay reproduces the run (its
+/// alphas equal the checkpoint's) and writes one audit per K steps; a checkpoint whose alphas
+/// were altered is refused, since its replay no longer describes it.
+#[test]
+fn audit_command_replays_a_run_and_refuses_one_it_cannot_reproduce() {
+    let d = std::env::temp_dir().join(format!("darts-audit-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    let darts = || std::process::Command::new(env!("CARGO_BIN_EXE_darts"));
+    let out = darts()
+        .args([
+            "search",
+            "--epochs",
+            "1",
+            "--max-images",
+            "24",
+            "--batch-size",
+            "4",
+        ])
+        .args([
+            "--init-channels",
+            "2",
+            "--layers",
+            "3",
+            "--dtype",
+            "f64",
+            "--run-dir",
+        ])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = darts()
+        .args(["audit", "--every", "2", "--run"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = std::fs::read_to_string(d.join("audit.jsonl")).unwrap();
+    let steps: Vec<u64> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, vec![0, 2], "{lines}");
+    assert!(!d.join(".audit-replay").exists());
+
+    let ck = d.join("checkpoint.npz");
+    let (mut arrays, meta) = darts::search::checkpoint::read(&ck).unwrap();
+    arrays.get_mut("alpha/normal").unwrap()[[0, 0]] += 1e-9;
+    darts::search::checkpoint::write(&ck, &arrays, &meta).unwrap();
+    let out = darts()
+        .args(["audit", "--every", "2", "--run"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not reproduced"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -354,6 +354,20 @@ fn bad_inputs_are_clear_errors_that_write_nothing() {
             args(&["search", "--space", "rnn", "--resume", "/nonexistent/run"]),
             "/nonexistent/run",
         ),
+        // The audit's flags.
+        (search(&["--audit-every", "0"]), "--audit-every"),
+        (search(&["--neumann-terms", "0"]), "--neumann-terms"),
+        (search(&["--neumann-terms", "1000"]), "--neumann-terms"),
+        (rsearch(&["--audit-every", "5"]), "--audit-every"),
+        (
+            args(&["audit", "--run", "/nonexistent/run"]),
+            "/nonexistent/run",
+        ),
+        (args(&["audit", "--run", "/tmp", "--every", "0"]), "--every"),
+        (
+            args(&["audit", "--run", "/tmp", "--neumann-terms", "0"]),
+            "--neumann-terms",
+        ),
         // compare: files, dumps and flags, before any graph is built.
         (
             args(&["compare", &p("missing.npz"), &p("state.npz")]),

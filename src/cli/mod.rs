@@ -1,5 +1,6 @@
 //! Subcommands of the `darts` tool.
 
+pub mod audit;
 pub mod compare;
 pub mod gradients;
 pub mod gradients_rnn;

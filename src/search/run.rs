@@ -155,7 +155,7 @@ fn run_err(path: &Path, e: impl std::fmt::Display) -> SearchError {
 }
 
 /// The checkpoint of the run in `run_dir`: its tensors and its progress record.
-fn read_checkpoint(
+pub fn read_checkpoint(
     run_dir: &Path,
 ) -> Result<(BTreeMap<String, ArrayD<f64>>, Progress), SearchError> {
     let path = run_dir.join("checkpoint.npz");
