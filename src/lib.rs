@@ -12,6 +12,7 @@ pub mod exec;
 pub mod graph;
 pub mod io;
 pub mod linalg;
+pub mod report;
 pub mod search;
 pub mod step;
 pub mod train;

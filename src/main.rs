@@ -4,7 +4,7 @@ mod cli;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use darts::check::{cases, gradcheck, report};
+use darts::check::report;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -54,6 +54,9 @@ enum Command {
     /// Audit a finished (or stopped) search that ran without --audit-every: replay it from
     /// its seed with the audit on, check the replay reproduced it, write DIR/audit.jsonl.
     Audit(cli::audit::Args),
+    /// One self-contained HTML page of a search run: losses, softmax(alpha) per edge, the
+    /// Hessian eigenvalue, the audit's errors and eps V-curve, a gradient-check table.
+    Report(cli::report::Args),
     /// Architecture search (bilevel DARTS) on CIFAR-10, with checkpoints and resume.
     Search(Box<cli::search::Args>),
     /// Train a genotype's evaluation network from scratch on CIFAR-10 (cnn/train.py).
@@ -84,18 +87,9 @@ fn run() -> Result<ExitCode> {
             backend,
         } => {
             let start = Instant::now();
-            let suite = cases::standard_suite(seed, !no_network)
-                .context("building the gradient-check suite")?;
-            let mut outcomes = Vec::new();
-            for (i, case) in suite.iter().enumerate() {
-                if filter
-                    .as_ref()
-                    .is_some_and(|f| !case.op.contains(f.as_str()))
-                {
-                    continue;
-                }
-                outcomes.push(gradcheck::check(case, seed.wrapping_mul(1000) + i as u64)?);
-            }
+            let (suite, outcomes) =
+                darts::check::gradcheck::run_suite(seed, !no_network, filter.as_deref())
+                    .context("running the gradient-check suite")?;
             if let (Some(f), true) = (&filter, outcomes.is_empty()) {
                 anyhow::bail!(
                     "--filter '{f}' selects none of the {} checks (their ops: {})",
@@ -155,6 +149,10 @@ fn run() -> Result<ExitCode> {
         }
         Command::Gradients(args) => {
             cli::gradients::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report(args) => {
+            cli::report::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(args) => {

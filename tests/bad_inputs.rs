@@ -368,6 +368,12 @@ fn bad_inputs_are_clear_errors_that_write_nothing() {
             args(&["audit", "--run", "/tmp", "--neumann-terms", "0"]),
             "--neumann-terms",
         ),
+        // report: the run folder.
+        (
+            args(&["report", "/nonexistent/run", "--out", &out]),
+            "/nonexistent/run",
+        ),
+        (args(&["report", &p(""), "--out", &out]), "log.jsonl"),
         // compare: files, dumps and flags, before any graph is built.
         (
             args(&["compare", &p("missing.npz"), &p("state.npz")]),

@@ -561,3 +561,25 @@ pub fn check(case: &Case, seed: u64) -> Result<Outcome, CheckError> {
         second_order,
     })
 }
+
+/// The standard suite ([`super::cases::standard_suite`]) checked with `seed`, keeping the
+/// cases whose op name contains `filter`: the suite and the outcomes, in suite order.
+pub fn run_suite(
+    seed: u64,
+    network: bool,
+    filter: Option<&str>,
+) -> Result<(Vec<Case>, Vec<Outcome>), CheckError> {
+    let suite =
+        super::cases::standard_suite(seed, network).map_err(|source| CheckError::Graph {
+            op: "the standard suite".into(),
+            source,
+        })?;
+    let mut outcomes = Vec::new();
+    for (i, case) in suite.iter().enumerate() {
+        if filter.is_some_and(|f| !case.op.contains(f)) {
+            continue;
+        }
+        outcomes.push(check(case, seed.wrapping_mul(1000) + i as u64)?);
+    }
+    Ok((suite, outcomes))
+}

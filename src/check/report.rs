@@ -8,6 +8,16 @@ pub enum Format {
     Text,
     Markdown,
     Json,
+    /// A standalone HTML fragment: one `<table>` with the summary and legend.
+    Html,
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn cell(m: &Measure) -> String {
@@ -49,6 +59,25 @@ differences of the gradient. Derivations: proofs/gradient-checking.md.";
 pub fn render(outcomes: &[Outcome], format: Format) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(outcomes).expect("plain data serialises"),
+        Format::Html => {
+            let mut s = String::from("<table class=\"gradcheck\">\n<thead><tr>");
+            for h in HEADER {
+                s += &format!("<th>{}</th>", html_escape(h));
+            }
+            s += "</tr></thead>\n<tbody>\n";
+            for o in outcomes {
+                let class = if o.pass() { "pass" } else { "fail" };
+                s += &format!("<tr class=\"{class}\">");
+                for c in row(o) {
+                    s += &format!("<td>{}</td>", html_escape(&c));
+                }
+                s += "</tr>\n";
+            }
+            s += "</tbody>\n</table>\n";
+            s += &format!("<p>{}</p>\n", html_escape(&summary(outcomes)));
+            s += &format!("<p class=\"legend\">{}</p>\n", html_escape(LEGEND));
+            s
+        }
         Format::Markdown => {
             let mut s = format!(
                 "| {} |\n|{}\n",

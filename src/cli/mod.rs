@@ -6,6 +6,7 @@ pub mod gradients;
 pub mod gradients_rnn;
 pub mod inputs;
 pub mod provenance;
+pub mod report;
 pub mod search;
 pub mod search_rnn;
 pub mod step;
