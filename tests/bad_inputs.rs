@@ -572,6 +572,7 @@ fn bad_inputs_are_clear_errors_that_write_nothing() {
         "--out",
     );
     with_out(step("state.npz", &[]), &p("a_directory"), "--out");
+    println!("{} bad inputs, each a clear error that writes nothing", cases.len());
     assert!(cases.len() >= 60, "{} cases", cases.len());
 
     let before = snapshot(&f.dir);
