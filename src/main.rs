@@ -40,6 +40,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = cli::gradients::Backend::Cpu)]
         backend: cli::gradients::Backend,
     },
+    /// Write a freshly initialised search state and a pair of embedded CIFAR-10 batches
+    /// (state.npz, batch.npz): a starting point for `gradients`, `step` and `compare`.
+    Init(cli::init::Args),
     /// The architecture gradient three ways (first order, the paper's FD second order and
     /// its audit variant, exact) at one state and batch, written to an npz.
     Gradients(cli::gradients::Args),
@@ -149,6 +152,10 @@ fn run() -> Result<ExitCode> {
         }
         Command::Gradients(args) => {
             cli::gradients::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init(args) => {
+            cli::init::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Report(args) => {

@@ -368,6 +368,15 @@ fn bad_inputs_are_clear_errors_that_write_nothing() {
             args(&["audit", "--run", "/tmp", "--neumann-terms", "0"]),
             "--neumann-terms",
         ),
+        // init: flags.
+        (
+            args(&["init", "--out-dir", &p("init"), "--init-channels", "0"]),
+            "--init-channels",
+        ),
+        (
+            args(&["init", "--out-dir", &p("init"), "--batch-size", "5000"]),
+            "--batch-size",
+        ),
         // report: the run folder.
         (
             args(&["report", "/nonexistent/run", "--out", &out]),
@@ -572,7 +581,10 @@ fn bad_inputs_are_clear_errors_that_write_nothing() {
         "--out",
     );
     with_out(step("state.npz", &[]), &p("a_directory"), "--out");
-    println!("{} bad inputs, each a clear error that writes nothing", cases.len());
+    println!(
+        "{} bad inputs, each a clear error that writes nothing",
+        cases.len()
+    );
     assert!(cases.len() >= 60, "{} cases", cases.len());
 
     let before = snapshot(&f.dir);

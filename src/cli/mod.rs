@@ -4,6 +4,7 @@ pub mod audit;
 pub mod compare;
 pub mod gradients;
 pub mod gradients_rnn;
+pub mod init;
 pub mod inputs;
 pub mod provenance;
 pub mod report;
