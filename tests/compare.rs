@@ -16,7 +16,7 @@ use darts::darts::names;
 use darts::darts::params::{read_npz, write_npz, State};
 use darts::data::Batch;
 use darts::exec::{open_as, Backend};
-use darts::search::architect::Order;
+use darts::search::architect::{Order, Paper, Pieces};
 use darts::search::gradients::GradientsGraph;
 use darts::search::step_graph::{OptimState, StepHyper};
 use darts::search::stepper::Stepper;
@@ -211,10 +211,11 @@ fn first_key(text: &str) -> String {
         .to_string()
 }
 
-/// The gradients dump of the architect variant `bug` at the inputs, written to `d/out`.
-fn zoo_gradients(d: &Path, inp: &Inputs, bug: Bug, out: &str) {
+/// The gradients dump of the architect `pieces` at the inputs (no recorded inputs, as
+/// another implementation's dump), written to `d/out`.
+fn zoo_gradients(d: &Path, inp: &Inputs, pieces: &dyn Pieces, out: &str) {
     let gg = GradientsGraph::build_with(
-        &bug,
+        pieces,
         &inp.cfg,
         inp.train.x.shape(),
         inp.valid.x.shape(),
@@ -289,9 +290,9 @@ fn compare_names_the_first_quantity_each_porting_mistake_changes() {
         .sum::<f64>()
         .sqrt();
     for bug in Bug::all(gnorm / 2.0) {
-        let name = darts::search::architect::Pieces::name(&bug).to_string();
+        let name = bug.name().to_string();
         let (grad_stage, step_stage) = expected_stage(bug);
-        zoo_gradients(&d, &inp, bug, &format!("{name}.npz"));
+        zoo_gradients(&d, &inp, &bug, &format!("{name}.npz"));
         let (agree, text) = compare(&d, "ours.npz", &format!("{name}.npz"), &[]);
         if bug.shows_in_gradients() {
             assert!(!agree, "{name}: not flagged in the gradients dump\n{text}");
@@ -338,7 +339,7 @@ fn compare_accepts_agreeing_dumps_and_its_bounds_are_not_vacuous() {
     gradients(&d, "f32.npz", &["--dtype", "f32"]);
     // The library's own evaluation, written without recorded inputs (as another
     // implementation's dump would be): compared against ours, which records them.
-    zoo_gradients_paper(&d, &inp, "lib.npz");
+    zoo_gradients(&d, &inp, &Paper, "lib.npz");
     for (a, b) in [
         ("a.npz", "a.npz"),
         ("a.npz", "lib.npz"),
@@ -365,30 +366,6 @@ fn compare_accepts_agreeing_dumps_and_its_bounds_are_not_vacuous() {
     let (agree, text) = compare(&d, "lib.npz", "lib.npz", &[]);
     assert!(!agree && text.contains("records the inputs"), "{text}");
     std::fs::remove_dir_all(&d).ok();
-}
-
-fn zoo_gradients_paper(d: &Path, inp: &Inputs, out: &str) {
-    let gg = GradientsGraph::build(
-        &inp.cfg,
-        inp.train.x.shape(),
-        inp.valid.x.shape(),
-        MOMENTUM,
-        WEIGHT_DECAY,
-    )
-    .unwrap();
-    let mut ex = open_as::<f64>(Backend::Cpu).unwrap();
-    let e = gg
-        .evaluate(
-            ex.as_mut(),
-            &inp.cfg,
-            &inp.state,
-            &inp.opt,
-            &inp.train,
-            &inp.valid,
-            ETA,
-        )
-        .unwrap();
-    write_npz(&d.join(out), e.arrays.iter().map(|(k, v)| (k.as_str(), v))).unwrap();
 }
 
 /// The unmodified reference's float64 dumps of the recurrent half agree with ours at every

@@ -135,48 +135,22 @@ fn max_diff(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
         .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
 }
 
-/// The first key (in the reference's dependency order) where `ours` and `reference` differ
-/// by more than its bound, or None.
+/// The first key (in dependency order: darts::check::compare, as `darts compare` judges)
+/// where `ours` and `reference` differ by more than its bound, or None.
 fn first_disagreement(
     ours: &BTreeMap<String, ArrayD<f64>>,
     reference: &BTreeMap<String, ArrayD<f64>>,
     tol: &BTreeMap<String, f64>,
 ) -> Option<(String, f64, f64)> {
-    const ORDER: [&str; 16] = [
-        "loss_train",
-        "grad_w_train/",
-        "grad_alpha_train/",
-        "hidden_train_next",
-        "loss_valid",
-        "grad_alpha_first/",
-        "hidden_valid_next_first",
-        "clip_coef_train",
-        "unrolled_w/",
-        "loss_valid_unrolled",
-        "hidden_valid_next_second",
-        "v/",
-        "grad_alpha_unrolled_partial/",
-        "hvp_",
-        "grad_alpha_second/",
-        "grad_alpha_unrolled_",
-    ];
-    for prefix in ORDER {
-        let group = prefix.ends_with('/') || prefix.ends_with('_');
-        let matches = |k: &String| {
-            if group {
-                k.starts_with(prefix)
-            } else {
-                k == prefix
-            }
-        };
-        for (key, r) in reference.iter().filter(|(k, _)| matches(k)) {
-            let err = max_diff(&ours[key], r);
-            if err > tol[key] {
-                return Some((key.clone(), err, tol[key]));
-            }
-        }
-    }
-    None
+    let shared: BTreeMap<String, ArrayD<f64>> = ours
+        .iter()
+        .filter(|(k, _)| reference.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let c =
+        darts::check::compare::compare((&shared, reference), ("ours", "reference"), tol).unwrap();
+    c.first_disagreement()
+        .map(|r| (r.key.clone(), r.max_diff, r.bound.unwrap()))
 }
 
 #[test]

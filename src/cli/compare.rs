@@ -108,7 +108,15 @@ fn bounds_of(
     Ok(out)
 }
 
-fn derive_gradients_cnn(mut rec: Recorded, file: &str, u: f64) -> Result<Derived> {
+/// The recorded state and batches of a convolutional dump.
+fn cnn_inputs(
+    rec: &mut Recorded,
+    file: &str,
+) -> Result<(
+    super::inputs::SearchInput,
+    darts::data::Batch,
+    darts::data::Batch,
+)> {
     let input = state_from_arrays(
         &format!("{file} ({})", provenance::STATE),
         std::mem::take(&mut rec.state),
@@ -118,6 +126,11 @@ fn derive_gradients_cnn(mut rec: Recorded, file: &str, u: f64) -> Result<Derived
     let batch_file = format!("{file} ({})", provenance::BATCH);
     let (train, valid) =
         batches_from_arrays(&batch_file, std::mem::take(&mut rec.batch), &input.cfg)?;
+    Ok((input, train, valid))
+}
+
+fn derive_gradients_cnn(mut rec: Recorded, file: &str, u: f64) -> Result<Derived> {
+    let (input, train, valid) = cnn_inputs(&mut rec, file)?;
     let eta = rec.setting(file, "eta")?;
     let gg = GradientsGraph::build(
         &input.cfg,
@@ -190,15 +203,7 @@ fn derive_gradients_rnn(mut rec: Recorded, file: &str, u: f64) -> Result<Derived
 }
 
 fn derive_step(mut rec: Recorded, file: &str, u: f64) -> Result<Derived> {
-    let input = state_from_arrays(
-        &format!("{file} ({})", provenance::STATE),
-        std::mem::take(&mut rec.state),
-        None,
-        None,
-    )?;
-    let batch_file = format!("{file} ({})", provenance::BATCH);
-    let (train, valid) =
-        batches_from_arrays(&batch_file, std::mem::take(&mut rec.batch), &input.cfg)?;
+    let (input, train, valid) = cnn_inputs(&mut rec, file)?;
     let order = match rec.setting(file, "order")? as i64 {
         0 => Order::First,
         1 => Order::Second,

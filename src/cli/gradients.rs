@@ -4,7 +4,6 @@
 use super::inputs::{read_batches, read_state, SearchInput};
 use anyhow::{bail, Context, Result};
 use darts::darts::names;
-use darts::darts::params::write_npz;
 use darts::data::Batch;
 use darts::exec::{Executor, ExecutorUser, Scalar};
 use darts::search::gradients::GradientsGraph;
@@ -168,8 +167,8 @@ pub fn run(a: Args) -> Result<()> {
         valid: &valid,
         a: &settings,
     };
-    let (mut arrays, [r_paper, r_audit]) = darts::exec::open(a.backend, a.dtype, user)
-        .with_context(|| {
+    let (arrays, [r_paper, r_audit]) =
+        darts::exec::open(a.backend, a.dtype, user).with_context(|| {
             format!("--backend {:?} --dtype {:?}", a.backend, a.dtype).to_lowercase()
         })??;
     print_summary(&arrays, (r_paper, r_audit), settings.eta);
@@ -178,15 +177,7 @@ pub fn run(a: Args) -> Result<()> {
         ("weight_decay", settings.weight_decay),
         ("momentum", settings.momentum),
     ];
-    super::provenance::record(&mut arrays, &a.state, &a.batch, &settings)?;
-    write_npz(&a.out, arrays.iter().map(|(k, v)| (k.as_str(), v)))?;
-    println!(
-        "wrote {} arrays to {} ({:.2} s)",
-        arrays.len(),
-        a.out.display(),
-        start.elapsed().as_secs_f64()
-    );
-    Ok(())
+    super::provenance::write_gradients_dump(&a, arrays, &settings, start)
 }
 
 /// ||x||_2 over several tensors together.

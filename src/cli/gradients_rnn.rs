@@ -5,7 +5,6 @@
 
 use super::gradients::{norm, Args};
 use anyhow::{bail, Context, Result};
-use darts::darts::params::write_npz;
 use darts::darts::rnn::batch_file::{read_rnn_batch_npz, RnnBatchFile};
 use darts::darts::rnn::state::{RnnConfig, RnnState};
 use darts::exec::{Executor, ExecutorUser, Scalar};
@@ -116,7 +115,7 @@ pub fn run(a: Args) -> Result<()> {
         batches: &batches,
         s: &s,
     };
-    let (mut arrays, r) = darts::exec::open(a.backend, a.dtype, user).with_context(|| {
+    let (arrays, r) = darts::exec::open(a.backend, a.dtype, user).with_context(|| {
         format!("--backend {:?} --dtype {:?}", a.backend, a.dtype).to_lowercase()
     })??;
     print_summary(&arrays, r);
@@ -125,15 +124,7 @@ pub fn run(a: Args) -> Result<()> {
         ("weight_decay", s.weight_decay),
         ("clip", s.clip),
     ];
-    super::provenance::record(&mut arrays, &a.state, &a.batch, &settings)?;
-    write_npz(&a.out, arrays.iter().map(|(k, v)| (k.as_str(), v)))?;
-    println!(
-        "wrote {} arrays to {} ({:.2} s)",
-        arrays.len(),
-        a.out.display(),
-        start.elapsed().as_secs_f64()
-    );
-    Ok(())
+    super::provenance::write_gradients_dump(&a, arrays, &settings, start)
 }
 
 fn print_summary(arrays: &BTreeMap<String, ArrayD<f64>>, r: f64) {

@@ -37,6 +37,25 @@ pub fn record(
     Ok(())
 }
 
+/// Writes the `gradients` dump `arrays` to `a.out` with its recorded inputs (`settings`:
+/// the numeric flags), and reports it.
+pub fn write_gradients_dump(
+    a: &super::gradients::Args,
+    mut arrays: BTreeMap<String, ArrayD<f64>>,
+    settings: &[(&str, f64)],
+    start: std::time::Instant,
+) -> Result<()> {
+    record(&mut arrays, &a.state, &a.batch, settings)?;
+    darts::darts::params::write_npz(&a.out, arrays.iter().map(|(k, v)| (k.as_str(), v)))?;
+    println!(
+        "wrote {} arrays to {} ({:.2} s)",
+        arrays.len(),
+        a.out.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// The recorded inputs of a dump.
 pub struct Recorded {
     pub state: BTreeMap<String, ArrayD<f64>>,
