@@ -402,3 +402,29 @@ fn compare_agrees_with_the_reference_dumps() {
     }
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// A second, independent implementation of the convolutional half: PyTorch in float64
+/// (benches/conv_gradients_dump.py on benches/pytorch_step.py's network, written from the
+/// reference notes), dumped once into tests/data/cnn/pytorch/ at a state with momentum
+/// buffers and alphas away from uniform. Ours agrees with it at every key within the derived
+/// bounds, through the command.
+#[test]
+fn compare_agrees_with_an_independent_pytorch_dump() {
+    let d = dir("pytorch");
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cnn/pytorch");
+    let out = d.join("ours.npz");
+    run_ok(
+        darts()
+            .arg("gradients")
+            .arg("--state")
+            .arg(f.join("state.npz"))
+            .arg("--batch")
+            .arg(f.join("batch.npz"))
+            .arg("--out")
+            .arg(&out),
+    );
+    let text = run_ok(darts().arg("compare").arg(&out).arg(f.join("pytorch.npz")));
+    assert!(text.contains("agree: all 1663 judged keys"), "{text}");
+    assert!(!text.contains("only in B"), "{text}");
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -9,10 +9,10 @@
 //! upstream, depth the longest path, M the largest |value| upstream, all read from our graph
 //! evaluated in f64 at the recorded inputs: [`darts::check::bounds`]); the bound on |A - B| is
 //! the sum of both sides'. Round-off that a finite difference divides by its step is
-//! amplified beyond what depth models: every output downstream of a difference with step R
-//! and multiplier xi (the unrolled step's learning rate) is bounded by the same sum times
-//! 1 + max(1, xi) / R (each of g+ and g- carries the bound, and (g+ - g-) / 2R divides their
-//! errors by 2R).
+//! amplified beyond what depth models: the quotient (g+ - g-) / 2R carries each side's bound
+//! times 1 + 1/R (g+ and g- each carry it; the quotient divides their sum by 2R), and an output
+//! it reaches through `partial - xi hvp` times 1 + xi/R (through a step's Adam, 1 + max(1,
+//! xi)/R).
 
 use super::inputs::{batches_from_arrays, state_from_arrays};
 use super::provenance::{self, Recorded};
@@ -54,8 +54,9 @@ struct Derived {
 }
 
 /// The outputs whose bounds are wanted (dump key -> node), and the finite differences whose
-/// division by 2R amplifies round-off downstream of them: (their quotient nodes, the R node,
-/// xi).
+/// division by 2R amplifies round-off: their quotient nodes (amplified by 1/R), the R node,
+/// and the factor by which the quotient reaches every other output downstream of it (xi in
+/// `partial - xi hvp`; where the path is not that formula, at least 1).
 struct Plan {
     keys: Vec<(String, NodeId)>,
     sources: Vec<(Vec<NodeId>, NodeId, f64)>,
@@ -80,7 +81,7 @@ fn bounds_of(
     outs.extend(plan.sources.iter().map(|s| s.1));
     let b = GraphBounds::of_on(exec, g, feeds, &outs).context("evaluating our graph")?;
     let n = plan.keys.len();
-    let amps: Vec<(Vec<bool>, f64)> = plan
+    let amps: Vec<(Vec<bool>, &Vec<NodeId>, f64, f64)> = plan
         .sources
         .iter()
         .enumerate()
@@ -92,7 +93,7 @@ fn bounds_of(
                     *d |= x;
                 }
             }
-            (down, xi.max(1.0) / r)
+            (down, quotients, 1.0 / r, xi / r)
         })
         .collect();
     let mut out = BTreeMap::new();
@@ -100,8 +101,8 @@ fn bounds_of(
         let amp: f64 = 1.0
             + amps
                 .iter()
-                .filter(|(down, _)| down[node.0])
-                .map(|(_, a)| a)
+                .filter(|(down, ..)| down[node.0])
+                .map(|(_, q, own, downstream)| if q.contains(node) { *own } else { *downstream })
                 .sum::<f64>();
         out.insert(key.clone(), b.bound(i, &[u, u]) * amp);
     }
@@ -257,7 +258,8 @@ fn derive_step(mut rec: Recorded, file: &str, u: f64) -> Result<Derived> {
         let mut g = sg.graph.clone();
         let scale = g.scalar(darts::search::architect::FD_SCALE)?;
         let r = g.div(scale, norm_v)?;
-        let sources = vec![(hvp.to_vec(), r, eta)];
+        // Adam's sensitivity to its gradient is not bounded by xi: at least 1.
+        let sources = vec![(hvp.to_vec(), r, eta.max(1.0))];
         let plan = Plan { keys, sources };
         let bounds = bounds_of(&g, exec.as_mut(), &feeds, &plan, u)?;
         return Ok(step_notes(bounds, &layout, steps));
