@@ -359,6 +359,48 @@ fn bad_inputs_are_clear_errors_that_write_nothing() {
         (search(&["--neumann-terms", "0"]), "--neumann-terms"),
         (search(&["--neumann-terms", "1000"]), "--neumann-terms"),
         (rsearch(&["--audit-every", "5"]), "--audit-every"),
+        // The alpha-Hessian flags (--track-hessian, DARTS-ES).
+        (search(&["--es-window", "3"]), "--es-window"),
+        (
+            search(&["--early-stop-hessian", "--es-window", "0"]),
+            "--es-window",
+        ),
+        (
+            search(&["--early-stop-hessian", "--es-factor", "1"]),
+            "--es-factor",
+        ),
+        (
+            search(&["--early-stop-hessian", "--es-factor", "nan"]),
+            "--es-factor",
+        ),
+        (
+            search(&["--early-stop-hessian", "--es-start-epoch", "2000000"]),
+            "--es-start-epoch",
+        ),
+        (search(&["--early-stop-hessian"]), "--early-stop-hessian"),
+        (search(&["--hessian-hvps", "5"]), "--hessian-hvps"),
+        (
+            search(&["--track-hessian", "--hessian-hvps", "0"]),
+            "--hessian-hvps",
+        ),
+        (
+            search(&["--track-hessian", "--hessian-hvps", "225"]),
+            "--hessian-hvps",
+        ),
+        (
+            search(&["--track-hessian", "--hessian-tol=-1"]),
+            "--hessian-tol",
+        ),
+        (
+            search(&["--track-hessian", "--hessian-tol", "inf"]),
+            "--hessian-tol",
+        ),
+        (rsearch(&["--track-hessian"]), "--track-hessian"),
+        (rsearch(&["--early-stop-hessian"]), "--early-stop-hessian"),
+        (
+            args(&["search", "--resume", "/nonexistent/run", "--track-hessian"]),
+            "--track-hessian",
+        ),
         (
             args(&["audit", "--run", "/nonexistent/run"]),
             "/nonexistent/run",

@@ -91,10 +91,133 @@ pub struct Args {
     #[arg(long)]
     pub neumann_terms: Option<usize>,
     #[command(flatten)]
+    pub hessian: HessianFlags,
+    #[command(flatten)]
     pub rnn: crate::cli::search_rnn::RnnFlags,
 }
 
-fn options(a: &Args) -> SearchOptions {
+/// The alpha-Hessian flags (conv space only; fixed when a run starts).
+#[derive(clap::Args, Debug)]
+pub struct HessianFlags {
+    /// At the end of every epoch, the dominant eigenvalue (largest |.|) of the Hessian of
+    /// L_val in alpha on that epoch's last search batch, by Lanczos on exact HVPs
+    /// (log.jsonl `hessian_dominant_eigenvalue`; RobustDARTS, Zela et al. 2020). The search's
+    /// numbers are unchanged.
+    #[arg(long)]
+    pub track_hessian: bool,
+    /// DARTS-ES (implies --track-hessian): stop after epoch i (0-based) once the mean
+    /// eigenvalue of epochs i-W+1..i exceeds --es-factor times that of epochs i-2W+1..i-W
+    /// (W = --es-window), checked from --es-start-epoch, and return the genotype of epoch
+    /// i-W. RobustDARTS' code differs (centred windows, a lag of 4 averages, the largest
+    /// signed eigenvalue, checked once the returned epoch reaches the start):
+    /// proofs/alpha-hessian.md.
+    #[arg(long)]
+    pub early_stop_hessian: bool,
+    /// DARTS-ES window W in epochs, also the lag between the two averages [default: 5].
+    #[arg(long)]
+    pub es_window: Option<usize>,
+    /// DARTS-ES growth factor, > 1 [default: 1.3].
+    #[arg(long)]
+    pub es_factor: Option<f64>,
+    /// First epoch (0-based) at which DARTS-ES may stop [default: 10].
+    #[arg(long)]
+    pub es_start_epoch: Option<usize>,
+    /// Most HVPs (Lanczos steps) per eigenvalue estimate, at most the alpha count (224 for
+    /// the paper's cells) [default: 30].
+    #[arg(long)]
+    pub hessian_hvps: Option<usize>,
+    /// Lanczos stops once the residual norm is at most this times |eigenvalue|, in [0, 1)
+    /// [default: 1e-3].
+    #[arg(long)]
+    pub hessian_tol: Option<f64>,
+}
+
+impl HessianFlags {
+    /// The first hessian flag given, by name (for refusals).
+    fn first_given(&self) -> Option<&'static str> {
+        [
+            (self.track_hessian, "--track-hessian"),
+            (self.early_stop_hessian, "--early-stop-hessian"),
+            (self.es_window.is_some(), "--es-window"),
+            (self.es_factor.is_some(), "--es-factor"),
+            (self.es_start_epoch.is_some(), "--es-start-epoch"),
+            (self.hessian_hvps.is_some(), "--hessian-hvps"),
+            (self.hessian_tol.is_some(), "--hessian-tol"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+
+    /// Refused with `--space rnn`: the recurrent search does not track its Hessian.
+    pub fn refuse_for_rnn(&self) -> Result<()> {
+        if let Some(flag) = self.first_given() {
+            bail!(
+                "{flag}: the alpha-Hessian tracking and DARTS-ES are implemented for the \
+                 convolutional search only, not for --space rnn"
+            );
+        }
+        Ok(())
+    }
+
+    /// Refused with `--resume`: the series DARTS-ES reads starts at epoch 0, so tracking is
+    /// fixed when a run starts.
+    fn refuse_on_resume(&self, dir: &std::path::Path) -> Result<()> {
+        if let Some(flag) = self.first_given() {
+            bail!(
+                "{flag}: not accepted with --resume; the run in {} keeps the alpha-Hessian \
+                 settings it was started with (the eigenvalue series starts at epoch 0)",
+                dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The options these flags give; a setting without the flag it refines is an error.
+    fn apply(&self, o: &mut darts::search::options::HessianOptions) -> Result<()> {
+        let es = self.early_stop_hessian;
+        for (given, flag) in [
+            (self.es_window.is_some(), "--es-window"),
+            (self.es_factor.is_some(), "--es-factor"),
+            (self.es_start_epoch.is_some(), "--es-start-epoch"),
+        ] {
+            if given && !es {
+                bail!("{flag}: only meaningful with --early-stop-hessian");
+            }
+        }
+        let track = self.track_hessian || es;
+        for (given, flag) in [
+            (self.hessian_hvps.is_some(), "--hessian-hvps"),
+            (self.hessian_tol.is_some(), "--hessian-tol"),
+        ] {
+            if given && !track {
+                bail!("{flag}: only meaningful with --track-hessian or --early-stop-hessian");
+            }
+        }
+        o.track = track;
+        if es {
+            let mut rule = darts::search::early_stop::EsRule::default();
+            if let Some(w) = self.es_window {
+                rule.window = w;
+            }
+            if let Some(f) = self.es_factor {
+                rule.factor = f;
+            }
+            if let Some(e) = self.es_start_epoch {
+                rule.start_epoch = e;
+            }
+            o.early_stop = Some(rule);
+        }
+        if let Some(m) = self.hessian_hvps {
+            o.lanczos.max_hvps = m;
+        }
+        if let Some(t) = self.hessian_tol {
+            o.lanczos.rel_tol = t;
+        }
+        Ok(())
+    }
+}
+
+fn options(a: &Args) -> Result<SearchOptions> {
     let mut o = match a.preset {
         Preset::Quick => SearchOptions::quick(),
         Preset::Paper => SearchOptions::paper(),
@@ -133,7 +256,8 @@ fn options(a: &Args) -> SearchOptions {
         o.data = DataSource::Dir(d.clone());
     }
     audit_flags(a, &mut o);
-    o
+    a.hessian.apply(&mut o.hessian)?;
+    Ok(o)
 }
 
 /// `--audit-every` and `--neumann-terms` (also on --resume: the audit leaves the run's
@@ -149,11 +273,13 @@ fn audit_flags(a: &Args, o: &mut SearchOptions) {
 
 pub fn run(a: Args) -> Result<()> {
     if a.space == crate::cli::gradients::Space::Rnn {
+        a.hessian.refuse_for_rnn()?;
         return crate::cli::search_rnn::run(&a);
     }
     a.rnn.refuse_for_cnn()?;
     match &a.resume {
         Some(dir) => {
+            a.hessian.refuse_on_resume(dir)?;
             let mut o =
                 saved_options(dir).with_context(|| format!("resuming {}", dir.display()))?;
             refuse_changed_executor(&a, dir, o.backend, o.dtype)?;
@@ -168,7 +294,7 @@ pub fn run(a: Args) -> Result<()> {
                 .with_context(|| format!("opening the {:?} executor", o.backend))?
         }
         None => {
-            let o = options(&a);
+            let o = options(&a)?;
             o.validate()?;
             if !a.no_memory_check {
                 let flags = format!(
@@ -322,9 +448,42 @@ fn drive<T: darts::exec::Scalar>(mut s: Search<T>, resumed: bool) -> Result<()> 
             v["timing"]["s_per_step"].as_f64().unwrap_or(f64::NAN),
             v["timing"]["images_per_s"].as_f64().unwrap_or(f64::NAN),
         );
+        if let Some(ev) = v["hessian_dominant_eigenvalue"].as_f64() {
+            let h = &v["hessian"];
+            println!(
+                "           alpha Hessian: dominant eigenvalue {ev:.6e} (residual {:.2e}, {} HVPs{}, {:.1} s)",
+                h["residual"].as_f64().unwrap_or(f64::NAN),
+                h["hvps"].as_u64().unwrap_or(0),
+                if h["converged"].as_bool() == Some(true) { "" } else { ", not converged" },
+                v["timing"]["hessian_s"].as_f64().unwrap_or(f64::NAN),
+            );
+        }
     }
     match finish {
         Finish::Done { genotype } => {
+            println!("genotype = {genotype}");
+            println!(
+                "done in {:.1} s at global step {} ({steps_here} steps run in this process); \
+                 log, checkpoint and genotype.txt in {}",
+                start.elapsed().as_secs_f64(),
+                s.progress.global_step,
+                s.run_dir.display()
+            );
+        }
+        Finish::EarlyStopped { genotype, decision } => {
+            let factor = o.hessian.early_stop.map_or(f64::NAN, |r| r.factor);
+            println!(
+                "DARTS-ES: stopped after epoch {} (log.jsonl epoch {}): mean dominant eigenvalue \
+                 {:.6e} > {factor} x {:.6e} (the mean {} epochs earlier); returning the genotype \
+                 of epoch {} (log.jsonl epoch {})",
+                decision.stop_epoch + 1,
+                decision.stop_epoch,
+                decision.avg_now,
+                decision.avg_before,
+                decision.stop_epoch - decision.return_epoch,
+                decision.return_epoch + 1,
+                decision.return_epoch
+            );
             println!("genotype = {genotype}");
             println!(
                 "done in {:.1} s at global step {} ({steps_here} steps run in this process); \

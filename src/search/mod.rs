@@ -3,9 +3,11 @@
 //! every search on every executor, the loop around it with checkpoints, and the
 //! `darts gradients` graph.
 
+pub mod alpha_hessian;
 pub mod architect;
 pub mod audit;
 pub mod checkpoint;
+pub mod early_stop;
 pub mod gradients;
 pub mod options;
 pub mod recurrent;

@@ -2,7 +2,9 @@
 //! presets, the learning-rate schedule, and the range of every setting, checked before any
 //! work.
 
+use super::alpha_hessian::LanczosOptions;
 use super::architect::Order;
+use super::early_stop::EsRule;
 use super::run::SearchError;
 use super::step_graph::StepHyper;
 use crate::darts::network::SearchConfig;
@@ -53,6 +55,23 @@ pub struct SearchOptions {
     /// Terms of the audit's Neumann series (`--neumann-terms`).
     #[serde(default = "default_neumann_terms")]
     pub neumann_terms: usize,
+    /// The alpha-Hessian tracking and DARTS-ES (`--track-hessian`, `--early-stop-hessian`).
+    #[serde(default)]
+    pub hessian: HessianOptions,
+}
+
+/// `--track-hessian`: at the end of every epoch, the dominant eigenvalue of the Hessian of
+/// L_val in alpha on that epoch's last search batch (Lanczos on exact HVPs,
+/// [`super::alpha_hessian`]); `--early-stop-hessian`: DARTS-ES on that series
+/// ([`super::early_stop`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HessianOptions {
+    pub track: bool,
+    /// The DARTS-ES rule (requires `track`).
+    pub early_stop: Option<EsRule>,
+    /// HVP budget and stopping tolerance of the Lanczos estimate (`--hessian-hvps`,
+    /// `--hessian-tol`).
+    pub lanczos: LanczosOptions,
 }
 
 fn default_neumann_terms() -> usize {
@@ -85,6 +104,7 @@ impl SearchOptions {
             max_images: None,
             audit_every: None,
             neumann_terms: default_neumann_terms(),
+            hessian: HessianOptions::default(),
         }
     }
 
@@ -170,6 +190,78 @@ impl SearchOptions {
         }
         if !(1..=100).contains(&self.neumann_terms) {
             return bad("--neumann-terms", &self.neumann_terms, "in 1..=100");
+        }
+        self.validate_hessian()
+    }
+
+    /// The ranges of the alpha-Hessian flags; an early-stopping rule that could never be
+    /// checked within `--epochs` is refused too.
+    fn validate_hessian(&self) -> Result<(), SearchError> {
+        let h = &self.hessian;
+        let err = |flag: &str, reason: String| {
+            Err(SearchError::Option {
+                flag: flag.to_string(),
+                reason,
+            })
+        };
+        let n = 2 * 8 * self.config().k();
+        let l = &h.lanczos;
+        if !(1..=n).contains(&l.max_hvps) {
+            return err(
+                "--hessian-hvps",
+                format!(
+                    "{} is not in 1..={n} (the number of alpha entries)",
+                    l.max_hvps
+                ),
+            );
+        }
+        if !(l.rel_tol.is_finite() && (0.0..1.0).contains(&l.rel_tol)) {
+            return err(
+                "--hessian-tol",
+                format!("{} is not finite and in [0, 1)", l.rel_tol),
+            );
+        }
+        let Some(rule) = &h.early_stop else {
+            return Ok(());
+        };
+        if !h.track {
+            return err(
+                "--early-stop-hessian",
+                "needs the eigenvalue series of --track-hessian".into(),
+            );
+        }
+        if !(1..=1000).contains(&rule.window) {
+            return err("--es-window", format!("{} is not in 1..=1000", rule.window));
+        }
+        if !(rule.factor.is_finite() && rule.factor > 1.0) {
+            return err(
+                "--es-factor",
+                format!(
+                    "{} is not finite and > 1 (the rule detects growth)",
+                    rule.factor
+                ),
+            );
+        }
+        if rule.start_epoch > 1_000_000 {
+            return err(
+                "--es-start-epoch",
+                format!("{} is not at most 1000000", rule.start_epoch),
+            );
+        }
+        let first = rule.first_checked_epoch();
+        if first >= self.epochs {
+            return err(
+                "--early-stop-hessian",
+                format!(
+                    "with --es-window {} and --es-start-epoch {} the rule is first checked at \
+                     epoch {first} (0-based; two full windows end there), but --epochs {} ends \
+                     at epoch {}; lower the window or start epoch, or raise --epochs",
+                    rule.window,
+                    rule.start_epoch,
+                    self.epochs,
+                    self.epochs - 1
+                ),
+            );
         }
         Ok(())
     }

@@ -3,8 +3,12 @@
 //! gradient-norm clipping; cosine learning rate with the reference's off-by-one epoch
 //! semantics; per-epoch validation in eval mode; atomic checkpoints and exact resume.
 
+use super::alpha_hessian::{
+    dominant_eigenvalue, AlphaHessian, AlphaHessianError, DominantEstimate,
+};
 use super::architect::ArchError;
 use super::checkpoint;
+use super::early_stop::EsDecision;
 use super::step_graph::OptimState;
 use super::stepper::Stepper;
 use crate::darts::genotype::{derive, softmax_rows, Genotype};
@@ -59,6 +63,11 @@ pub enum SearchError {
     Checkpoint { path: String, reason: String },
     #[error("running the validation graph: {0}")]
     Exec(#[from] crate::exec::ExecError),
+    #[error("epoch {epoch}, alpha Hessian (--track-hessian): {cause}")]
+    Hessian {
+        epoch: usize,
+        cause: AlphaHessianError,
+    },
 }
 
 /// Per-epoch running sums.
@@ -96,13 +105,39 @@ pub struct Progress {
     /// Adam steps taken on the alphas the network uses.
     pub adam_t: u64,
     pub log_lines: usize,
+    /// `--track-hessian`: one entry per finished epoch, in order (the series DARTS-ES reads).
+    #[serde(default)]
+    pub hessian: Vec<HessianEpoch>,
+    /// Set when DARTS-ES stopped the run; a resumed run then ends at once.
+    #[serde(default)]
+    pub early_stopped: Option<EsDecision>,
 }
+
+/// The alpha Hessian at the end of one epoch, on that epoch's last search batch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HessianEpoch {
+    pub epoch: usize,
+    pub estimate: DominantEstimate,
+    /// The genotype at the end of the epoch (what DARTS-ES returns for it).
+    pub genotype: String,
+    pub seconds: f64,
+}
+
+/// Checkpoint keys of the search batch the epoch's alpha Hessian is computed on, saved while
+/// an epoch is in progress so that a run resumed after its last step still has it.
+const HESSIAN_BATCH: [&str; 2] = ["alpha_hessian/valid_x", "alpha_hessian/valid_onehot"];
 
 /// How a run ended.
 #[derive(Debug)]
 pub enum Finish {
     Done {
         genotype: Genotype,
+    },
+    /// DARTS-ES stopped the run after epoch `decision.stop_epoch`; `genotype` is that of
+    /// epoch `decision.return_epoch` (also in genotype.txt).
+    EarlyStopped {
+        genotype: Genotype,
+        decision: EsDecision,
     },
     /// Stopped after step `step` (1-based) of `of` in epoch `epoch` (0-based), `global_step`
     /// steps in all; the checkpoint holds the state after that step.
@@ -129,6 +164,9 @@ pub struct Search<T: Scalar> {
     pub run_dir: PathBuf,
     /// The f64 CPU auditor of `--audit-every` (opened at the first audit).
     auditor: Option<crate::search::audit::Auditor>,
+    /// `--track-hessian`: the HVP graphs by batch size, and the last search batch.
+    hessian_graphs: HashMap<usize, AlphaHessian>,
+    last_search: Option<Batch>,
 }
 
 fn load_images(opts: &SearchOptions) -> Result<Images, SearchError> {
@@ -224,6 +262,8 @@ impl<T: Scalar> Search<T> {
             genotype_at_epoch_start: String::new(),
             adam_t: 0,
             log_lines: 0,
+            hessian: Vec::new(),
+            early_stopped: None,
         };
         std::fs::create_dir_all(run_dir).map_err(|e| run_err(run_dir, e))?;
         std::fs::write(
@@ -241,7 +281,7 @@ impl<T: Scalar> Search<T> {
             OptimState::default(),
         )?;
         Ok(Self::assemble(
-            opts, images, valid_idx, stepper, rng, sampler, progress, run_dir,
+            opts, images, valid_idx, stepper, rng, sampler, progress, run_dir, None,
         ))
     }
 
@@ -255,6 +295,7 @@ impl<T: Scalar> Search<T> {
         sampler: EpochSampler,
         progress: Progress,
         run_dir: &Path,
+        last_search: Option<Batch>,
     ) -> Self {
         let augment = Augment {
             cutout: opts.cutout,
@@ -273,6 +314,8 @@ impl<T: Scalar> Search<T> {
             progress,
             run_dir: run_dir.to_path_buf(),
             auditor: None,
+            hessian_graphs: HashMap::new(),
+            last_search,
         }
     }
 
@@ -330,6 +373,14 @@ impl<T: Scalar> Search<T> {
                 opt.adam_v[c] = Some(take(&names::adam_v(cell), &alpha_shape)?);
             }
         }
+        let last_search = match (
+            arrays.remove(HESSIAN_BATCH[0]),
+            arrays.remove(HESSIAN_BATCH[1]),
+        ) {
+            (Some(x), Some(onehot)) => Some(Batch { x, onehot }),
+            (None, None) => None,
+            _ => return Err(ck_err("only half of the alpha-Hessian search batch".into())),
+        };
         if let Some(k) = arrays.keys().next() {
             return Err(ck_err(format!("unexpected tensor '{k}'")));
         }
@@ -349,7 +400,15 @@ impl<T: Scalar> Search<T> {
         }
         std::fs::write(&log, kept).map_err(|e| run_err(run_dir, e))?;
         Ok(Self::assemble(
-            opts, images, valid_idx, stepper, rng, sampler, progress, run_dir,
+            opts,
+            images,
+            valid_idx,
+            stepper,
+            rng,
+            sampler,
+            progress,
+            run_dir,
+            last_search,
         ))
     }
 
@@ -419,6 +478,14 @@ impl<T: Scalar> Search<T> {
                 arrays.insert(names::adam_v(cell), v.clone());
             }
         }
+        if let (true, true, Some(b)) = (
+            self.opts.hessian.track,
+            self.progress.in_epoch,
+            &self.last_search,
+        ) {
+            arrays.insert(HESSIAN_BATCH[0].into(), b.x.clone());
+            arrays.insert(HESSIAN_BATCH[1].into(), b.onehot.clone());
+        }
         let meta = serde_json::to_value(&self.progress).expect("progress serialises");
         checkpoint::write(&self.run_dir.join("checkpoint.npz"), &arrays, &meta)?;
         Ok(())
@@ -447,6 +514,9 @@ impl<T: Scalar> Search<T> {
         s.steps += 1;
         s.step_seconds += t0.elapsed().as_secs_f64();
         self.progress.global_step += 1;
+        if self.opts.hessian.track {
+            self.last_search = Some(search);
+        }
         Ok(())
     }
 
@@ -536,6 +606,9 @@ impl<T: Scalar> Search<T> {
         stop: &AtomicBool,
         on_step: &mut dyn FnMut(usize, usize, usize, &EpochSums),
     ) -> Result<Finish, SearchError> {
+        if let Some(decision) = self.progress.early_stopped.clone() {
+            return self.early_stopped(decision);
+        }
         while self.progress.epoch < self.opts.epochs {
             let epoch = self.progress.epoch;
             if !self.progress.in_epoch {
@@ -567,6 +640,20 @@ impl<T: Scalar> Search<T> {
             let t = Instant::now();
             let (valid_loss, valid_acc) = self.infer()?;
             let infer_s = t.elapsed().as_secs_f64();
+            let hessian = if self.opts.hessian.track {
+                Some(self.track_hessian(epoch)?)
+            } else {
+                None
+            };
+            let decision = self.opts.hessian.early_stop.and_then(|rule| {
+                let series: Vec<f64> = self
+                    .progress
+                    .hessian
+                    .iter()
+                    .map(|h| h.estimate.eigenvalue)
+                    .collect();
+                rule.check(&series)
+            });
             let s = self.progress.sums.clone();
             let line = serde_json::json!({
                 "epoch": epoch,
@@ -587,9 +674,30 @@ impl<T: Scalar> Search<T> {
                     "epoch_s": epoch_start.elapsed().as_secs_f64(),
                 },
             });
+            let mut line = line;
+            if let Some(h) = &hessian {
+                let e = &h.estimate;
+                line["hessian_dominant_eigenvalue"] = e.eigenvalue.into();
+                line["hessian"] = serde_json::json!({
+                    "hvps": e.hvps,
+                    "residual": e.residual,
+                    "converged": e.converged,
+                    "max_ritz": e.max_ritz,
+                    "max_ritz_residual": e.max_ritz_residual,
+                });
+                line["timing"]["hessian_s"] = h.seconds.into();
+            }
+            if let Some(d) = &decision {
+                line["early_stop"] = serde_json::to_value(d).expect("decision serialises");
+            }
             self.append_log(&line)?;
             self.progress.in_epoch = false;
             self.progress.epoch += 1;
+            if let Some(d) = decision {
+                self.progress.early_stopped = Some(d.clone());
+                self.checkpoint()?;
+                return self.early_stopped(d);
+            }
             self.checkpoint()?;
         }
         self.stepper.sync_host()?;
@@ -597,6 +705,76 @@ impl<T: Scalar> Search<T> {
         std::fs::write(self.run_dir.join("genotype.txt"), format!("{genotype}\n"))
             .map_err(|e| run_err(&self.run_dir, e))?;
         Ok(Finish::Done { genotype })
+    }
+}
+
+impl<T: Scalar> Search<T> {
+    /// `--track-hessian` at the end of epoch `epoch`: the dominant eigenvalue of the Hessian
+    /// of L_val in alpha on the epoch's last search batch at the current weights and alphas
+    /// (BN in train mode, as the architect step saw that batch), by Lanczos on exact HVPs;
+    /// recorded in the progress (and so in the checkpoint) with the epoch's genotype. Uses
+    /// no random numbers and assigns nothing: the search itself is unchanged.
+    fn track_hessian(&mut self, epoch: usize) -> Result<HessianEpoch, SearchError> {
+        let err = |cause| SearchError::Hessian { epoch, cause };
+        let batch = self
+            .last_search
+            .take()
+            .ok_or_else(|| SearchError::Checkpoint {
+                path: self.run_dir.join("checkpoint.npz").display().to_string(),
+                reason: format!("no search batch of epoch {epoch} for the alpha Hessian"),
+            })?;
+        let n = batch.x.shape()[0];
+        if !self.hessian_graphs.contains_key(&n) {
+            let g = AlphaHessian::build(&self.cfg, batch.x.shape()).map_err(err)?;
+            self.hessian_graphs.insert(n, g);
+        }
+        let graph = &self.hessian_graphs[&n];
+        let feeds = graph
+            .batch_feeds::<T>(&batch.x, &batch.onehot)
+            .map_err(err)?;
+        let t = Instant::now();
+        let exec = self.stepper.executor()?;
+        let estimate =
+            dominant_eigenvalue(graph, exec, &feeds, &self.opts.hessian.lanczos).map_err(err)?;
+        let h = HessianEpoch {
+            epoch,
+            estimate,
+            genotype: self.genotype().to_string(),
+            seconds: t.elapsed().as_secs_f64(),
+        };
+        if self.progress.hessian.len() != epoch {
+            return Err(SearchError::Checkpoint {
+                path: self.run_dir.join("checkpoint.npz").display().to_string(),
+                reason: format!(
+                    "the alpha-Hessian series has {} entries at the end of epoch {epoch}",
+                    self.progress.hessian.len()
+                ),
+            });
+        }
+        self.progress.hessian.push(h.clone());
+        Ok(h)
+    }
+
+    /// The end of a run DARTS-ES stopped: the genotype of epoch `return_epoch`, written to
+    /// genotype.txt.
+    fn early_stopped(&mut self, decision: EsDecision) -> Result<Finish, SearchError> {
+        let ck = |reason: String| SearchError::Checkpoint {
+            path: self.run_dir.join("checkpoint.npz").display().to_string(),
+            reason,
+        };
+        let text = self
+            .progress
+            .hessian
+            .get(decision.return_epoch)
+            .map(|h| h.genotype.clone())
+            .ok_or_else(|| ck(format!("no genotype of epoch {}", decision.return_epoch)))?;
+        let genotype: Genotype = text
+            .parse()
+            .map_err(|e| ck(format!("genotype of epoch {}: {e}", decision.return_epoch)))?;
+        self.stepper.sync_host()?;
+        std::fs::write(self.run_dir.join("genotype.txt"), format!("{genotype}\n"))
+            .map_err(|e| run_err(&self.run_dir, e))?;
+        Ok(Finish::EarlyStopped { genotype, decision })
     }
 }
 
