@@ -402,3 +402,114 @@ impl Auditor {
         })
     }
 }
+
+/// One audit to run: the state before step `step` and that step's batches.
+pub struct AuditJob {
+    pub cfg: SearchConfig,
+    pub state: State,
+    pub opt: OptimState,
+    pub train: Batch,
+    pub valid: Batch,
+    pub lr: f64,
+    pub step: usize,
+    pub epoch: usize,
+}
+
+/// A finished audit: its job's step, epoch and learning rate, and the audit or the error's
+/// message.
+pub struct AuditDone {
+    pub step: usize,
+    pub epoch: usize,
+    pub lr: f64,
+    pub result: Result<Audit, String>,
+}
+
+/// An [`Auditor`] on a thread of its own, so that a search's audits run beside its steps (the
+/// CPU executor uses one core; the audit reads copies of the state and changes nothing). At
+/// most one audit is in flight: [`AuditWorker::submit`] first waits for the previous one.
+pub struct AuditWorker {
+    jobs: Option<std::sync::mpsc::Sender<AuditJob>>,
+    done: std::sync::mpsc::Receiver<AuditDone>,
+    in_flight: usize,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AuditWorker {
+    /// Starts the thread; its auditor (an f64 CPU executor) is opened there.
+    pub fn spawn(momentum: f64, weight_decay: f64, neumann_terms: usize) -> Self {
+        let (jobs, rx) = std::sync::mpsc::channel::<AuditJob>();
+        let (tx, done) = std::sync::mpsc::channel::<AuditDone>();
+        let handle = std::thread::spawn(move || {
+            let mut auditor: Option<Auditor> = None;
+            for job in rx {
+                let result = (|| {
+                    if auditor.is_none() {
+                        let a = Auditor::new(momentum, weight_decay, neumann_terms)
+                            .map_err(|e| e.to_string())?;
+                        auditor = Some(a);
+                    }
+                    let a = auditor.as_mut().expect("opened above");
+                    a.audit(
+                        &job.cfg, &job.state, &job.opt, &job.train, &job.valid, job.lr,
+                    )
+                    .map_err(|e| e.to_string())
+                })();
+                let d = AuditDone {
+                    step: job.step,
+                    epoch: job.epoch,
+                    lr: job.lr,
+                    result,
+                };
+                if tx.send(d).is_err() {
+                    return;
+                }
+            }
+        });
+        AuditWorker {
+            jobs: Some(jobs),
+            done,
+            in_flight: 0,
+            handle: Some(handle),
+        }
+    }
+
+    /// Every audit in flight, waited for, in submission order.
+    pub fn finish(&mut self) -> Vec<AuditDone> {
+        let mut out = Vec::new();
+        while self.in_flight > 0 {
+            match self.done.recv() {
+                Ok(d) => out.push(d),
+                Err(_) => {
+                    out.push(AuditDone {
+                        step: usize::MAX,
+                        epoch: usize::MAX,
+                        lr: f64::NAN,
+                        result: Err("the audit thread stopped (panicked)".into()),
+                    });
+                    self.in_flight = 1;
+                }
+            }
+            self.in_flight -= 1;
+        }
+        out
+    }
+
+    /// Queues `job` after waiting for the audit in flight, which is returned.
+    pub fn submit(&mut self, job: AuditJob) -> Vec<AuditDone> {
+        let out = self.finish();
+        let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
+        if sent {
+            self.in_flight += 1;
+        }
+        out
+    }
+}
+
+impl Drop for AuditWorker {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

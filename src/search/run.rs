@@ -41,6 +41,8 @@ pub use super::options::{DataSource, SearchOptions};
 pub enum SearchError {
     #[error(transparent)]
     Data(#[from] DataError),
+    #[error("the audit of step {step}: {reason}")]
+    Audit { step: usize, reason: String },
     #[error("epoch {epoch}, step {step}: {cause}")]
     Step {
         epoch: usize,
@@ -162,8 +164,8 @@ pub struct Search<T: Scalar> {
     sampler: EpochSampler,
     pub progress: Progress,
     pub run_dir: PathBuf,
-    /// The f64 CPU auditor of `--audit-every` (opened at the first audit).
-    auditor: Option<crate::search::audit::Auditor>,
+    /// The f64 CPU auditor of `--audit-every`, on its own thread (started at the first audit).
+    auditor: Option<crate::search::audit::AuditWorker>,
     /// `--track-hessian`: the HVP graphs by batch size, and the last search batch.
     hessian_graphs: HashMap<usize, AlphaHessian>,
     last_search: Option<Batch>,
@@ -450,6 +452,7 @@ impl<T: Scalar> Search<T> {
 
     /// Write the checkpoint atomically.
     pub fn checkpoint(&mut self) -> Result<(), SearchError> {
+        self.finish_audits()?;
         self.stepper.sync_host()?;
         self.progress.rng = RngState::capture(&self.rng);
         self.progress.sampler = self.sampler.state().clone();
@@ -521,27 +524,54 @@ impl<T: Scalar> Search<T> {
     }
 
     /// The audit of the architecture gradient at the current state on this step's batches
-    /// ([`crate::search::audit`]), appended to log.jsonl as `{"audit": ..., "step", "epoch"}`.
+    /// ([`crate::search::audit`]), run beside the following steps on the auditor's thread;
+    /// finished audits are appended to log.jsonl as `{"audit": ..., "step", "epoch", "lr"}`
+    /// (in step order, all of them before any checkpoint).
     fn audit(&mut self, train: &Batch, search: &Batch, epoch: usize) -> Result<(), SearchError> {
         let step = self.progress.global_step;
-        let err = |cause| SearchError::Step { epoch, step, cause };
-        if self.auditor.is_none() {
-            let a = crate::search::audit::Auditor::new(
-                self.opts.momentum,
-                self.opts.weight_decay,
-                self.opts.neumann_terms,
-            )?;
-            self.auditor = Some(a);
+        self.stepper
+            .sync_host()
+            .map_err(|cause| SearchError::Step { epoch, step, cause })?;
+        let o = &self.opts;
+        let worker = self.auditor.get_or_insert_with(|| {
+            crate::search::audit::AuditWorker::spawn(o.momentum, o.weight_decay, o.neumann_terms)
+        });
+        let done = worker.submit(crate::search::audit::AuditJob {
+            cfg: self.cfg,
+            state: self.stepper.state.clone(),
+            opt: self.stepper.opt.clone(),
+            train: train.clone(),
+            valid: search.clone(),
+            lr: self.opts.lr(epoch),
+            step,
+            epoch,
+        });
+        self.log_audits(done)
+    }
+
+    /// Waits for the audit in flight and logs it.
+    fn finish_audits(&mut self) -> Result<(), SearchError> {
+        let done = match self.auditor.as_mut() {
+            Some(w) => w.finish(),
+            None => return Ok(()),
+        };
+        self.log_audits(done)
+    }
+
+    fn log_audits(
+        &mut self,
+        done: Vec<crate::search::audit::AuditDone>,
+    ) -> Result<(), SearchError> {
+        for d in done {
+            let a = d.result.map_err(|reason| SearchError::Audit {
+                step: d.step,
+                reason,
+            })?;
+            let line =
+                serde_json::json!({ "audit": a, "step": d.step, "epoch": d.epoch, "lr": d.lr });
+            self.append_log(&line)?;
         }
-        self.stepper.sync_host().map_err(err)?;
-        let lr = self.opts.lr(epoch);
-        let (cfg, st, opt) = (self.cfg, &self.stepper.state, &self.stepper.opt);
-        let auditor = self.auditor.as_mut().expect("opened above");
-        let a = auditor
-            .audit(&cfg, st, opt, train, search, lr)
-            .map_err(err)?;
-        let line = serde_json::json!({ "audit": a, "step": step, "epoch": epoch, "lr": lr });
-        self.append_log(&line)
+        Ok(())
     }
 
     /// Validation loss and accuracy in eval mode (running BN statistics) on the arch half,
