@@ -254,8 +254,14 @@ pub fn parameter_free(g: &Genotype) -> [usize; 2] {
     [free(&g.normal.ops), free(&g.reduce.ops)]
 }
 
-/// Every plot of the report, in page order, grouped under section titles.
+/// Every plot of the report, in page order, grouped under section titles. A recurrent run
+/// (epoch lines with `softmax_alpha`) gets perplexities instead of accuracies and the
+/// recurrent cell's edges; plots left without data are dropped.
 pub fn plots(log: &RunLog) -> Vec<(String, Vec<Plot>)> {
+    let recurrent = log
+        .epochs
+        .first()
+        .is_some_and(|v| v.get("softmax_alpha").is_some());
     let epoch = |v: &Value| num(v, "epoch") + 1.0;
     let per_epoch = |key: &str| -> Vec<(f64, f64)> {
         log.epochs.iter().map(|v| (epoch(v), num(v, key))).collect()
@@ -278,16 +284,32 @@ pub fn plots(log: &RunLog) -> Vec<(String, Vec<Plot>)> {
                     s("valid", per_epoch("valid_loss")),
                 ],
             ),
-            line_plot(
-                "accuracy",
-                "accuracy",
-                "epoch",
-                "fraction correct",
-                vec![
-                    s("train", per_epoch("train_acc")),
-                    s("valid", per_epoch("valid_acc")),
-                ],
-            ),
+            if recurrent {
+                let mut p = line_plot(
+                    "perplexity",
+                    "perplexity",
+                    "epoch",
+                    "exp(cross-entropy)",
+                    vec![
+                        s("train", per_epoch("train_ppl")),
+                        s("valid", per_epoch("valid_ppl")),
+                        s("unigram (valid)", per_epoch("unigram_valid_ppl")),
+                    ],
+                );
+                p.log_y = true;
+                p
+            } else {
+                line_plot(
+                    "accuracy",
+                    "accuracy",
+                    "epoch",
+                    "fraction correct",
+                    vec![
+                        s("train", per_epoch("train_acc")),
+                        s("valid", per_epoch("valid_acc")),
+                    ],
+                )
+            },
         ],
     ));
     let free: Vec<[usize; 2]> = log
@@ -315,8 +337,19 @@ pub fn plots(log: &RunLog) -> Vec<(String, Vec<Plot>)> {
         "count of 8",
         vec![s("normal", free_series(0)), s("reduce", free_series(1))],
     )];
-    for cell in ["normal", "reduce"] {
-        let key = format!("softmax_alpha_{cell}");
+    let cells: Vec<(&str, String, &[&str])> = if recurrent {
+        vec![(
+            "recurrent",
+            "softmax_alpha".into(),
+            &crate::darts::rnn::PRIMITIVES[..],
+        )]
+    } else {
+        ["normal", "reduce"]
+            .into_iter()
+            .map(|c| (c, format!("softmax_alpha_{c}"), &PRIMITIVES[..]))
+            .collect()
+    };
+    for (cell, key, ops) in cells {
         let edges = log
             .epochs
             .first()
@@ -324,7 +357,7 @@ pub fn plots(log: &RunLog) -> Vec<(String, Vec<Plot>)> {
             .and_then(Value::as_array)
             .map_or(0, Vec::len);
         for e in 0..edges {
-            let series = PRIMITIVES
+            let series = ops
                 .iter()
                 .enumerate()
                 .map(|(o, name)| {
@@ -435,6 +468,14 @@ pub fn plots(log: &RunLog) -> Vec<(String, Vec<Plot>)> {
         (k.log_x, k.log_y) = (true, true);
         out.push(("Hypergradient audit".into(), vec![err, cos, v, k]));
     }
+    for (_, plots) in out.iter_mut() {
+        plots.retain(|p| {
+            p.series
+                .iter()
+                .any(|s| !usable(s, p.log_x, p.log_y).is_empty())
+        });
+    }
+    out.retain(|(_, plots)| !plots.is_empty());
     out
 }
 

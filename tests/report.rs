@@ -162,6 +162,52 @@ fn report_page_loads_cleanly_and_every_plot_holds_its_series() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// A recurrent run's page: perplexities instead of accuracies, the recurrent cell's 36 edges,
+/// no conv-only figure left empty; loaded cleanly in the browser where there is one.
+#[test]
+fn report_of_a_recurrent_run_shows_perplexity_and_its_edges() {
+    use darts::search::recurrent_run::{RnnFinish, RnnSearch, RnnSearchOptions};
+    let d = std::env::temp_dir().join(format!("darts-report-rnn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    let mut o = RnnSearchOptions::quick();
+    (o.nhid, o.batch_size, o.eval_batch_size, o.bptt, o.epochs) = (8, 4, 4, 8, 2);
+    (o.max_train_rows, o.max_eval_rows, o.dtype) = (Some(40), Some(30), Dtype::F64);
+    let corpus = darts::data::ptb::Corpus::embedded().unwrap();
+    let exec = darts::exec::open_as::<f64>(darts::exec::Backend::Cpu).unwrap();
+    let mut s = RnnSearch::<f64>::new(o, &corpus, &d, exec).unwrap();
+    let r = s
+        .run(&AtomicBool::new(false), &mut |_, _, _, _| {})
+        .unwrap();
+    assert!(matches!(r, RnnFinish::Done { .. }));
+    let page = d.join("report.html");
+    let out = darts()
+        .arg("report")
+        .arg(&d)
+        .arg("--out")
+        .arg(&page)
+        .arg("--no-gradcheck")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("id=\"perplexity\"") && !html.contains("id=\"accuracy\""));
+    assert!(
+        html.contains("id=\"softmax-recurrent-35\"") && !html.contains("id=\"parameter-free\"")
+    );
+    // loss, perplexity and 36 edges.
+    assert_eq!(html.matches("<figure class=\"plot\"").count(), 38);
+    if let Some(browser) = chromium() {
+        let (dom, console) = load(&browser, &page);
+        assert!(console.is_empty(), "{console:?}");
+        assert_eq!(attr(&dom, "self-check", "data-ok"), Some("true"));
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
 #[test]
 fn gradcheck_writes_an_html_table() {
     let out = darts()
