@@ -76,6 +76,15 @@ fn validate(a: &Args) -> Result<()> {
 
 pub fn run(a: Args) -> Result<()> {
     validate(&a)?;
+    let recurrent = darts::search::checkpoint::read(&a.run.join("checkpoint.npz"))
+        .is_ok_and(|(_, meta)| meta["space"] == "rnn");
+    if recurrent {
+        bail!(
+            "{}: a recurrent search; the audit covers the convolutional search only so far \
+             (`darts gradients --space rnn` audits one recurrent point)",
+            a.run.display()
+        );
+    }
     let (arrays, progress) =
         read_checkpoint(&a.run).with_context(|| format!("auditing {}", a.run.display()))?;
     let out = a.run.join("audit.jsonl");
