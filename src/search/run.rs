@@ -3,9 +3,10 @@
 //! gradient-norm clipping; cosine learning rate with the reference's off-by-one epoch
 //! semantics; per-epoch validation in eval mode; atomic checkpoints and exact resume.
 
-use super::alpha_hessian::{
-    dominant_eigenvalue, AlphaHessian, AlphaHessianError, DominantEstimate,
-};
+mod audit;
+mod hessian;
+
+use super::alpha_hessian::{AlphaHessian, AlphaHessianError, DominantEstimate};
 use super::architect::ArchError;
 use super::checkpoint;
 use super::early_stop::EsDecision;
@@ -523,57 +524,6 @@ impl<T: Scalar> Search<T> {
         Ok(())
     }
 
-    /// The audit of the architecture gradient at the current state on this step's batches
-    /// ([`crate::search::audit`]), run beside the following steps on the auditor's thread;
-    /// finished audits are appended to log.jsonl as `{"audit": ..., "step", "epoch", "lr"}`
-    /// (in step order, all of them before any checkpoint).
-    fn audit(&mut self, train: &Batch, search: &Batch, epoch: usize) -> Result<(), SearchError> {
-        let step = self.progress.global_step;
-        self.stepper
-            .sync_host()
-            .map_err(|cause| SearchError::Step { epoch, step, cause })?;
-        let o = &self.opts;
-        let worker = self.auditor.get_or_insert_with(|| {
-            crate::search::audit::AuditWorker::spawn(o.momentum, o.weight_decay, o.neumann_terms)
-        });
-        let done = worker.submit(crate::search::audit::AuditJob {
-            cfg: self.cfg,
-            state: self.stepper.state.clone(),
-            opt: self.stepper.opt.clone(),
-            train: train.clone(),
-            valid: search.clone(),
-            lr: self.opts.lr(epoch),
-            step,
-            epoch,
-        });
-        self.log_audits(done)
-    }
-
-    /// Waits for the audit in flight and logs it.
-    fn finish_audits(&mut self) -> Result<(), SearchError> {
-        let done = match self.auditor.as_mut() {
-            Some(w) => w.finish(),
-            None => return Ok(()),
-        };
-        self.log_audits(done)
-    }
-
-    fn log_audits(
-        &mut self,
-        done: Vec<crate::search::audit::AuditDone>,
-    ) -> Result<(), SearchError> {
-        for d in done {
-            let a = d.result.map_err(|reason| SearchError::Audit {
-                step: d.step,
-                reason,
-            })?;
-            let line =
-                serde_json::json!({ "audit": a, "step": d.step, "epoch": d.epoch, "lr": d.lr });
-            self.append_log(&line)?;
-        }
-        Ok(())
-    }
-
     /// Validation loss and accuracy in eval mode (running BN statistics) on the arch half,
     /// with the train augmentation, as the reference's `infer` sees it.
     pub fn infer(&mut self) -> Result<(f64, f64), SearchError> {
@@ -735,76 +685,6 @@ impl<T: Scalar> Search<T> {
         std::fs::write(self.run_dir.join("genotype.txt"), format!("{genotype}\n"))
             .map_err(|e| run_err(&self.run_dir, e))?;
         Ok(Finish::Done { genotype })
-    }
-}
-
-impl<T: Scalar> Search<T> {
-    /// `--track-hessian` at the end of epoch `epoch`: the dominant eigenvalue of the Hessian
-    /// of L_val in alpha on the epoch's last search batch at the current weights and alphas
-    /// (BN in train mode, as the architect step saw that batch), by Lanczos on exact HVPs;
-    /// recorded in the progress (and so in the checkpoint) with the epoch's genotype. Uses
-    /// no random numbers and assigns nothing: the search itself is unchanged.
-    fn track_hessian(&mut self, epoch: usize) -> Result<HessianEpoch, SearchError> {
-        let err = |cause| SearchError::Hessian { epoch, cause };
-        let batch = self
-            .last_search
-            .take()
-            .ok_or_else(|| SearchError::Checkpoint {
-                path: self.run_dir.join("checkpoint.npz").display().to_string(),
-                reason: format!("no search batch of epoch {epoch} for the alpha Hessian"),
-            })?;
-        let n = batch.x.shape()[0];
-        if !self.hessian_graphs.contains_key(&n) {
-            let g = AlphaHessian::build(&self.cfg, batch.x.shape()).map_err(err)?;
-            self.hessian_graphs.insert(n, g);
-        }
-        let graph = &self.hessian_graphs[&n];
-        let feeds = graph
-            .batch_feeds::<T>(&batch.x, &batch.onehot)
-            .map_err(err)?;
-        let t = Instant::now();
-        let exec = self.stepper.executor()?;
-        let estimate =
-            dominant_eigenvalue(graph, exec, &feeds, &self.opts.hessian.lanczos).map_err(err)?;
-        let h = HessianEpoch {
-            epoch,
-            estimate,
-            genotype: self.genotype().to_string(),
-            seconds: t.elapsed().as_secs_f64(),
-        };
-        if self.progress.hessian.len() != epoch {
-            return Err(SearchError::Checkpoint {
-                path: self.run_dir.join("checkpoint.npz").display().to_string(),
-                reason: format!(
-                    "the alpha-Hessian series has {} entries at the end of epoch {epoch}",
-                    self.progress.hessian.len()
-                ),
-            });
-        }
-        self.progress.hessian.push(h.clone());
-        Ok(h)
-    }
-
-    /// The end of a run DARTS-ES stopped: the genotype of epoch `return_epoch`, written to
-    /// genotype.txt.
-    fn early_stopped(&mut self, decision: EsDecision) -> Result<Finish, SearchError> {
-        let ck = |reason: String| SearchError::Checkpoint {
-            path: self.run_dir.join("checkpoint.npz").display().to_string(),
-            reason,
-        };
-        let text = self
-            .progress
-            .hessian
-            .get(decision.return_epoch)
-            .map(|h| h.genotype.clone())
-            .ok_or_else(|| ck(format!("no genotype of epoch {}", decision.return_epoch)))?;
-        let genotype: Genotype = text
-            .parse()
-            .map_err(|e| ck(format!("genotype of epoch {}: {e}", decision.return_epoch)))?;
-        self.stepper.sync_host()?;
-        std::fs::write(self.run_dir.join("genotype.txt"), format!("{genotype}\n"))
-            .map_err(|e| run_err(&self.run_dir, e))?;
-        Ok(Finish::EarlyStopped { genotype, decision })
     }
 }
 
